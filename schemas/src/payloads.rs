@@ -1,0 +1,249 @@
+//! Payload types, one per event type, field for field as in `avro/<type>/v<current>.avsc`.
+//!
+//! Field order matters: the Avro serializer writes fields in schema order, so each struct lists
+//! its fields exactly as its current schema does. Optional fields are `Option`, matching
+//! `["null", T]` unions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A customer account was opened with its default project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountOpened {
+    /// Display name of the account.
+    pub name: String,
+    /// The project created with the account; keys without a project belong to it.
+    pub default_project_id: String,
+    /// Display name of the default project.
+    pub default_project_name: String,
+}
+
+/// Credits were added to an account's balance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditsGranted {
+    /// Positive amount in nano-credits.
+    pub amount_nano: i64,
+    /// Why the credits were granted, if someone said.
+    pub reason: Option<String>,
+    /// Who granted them: `admin`, `demo`, or an operator tool.
+    pub granted_by: String,
+}
+
+/// An API key was issued. The key itself is never part of any event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    /// The key's public id (`key_…`).
+    pub key_id: String,
+    /// Display name.
+    pub name: String,
+    /// Hex HMAC-SHA-256 of the secret key under the server's key secret.
+    pub key_hash: String,
+    /// The first characters of the key, for people to tell keys apart.
+    pub key_prefix: String,
+    /// Whether prompts and answers of this key may be kept in eval datasets (v2).
+    #[serde(default)]
+    pub store_content: bool,
+    /// Requests per minute allowed; `None` for no limit (v2).
+    #[serde(default)]
+    pub rpm: Option<i64>,
+    /// Tokens per minute allowed; `None` for no limit (v2).
+    #[serde(default)]
+    pub tpm: Option<i64>,
+}
+
+/// An API key was revoked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRevoked {
+    /// The revoked key's id.
+    pub key_id: String,
+    /// Why, if someone said.
+    pub reason: Option<String>,
+}
+
+/// A key's rate limits were changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitsChanged {
+    /// The key whose limits changed.
+    pub key_id: String,
+    /// New requests-per-minute limit; `None` removes it.
+    pub rpm: Option<i64>,
+    /// New tokens-per-minute limit; `None` removes it.
+    pub tpm: Option<i64>,
+}
+
+/// A routing policy snapshot was published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyPublished {
+    /// Monotonic policy version.
+    pub policy_version: i64,
+    /// The policy as JSON.
+    pub snapshot_json: String,
+    /// What prompted the new version.
+    pub reason: String,
+}
+
+/// The credit hold a request placed before calling upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditHold {
+    /// Held amount in nano-credits.
+    pub amount_nano: i64,
+    /// Price table version the hold was priced with.
+    pub price_table_version: String,
+    /// How long the hold lives without a settlement.
+    pub ttl_ms: i64,
+}
+
+/// The gateway authenticated a request, chose its path and held credits for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRouted {
+    /// The `model` the client asked for.
+    pub requested_model: String,
+    /// `fast`, `balanced`, `reasoning` or `fusion`.
+    pub path: String,
+    /// The classifier's task class.
+    pub task_class: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Routing policy version in force.
+    pub policy_version: i64,
+    /// Classifier features by name.
+    pub features: BTreeMap<String, f64>,
+    /// Classifier score per path.
+    pub scores: BTreeMap<String, f64>,
+    /// Deployments in fallback order.
+    pub candidates: Vec<String>,
+    /// Estimated prompt tokens.
+    pub prompt_tokens_estimate: i64,
+    /// The client's output token cap, if any.
+    pub max_tokens: Option<i64>,
+    /// The credit hold placed, if the request is paid.
+    pub hold: Option<CreditHold>,
+}
+
+/// One attempt to call an upstream deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamAttempted {
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    /// Provider kind (`openai`, `anthropic`, `simulated`, …).
+    pub provider: String,
+    /// Deployment name from the configuration.
+    pub deployment: String,
+    /// Model name sent upstream.
+    pub upstream_model: String,
+    /// Start of the attempt, µs since the epoch.
+    pub started_at: i64,
+    /// Time to first byte from the upstream, µs.
+    pub ttfb_us: Option<i64>,
+    /// Duration of the attempt, µs.
+    pub duration_us: i64,
+    /// `ok` or `error`.
+    pub outcome: String,
+    /// Error class when the attempt failed.
+    pub error_class: Option<String>,
+    /// Upstream HTTP status, when one was received.
+    pub http_status: Option<i32>,
+    /// Whether this attempt's failure led to another attempt.
+    pub fell_back: bool,
+}
+
+/// Token usage of a request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Completion tokens.
+    pub completion_tokens: i64,
+    /// Prompt tokens served from the provider's cache.
+    pub cached_tokens: i64,
+    /// Reasoning tokens inside the completion.
+    pub reasoning_tokens: i64,
+    /// True when the provider did not report usage and it was estimated.
+    pub estimated: bool,
+}
+
+/// A request ended and was charged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestSettled {
+    /// `completed`, `failed`, `client_cancelled` or `cut_midstream`.
+    pub outcome: String,
+    /// The path the request took.
+    pub path: String,
+    /// Provider of the answering deployment.
+    pub provider: Option<String>,
+    /// The answering deployment.
+    pub deployment: Option<String>,
+    /// Token usage.
+    pub usage: Usage,
+    /// The charge in nano-credits.
+    pub charge_nano: i64,
+    /// Price table version the charge used.
+    pub price_table_version: String,
+    /// The rounding rule applied once to the charge.
+    pub rounding: String,
+    /// The hold released by this settlement.
+    pub hold_released_nano: i64,
+    /// End-to-end latency, µs.
+    pub latency_us: i64,
+    /// Time to first token, µs.
+    pub ttft_us: Option<i64>,
+    /// Number of upstream attempts.
+    pub attempts: i32,
+    /// Error class when the request failed.
+    pub error_class: Option<String>,
+}
+
+/// A client rated a request's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackReceived {
+    /// Numeric score, if given.
+    pub score: Option<f64>,
+    /// Label, if given.
+    pub label: Option<String>,
+    /// Free-text comment, if given.
+    pub comment: Option<String>,
+    /// Where the feedback came from (`api`, `eval`, …).
+    pub source: String,
+}
+
+/// A hold with no settlement was released after its TTL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldExpired {
+    /// Released amount in nano-credits.
+    pub amount_nano: i64,
+    /// When the hold was placed, µs since the epoch.
+    pub hold_placed_at: i64,
+    /// The TTL that ran out.
+    pub ttl_ms: i64,
+}
+
+/// One route of a Fusion panel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Panelist {
+    /// Path of the panelist.
+    pub path: String,
+    /// Deployment that answered.
+    pub deployment: String,
+    /// `completed` or `failed`.
+    pub outcome: String,
+    /// What the panelist's call cost, nano-credits.
+    pub charge_nano: i64,
+    /// Completion tokens of the panelist.
+    pub completion_tokens: i64,
+    /// Latency of the panelist, µs.
+    pub latency_us: i64,
+}
+
+/// A Fusion panel ran and its answers were fused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FusionPanelCompleted {
+    /// The panel's routes.
+    pub panelists: Vec<Panelist>,
+    /// Deployment that wrote the fused answer.
+    pub synthesizer_deployment: String,
+    /// Share of claims the panel agreed on, 0..1.
+    pub agreement: f64,
+    /// Short descriptions of where the panel disagreed.
+    pub disagreements: Vec<String>,
+}

@@ -1,0 +1,146 @@
+//! One fully populated sample event per type, for tests, fixtures and benchmarks across crates.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::events::{Envelope, Event, EventType};
+use crate::payloads::*;
+
+/// A sample event of `event_type` with every optional field set, deterministic for `seed`.
+pub fn sample(event_type: EventType, seed: u64) -> Event {
+    let envelope = Envelope {
+        event_id: Uuid::from_u64_pair(0x0193_0000_0000_7000 | (seed >> 48), seed | (1 << 63)),
+        occurred_at: 1_764_000_000_000_000 + i64::try_from(seed % 1_000_000).unwrap_or(0),
+        request_id: Some(format!("req_{seed:032x}")),
+        account_id: format!("acct_{:032x}", seed % 7),
+        project_id: Some(format!("proj_{:032x}", seed % 7)),
+        api_key_id: Some(format!("key_{:032x}", seed % 3)),
+        gateway_instance: "gw-sample".into(),
+        trace_id: Some(format!("{seed:032x}")),
+    };
+    let n = i64::try_from(seed % 10_000).unwrap_or(0);
+    let payload: crate::Payload = match event_type {
+        EventType::AccountOpened => AccountOpened {
+            name: format!("Account {seed}"),
+            default_project_id: format!("proj_{:032x}", seed % 7),
+            default_project_name: "Default".into(),
+        }
+        .into(),
+        EventType::CreditsGranted => CreditsGranted {
+            amount_nano: 1_000_000_000 + n,
+            reason: Some("top-up".into()),
+            granted_by: "admin".into(),
+        }
+        .into(),
+        EventType::ApiKeyCreated => ApiKeyCreated {
+            key_id: format!("key_{seed:032x}"),
+            name: "ci".into(),
+            key_hash: format!("{seed:064x}"),
+            key_prefix: "lum_abcdef12".into(),
+            store_content: seed % 2 == 0,
+            rpm: Some(60 + n),
+            tpm: Some(100_000),
+        }
+        .into(),
+        EventType::ApiKeyRevoked => ApiKeyRevoked {
+            key_id: format!("key_{seed:032x}"),
+            reason: Some("leaked".into()),
+        }
+        .into(),
+        EventType::LimitsChanged => LimitsChanged {
+            key_id: format!("key_{seed:032x}"),
+            rpm: Some(10),
+            tpm: None,
+        }
+        .into(),
+        EventType::PolicyPublished => PolicyPublished {
+            policy_version: 3 + n,
+            snapshot_json: r#"{"paths":{"fast":["sim-fast"]}}"#.into(),
+            reason: "stats".into(),
+        }
+        .into(),
+        EventType::RequestRouted => RequestRouted {
+            requested_model: "lumina-auto".into(),
+            path: "balanced".into(),
+            task_class: "code".into(),
+            stream: true,
+            policy_version: 1,
+            features: BTreeMap::from([("code".into(), 1.0), ("tokens".into(), 412.0)]),
+            scores: BTreeMap::from([("fast".into(), 0.25), ("balanced".into(), 0.5)]),
+            candidates: vec!["sim-balanced".into(), "sim-fast".into()],
+            prompt_tokens_estimate: 412,
+            max_tokens: Some(1024),
+            hold: Some(CreditHold {
+                amount_nano: 4_000_000 + n,
+                price_table_version: "default-1".into(),
+                ttl_ms: 600_000,
+            }),
+        }
+        .into(),
+        EventType::UpstreamAttempted => UpstreamAttempted {
+            attempt: 2,
+            provider: "openai".into(),
+            deployment: "oai-mini".into(),
+            upstream_model: "gpt-4o-mini".into(),
+            started_at: 1_764_000_000_000_000 + n,
+            ttfb_us: Some(120_000),
+            duration_us: 800_000,
+            outcome: "error".into(),
+            error_class: Some("timeout".into()),
+            http_status: Some(504),
+            fell_back: true,
+        }
+        .into(),
+        EventType::RequestSettled => RequestSettled {
+            outcome: "completed".into(),
+            path: "fast".into(),
+            provider: Some("simulated".into()),
+            deployment: Some("sim-fast".into()),
+            usage: Usage {
+                prompt_tokens: 100 + n,
+                completion_tokens: 300,
+                cached_tokens: 20,
+                reasoning_tokens: 5,
+                estimated: false,
+            },
+            charge_nano: 1_234_567 + n,
+            price_table_version: "default-1".into(),
+            rounding: "half_up_nano".into(),
+            hold_released_nano: 4_000_000,
+            latency_us: 812_000,
+            ttft_us: Some(95_000),
+            attempts: 1,
+            error_class: Some("none".into()),
+        }
+        .into(),
+        EventType::FeedbackReceived => FeedbackReceived {
+            score: Some(0.5),
+            label: Some("helpful".into()),
+            comment: Some("good".into()),
+            source: "api".into(),
+        }
+        .into(),
+        EventType::HoldExpired => HoldExpired {
+            amount_nano: 4_000_000 + n,
+            hold_placed_at: 1_764_000_000_000_000,
+            ttl_ms: 600_000,
+        }
+        .into(),
+        EventType::FusionPanelCompleted => FusionPanelCompleted {
+            panelists: vec![Panelist {
+                path: "reasoning".into(),
+                deployment: "sim-reasoning".into(),
+                outcome: "completed".into(),
+                charge_nano: 10 + n,
+                completion_tokens: 700,
+                latency_us: 2_000_000,
+            }],
+            synthesizer_deployment: "sim-balanced".into(),
+            agreement: 0.75,
+            disagreements: vec!["the second claim".into()],
+        }
+        .into(),
+    };
+    Event::new(envelope, payload)
+}
