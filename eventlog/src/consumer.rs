@@ -1,0 +1,414 @@
+//! Consumers with exactly-once effects.
+//!
+//! A consumer polls a batch from an [`EventSource`], and in one database transaction: records
+//! each event id in `consumer_applied_events` (a duplicate id makes the event a no-op), lets its
+//! [`Projection`] write the event's effects, sends undecodable messages to `dead_letters` with
+//! the reason, and stores the next offset per partition in `consumer_positions`. It commits,
+//! then polls again. Killed at any instant, it restarts from the last committed position with
+//! none of the rolled-back effects, so every event's effect lands exactly once.
+//!
+//! A batch that fails with a database error is retried: whole while the error looks transient
+//! (connection lost, database busy), one event per transaction otherwise, so a single poison
+//! event goes to the dead-letter table instead of blocking its partition.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use lumina_schemas::{Event, decode, now_micros};
+use sqlx::{AnyConnection, Row};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Database;
+use crate::source::{EventSource, SourceMessage};
+
+/// What a consumer does with each event, inside the consumer's transaction.
+pub trait Projection: Send + Sync + 'static {
+    /// The consumer's name: the key of its positions, applied ids and dead letters.
+    fn name(&self) -> &'static str;
+
+    /// Writes the effects of `event` through `conn`, which is inside the batch transaction.
+    /// Called at most once per event id per consumer.
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        event: &'a Event,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+}
+
+/// Tuning of a consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Most messages applied in one transaction.
+    pub batch_size: usize,
+    /// How long a poll waits for new messages before looping.
+    pub idle_wait: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            batch_size: 512,
+            idle_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What a consumer has done so far; published after every committed batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// Next offset to apply, per partition, as committed.
+    pub next_offsets: BTreeMap<i32, i64>,
+    /// Events whose effects were applied.
+    pub applied: u64,
+    /// Events skipped because their id was already applied.
+    pub duplicates: u64,
+    /// Messages sent to the dead-letter table.
+    pub dead_letters: u64,
+    /// When the last batch committed, µs since the epoch.
+    pub last_commit_at: i64,
+    /// Newest `occurred_at` among applied events, µs since the epoch (for lag).
+    pub newest_event_at: i64,
+}
+
+/// Why a consumer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The database could not be read at start.
+    #[error("consumer database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The source could not seek.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+}
+
+/// Runs a projection over a source until cancelled.
+pub struct Consumer<S, P> {
+    db: Database,
+    source: S,
+    projection: P,
+    options: ConsumerOptions,
+    progress: watch::Sender<Progress>,
+}
+
+#[derive(Default)]
+struct BatchStats {
+    applied: u64,
+    duplicates: u64,
+    dead_letters: u64,
+    newest_event_at: i64,
+}
+
+/// Whether a database error may go away by retrying the same work.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // SQLite: BUSY (5), LOCKED (6), and their extended codes.
+            // PostgreSQL: serialization failure, deadlock, shutdown, connection exceptions.
+            matches!(&*code, "5" | "6" | "261" | "517" | "40001" | "40P01" | "57P01" | "57P02" | "57P03")
+                || code.starts_with("08")
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// Stored next offsets of `consumer` on `stream`.
+pub async fn load_positions(
+    db: &Database,
+    consumer: &str,
+    stream: &str,
+) -> Result<Vec<(i32, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT partition_id, next_offset FROM consumer_positions
+         WHERE consumer = $1 AND stream = $2 ORDER BY partition_id",
+    )
+    .bind(consumer)
+    .bind(stream)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let partition: i64 = r.try_get(0)?;
+            Ok((i32::try_from(partition).unwrap_or(0), r.try_get(1)?))
+        })
+        .collect()
+}
+
+/// Forgets everything `consumer` applied, so it replays its source from the start. Its
+/// projection's own tables must be cleared in the same breath by the caller.
+pub async fn reset_consumer(conn: &mut AnyConnection, consumer: &str) -> Result<(), sqlx::Error> {
+    for statement in [
+        "DELETE FROM consumer_positions WHERE consumer = $1",
+        "DELETE FROM consumer_applied_events WHERE consumer = $1",
+        "DELETE FROM dead_letters WHERE consumer = $1",
+    ] {
+        sqlx::query(statement)
+            .bind(consumer)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+impl<S: EventSource, P: Projection> Consumer<S, P> {
+    /// A consumer of `source` into `db` through `projection`.
+    pub fn new(db: Database, source: S, projection: P, options: ConsumerOptions) -> Self {
+        Consumer {
+            db,
+            source,
+            projection,
+            options,
+            progress: watch::Sender::new(Progress::default()),
+        }
+    }
+
+    /// Watches this consumer's progress.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Seeks the source to the stored positions, then applies batches until `cancel` fires.
+    /// Cancelling between or during batches is safe: an uncommitted batch is rolled back.
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), ConsumerError> {
+        let name = self.projection.name();
+        let positions = loop {
+            match load_positions(&self.db, name, self.source.stream()).await {
+                Ok(p) => break p,
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(consumer = name, error = %e, "cannot load positions; retrying");
+                    if sleep_or_cancel(&cancel, Duration::from_millis(500)).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.progress.send_modify(|p| p.next_offsets = positions.iter().copied().collect());
+        self.source.seek(&positions).await?;
+        tracing::info!(consumer = name, stream = self.source.stream(), ?positions, "consumer started");
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let batch = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                polled = self.source.poll(self.options.batch_size, self.options.idle_wait) => polled,
+            };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(consumer = name, error = %e, "poll failed");
+                    if sleep_or_cancel(&cancel, backoff).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let Some(stats) = self.apply_with_retries(&batch, &cancel).await else {
+                return Ok(());
+            };
+            backoff = Duration::from_millis(50);
+            let now = now_micros();
+            self.progress.send_modify(|p| {
+                for m in &batch {
+                    let next = p.next_offsets.entry(m.partition).or_insert(0);
+                    *next = (*next).max(m.offset + 1);
+                }
+                p.applied += stats.applied;
+                p.duplicates += stats.duplicates;
+                p.dead_letters += stats.dead_letters;
+                p.last_commit_at = now;
+                p.newest_event_at = p.newest_event_at.max(stats.newest_event_at);
+            });
+        }
+    }
+
+    /// Applies `batch`, retrying transient failures; `None` when cancelled meanwhile.
+    async fn apply_with_retries(
+        &self,
+        batch: &[SourceMessage],
+        cancel: &CancellationToken,
+    ) -> Option<BatchStats> {
+        let name = self.projection.name();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let result = match self.apply_batch(batch).await {
+                Err(e) if !is_transient(&e) => {
+                    tracing::warn!(consumer = name, error = %e, "batch failed; applying one event at a time");
+                    self.apply_singly(batch).await
+                }
+                other => other,
+            };
+            match result {
+                Ok(stats) => return Some(stats),
+                Err(e) => {
+                    tracing::warn!(consumer = name, error = %e, "database unavailable; retrying batch");
+                    if sleep_or_cancel(cancel, backoff).await {
+                        return None;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn apply_batch(&self, batch: &[SourceMessage]) -> Result<BatchStats, sqlx::Error> {
+        let mut tx = self.db.pool.begin().await?;
+        let mut stats = BatchStats::default();
+        for message in batch {
+            self.apply_message(&mut tx, message, &mut stats).await?;
+        }
+        self.store_positions(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(stats)
+    }
+
+    /// One transaction per message; a message whose effects fail for a non-transient reason
+    /// is dead-lettered with that reason.
+    async fn apply_singly(&self, batch: &[SourceMessage]) -> Result<BatchStats, sqlx::Error> {
+        let mut stats = BatchStats::default();
+        for message in batch {
+            let one = std::slice::from_ref(message);
+            let mut tx = self.db.pool.begin().await?;
+            let mut single = BatchStats::default();
+            let applied = self.apply_message(&mut tx, message, &mut single).await;
+            match applied {
+                Ok(()) => {
+                    self.store_positions(&mut tx, one).await?;
+                    tx.commit().await?;
+                }
+                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) => {
+                    tx.rollback().await?;
+                    let mut tx = self.db.pool.begin().await?;
+                    self.dead_letter(&mut tx, message, &format!("projection failed: {e}"))
+                        .await?;
+                    self.store_positions(&mut tx, one).await?;
+                    tx.commit().await?;
+                    single = BatchStats {
+                        dead_letters: 1,
+                        ..BatchStats::default()
+                    };
+                }
+            }
+            stats.applied += single.applied;
+            stats.duplicates += single.duplicates;
+            stats.dead_letters += single.dead_letters;
+            stats.newest_event_at = stats.newest_event_at.max(single.newest_event_at);
+        }
+        Ok(stats)
+    }
+
+    async fn apply_message(
+        &self,
+        conn: &mut AnyConnection,
+        message: &SourceMessage,
+        stats: &mut BatchStats,
+    ) -> Result<(), sqlx::Error> {
+        let event = match decode(&message.bytes) {
+            Ok(decoded) => decoded.event,
+            Err(e) => {
+                stats.dead_letters += 1;
+                return self.dead_letter(conn, message, &e.to_string()).await;
+            }
+        };
+        let mut id_buf = uuid::Uuid::encode_buffer();
+        let event_id: &str = event.envelope.event_id.hyphenated().encode_lower(&mut id_buf);
+        let inserted = sqlx::query(
+            "INSERT INTO consumer_applied_events (consumer, event_id, applied_at)
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(self.projection.name())
+        .bind(event_id)
+        .bind(now_micros())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            stats.duplicates += 1;
+            return Ok(());
+        }
+        self.projection.apply(conn, &event).await?;
+        stats.applied += 1;
+        stats.newest_event_at = stats.newest_event_at.max(event.envelope.occurred_at);
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        conn: &mut AnyConnection,
+        message: &SourceMessage,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
+        tracing::warn!(
+            consumer = self.projection.name(),
+            partition = message.partition,
+            offset = message.offset,
+            reason,
+            "message dead-lettered"
+        );
+        sqlx::query(
+            "INSERT INTO dead_letters
+                 (consumer, stream, partition_id, msg_offset, reason, payload, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(self.projection.name())
+        .bind(self.source.stream())
+        .bind(i64::from(message.partition))
+        .bind(message.offset)
+        .bind(reason)
+        .bind(message.bytes.as_slice())
+        .bind(now_micros())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn store_positions(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &[SourceMessage],
+    ) -> Result<(), sqlx::Error> {
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for m in batch {
+            let n = next.entry(m.partition).or_insert(0);
+            *n = (*n).max(m.offset + 1);
+        }
+        let now = now_micros();
+        for (partition, next_offset) in next {
+            sqlx::query(
+                "INSERT INTO consumer_positions
+                     (consumer, stream, partition_id, next_offset, updated_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (consumer, stream, partition_id)
+                 DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at",
+            )
+            .bind(self.projection.name())
+            .bind(self.source.stream())
+            .bind(i64::from(partition))
+            .bind(next_offset)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Sleeps for `duration`; true when `cancel` fired first.
+async fn sleep_or_cancel(cancel: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}

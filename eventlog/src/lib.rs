@@ -1,0 +1,13 @@
+//! The event spine: the local log every gateway appends to first, the sources consumers read
+//! (the local log now, Kafka in distributed mode), the database they write, and the consumer
+//! loop that applies each event's effects exactly once.
+
+pub mod consumer;
+pub mod db;
+pub mod log;
+pub mod source;
+
+pub use consumer::{Consumer, ConsumerOptions, Progress, Projection};
+pub use db::{Backend, Database, DbError};
+pub use log::{EventLog, FsyncMode, LogEntry, LogError, LogOptions, LogReader, LogRecord};
+pub use source::{EventSource, LOCAL_STREAM, LocalLogSource, SourceMessage};
