@@ -1,0 +1,12 @@
+//! The projector: events in, read models out. It owns the tables the gateway loads (accounts,
+//! projects, API keys and their limits) and will own usage views, request logs and traces.
+//!
+//! It never calls the ledger or the gateway; everything it writes is derived from events and
+//! can be dropped and rebuilt by replaying the log ([`read_model::rebuild`]).
+
+pub mod read_model;
+
+pub use read_model::{AccountRow, KeyRow, ProjectRow, ReadModel, ReadModelProjection};
+
+/// Consumer name of the projector: the key of its positions and applied event ids.
+pub const CONSUMER: &str = "projector";

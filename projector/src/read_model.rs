@@ -1,0 +1,341 @@
+//! Read models of accounts, projects, credit grants and API keys.
+//!
+//! [`ReadModelProjection`] applies `AccountOpened`, `CreditsGranted`, `ApiKeyCreated`,
+//! `ApiKeyRevoked` and `LimitsChanged`; [`ReadModel`] answers the queries of the admin API and
+//! the gateway's key cache. Every column comes from an event (timestamps are `occurred_at`,
+//! never the wall clock), so a rebuild produces identical rows.
+
+use lumina_eventlog::Database;
+use lumina_eventlog::consumer::reset_consumer;
+use lumina_schemas::{Event, Payload};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::CONSUMER;
+
+/// Applies account and key events to the read-model tables.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadModelProjection;
+
+impl lumina_eventlog::Projection for ReadModelProjection {
+    fn name(&self) -> &'static str {
+        CONSUMER
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), sqlx::Error> {
+        let env = &event.envelope;
+        match &event.payload {
+            Payload::AccountOpened(p) => {
+                sqlx::query(
+                    "INSERT INTO accounts
+                         (id, name, default_project_id, granted_nano, created_at, opened_event_id)
+                     VALUES ($1, $2, $3, 0, $4, $5) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&env.account_id)
+                .bind(&p.name)
+                .bind(&p.default_project_id)
+                .bind(env.occurred_at)
+                .bind(env.event_id.to_string())
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO projects (id, account_id, name, created_at)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&p.default_project_id)
+                .bind(&env.account_id)
+                .bind(&p.default_project_name)
+                .bind(env.occurred_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::CreditsGranted(p) => {
+                let inserted = sqlx::query(
+                    "INSERT INTO credit_grants
+                         (event_id, account_id, amount_nano, reason, granted_by, granted_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(env.event_id.to_string())
+                .bind(&env.account_id)
+                .bind(p.amount_nano)
+                .bind(p.reason.as_deref())
+                .bind(&p.granted_by)
+                .bind(env.occurred_at)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if inserted == 1 {
+                    sqlx::query(
+                        "UPDATE accounts SET granted_nano = granted_nano + $1 WHERE id = $2",
+                    )
+                    .bind(p.amount_nano)
+                    .bind(&env.account_id)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            Payload::ApiKeyCreated(p) => {
+                let project_id = match &env.project_id {
+                    Some(project) => project.clone(),
+                    None => default_project(conn, &env.account_id).await?,
+                };
+                sqlx::query(
+                    "INSERT INTO api_keys
+                         (id, account_id, project_id, name, key_hash, key_prefix, status,
+                          store_content, rpm, tpm, created_at, revoked_at, updated_at,
+                          created_event_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, NULL, $10, $11)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&p.key_id)
+                .bind(&env.account_id)
+                .bind(project_id)
+                .bind(&p.name)
+                .bind(&p.key_hash)
+                .bind(&p.key_prefix)
+                .bind(i64::from(p.store_content))
+                .bind(p.rpm)
+                .bind(p.tpm)
+                .bind(env.occurred_at)
+                .bind(env.event_id.to_string())
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::ApiKeyRevoked(p) => {
+                sqlx::query(
+                    "UPDATE api_keys SET status = 'revoked', revoked_at = $1, updated_at = $1
+                     WHERE id = $2 AND account_id = $3 AND status = 'active'",
+                )
+                .bind(env.occurred_at)
+                .bind(&p.key_id)
+                .bind(&env.account_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::LimitsChanged(p) => {
+                sqlx::query(
+                    "UPDATE api_keys SET rpm = $1, tpm = $2, updated_at = $3
+                     WHERE id = $4 AND account_id = $5",
+                )
+                .bind(p.rpm)
+                .bind(p.tpm)
+                .bind(env.occurred_at)
+                .bind(&p.key_id)
+                .bind(&env.account_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+async fn default_project(conn: &mut AnyConnection, account_id: &str) -> Result<String, sqlx::Error> {
+    let row = sqlx::query("SELECT default_project_id FROM accounts WHERE id = $1")
+        .bind(account_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(row) => row.try_get(0),
+        None => Err(sqlx::Error::Protocol(format!(
+            "key for unknown account {account_id}"
+        ))),
+    }
+}
+
+/// An account as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountRow {
+    /// `acct_…`
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The project created with the account.
+    pub default_project_id: String,
+    /// Sum of all grants, nano-credits.
+    pub granted_nano: i64,
+    /// µs since the epoch.
+    pub created_at: i64,
+}
+
+/// A project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectRow {
+    /// `proj_…`
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// Display name.
+    pub name: String,
+    /// µs since the epoch.
+    pub created_at: i64,
+}
+
+/// An API key as the read model holds it: never the key itself, only its keyed hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyRow {
+    /// `key_…`
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// Project the key's usage is attributed to.
+    pub project_id: String,
+    /// Display name.
+    pub name: String,
+    /// Hex HMAC-SHA-256 of the key.
+    #[serde(skip)]
+    pub key_hash: String,
+    /// First characters of the key.
+    pub key_prefix: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// Whether prompts and answers may be kept for eval datasets.
+    pub store_content: bool,
+    /// Requests per minute, if limited.
+    pub rpm: Option<i64>,
+    /// Tokens per minute, if limited.
+    pub tpm: Option<i64>,
+    /// µs since the epoch.
+    pub created_at: i64,
+    /// µs since the epoch, once revoked.
+    pub revoked_at: Option<i64>,
+}
+
+impl KeyRow {
+    /// Whether the key still authenticates.
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+const KEY_COLUMNS: &str = "id, account_id, project_id, name, key_hash, key_prefix, status, \
+                           store_content, rpm, tpm, created_at, revoked_at";
+
+fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
+    Ok(KeyRow {
+        id: r.try_get(0)?,
+        account_id: r.try_get(1)?,
+        project_id: r.try_get(2)?,
+        name: r.try_get(3)?,
+        key_hash: r.try_get(4)?,
+        key_prefix: r.try_get(5)?,
+        status: r.try_get(6)?,
+        store_content: r.try_get::<i64, _>(7)? != 0,
+        rpm: r.try_get(8)?,
+        tpm: r.try_get(9)?,
+        created_at: r.try_get(10)?,
+        revoked_at: r.try_get(11)?,
+    })
+}
+
+fn account_row(r: &AnyRow) -> Result<AccountRow, sqlx::Error> {
+    Ok(AccountRow {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        default_project_id: r.try_get(2)?,
+        granted_nano: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+    })
+}
+
+/// Queries over the read models.
+#[derive(Debug, Clone)]
+pub struct ReadModel {
+    db: Database,
+}
+
+impl ReadModel {
+    /// Read models in `db`.
+    pub fn new(db: Database) -> ReadModel {
+        ReadModel { db }
+    }
+
+    /// The database behind the read models.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Every key, active and revoked (the gateway's cache needs both to answer 401 vs 403).
+    pub async fn all_keys(&self) -> Result<Vec<KeyRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"));
+        let rows = sqlx::query(sql).fetch_all(&self.db.pool).await?;
+        rows.iter().map(key_row).collect()
+    }
+
+    /// Keys of `account_id`, or of every account, in creation order.
+    pub async fn keys(&self, account_id: Option<&str>) -> Result<Vec<KeyRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 IS NULL OR account_id = $1) ORDER BY id"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(account_id)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter().map(key_row).collect()
+    }
+
+    /// One key by id.
+    pub async fn key(&self, id: &str) -> Result<Option<KeyRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"));
+        let row = sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    /// One account by id.
+    pub async fn account(&self, id: &str) -> Result<Option<AccountRow>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT id, name, default_project_id, granted_nano, created_at
+             FROM accounts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.as_ref().map(account_row).transpose()
+    }
+
+    /// Number of accounts.
+    pub async fn account_count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query("SELECT COUNT(*) FROM accounts")
+            .fetch_one(&self.db.pool)
+            .await?
+            .try_get(0)
+    }
+
+    /// One project by id.
+    pub async fn project(&self, id: &str) -> Result<Option<ProjectRow>, sqlx::Error> {
+        let row = sqlx::query("SELECT id, account_id, name, created_at FROM projects WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.map(|r| {
+            Ok(ProjectRow {
+                id: r.try_get(0)?,
+                account_id: r.try_get(1)?,
+                name: r.try_get(2)?,
+                created_at: r.try_get(3)?,
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Tables the read-model projection writes, in deletion order.
+pub const TABLES: [&str; 4] = ["api_keys", "credit_grants", "projects", "accounts"];
+
+/// Drops every read-model row and the projector's positions in one transaction, so the next
+/// projector run replays the log from the start into empty tables.
+pub async fn rebuild(db: &Database) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    for table in TABLES {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&mut *tx)
+            .await?;
+    }
+    reset_consumer(&mut tx, CONSUMER).await?;
+    tx.commit().await
+}
