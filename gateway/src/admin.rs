@@ -1,0 +1,311 @@
+//! The admin service: every admin write is an event appended to the log, and the call returns
+//! only once the read model has applied it (and this gateway's key cache has reloaded), so a
+//! key it issues works on the very next request and a key it revokes fails on the next one.
+//!
+//! HTTP handlers and `lumina serve`'s first-start bootstrap both go through this service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lumina_eventlog::{EventLog, LogError, Progress};
+use lumina_projector::{AccountRow, KeyRow, ReadModel};
+use lumina_schemas::ids::new_id;
+use lumina_schemas::payloads::{AccountOpened, ApiKeyCreated, ApiKeyRevoked, CreditsGranted};
+use lumina_schemas::{Envelope, Event, NanoCredits};
+use tokio::sync::watch;
+
+use crate::auth::{KeyCache, SecretError, generate_key};
+
+/// Why an admin operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// An id named in the request does not exist.
+    #[error("No {what} found with id '{id}'")]
+    NotFound {
+        /// What kind of thing.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+        /// The request field that named it.
+        param: &'static str,
+    },
+    /// A field is invalid.
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong, for people.
+        message: String,
+        /// The offending field.
+        param: &'static str,
+    },
+    /// The event could not be appended to the log.
+    #[error("the event log cannot take writes: {0}")]
+    Log(#[from] LogError),
+    /// The read model did not apply the event in time; the write is durable and will apply.
+    #[error("the change was recorded but the read model did not apply it within {0:?}; retry the read shortly")]
+    NotApplied(Duration),
+    /// The read model could not be queried.
+    #[error("read model unavailable: {0}")]
+    Db(#[from] sqlx::Error),
+    /// No randomness for a key.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+/// What a new key needs.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRequest {
+    /// Owning account.
+    pub account_id: String,
+    /// Display name.
+    pub name: String,
+    /// Project; the account's default project when `None`.
+    pub project_id: Option<String>,
+    /// Requests per minute.
+    pub rpm: Option<i64>,
+    /// Tokens per minute.
+    pub tpm: Option<i64>,
+    /// Keep prompts and answers for eval datasets.
+    pub store_content: bool,
+}
+
+/// Issues admin events and waits for the read model to apply them.
+pub struct Admin {
+    log: EventLog,
+    read_model: ReadModel,
+    keys: Arc<KeyCache>,
+    applied: watch::Receiver<Progress>,
+    instance: String,
+    apply_timeout: Duration,
+}
+
+const MAX_NAME_LEN: usize = 256;
+
+fn valid_name(name: &str, param: &'static str) -> Result<String, AdminError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+        return Err(AdminError::Invalid {
+            message: format!("'{param}' must be 1 to {MAX_NAME_LEN} characters"),
+            param,
+        });
+    }
+    Ok(name.to_string())
+}
+
+fn valid_limit(limit: Option<i64>, param: &'static str) -> Result<Option<i64>, AdminError> {
+    match limit {
+        Some(n) if n <= 0 => Err(AdminError::Invalid {
+            message: format!("'{param}' must be a positive integer"),
+            param,
+        }),
+        other => Ok(other),
+    }
+}
+
+impl Admin {
+    /// An admin service writing to `log`, reading `read_model`, and waiting on `applied`, the
+    /// progress of the projector consuming `log` in this process.
+    pub fn new(
+        log: EventLog,
+        read_model: ReadModel,
+        keys: Arc<KeyCache>,
+        applied: watch::Receiver<Progress>,
+        instance: impl Into<String>,
+    ) -> Admin {
+        Admin {
+            log,
+            read_model,
+            keys,
+            applied,
+            instance: instance.into(),
+            apply_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The read model this service answers from.
+    pub fn read_model(&self) -> &ReadModel {
+        &self.read_model
+    }
+
+    fn envelope(&self, account_id: &str) -> Envelope {
+        Envelope::new(account_id, self.instance.as_str())
+    }
+
+    /// Appends `events` in order, then waits until the projector has applied the last one.
+    async fn record(&self, events: &[Event]) -> Result<(), AdminError> {
+        let mut last = 0;
+        for event in events {
+            last = self.log.append_event(event).await?;
+        }
+        let target = i64::try_from(last).unwrap_or(i64::MAX);
+        let mut applied = self.applied.clone();
+        let waited = tokio::time::timeout(
+            self.apply_timeout,
+            applied.wait_for(|p| p.next_offsets.get(&0).is_some_and(|&next| next > target)),
+        )
+        .await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(AdminError::NotApplied(self.apply_timeout)),
+        }
+    }
+
+    async fn refresh_keys(&self) -> Result<(), AdminError> {
+        self.keys.refresh(&self.read_model).await?;
+        Ok(())
+    }
+
+    /// Opens an account with its default project and, when `credits` is positive, grants them.
+    pub async fn open_account(
+        &self,
+        name: &str,
+        credits: NanoCredits,
+        granted_by: &str,
+    ) -> Result<AccountRow, AdminError> {
+        let name = valid_name(name, "name")?;
+        let account_id = new_id("acct");
+        let mut envelope = self.envelope(&account_id);
+        let project_id = new_id("proj");
+        envelope.project_id = Some(project_id.clone());
+        let mut events = vec![Event::new(
+            envelope,
+            AccountOpened {
+                name,
+                default_project_id: project_id,
+                default_project_name: "Default".into(),
+            },
+        )];
+        if credits.is_positive() {
+            events.push(Event::new(
+                self.envelope(&account_id),
+                CreditsGranted {
+                    amount_nano: credits.0,
+                    reason: Some("initial credits".into()),
+                    granted_by: granted_by.into(),
+                },
+            ));
+        }
+        self.record(&events).await?;
+        self.account(&account_id).await
+    }
+
+    /// One account, or `NotFound`.
+    pub async fn account(&self, account_id: &str) -> Result<AccountRow, AdminError> {
+        self.read_model
+            .account(account_id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound {
+                what: "account",
+                id: account_id.to_string(),
+                param: "account_id",
+            })
+    }
+
+    /// Grants `amount` (positive) to an existing account; returns the account afterwards.
+    pub async fn grant_credits(
+        &self,
+        account_id: &str,
+        amount: NanoCredits,
+        reason: Option<String>,
+        granted_by: &str,
+    ) -> Result<AccountRow, AdminError> {
+        if !amount.is_positive() {
+            return Err(AdminError::Invalid {
+                message: "'amount' must be a positive number of credits".into(),
+                param: "amount",
+            });
+        }
+        self.account(account_id).await?;
+        let event = Event::new(
+            self.envelope(account_id),
+            CreditsGranted {
+                amount_nano: amount.0,
+                reason,
+                granted_by: granted_by.into(),
+            },
+        );
+        self.record(&[event]).await?;
+        self.account(account_id).await
+    }
+
+    /// Issues a key; returns its row and the key itself, which is never available again.
+    pub async fn create_key(&self, request: KeyRequest) -> Result<(KeyRow, String), AdminError> {
+        let name = valid_name(&request.name, "name")?;
+        let rpm = valid_limit(request.rpm, "rpm")?;
+        let tpm = valid_limit(request.tpm, "tpm")?;
+        let account = self.account(&request.account_id).await?;
+        let project_id = match request.project_id {
+            None => account.default_project_id.clone(),
+            Some(project_id) => match self.read_model.project(&project_id).await? {
+                Some(p) if p.account_id == account.id => p.id,
+                _ => {
+                    return Err(AdminError::NotFound {
+                        what: "project",
+                        id: project_id,
+                        param: "project_id",
+                    });
+                }
+            },
+        };
+        let new_key = generate_key(self.keys.secret())?;
+        let key_id = new_id("key");
+        let mut envelope = self.envelope(&account.id);
+        envelope.project_id = Some(project_id);
+        envelope.api_key_id = Some(key_id.clone());
+        let event = Event::new(
+            envelope,
+            ApiKeyCreated {
+                key_id: key_id.clone(),
+                name,
+                key_hash: new_key.hash_hex,
+                key_prefix: new_key.prefix,
+                store_content: request.store_content,
+                rpm,
+                tpm,
+            },
+        );
+        self.record(&[event]).await?;
+        self.refresh_keys().await?;
+        let row = self.key(&key_id).await?;
+        Ok((row, new_key.key))
+    }
+
+    /// One key, or `NotFound`.
+    pub async fn key(&self, key_id: &str) -> Result<KeyRow, AdminError> {
+        self.read_model
+            .key(key_id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound {
+                what: "API key",
+                id: key_id.to_string(),
+                param: "id",
+            })
+    }
+
+    /// Keys of one account (which must exist) or of all accounts.
+    pub async fn keys(&self, account_id: Option<&str>) -> Result<Vec<KeyRow>, AdminError> {
+        if let Some(account_id) = account_id {
+            self.account(account_id).await?;
+        }
+        Ok(self.read_model.keys(account_id).await?)
+    }
+
+    /// Revokes a key; revoking a revoked key changes nothing and is not an error.
+    pub async fn revoke_key(&self, key_id: &str) -> Result<KeyRow, AdminError> {
+        let key = self.key(key_id).await?;
+        if key.is_active() {
+            let mut envelope = self.envelope(&key.account_id);
+            envelope.project_id = Some(key.project_id.clone());
+            envelope.api_key_id = Some(key.id.clone());
+            let event = Event::new(
+                envelope,
+                ApiKeyRevoked {
+                    key_id: key.id.clone(),
+                    reason: None,
+                },
+            );
+            self.record(&[event]).await?;
+        }
+        self.refresh_keys().await?;
+        self.key(key_id).await
+    }
+}

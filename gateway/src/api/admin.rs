@@ -1,0 +1,268 @@
+//! The admin API (behind the admin key): accounts, credit grants and API keys.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use lumina_projector::{AccountRow, KeyRow};
+use lumina_schemas::NanoCredits;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::admin::KeyRequest;
+use crate::api::error::ApiError;
+use crate::api::extract::{AdminKey, ApiJson, ApiQuery};
+use crate::state::AppState;
+
+/// Who admin grants are attributed to in events.
+const GRANTED_BY: &str = "admin";
+
+/// Parses a credit amount given as a JSON number or a decimal string, exactly.
+fn parse_credits(raw: &RawValue, param: &str) -> Result<NanoCredits, ApiError> {
+    let text = raw.get().trim();
+    let decimal_text = if text.starts_with('"') {
+        serde_json::from_str::<String>(text).map_err(|_| {
+            ApiError::invalid(format!("'{param}' must be a number or a decimal string"), Some(param))
+        })?
+    } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        text.to_string()
+    } else {
+        return Err(ApiError::invalid(
+            format!("'{param}' must be a number or a decimal string, got {text}"),
+            Some(param),
+        ));
+    };
+    let amount = NanoCredits::parse_credits(&decimal_text)
+        .map_err(|e| ApiError::invalid(format!("Invalid '{param}': {e}"), Some(param)))?;
+    if !amount.is_positive() {
+        return Err(ApiError::invalid(
+            format!("'{param}' must be positive, got {decimal_text}"),
+            Some(param),
+        ));
+    }
+    Ok(amount)
+}
+
+fn unix_seconds(micros: i64) -> i64 {
+    micros.div_euclid(1_000_000)
+}
+
+/// An account as the admin API shows it.
+#[derive(Serialize)]
+pub struct AccountView {
+    id: String,
+    object: &'static str,
+    name: String,
+    project_id: String,
+    created_at: i64,
+    credits_granted: String,
+    credits_granted_nano: i64,
+}
+
+impl From<AccountRow> for AccountView {
+    fn from(a: AccountRow) -> Self {
+        AccountView {
+            credits_granted: NanoCredits(a.granted_nano).to_string(),
+            credits_granted_nano: a.granted_nano,
+            created_at: unix_seconds(a.created_at),
+            id: a.id,
+            object: "account",
+            name: a.name,
+            project_id: a.default_project_id,
+        }
+    }
+}
+
+/// Body of `POST /admin/accounts`.
+#[derive(Deserialize)]
+pub struct CreateAccount {
+    name: String,
+    #[serde(default)]
+    credits: Option<Box<RawValue>>,
+}
+
+/// `POST /admin/accounts`: opens an account, granting its initial credits.
+pub async fn create_account(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    ApiJson(body): ApiJson<CreateAccount>,
+) -> Result<(StatusCode, Json<AccountView>), ApiError> {
+    let credits = match &body.credits {
+        Some(raw) => parse_credits(raw, "credits")?,
+        None => NanoCredits::ZERO,
+    };
+    let account = state
+        .admin
+        .open_account(&body.name, credits, GRANTED_BY)
+        .await?;
+    Ok((StatusCode::CREATED, Json(account.into())))
+}
+
+/// `GET /admin/accounts/{id}`.
+pub async fn get_account(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<AccountView>, ApiError> {
+    Ok(Json(state.admin.account(&id).await?.into()))
+}
+
+/// Body of `POST /admin/accounts/{id}/credits`.
+#[derive(Deserialize)]
+pub struct GrantCredits {
+    amount: Box<RawValue>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// A grant as the admin API shows it.
+#[derive(Serialize)]
+pub struct GrantView {
+    object: &'static str,
+    account_id: String,
+    amount: String,
+    amount_nano: i64,
+    account: AccountView,
+}
+
+/// `POST /admin/accounts/{id}/credits`: grants credits.
+pub async fn grant_credits(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<GrantCredits>,
+) -> Result<(StatusCode, Json<GrantView>), ApiError> {
+    let amount = parse_credits(&body.amount, "amount")?;
+    let account = state
+        .admin
+        .grant_credits(&id, amount, body.reason, GRANTED_BY)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(GrantView {
+            object: "credit_grant",
+            account_id: account.id.clone(),
+            amount: amount.to_string(),
+            amount_nano: amount.0,
+            account: account.into(),
+        }),
+    ))
+}
+
+/// A key as the admin API shows it; `key` only in the response that created it.
+#[derive(Serialize)]
+pub struct KeyView {
+    id: String,
+    object: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    name: String,
+    account_id: String,
+    project_id: String,
+    prefix: String,
+    status: String,
+    rpm: Option<i64>,
+    tpm: Option<i64>,
+    store_content: bool,
+    created_at: i64,
+    revoked_at: Option<i64>,
+}
+
+impl KeyView {
+    fn new(k: KeyRow, key: Option<String>) -> KeyView {
+        KeyView {
+            id: k.id,
+            object: "api_key",
+            key,
+            name: k.name,
+            account_id: k.account_id,
+            project_id: k.project_id,
+            prefix: k.key_prefix,
+            status: k.status,
+            rpm: k.rpm,
+            tpm: k.tpm,
+            store_content: k.store_content,
+            created_at: unix_seconds(k.created_at),
+            revoked_at: k.revoked_at.map(unix_seconds),
+        }
+    }
+}
+
+/// Body of `POST /admin/keys`.
+#[derive(Deserialize)]
+pub struct CreateKey {
+    account_id: String,
+    name: String,
+    #[serde(default)]
+    project_id: Option<String>,
+    #[serde(default)]
+    rpm: Option<i64>,
+    #[serde(default)]
+    tpm: Option<i64>,
+    #[serde(default)]
+    store_content: bool,
+}
+
+/// `POST /admin/keys`: issues a key, returned once.
+pub async fn create_key(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    let (row, key) = state
+        .admin
+        .create_key(KeyRequest {
+            account_id: body.account_id,
+            name: body.name,
+            project_id: body.project_id,
+            rpm: body.rpm,
+            tpm: body.tpm,
+            store_content: body.store_content,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(KeyView::new(row, Some(key)))))
+}
+
+/// Query of `GET /admin/keys`.
+#[derive(Deserialize)]
+pub struct KeysQuery {
+    #[serde(default)]
+    account_id: Option<String>,
+}
+
+/// A list in OpenAI's shape.
+#[derive(Serialize)]
+pub struct ListView<T> {
+    object: &'static str,
+    data: Vec<T>,
+}
+
+/// `GET /admin/keys?account_id=`: keys of an account, or all keys.
+pub async fn list_keys(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    ApiQuery(query): ApiQuery<KeysQuery>,
+) -> Result<Json<ListView<KeyView>>, ApiError> {
+    let keys = state.admin.keys(query.account_id.as_deref()).await?;
+    Ok(Json(ListView {
+        object: "list",
+        data: keys.into_iter().map(|k| KeyView::new(k, None)).collect(),
+    }))
+}
+
+/// `GET /admin/keys/{id}`.
+pub async fn get_key(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    Ok(Json(KeyView::new(state.admin.key(&id).await?, None)))
+}
+
+/// `DELETE /admin/keys/{id}`: revokes a key; it fails from the next request on.
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    Ok(Json(KeyView::new(state.admin.revoke_key(&id).await?, None)))
+}

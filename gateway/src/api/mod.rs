@@ -1,0 +1,68 @@
+//! HTTP only: routes, extractors, OpenAI wire shapes and error mapping. Handlers translate
+//! between the wire and the services; they hold no logic of their own.
+
+pub mod admin;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod models;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use lumina_schemas::ids::new_id;
+
+use crate::api::error::ApiError;
+use crate::state::AppState;
+
+/// The request id of a request, as sent in `x-request-id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+async fn assign_request_id(mut req: Request, next: Next) -> Response {
+    let id = new_id("req");
+    let header = HeaderValue::from_str(&id).ok();
+    req.extensions_mut().insert(RequestId(id));
+    let mut response = next.run(req).await;
+    if let Some(header) = header {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), header);
+    }
+    response
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::UnknownRoute {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+/// The gateway's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::retrieve))
+        .route("/admin/accounts", post(admin::create_account))
+        .route("/admin/accounts/{id}", get(admin::get_account))
+        .route("/admin/accounts/{id}/credits", post(admin::grant_credits))
+        .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/admin/keys/{id}", get(admin::get_key).delete(admin::revoke_key))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(assign_request_id))
+        .with_state(state)
+}

@@ -1,0 +1,62 @@
+//! `GET /v1/models` and `GET /v1/models/{id}` in OpenAI's shapes.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+
+use crate::api::error::ApiError;
+use crate::api::extract::CustomerKey;
+use crate::routing::catalog::{CATALOG_CREATED, CatalogEntry};
+use crate::state::AppState;
+
+/// One model object.
+#[derive(Serialize)]
+pub struct ModelObject {
+    id: &'static str,
+    object: &'static str,
+    created: i64,
+    owned_by: &'static str,
+}
+
+impl From<&CatalogEntry> for ModelObject {
+    fn from(e: &CatalogEntry) -> Self {
+        ModelObject {
+            id: e.id,
+            object: "model",
+            created: CATALOG_CREATED,
+            owned_by: "lumina",
+        }
+    }
+}
+
+/// The model list.
+#[derive(Serialize)]
+pub struct ModelList {
+    object: &'static str,
+    data: Vec<ModelObject>,
+}
+
+/// Lists the catalog for a customer key.
+pub async fn list(State(state): State<AppState>, _key: CustomerKey) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: state.catalog.entries().map(ModelObject::from).collect(),
+    })
+}
+
+/// One model of the catalog.
+pub async fn retrieve(
+    State(state): State<AppState>,
+    _key: CustomerKey,
+    Path(id): Path<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    state
+        .catalog
+        .entries()
+        .find(|e| e.id == id)
+        .map(|e| Json(ModelObject::from(e)))
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!("The model '{id}' does not exist"),
+            param: Some("model".into()),
+        })
+}

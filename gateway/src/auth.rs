@@ -1,0 +1,302 @@
+//! API keys: generation, keyed hashing, and the in-memory cache requests authenticate against.
+//!
+//! A key is `lum_` followed by 48 random hex digits, shown to its owner once. Only its
+//! HMAC-SHA-256 under the server's key secret is ever recorded (in events and tables). The
+//! cache maps a key's public prefix to candidate hashes; the presented key's HMAC is compared
+//! with each candidate in constant time. The cache is rebuilt from the read model at least
+//! every second and right after this gateway's own admin writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hmac::{Hmac, KeyInit, Mac};
+use lumina_projector::{KeyRow, ReadModel};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// Marks a Lumina key.
+pub const KEY_PREFIX: &str = "lum_";
+/// Characters of a key kept as its public prefix (`lum_` and 8 hex digits).
+pub const PUBLIC_PREFIX_LEN: usize = 12;
+const SECRET_HEX_LEN: usize = 48;
+
+/// The server secret keys are hashed under; shared by every gateway of a deployment.
+#[derive(Clone)]
+pub struct KeySecret([u8; 32]);
+
+impl std::fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySecret(..)")
+    }
+}
+
+/// Why a secret or a key could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The secret text is not 64 hex digits.
+    #[error("key secret must be 64 hex digits (32 bytes)")]
+    Malformed,
+    /// The operating system's random source failed.
+    #[error("no randomness available: {0}")]
+    Random(String),
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], SecretError> {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).map_err(|e| SecretError::Random(e.to_string()))?;
+    Ok(buf)
+}
+
+impl KeySecret {
+    /// A fresh random secret.
+    pub fn generate() -> Result<KeySecret, SecretError> {
+        random_bytes().map(KeySecret)
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(text: &str) -> Result<KeySecret, SecretError> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| SecretError::Malformed)?;
+        Ok(KeySecret(bytes))
+    }
+
+    /// The secret as 64 hex digits, for storing in the data dir.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// HMAC-SHA-256 of `key` under this secret.
+    pub fn hash(&self, key: &str) -> [u8; 32] {
+        // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
+        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {
+            Ok(mac) => mac,
+            Err(_) => return [0u8; 32],
+        };
+        mac.update(key.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// A newly generated key: the secret text (shown once), its prefix and hash.
+pub struct NewKey {
+    /// The full key, `lum_…`; returned to the caller once and never stored.
+    pub key: String,
+    /// Public prefix for display and lookup.
+    pub prefix: String,
+    /// Hex HMAC of the key.
+    pub hash_hex: String,
+}
+
+/// Generates a random key and its hash under `secret`.
+pub fn generate_key(secret: &KeySecret) -> Result<NewKey, SecretError> {
+    let random: [u8; SECRET_HEX_LEN / 2] = random_bytes()?;
+    let key = format!("{KEY_PREFIX}{}", hex::encode(random));
+    Ok(NewKey {
+        prefix: key[..PUBLIC_PREFIX_LEN].to_string(),
+        hash_hex: hex::encode(secret.hash(&key)),
+        key,
+    })
+}
+
+/// Generates a random admin key (`lum_admin_…`).
+pub fn generate_admin_key() -> Result<String, SecretError> {
+    let random: [u8; 24] = random_bytes()?;
+    Ok(format!("lum_admin_{}", hex::encode(random)))
+}
+
+/// What a request authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIdentity {
+    /// `key_…`
+    pub key_id: String,
+    /// The key's account.
+    pub account_id: String,
+    /// The key's project.
+    pub project_id: String,
+    /// Requests per minute, if limited.
+    pub rpm: Option<i64>,
+    /// Tokens per minute, if limited.
+    pub tpm: Option<i64>,
+    /// Whether prompts and answers may be kept for eval datasets.
+    pub store_content: bool,
+}
+
+/// Why a presented key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No key was presented.
+    Missing,
+    /// The key is not one Lumina issued.
+    Unknown,
+    /// The key was revoked.
+    Revoked,
+}
+
+struct CachedKey {
+    hash: [u8; 32],
+    active: bool,
+    identity: Arc<KeyIdentity>,
+}
+
+type KeyMap = HashMap<String, Vec<CachedKey>>;
+
+/// The in-memory key table; reads are lock-free.
+pub struct KeyCache {
+    secret: KeySecret,
+    keys: ArcSwap<KeyMap>,
+}
+
+impl KeyCache {
+    /// An empty cache hashing presented keys under `secret`.
+    pub fn new(secret: KeySecret) -> KeyCache {
+        KeyCache {
+            secret,
+            keys: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    /// The secret keys are hashed under.
+    pub fn secret(&self) -> &KeySecret {
+        &self.secret
+    }
+
+    /// Replaces the cache with `rows`.
+    pub fn replace(&self, rows: Vec<KeyRow>) {
+        let mut map: KeyMap = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let mut hash = [0u8; 32];
+            if hex::decode_to_slice(&row.key_hash, &mut hash).is_err() {
+                tracing::warn!(key_id = %row.id, "skipping key with a malformed hash");
+                continue;
+            }
+            let active = row.is_active();
+            map.entry(row.key_prefix).or_default().push(CachedKey {
+                hash,
+                active,
+                identity: Arc::new(KeyIdentity {
+                    key_id: row.id,
+                    account_id: row.account_id,
+                    project_id: row.project_id,
+                    rpm: row.rpm,
+                    tpm: row.tpm,
+                    store_content: row.store_content,
+                }),
+            });
+        }
+        self.keys.store(Arc::new(map));
+    }
+
+    /// Reloads every key from the read model.
+    pub async fn refresh(&self, read_model: &ReadModel) -> Result<usize, sqlx::Error> {
+        let rows = read_model.all_keys().await?;
+        let n = rows.len();
+        self.replace(rows);
+        Ok(n)
+    }
+
+    /// Authenticates a presented key.
+    pub fn authenticate(&self, presented: &str) -> Result<Arc<KeyIdentity>, AuthFailure> {
+        if presented.is_empty() {
+            return Err(AuthFailure::Missing);
+        }
+        if !presented.starts_with(KEY_PREFIX) || presented.len() < PUBLIC_PREFIX_LEN {
+            return Err(AuthFailure::Unknown);
+        }
+        let keys = self.keys.load();
+        let Some(candidates) = presented
+            .get(..PUBLIC_PREFIX_LEN)
+            .and_then(|prefix| keys.get(prefix))
+        else {
+            return Err(AuthFailure::Unknown);
+        };
+        let hash = self.secret.hash(presented);
+        for candidate in candidates {
+            if bool::from(candidate.hash.ct_eq(&hash)) {
+                return if candidate.active {
+                    Ok(candidate.identity.clone())
+                } else {
+                    Err(AuthFailure::Revoked)
+                };
+            }
+        }
+        Err(AuthFailure::Unknown)
+    }
+
+    /// Number of keys cached.
+    pub fn len(&self) -> usize {
+        self.keys.load().values().map(Vec::len).sum()
+    }
+
+    /// Whether no key is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Constant-time comparison of two secrets of any length (hashing first hides the length).
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    use sha2::Digest;
+    let ha = Sha256::digest(a.as_bytes());
+    let hb = Sha256::digest(b.as_bytes());
+    bool::from(ha.as_slice().ct_eq(hb.as_slice()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, new: &NewKey, status: &str) -> KeyRow {
+        KeyRow {
+            id: id.into(),
+            account_id: "acct_1".into(),
+            project_id: "proj_1".into(),
+            name: "k".into(),
+            key_hash: new.hash_hex.clone(),
+            key_prefix: new.prefix.clone(),
+            status: status.into(),
+            store_content: false,
+            rpm: None,
+            tpm: None,
+            created_at: 0,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn authenticates_issued_keys_and_refuses_others() {
+        let secret = KeySecret::generate().unwrap();
+        let cache = KeyCache::new(secret.clone());
+        let good = generate_key(&secret).unwrap();
+        let revoked = generate_key(&secret).unwrap();
+        cache.replace(vec![row("key_a", &good, "active"), row("key_b", &revoked, "revoked")]);
+        assert_eq!(cache.authenticate(&good.key).unwrap().key_id, "key_a");
+        assert_eq!(cache.authenticate(&revoked.key).unwrap_err(), AuthFailure::Revoked);
+        assert_eq!(cache.authenticate("").unwrap_err(), AuthFailure::Missing);
+        assert_eq!(cache.authenticate("sk-foo").unwrap_err(), AuthFailure::Unknown);
+        let mut forged = good.key.clone();
+        forged.pop();
+        forged.push(if good.key.ends_with('0') { '1' } else { '0' });
+        assert_eq!(cache.authenticate(&forged).unwrap_err(), AuthFailure::Unknown);
+    }
+
+    #[test]
+    fn the_same_key_hashes_differently_under_another_secret() {
+        let a = KeySecret::generate().unwrap();
+        let b = KeySecret::generate().unwrap();
+        let key = generate_key(&a).unwrap();
+        assert_ne!(a.hash(&key.key), b.hash(&key.key));
+        assert_eq!(hex::encode(a.hash(&key.key)), key.hash_hex);
+        assert_eq!(KeySecret::from_hex(&a.to_hex()).unwrap().hash("x"), a.hash("x"));
+    }
+
+    #[test]
+    fn generated_keys_have_the_documented_shape() {
+        let secret = KeySecret::generate().unwrap();
+        let key = generate_key(&secret).unwrap();
+        assert!(key.key.starts_with("lum_"));
+        assert_eq!(key.key.len(), 4 + SECRET_HEX_LEN);
+        assert_eq!(key.prefix, key.key[..PUBLIC_PREFIX_LEN]);
+        assert!(!key.hash_hex.contains(&key.key[4..]));
+    }
+}

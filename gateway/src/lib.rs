@@ -1,0 +1,14 @@
+//! The gateway: accept → authenticate → (limit/hold → classify → route → attempt/fallback →
+//! stream, as they land) over an OpenAI-compatible HTTP API, plus the admin API.
+//!
+//! It never writes tables: its durable output is events in the local log; keys, balances and
+//! policy come from read models maintained by the projector and the ledger.
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod routing;
+pub mod state;
+
+pub use api::router;
+pub use state::{AppInner, AppState, Readiness};

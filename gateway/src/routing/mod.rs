@@ -1,0 +1,3 @@
+//! Routing: the model catalog now; the classifier and policy join it. Pure code, no I/O.
+
+pub mod catalog;

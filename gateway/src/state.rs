@@ -1,0 +1,73 @@
+//! The state every handler shares, built once at startup and passed with axum's `State`.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use lumina_eventlog::{EventLog, Progress};
+use tokio::sync::watch;
+
+use crate::admin::Admin;
+use crate::auth::KeyCache;
+use crate::routing::catalog::Catalog;
+
+/// Shared handler state; cloning is one reference count.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+/// What handlers reach through [`AppState`].
+pub struct AppInner {
+    /// Admin writes and reads.
+    pub admin: Admin,
+    /// Customer keys.
+    pub keys: Arc<KeyCache>,
+    /// The admin bearer token.
+    pub admin_key: String,
+    /// Models this gateway offers.
+    pub catalog: Catalog,
+    /// The local log.
+    pub log: EventLog,
+    /// When this gateway counts as ready.
+    pub readiness: Readiness,
+}
+
+impl AppState {
+    /// Wraps the parts.
+    pub fn new(inner: AppInner) -> AppState {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// Ready once migrations ran (before this exists) and the projector applied the log as it was
+/// at startup.
+pub struct Readiness {
+    /// Progress of the in-process projector.
+    pub projector: watch::Receiver<Progress>,
+    /// Log position the projector must pass before the gateway is ready.
+    pub log_end_at_start: u64,
+}
+
+impl Readiness {
+    /// Next log position the projector will apply.
+    pub fn projector_next(&self) -> i64 {
+        self.projector
+            .borrow()
+            .next_offsets
+            .get(&0)
+            .copied()
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// Whether the projector caught up with the log as it was at startup.
+    pub fn caught_up(&self) -> bool {
+        self.projector_next() > i64::try_from(self.log_end_at_start).unwrap_or(i64::MAX)
+    }
+}

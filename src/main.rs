@@ -1,0 +1,325 @@
+//! The `lumina` command line. Each subcommand parses its flags here and hands off to its module.
+
+mod client;
+mod config;
+mod projector_cmd;
+mod replay;
+mod secrets;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::client::{AdminClient, print_json};
+use crate::config::Config;
+
+/// Lumina: an OpenAI-compatible model gateway that routes, meters and records every request.
+#[derive(Parser)]
+#[command(name = "lumina", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the embedded mode: gateway, local log, read models and consumers in one process.
+    Serve(ServeArgs),
+    /// Run the read-model projector on its own over a data dir's local log.
+    Projector(ProjectorCommand),
+    /// Print the local log as JSON lines.
+    Replay(ReplayArgs),
+    /// Manage accounts through the admin API.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Manage API keys through the admin API.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (lumina.toml); defaults apply without one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./lumina-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ProjectorCommand {
+    #[command(subcommand)]
+    action: Option<ProjectorAction>,
+    #[command(flatten)]
+    args: ProjectorArgs,
+}
+
+#[derive(Subcommand)]
+enum ProjectorAction {
+    /// Empty the read models and replay the whole log into them.
+    Rebuild(ProjectorArgs),
+}
+
+#[derive(Args, Clone)]
+struct ProjectorArgs {
+    /// Configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory holding the local log.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Database URL (overrides the configuration).
+    #[arg(long, env = "LUMINA_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Stop once the log as it was at start has been applied.
+    #[arg(long)]
+    once: bool,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Data directory holding the local log.
+    #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// First position to print.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Only events of this type (e.g. ApiKeyCreated).
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only events of this account.
+    #[arg(long)]
+    account: Option<String>,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// Base URL of a running gateway.
+    #[arg(long, env = "LUMINA_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Admin key; defaults to the one saved in --data-dir.
+    #[arg(long, env = "LUMINA_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// Data directory to read the saved admin key from.
+    #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let key = match &self.admin_key {
+            Some(key) => key.clone(),
+            None => secrets::stored_admin_key(&self.data_dir).with_context(|| {
+                format!(
+                    "no admin key: pass --admin-key, set LUMINA_ADMIN_KEY, or point --data-dir at \
+                     a data dir holding {}",
+                    secrets::ADMIN_KEY_FILE
+                )
+            })?,
+        };
+        AdminClient::new(&self.url, key)
+    }
+}
+
+#[derive(Subcommand)]
+enum AccountsCommand {
+    /// Open an account (and grant its initial credits).
+    Create {
+        /// Account name.
+        #[arg(long)]
+        name: String,
+        /// Initial credits, a decimal number.
+        #[arg(long)]
+        credits: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show an account.
+    Show {
+        /// Account id (acct_…).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Grant credits to an account.
+    Grant {
+        /// Account id (acct_…).
+        id: String,
+        /// Credits to grant, a decimal number.
+        #[arg(long)]
+        amount: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Issue an API key (printed once).
+    Create {
+        /// Account id (acct_…).
+        #[arg(long)]
+        account: String,
+        /// Key name.
+        #[arg(long)]
+        name: String,
+        /// Project id (proj_…); the account's default project otherwise.
+        #[arg(long)]
+        project: Option<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<i64>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<i64>,
+        /// Allow keeping prompts and answers for eval datasets.
+        #[arg(long)]
+        store_content: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List keys, of one account or all.
+    List {
+        /// Account id (acct_…).
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// Key id (key_…).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LUMINA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(path: Option<&std::path::Path>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut config = Config::load(path)?;
+    if let Some(dir) = data_dir {
+        config.data_dir = Some(dir);
+    }
+    Ok(config)
+}
+
+async fn run_projector(args: ProjectorArgs, rebuild: bool) -> anyhow::Result<()> {
+    let mut config = load_config(args.config.as_deref(), args.data_dir)?;
+    if let Some(url) = args.database_url {
+        config.database.url = Some(url);
+    }
+    if rebuild {
+        projector_cmd::rebuild(&config).await
+    } else {
+        projector_cmd::run(&config, args.once).await
+    }
+}
+
+fn query_param(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn run_accounts(command: AccountsCommand) -> anyhow::Result<()> {
+    let value = match command {
+        AccountsCommand::Create { name, credits, admin } => {
+            let mut body = json!({"name": name});
+            if let Some(credits) = credits {
+                body["credits"] = json!(credits);
+            }
+            admin.client()?.call(Method::POST, "/admin/accounts", Some(body)).await?
+        }
+        AccountsCommand::Show { id, admin } => {
+            admin.client()?.call(Method::GET, &format!("/admin/accounts/{}", query_param(&id)), None).await?
+        }
+        AccountsCommand::Grant { id, amount, reason, admin } => {
+            let body = json!({"amount": amount, "reason": reason});
+            admin
+                .client()?
+                .call(Method::POST, &format!("/admin/accounts/{}/credits", query_param(&id)), Some(body))
+                .await?
+        }
+    };
+    print_json(&value)
+}
+
+async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
+    let value = match command {
+        KeysCommand::Create { account, name, project, rpm, tpm, store_content, admin } => {
+            let body = json!({
+                "account_id": account, "name": name, "project_id": project,
+                "rpm": rpm, "tpm": tpm, "store_content": store_content,
+            });
+            admin.client()?.call(Method::POST, "/admin/keys", Some(body)).await?
+        }
+        KeysCommand::List { account, admin } => {
+            let path = match account {
+                Some(a) => format!("/admin/keys?account_id={}", query_param(&a)),
+                None => "/admin/keys".to_string(),
+            };
+            admin.client()?.call(Method::GET, &path, None).await?
+        }
+        KeysCommand::Revoke { id, admin } => {
+            admin.client()?.call(Method::DELETE, &format!("/admin/keys/{}", query_param(&id)), None).await?
+        }
+    };
+    print_json(&value)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve(args) => {
+            let mut config = load_config(args.config.as_deref(), args.data_dir)?;
+            if let Some(listen) = args.listen {
+                config.listen = Some(listen);
+            }
+            serve::serve(config).await
+        }
+        Command::Projector(cmd) => match cmd.action {
+            Some(ProjectorAction::Rebuild(args)) => run_projector(args, true).await,
+            None => run_projector(cmd.args, false).await,
+        },
+        Command::Replay(args) => {
+            let filter = replay::ReplayFilter {
+                from: args.from,
+                event_type: args.event_type,
+                account: args.account,
+            };
+            let stdout = std::io::stdout();
+            replay::replay(&args.data_dir.join("events.db"), &filter, &mut stdout.lock())?;
+            Ok(())
+        }
+        Command::Accounts(command) => run_accounts(command).await,
+        Command::Keys(command) => run_keys(command).await,
+    }
+}

@@ -1,0 +1,212 @@
+//! `lumina serve`: the embedded mode in one process — local log, SQLite (or PostgreSQL) read
+//! models, the projector as a task, and the gateway's HTTP API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use lumina_eventlog::{Consumer, ConsumerOptions, Database, EventLog, LocalLogSource};
+use lumina_gateway::admin::{Admin, KeyRequest};
+use lumina_gateway::auth::KeyCache;
+use lumina_gateway::routing::catalog::Catalog;
+use lumina_gateway::{AppInner, AppState, Readiness};
+use lumina_projector::{ReadModel, ReadModelProjection};
+use lumina_schemas::NanoCredits;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::secrets::Secrets;
+
+/// How often the key cache reloads from the read model.
+const KEY_REFRESH: Duration = Duration::from_millis(500);
+/// How long startup waits for the projector to catch up before serving anyway.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(120);
+
+/// Opens the local log on the blocking pool.
+pub async fn open_log(config: &Config) -> anyhow::Result<EventLog> {
+    let path = config.log_path();
+    let options = config.log.clone();
+    tokio::task::spawn_blocking(move || EventLog::open(&path, options))
+        .await?
+        .with_context(|| format!("cannot open the event log in {}", config.data_dir().display()))
+}
+
+/// Connects to the configured database and applies migrations.
+pub async fn connect_database(config: &Config) -> anyhow::Result<Database> {
+    let url = config.database_url();
+    Database::connect(&url)
+        .await
+        .with_context(|| format!("cannot use database {}", lumina_eventlog::db::redact(&url)))
+}
+
+/// Runs the embedded mode until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let secrets = Secrets::load_or_create(&config)?;
+    let log = open_log(&config).await?;
+    let fresh = log.committed_position() == 0;
+    let db = connect_database(&config).await?;
+    let read_model = ReadModel::new(db.clone());
+
+    let cancel = CancellationToken::new();
+    let source = LocalLogSource::new(log.reader()?).with_commit_notifications(log.subscribe());
+    let consumer = Consumer::new(
+        db.clone(),
+        source,
+        ReadModelProjection,
+        ConsumerOptions {
+            batch_size: config.consumers.batch_size,
+            ..ConsumerOptions::default()
+        },
+    );
+    let progress = consumer.progress();
+    let projector = tokio::spawn(consumer.run(cancel.clone()));
+    let readiness = Readiness {
+        projector: progress.clone(),
+        log_end_at_start: log.committed_position(),
+    };
+    wait_for_catch_up(&readiness).await;
+
+    let keys = Arc::new(KeyCache::new(secrets.key_secret.clone()));
+    keys.refresh(&read_model).await?;
+    let refresher = tokio::spawn(refresh_keys(keys.clone(), read_model.clone(), cancel.clone()));
+
+    let admin = Admin::new(
+        log.clone(),
+        read_model.clone(),
+        keys.clone(),
+        progress,
+        config.instance(),
+    );
+    let demo_key = if fresh && config.demo.enabled && read_model.account_count().await? == 0 {
+        Some(create_demo(&admin, &config).await?)
+    } else {
+        None
+    };
+
+    let state = AppState::new(AppInner {
+        admin,
+        keys,
+        admin_key: secrets.admin_key.clone(),
+        catalog: Catalog::new(config.catalog.fusion),
+        log: log.clone(),
+        readiness,
+    });
+    let listen = config.listen();
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    print_banner(&config, &secrets, local, demo_key.as_deref());
+    tracing::info!(%local, "lumina serve ready");
+
+    // TCP_NODELAY: without it keep-alive responses written in two parts stall on delayed ACKs.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, lumina_gateway::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+
+    tracing::info!("shutting down");
+    cancel.cancel();
+    let _ = refresher.await;
+    match projector.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "projector stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "projector task failed"),
+        Ok(Ok(())) => {}
+    }
+    tokio::task::spawn_blocking(move || log.close()).await?;
+    Ok(())
+}
+
+async fn wait_for_catch_up(readiness: &Readiness) {
+    let mut progress = readiness.projector.clone();
+    let target = i64::try_from(readiness.log_end_at_start).unwrap_or(i64::MAX);
+    let caught_up = progress.wait_for(|p| p.next_offsets.get(&0).copied().unwrap_or(1) > target);
+    if target > 0 {
+        tracing::info!(log_end = target, "replaying the log into read models");
+    }
+    if tokio::time::timeout(CATCH_UP_WAIT, caught_up).await.is_err() {
+        tracing::warn!("read models are still catching up; serving with /readyz at 503");
+    }
+}
+
+async fn refresh_keys(keys: Arc<KeyCache>, read_model: ReadModel, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(KEY_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = keys.refresh(&read_model).await {
+                    tracing::warn!(error = %e, "key cache refresh failed; keeping the previous keys");
+                }
+            }
+        }
+    }
+}
+
+async fn create_demo(admin: &Admin, config: &Config) -> anyhow::Result<String> {
+    let credits = NanoCredits::parse_credits(&config.demo.credits)?;
+    let account = admin.open_account("Demo", credits, "demo").await?;
+    let (_row, key) = admin
+        .create_key(KeyRequest {
+            account_id: account.id,
+            name: "demo".into(),
+            ..KeyRequest::default()
+        })
+        .await?;
+    Ok(key)
+}
+
+#[expect(clippy::print_stdout, reason = "the banner is the command's output for people")]
+fn print_banner(
+    config: &Config,
+    secrets: &Secrets,
+    local: std::net::SocketAddr,
+    demo_key: Option<&str>,
+) {
+    let url = format!("http://{local}");
+    println!("Lumina is serving on {url}");
+    println!("  data dir:  {}", config.data_dir().display());
+    if secrets.admin_key_generated {
+        println!(
+            "  admin key: {}   (saved in {})",
+            secrets.admin_key,
+            config.data_dir().join(crate::secrets::ADMIN_KEY_FILE).display()
+        );
+    } else {
+        println!("  admin key: from configuration or the data dir (not shown)");
+    }
+    if let Some(key) = demo_key {
+        println!("  demo key:  {key}   (shown once; account 'Demo')");
+        println!();
+        println!("Try it:");
+        println!("  curl -s {url}/v1/models -H 'Authorization: Bearer {key}'");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
