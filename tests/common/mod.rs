@@ -1,0 +1,263 @@
+//! The one helper that runs the real `lumina` binary for end-to-end tests: spawns it on a free
+//! port with its own data dir, captures its output, and talks HTTP to it.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lumina")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `lumina serve`.
+pub struct Lumina {
+    child: Option<Child>,
+    /// Base URL, e.g. `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Where its stdout and stderr go.
+    pub output_dir: PathBuf,
+    /// Extra environment for restarts.
+    env: Vec<(String, String)>,
+    port: u16,
+    starts: u32,
+    /// The admin key.
+    pub admin_key: String,
+    http: reqwest::Client,
+}
+
+impl Lumina {
+    /// Starts `lumina serve` in `data_dir` with extra environment.
+    pub async fn start(data_dir: &Path, output_dir: &Path, env: &[(&str, &str)]) -> Lumina {
+        let mut lumina = Lumina {
+            child: None,
+            url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            output_dir: output_dir.to_path_buf(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            port: free_port(),
+            starts: 0,
+            admin_key: String::new(),
+            http: reqwest::Client::new(),
+        };
+        lumina.spawn().await;
+        lumina
+    }
+
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        std::fs::create_dir_all(&self.output_dir).unwrap();
+        let stdout = std::fs::File::create(self.output_dir.join(format!("stdout.{}", self.starts))).unwrap();
+        let stderr = std::fs::File::create(self.output_dir.join(format!("stderr.{}", self.starts))).unwrap();
+        let mut command = Command::new(bin());
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
+            .arg(&self.data_dir)
+            .env_remove("LUMINA_ADMIN_KEY")
+            .env_remove("LUMINA_DATABASE_URL")
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr));
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        self.child = Some(command.spawn().unwrap());
+        self.url = format!("http://127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("lumina exited with {status} during start:\n{}", self.output());
+            }
+            assert!(Instant::now() < deadline, "lumina did not become ready:\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.admin_key = std::fs::read_to_string(self.data_dir.join("admin.key"))
+            .map(|k| k.trim().to_string())
+            .unwrap_or_else(|_| {
+                self.env
+                    .iter()
+                    .find(|(k, _)| k == "LUMINA_ADMIN_KEY")
+                    .map(|(_, v)| v.clone())
+                    .expect("no admin key")
+            });
+    }
+
+    /// Everything the process printed so far, all starts included.
+    pub fn output(&self) -> String {
+        let mut all = String::new();
+        for i in 1..=self.starts {
+            for stream in ["stdout", "stderr"] {
+                let path = self.output_dir.join(format!("{stream}.{i}"));
+                all.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    /// The demo key printed on first start, if any.
+    pub fn demo_key(&self) -> Option<String> {
+        let out = std::fs::read_to_string(self.output_dir.join("stdout.1")).ok()?;
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("demo key:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+    }
+
+    /// Stops with SIGTERM (graceful) and waits.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "-TERM");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "lumina ignored SIGTERM");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Kills with SIGKILL and waits.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "-KILL");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and data dir.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    /// A request with `bearer` (or none).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text}));
+        (status, headers, value)
+    }
+
+    /// An admin request expecting `expected` status; returns the body.
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>, expected: u16) -> Value {
+        let body = body.map(|b| b.to_string());
+        let (status, _, value) = self
+            .request(method, path, Some(&self.admin_key.clone()), body.as_deref())
+            .await;
+        assert_eq!(status, expected, "{path}: {value}");
+        value
+    }
+
+    /// Opens an account with `credits` and returns its id.
+    pub async fn account(&self, name: &str, credits: &str) -> String {
+        let v = self
+            .admin(reqwest::Method::POST, "/admin/accounts", Some(json!({"name": name, "credits": credits})), 201)
+            .await;
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    /// Issues a key for `account` and returns (id, key).
+    pub async fn key(&self, account: &str) -> (String, String) {
+        let v = self
+            .admin(reqwest::Method::POST, "/admin/keys", Some(json!({"account_id": account, "name": "test"})), 201)
+            .await;
+        (v["id"].as_str().unwrap().to_string(), v["key"].as_str().unwrap().to_string())
+    }
+}
+
+impl Drop for Lumina {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends a signal through the `kill` command (no `unsafe` in the tests either).
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// Asserts `body` is an OpenAI error object and returns it.
+pub fn assert_openai_error(body: &Value) -> &Value {
+    let error = &body["error"];
+    assert!(error.is_object(), "not an OpenAI error: {body}");
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error.get("param").is_some(), "{body}");
+    assert!(error.get("code").is_some(), "{body}");
+    error
+}
+
+/// Runs the binary to completion with `args` and `env`; returns (success, stdout, stderr).
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(bin());
+    command.args(args).env_remove("LUMINA_DATABASE_URL");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every row of the spine's read-model and consumer tables, as text, for equality checks.
+pub async fn dump_read_models(url: &str) -> Vec<String> {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let mut out = Vec::new();
+    for table in ["accounts", "projects", "credit_grants", "api_keys"] {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT * FROM {table} ORDER BY 1"));
+        for row in sqlx::query(sql).fetch_all(&mut conn).await.unwrap() {
+            let mut line = table.to_string();
+            for i in 0..row.len() {
+                let cell = row
+                    .try_get::<Option<String>, _>(i)
+                    .map(|v| format!("{v:?}"))
+                    .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
+                    .unwrap();
+                line.push(' ');
+                line.push_str(&cell);
+            }
+            out.push(line);
+        }
+    }
+    let _ = conn.close().await;
+    out
+}
