@@ -27,12 +27,14 @@ impl AdminClient {
     }
 
     /// Sends one admin request and returns the JSON body, or fails with the API's error message.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut request = self
-            .http
-            .request(method, &url)
-            .bearer_auth(&self.admin_key);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.admin_key);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -43,7 +45,9 @@ impl AdminClient {
         let status = response.status();
         let value: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let message = value["error"]["message"].as_str().unwrap_or("no error message");
+            let message = value["error"]["message"]
+                .as_str()
+                .unwrap_or("no error message");
             bail!("{status}: {message}");
         }
         Ok(value)

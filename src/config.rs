@@ -176,9 +176,10 @@ impl Config {
 
     /// The database URL.
     pub fn database_url(&self) -> String {
-        self.database.url.clone().unwrap_or_else(|| {
-            lumina_eventlog::db::sqlite_url(&self.data_dir().join("lumina.db"))
-        })
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| lumina_eventlog::db::sqlite_url(&self.data_dir().join("lumina.db")))
     }
 
     /// The instance name recorded in events.
@@ -221,8 +222,18 @@ mod tests {
     #[test]
     fn validation_names_the_bad_key() {
         let c: Config = toml::from_str("[database]\nurl = \"mysql://x\"\n").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("database.url"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("database.url")
+        );
         let c: Config = toml::from_str("[demo]\ncredits = \"lots\"\n").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("demo.credits"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("demo.credits")
+        );
     }
 }

@@ -217,7 +217,10 @@ fn init_tracing() {
         .init();
 }
 
-fn load_config(path: Option<&std::path::Path>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+fn load_config(
+    path: Option<&std::path::Path>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<Config> {
     let mut config = Config::load(path)?;
     if let Some(dir) = data_dir {
         config.data_dir = Some(dir);
@@ -241,7 +244,9 @@ fn query_param(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -249,21 +254,44 @@ fn query_param(value: &str) -> String {
 
 async fn run_accounts(command: AccountsCommand) -> anyhow::Result<()> {
     let value = match command {
-        AccountsCommand::Create { name, credits, admin } => {
+        AccountsCommand::Create {
+            name,
+            credits,
+            admin,
+        } => {
             let mut body = json!({"name": name});
             if let Some(credits) = credits {
                 body["credits"] = json!(credits);
             }
-            admin.client()?.call(Method::POST, "/admin/accounts", Some(body)).await?
+            admin
+                .client()?
+                .call(Method::POST, "/admin/accounts", Some(body))
+                .await?
         }
         AccountsCommand::Show { id, admin } => {
-            admin.client()?.call(Method::GET, &format!("/admin/accounts/{}", query_param(&id)), None).await?
+            admin
+                .client()?
+                .call(
+                    Method::GET,
+                    &format!("/admin/accounts/{}", query_param(&id)),
+                    None,
+                )
+                .await?
         }
-        AccountsCommand::Grant { id, amount, reason, admin } => {
+        AccountsCommand::Grant {
+            id,
+            amount,
+            reason,
+            admin,
+        } => {
             let body = json!({"amount": amount, "reason": reason});
             admin
                 .client()?
-                .call(Method::POST, &format!("/admin/accounts/{}/credits", query_param(&id)), Some(body))
+                .call(
+                    Method::POST,
+                    &format!("/admin/accounts/{}/credits", query_param(&id)),
+                    Some(body),
+                )
                 .await?
         }
     };
@@ -272,12 +300,23 @@ async fn run_accounts(command: AccountsCommand) -> anyhow::Result<()> {
 
 async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
     let value = match command {
-        KeysCommand::Create { account, name, project, rpm, tpm, store_content, admin } => {
+        KeysCommand::Create {
+            account,
+            name,
+            project,
+            rpm,
+            tpm,
+            store_content,
+            admin,
+        } => {
             let body = json!({
                 "account_id": account, "name": name, "project_id": project,
                 "rpm": rpm, "tpm": tpm, "store_content": store_content,
             });
-            admin.client()?.call(Method::POST, "/admin/keys", Some(body)).await?
+            admin
+                .client()?
+                .call(Method::POST, "/admin/keys", Some(body))
+                .await?
         }
         KeysCommand::List { account, admin } => {
             let path = match account {
@@ -287,7 +326,14 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
             admin.client()?.call(Method::GET, &path, None).await?
         }
         KeysCommand::Revoke { id, admin } => {
-            admin.client()?.call(Method::DELETE, &format!("/admin/keys/{}", query_param(&id)), None).await?
+            admin
+                .client()?
+                .call(
+                    Method::DELETE,
+                    &format!("/admin/keys/{}", query_param(&id)),
+                    None,
+                )
+                .await?
         }
     };
     print_json(&value)
@@ -316,7 +362,11 @@ async fn main() -> anyhow::Result<()> {
                 account: args.account,
             };
             let stdout = std::io::stdout();
-            replay::replay(&args.data_dir.join("events.db"), &filter, &mut stdout.lock())?;
+            replay::replay(
+                &args.data_dir.join("events.db"),
+                &filter,
+                &mut stdout.lock(),
+            )?;
             Ok(())
         }
         Command::Accounts(command) => run_accounts(command).await,

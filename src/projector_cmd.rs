@@ -40,7 +40,12 @@ pub async fn run(config: &Config, once: bool) -> anyhow::Result<()> {
     cancel.cancel();
     task.await??;
     let p = progress.borrow().clone();
-    tracing::info!(applied = p.applied, duplicates = p.duplicates, dead_letters = p.dead_letters, "projector stopped");
+    tracing::info!(
+        applied = p.applied,
+        duplicates = p.duplicates,
+        dead_letters = p.dead_letters,
+        "projector stopped"
+    );
     Ok(())
 }
 

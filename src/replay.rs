@@ -18,12 +18,19 @@ pub struct ReplayFilter {
 }
 
 /// Writes matching events as JSON lines (`position` first, then the event's JSON rendering).
-pub fn replay(log_path: &std::path::Path, filter: &ReplayFilter, out: &mut impl Write) -> anyhow::Result<u64> {
+pub fn replay(
+    log_path: &std::path::Path,
+    filter: &ReplayFilter,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
     if let Some(t) = &filter.event_type
         && EventType::from_name(t).is_none()
     {
         let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
-        bail!("unknown event type '{t}'; known types: {}", known.join(", "));
+        bail!(
+            "unknown event type '{t}'; known types: {}",
+            known.join(", ")
+        );
     }
     let reader = LogReader::open(log_path)?;
     let mut after = filter.from.saturating_sub(1);
@@ -35,8 +42,14 @@ pub fn replay(log_path: &std::path::Path, filter: &ReplayFilter, out: &mut impl 
         };
         after = last.position;
         for entry in batch {
-            if filter.event_type.as_deref().is_some_and(|t| t != entry.event_type)
-                || filter.account.as_deref().is_some_and(|a| a != entry.account_id)
+            if filter
+                .event_type
+                .as_deref()
+                .is_some_and(|t| t != entry.event_type)
+                || filter
+                    .account
+                    .as_deref()
+                    .is_some_and(|a| a != entry.account_id)
             {
                 continue;
             }

@@ -30,7 +30,12 @@ pub async fn open_log(config: &Config) -> anyhow::Result<EventLog> {
     let options = config.log.clone();
     tokio::task::spawn_blocking(move || EventLog::open(&path, options))
         .await?
-        .with_context(|| format!("cannot open the event log in {}", config.data_dir().display()))
+        .with_context(|| {
+            format!(
+                "cannot open the event log in {}",
+                config.data_dir().display()
+            )
+        })
 }
 
 /// Connects to the configured database and applies migrations.
@@ -73,7 +78,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let keys = Arc::new(KeyCache::new(secrets.key_secret.clone()));
     keys.refresh(&read_model).await?;
-    let refresher = tokio::spawn(refresh_keys(keys.clone(), read_model.clone(), cancel.clone()));
+    let refresher = tokio::spawn(refresh_keys(
+        keys.clone(),
+        read_model.clone(),
+        cancel.clone(),
+    ));
 
     let admin = Admin::new(
         log.clone(),
@@ -133,7 +142,10 @@ async fn wait_for_catch_up(readiness: &Readiness) {
     if target > 0 {
         tracing::info!(log_end = target, "replaying the log into read models");
     }
-    if tokio::time::timeout(CATCH_UP_WAIT, caught_up).await.is_err() {
+    if tokio::time::timeout(CATCH_UP_WAIT, caught_up)
+        .await
+        .is_err()
+    {
         tracing::warn!("read models are still catching up; serving with /readyz at 503");
     }
 }
@@ -166,7 +178,10 @@ async fn create_demo(admin: &Admin, config: &Config) -> anyhow::Result<String> {
     Ok(key)
 }
 
-#[expect(clippy::print_stdout, reason = "the banner is the command's output for people")]
+#[expect(
+    clippy::print_stdout,
+    reason = "the banner is the command's output for people"
+)]
 fn print_banner(
     config: &Config,
     secrets: &Secrets,
@@ -180,7 +195,10 @@ fn print_banner(
         println!(
             "  admin key: {}   (saved in {})",
             secrets.admin_key,
-            config.data_dir().join(crate::secrets::ADMIN_KEY_FILE).display()
+            config
+                .data_dir()
+                .join(crate::secrets::ADMIN_KEY_FILE)
+                .display()
         );
     } else {
         println!("  admin key: from configuration or the data dir (not shown)");

@@ -1,6 +1,7 @@
 //! Exactly-once effects of a consumer process killed at random points, on SQLite and
 //! PostgreSQL: the final tables equal a clean run's, feeding the same events twice changes
 //! nothing, and `lumina projector rebuild` reproduces the same rows from position 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 mod common;
 
@@ -72,7 +73,10 @@ fn history() -> Vec<LogRecord> {
             },
         ));
     }
-    events.iter().map(|e| LogRecord::from_event(e).unwrap()).collect()
+    events
+        .iter()
+        .map(|e| LogRecord::from_event(e).unwrap())
+        .collect()
 }
 
 async fn write_log(dir: &std::path::Path, records: &[LogRecord]) -> u64 {
@@ -97,22 +101,32 @@ async fn write_log(dir: &std::path::Path, records: &[LogRecord]) -> u64 {
 }
 
 fn projector_args<'a>(dir: &'a str, config: &'a str, url: &'a str) -> Vec<&'a str> {
-    vec!["projector", "--data-dir", dir, "--config", config, "--database-url", url]
+    vec![
+        "projector",
+        "--data-dir",
+        dir,
+        "--config",
+        config,
+        "--database-url",
+        url,
+    ]
 }
 
 async fn positions(url: &str) -> (i64, i64, i64) {
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    let next: i64 = sqlx::query("SELECT next_offset FROM consumer_positions WHERE consumer = 'projector'")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
-        .get(0);
-    let applied: i64 = sqlx::query("SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = 'projector'")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
-        .get(0);
+    let next: i64 =
+        sqlx::query("SELECT next_offset FROM consumer_positions WHERE consumer = 'projector'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
+    let applied: i64 =
+        sqlx::query("SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = 'projector'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
     let dead: i64 = sqlx::query("SELECT COUNT(*) FROM dead_letters WHERE consumer = 'projector'")
         .fetch_one(&mut conn)
         .await
@@ -159,14 +173,24 @@ async fn scenario(backend: Backend) {
         signal(child.id(), "-KILL");
         let _ = child.wait();
     }
-    assert!(kills >= 10, "the projector finished before it could be killed");
+    assert!(
+        kills >= 10,
+        "the projector finished before it could be killed"
+    );
     let mid = positions(&killed_db.url).await;
-    assert!(mid.0 < end as i64 + 1, "the kills never interrupted the run: {mid:?}");
+    assert!(
+        mid.0 < end as i64 + 1,
+        "the kills never interrupted the run: {mid:?}"
+    );
     let mut args = projector_args(dir_s, config_s, &killed_db.url);
     args.push("--once");
     let (ok, _, stderr) = run(&args, &[]);
     assert!(ok, "final run failed: {stderr}");
-    assert_eq!(dump_read_models(&killed_db.url).await, clean, "{backend:?}: killed run differs");
+    assert_eq!(
+        dump_read_models(&killed_db.url).await,
+        clean,
+        "{backend:?}: killed run differs"
+    );
     let expected = (end as i64 + 1, records.len() as i64, 1);
     assert_eq!(positions(&killed_db.url).await, expected, "{backend:?}");
     assert_eq!(positions(&clean_db.url).await, expected, "{backend:?}");
@@ -176,23 +200,48 @@ async fn scenario(backend: Backend) {
     for r in &records {
         log.append_nowait(r.clone()).await.unwrap();
     }
-    let new_end = log.append_event(&Event::new(
-        Envelope::new("acct_x", "t"),
-        LimitsChanged { key_id: "key_none".into(), rpm: None, tpm: None },
-    ))
-    .await
-    .unwrap();
+    let new_end = log
+        .append_event(&Event::new(
+            Envelope::new("acct_x", "t"),
+            LimitsChanged {
+                key_id: "key_none".into(),
+                rpm: None,
+                tpm: None,
+            },
+        ))
+        .await
+        .unwrap();
     log.close();
     let (ok, _, stderr) = run(&args, &[]);
     assert!(ok, "{stderr}");
-    assert_eq!(dump_read_models(&killed_db.url).await, clean, "{backend:?}: duplicates changed rows");
-    assert_eq!(positions(&killed_db.url).await, (new_end as i64 + 1, records.len() as i64 + 1, 1));
+    assert_eq!(
+        dump_read_models(&killed_db.url).await,
+        clean,
+        "{backend:?}: duplicates changed rows"
+    );
+    assert_eq!(
+        positions(&killed_db.url).await,
+        (new_end as i64 + 1, records.len() as i64 + 1, 1)
+    );
 
     // Rebuild from position 0 gives identical rows.
-    let rebuild = vec!["projector", "rebuild", "--data-dir", dir_s, "--config", config_s, "--database-url", &killed_db.url];
+    let rebuild = vec![
+        "projector",
+        "rebuild",
+        "--data-dir",
+        dir_s,
+        "--config",
+        config_s,
+        "--database-url",
+        &killed_db.url,
+    ];
     let (ok, _, stderr) = run(&rebuild, &[]);
     assert!(ok, "rebuild failed: {stderr}");
-    assert_eq!(dump_read_models(&killed_db.url).await, clean, "{backend:?}: rebuild differs");
+    assert_eq!(
+        dump_read_models(&killed_db.url).await,
+        clean,
+        "{backend:?}: rebuild differs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! End to end against the real binary: accounts and keys through the admin API, key checks on
 //! `/v1/models`, restarts, the admin key, OpenAI-shaped errors, and no key in clear text.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 mod common;
 
@@ -22,7 +23,12 @@ async fn models_status(lumina: &Lumina, key: Option<&str>) -> (u16, Value) {
 
 async fn key_lifecycle(lumina: &mut Lumina) {
     let created = lumina
-        .admin(Method::POST, "/admin/accounts", Some(json!({"name": "Acme", "credits": "100"})), 201)
+        .admin(
+            Method::POST,
+            "/admin/accounts",
+            Some(json!({"name": "Acme", "credits": "100"})),
+            201,
+        )
         .await;
     let account = created["id"].as_str().unwrap().to_string();
     assert!(account.starts_with("acct_"));
@@ -31,7 +37,12 @@ async fn key_lifecycle(lumina: &mut Lumina) {
     assert_eq!(created["credits_granted"], "100");
 
     let key = lumina
-        .admin(Method::POST, "/admin/keys", Some(json!({"account_id": account, "name": "ci"})), 201)
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({"account_id": account, "name": "ci"})),
+            201,
+        )
         .await;
     let key_id = key["id"].as_str().unwrap().to_string();
     let secret = key["key"].as_str().unwrap().to_string();
@@ -42,8 +53,19 @@ async fn key_lifecycle(lumina: &mut Lumina) {
     let (status, body) = models_status(lumina, Some(&secret)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "list");
-    let ids: Vec<&str> = body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    for id in ["lumina-auto", "lumina-fast", "lumina-balanced", "lumina-reasoning", "lumina-thinking"] {
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "lumina-auto",
+        "lumina-fast",
+        "lumina-balanced",
+        "lumina-reasoning",
+        "lumina-thinking",
+    ] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
     assert!(body["data"][0]["created"].is_i64() && body["data"][0]["owned_by"] == "lumina");
@@ -51,20 +73,31 @@ async fn key_lifecycle(lumina: &mut Lumina) {
     let (status, body) = models_status(lumina, None).await;
     assert_eq!(status, 401);
     assert_eq!(assert_openai_error(&body)["code"], "missing_api_key");
-    let (status, body) = models_status(lumina, Some("lum_000000000000000000000000000000000000000000000000")).await;
+    let (status, body) = models_status(
+        lumina,
+        Some("lum_000000000000000000000000000000000000000000000000"),
+    )
+    .await;
     assert_eq!(status, 401);
     assert_eq!(assert_openai_error(&body)["code"], "invalid_api_key");
 
     // Listed, without the key itself.
     let list = lumina
-        .admin(Method::GET, &format!("/admin/keys?account_id={account}"), None, 200)
+        .admin(
+            Method::GET,
+            &format!("/admin/keys?account_id={account}"),
+            None,
+            200,
+        )
         .await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
     assert!(list["data"][0].get("key").is_none());
 
     // A second key survives restarts; the first is revoked and fails immediately.
     let (_, keep) = lumina.key(&account).await;
-    let revoked = lumina.admin(Method::DELETE, &format!("/admin/keys/{key_id}"), None, 200).await;
+    let revoked = lumina
+        .admin(Method::DELETE, &format!("/admin/keys/{key_id}"), None, 200)
+        .await;
     assert_eq!(revoked["status"], "revoked");
     let (status, body) = models_status(lumina, Some(&secret)).await;
     assert_eq!(status, 403, "revoked key still accepted: {body}");
@@ -74,7 +107,14 @@ async fn key_lifecycle(lumina: &mut Lumina) {
     lumina.restart().await;
     assert_eq!(models_status(lumina, Some(&keep)).await.0, 200);
     assert_eq!(models_status(lumina, Some(&secret)).await.0, 403);
-    let account_after = lumina.admin(Method::GET, &format!("/admin/accounts/{account}"), None, 200).await;
+    let account_after = lumina
+        .admin(
+            Method::GET,
+            &format!("/admin/accounts/{account}"),
+            None,
+            200,
+        )
+        .await;
     assert_eq!(account_after["credits_granted_nano"], 100_000_000_000i64);
 
     lumina.kill9();
@@ -106,7 +146,10 @@ async fn first_start_prints_a_working_demo_key_and_credits_it() {
     assert_eq!(models_status(&lumina, Some(&demo)).await.0, 200);
     let stdout = std::fs::read_to_string(out.join("stdout.1")).unwrap();
     assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
-    assert!(stdout.contains(&lumina.admin_key), "admin key not printed on first start");
+    assert!(
+        stdout.contains(&lumina.admin_key),
+        "admin key not printed on first start"
+    );
     // A second start neither creates another demo account nor prints a key.
     lumina.stop().await;
     lumina.restart().await;
@@ -125,8 +168,16 @@ async fn admin_routes_require_the_admin_key() {
     let routes: [(Method, &str, Option<&str>); 6] = [
         (Method::POST, "/admin/accounts", Some(r#"{"name":"x"}"#)),
         (Method::GET, "/admin/accounts/acct_x", None),
-        (Method::POST, "/admin/accounts/acct_x/credits", Some(r#"{"amount":"1"}"#)),
-        (Method::POST, "/admin/keys", Some(r#"{"account_id":"acct_x","name":"x"}"#)),
+        (
+            Method::POST,
+            "/admin/accounts/acct_x/credits",
+            Some(r#"{"amount":"1"}"#),
+        ),
+        (
+            Method::POST,
+            "/admin/keys",
+            Some(r#"{"account_id":"acct_x","name":"x"}"#),
+        ),
         (Method::GET, "/admin/keys", None),
         (Method::DELETE, "/admin/keys/key_x", None),
     ];
@@ -149,51 +200,202 @@ async fn bad_input_gets_openai_errors_with_the_right_status_and_param() {
     let admin = lumina.admin_key.clone();
     let account = lumina.account("Param Co", "1").await;
     let cases: Vec<(Method, String, &str, u16, Option<&str>)> = vec![
-        (Method::POST, "/admin/accounts".into(), "{not json", 400, None),
+        (
+            Method::POST,
+            "/admin/accounts".into(),
+            "{not json",
+            400,
+            None,
+        ),
         (Method::POST, "/admin/accounts".into(), "", 400, None),
         (Method::POST, "/admin/accounts".into(), "[1,2]", 400, None),
-        (Method::POST, "/admin/accounts".into(), r#"{"credits":"5"}"#, 400, Some("name")),
-        (Method::POST, "/admin/accounts".into(), r#"{"name":5}"#, 400, Some("name")),
-        (Method::POST, "/admin/accounts".into(), r#"{"name":"  "}"#, 400, Some("name")),
-        (Method::POST, "/admin/accounts".into(), r#"{"name":"a","credits":true}"#, 400, Some("credits")),
-        (Method::POST, "/admin/accounts".into(), r#"{"name":"a","credits":"-5"}"#, 400, Some("credits")),
-        (Method::POST, "/admin/accounts".into(), r#"{"name":"a","credits":0}"#, 400, Some("credits")),
-        (Method::POST, "/admin/accounts".into(), r#"{"name":"a","credits":"ten"}"#, 400, Some("credits")),
-        (Method::POST, "/admin/accounts".into(), r#"{"name":"a","credits":"0.0000000001"}"#, 400, Some("credits")),
-        (Method::POST, "/admin/accounts".into(), r#"{"name":"a"} trailing"#, 400, None),
-        (Method::POST, format!("/admin/accounts/{account}/credits"), r#"{"amount":null}"#, 400, Some("amount")),
-        (Method::POST, format!("/admin/accounts/{account}/credits"), r#"{}"#, 400, Some("amount")),
-        (Method::POST, "/admin/accounts/acct_nope/credits".into(), r#"{"amount":"1"}"#, 404, Some("account_id")),
-        (Method::GET, "/admin/accounts/acct_nope".into(), "", 404, Some("account_id")),
-        (Method::POST, "/admin/keys".into(), r#"{"account_id":"acct_nope","name":"k"}"#, 404, Some("account_id")),
-        (Method::POST, "/admin/keys".into(), format!(r#"{{"account_id":"{account}","name":"k","project_id":"proj_nope"}}"#).leak(), 404, Some("project_id")),
-        (Method::POST, "/admin/keys".into(), format!(r#"{{"account_id":"{account}","name":"k","rpm":0}}"#).leak(), 400, Some("rpm")),
-        (Method::POST, "/admin/keys".into(), format!(r#"{{"account_id":"{account}","name":"k","rpm":"many"}}"#).leak(), 400, Some("rpm")),
-        (Method::DELETE, "/admin/keys/key_nope".into(), "", 404, Some("id")),
-        (Method::GET, "/admin/keys?account_id=acct_nope".into(), "", 404, Some("account_id")),
+        (
+            Method::POST,
+            "/admin/accounts".into(),
+            r#"{"credits":"5"}"#,
+            400,
+            Some("name"),
+        ),
+        (
+            Method::POST,
+            "/admin/accounts".into(),
+            r#"{"name":5}"#,
+            400,
+            Some("name"),
+        ),
+        (
+            Method::POST,
+            "/admin/accounts".into(),
+            r#"{"name":"  "}"#,
+            400,
+            Some("name"),
+        ),
+        (
+            Method::POST,
+            "/admin/accounts".into(),
+            r#"{"name":"a","credits":true}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            Method::POST,
+            "/admin/accounts".into(),
+            r#"{"name":"a","credits":"-5"}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            Method::POST,
+            "/admin/accounts".into(),
+            r#"{"name":"a","credits":0}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            Method::POST,
+            "/admin/accounts".into(),
+            r#"{"name":"a","credits":"ten"}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            Method::POST,
+            "/admin/accounts".into(),
+            r#"{"name":"a","credits":"0.0000000001"}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            Method::POST,
+            "/admin/accounts".into(),
+            r#"{"name":"a"} trailing"#,
+            400,
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/admin/accounts/{account}/credits"),
+            r#"{"amount":null}"#,
+            400,
+            Some("amount"),
+        ),
+        (
+            Method::POST,
+            format!("/admin/accounts/{account}/credits"),
+            r#"{}"#,
+            400,
+            Some("amount"),
+        ),
+        (
+            Method::POST,
+            "/admin/accounts/acct_nope/credits".into(),
+            r#"{"amount":"1"}"#,
+            404,
+            Some("account_id"),
+        ),
+        (
+            Method::GET,
+            "/admin/accounts/acct_nope".into(),
+            "",
+            404,
+            Some("account_id"),
+        ),
+        (
+            Method::POST,
+            "/admin/keys".into(),
+            r#"{"account_id":"acct_nope","name":"k"}"#,
+            404,
+            Some("account_id"),
+        ),
+        (
+            Method::POST,
+            "/admin/keys".into(),
+            format!(r#"{{"account_id":"{account}","name":"k","project_id":"proj_nope"}}"#).leak(),
+            404,
+            Some("project_id"),
+        ),
+        (
+            Method::POST,
+            "/admin/keys".into(),
+            format!(r#"{{"account_id":"{account}","name":"k","rpm":0}}"#).leak(),
+            400,
+            Some("rpm"),
+        ),
+        (
+            Method::POST,
+            "/admin/keys".into(),
+            format!(r#"{{"account_id":"{account}","name":"k","rpm":"many"}}"#).leak(),
+            400,
+            Some("rpm"),
+        ),
+        (
+            Method::DELETE,
+            "/admin/keys/key_nope".into(),
+            "",
+            404,
+            Some("id"),
+        ),
+        (
+            Method::GET,
+            "/admin/keys?account_id=acct_nope".into(),
+            "",
+            404,
+            Some("account_id"),
+        ),
         (Method::GET, "/v1/nothing-here".into(), "", 404, None),
         (Method::PUT, "/admin/accounts".into(), "", 405, None),
     ];
     for (method, path, body, expected, param) in cases {
         let body = (!body.is_empty()).then_some(body);
-        let (status, headers, value) = lumina.request(method.clone(), &path, Some(&admin), body).await;
+        let (status, headers, value) = lumina
+            .request(method.clone(), &path, Some(&admin), body)
+            .await;
         assert_eq!(status, expected, "{method} {path} {body:?}: {value}");
-        assert!(headers.contains_key("x-request-id"), "{method} {path}: no x-request-id");
+        assert!(
+            headers.contains_key("x-request-id"),
+            "{method} {path}: no x-request-id"
+        );
         let error = assert_openai_error(&value);
-        assert_eq!(error["param"].as_str(), param, "{method} {path} {body:?}: {value}");
+        assert_eq!(
+            error["param"].as_str(),
+            param,
+            "{method} {path} {body:?}: {value}"
+        );
     }
     // Decimal strings and JSON numbers are both exact.
-    for (amount, nano) in [(json!("12.5"), 12_500_000_000i64), (json!(0.1), 100_000_000), (json!(3), 3_000_000_000)] {
+    for (amount, nano) in [
+        (json!("12.5"), 12_500_000_000i64),
+        (json!(0.1), 100_000_000),
+        (json!(3), 3_000_000_000),
+    ] {
         let v = lumina
-            .admin(Method::POST, &format!("/admin/accounts/{account}/credits"), Some(json!({"amount": amount})), 201)
+            .admin(
+                Method::POST,
+                &format!("/admin/accounts/{account}/credits"),
+                Some(json!({"amount": amount})),
+                201,
+            )
             .await;
         assert_eq!(v["amount_nano"], nano);
     }
-    let v = lumina.admin(Method::GET, &format!("/admin/accounts/{account}"), None, 200).await;
-    assert_eq!(v["credits_granted_nano"], 1_000_000_000i64 + 12_500_000_000 + 100_000_000 + 3_000_000_000);
+    let v = lumina
+        .admin(
+            Method::GET,
+            &format!("/admin/accounts/{account}"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        v["credits_granted_nano"],
+        1_000_000_000i64 + 12_500_000_000 + 100_000_000 + 3_000_000_000
+    );
     assert_eq!(v["credits_granted"], "16.6");
     // The server is still healthy after all that.
-    assert_eq!(lumina.request(Method::GET, "/healthz", None, None).await.0, 200);
+    assert_eq!(
+        lumina.request(Method::GET, "/healthz", None, None).await.0,
+        200
+    );
 }
 
 fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
@@ -219,8 +421,13 @@ async fn issued_keys_are_never_stored_or_logged_in_clear_text() {
     let account = lumina.account("Secretive", "5").await;
     let (key_id, key) = lumina.key(&account).await;
     assert_eq!(models_status(&lumina, Some(&key)).await.0, 200);
-    assert_eq!(models_status(&lumina, Some(&format!("{key}x"))).await.0, 401);
-    lumina.admin(Method::DELETE, &format!("/admin/keys/{key_id}"), None, 200).await;
+    assert_eq!(
+        models_status(&lumina, Some(&format!("{key}x"))).await.0,
+        401
+    );
+    lumina
+        .admin(Method::DELETE, &format!("/admin/keys/{key_id}"), None, 200)
+        .await;
     assert_eq!(models_status(&lumina, Some(&key)).await.0, 403);
     lumina.stop().await;
     let secret_part = &key[4..];
@@ -229,15 +436,32 @@ async fn issued_keys_are_never_stored_or_logged_in_clear_text() {
         assert!(hits.is_empty(), "key found in clear text in {hits:?}");
     }
     let output = lumina.output();
-    assert!(output.contains("DEBUG") || output.contains("INFO"), "no log output captured");
-    assert!(!output.contains(secret_part), "key found in the process output");
+    assert!(
+        output.contains("DEBUG") || output.contains("INFO"),
+        "no log output captured"
+    );
+    assert!(
+        !output.contains(secret_part),
+        "key found in the process output"
+    );
     // The log holds its keyed hash instead, readable through replay.
     let (ok, stdout, stderr) = run(
-        &["replay", "--data-dir", data.to_str().unwrap(), "--type", "ApiKeyCreated", "--account", &account],
+        &[
+            "replay",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--type",
+            "ApiKeyCreated",
+            "--account",
+            &account,
+        ],
         &[],
     );
     assert!(ok, "{stderr}");
-    let events: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["payload"]["key_id"], key_id);
     assert_eq!(events[0]["payload"]["key_hash"].as_str().unwrap().len(), 64);
@@ -268,10 +492,26 @@ async fn the_admin_cli_drives_the_admin_api() {
         assert!(ok, "{args:?}: {stderr}");
         serde_json::from_str::<Value>(&stdout).unwrap()
     };
-    let account = cli(&["accounts", "create", "--name", "CLI Co", "--credits", "7.25"]);
+    let account = cli(&[
+        "accounts",
+        "create",
+        "--name",
+        "CLI Co",
+        "--credits",
+        "7.25",
+    ]);
     let id = account["id"].as_str().unwrap();
     assert_eq!(account["credits_granted"], "7.25");
-    let key = cli(&["keys", "create", "--account", id, "--name", "cli", "--rpm", "30"]);
+    let key = cli(&[
+        "keys",
+        "create",
+        "--account",
+        id,
+        "--name",
+        "cli",
+        "--rpm",
+        "30",
+    ]);
     assert_eq!(key["rpm"], 30);
     let secret = key["key"].as_str().unwrap();
     assert_eq!(models_status(&lumina, Some(secret)).await.0, 200);
@@ -282,7 +522,21 @@ async fn the_admin_cli_drives_the_admin_api() {
     let granted = cli(&["accounts", "grant", id, "--amount", "0.75"]);
     assert_eq!(granted["account"]["credits_granted"], "8");
     // Errors come back as a failing exit with the API's message.
-    let (ok, _, stderr) = run(&["accounts", "show", "acct_missing", "--url", &lumina.url, "--data-dir", data_dir], &[]);
+    let (ok, _, stderr) = run(
+        &[
+            "accounts",
+            "show",
+            "acct_missing",
+            "--url",
+            &lumina.url,
+            "--data-dir",
+            data_dir,
+        ],
+        &[],
+    );
     assert!(!ok);
-    assert!(stderr.contains("404") && stderr.contains("acct_missing"), "{stderr}");
+    assert!(
+        stderr.contains("404") && stderr.contains("acct_missing"),
+        "{stderr}"
+    );
 }

@@ -107,8 +107,10 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
             let code = db.code().unwrap_or_default();
             // SQLite: BUSY (5), LOCKED (6), and their extended codes.
             // PostgreSQL: serialization failure, deadlock, shutdown, connection exceptions.
-            matches!(&*code, "5" | "6" | "261" | "517" | "40001" | "40P01" | "57P01" | "57P02" | "57P03")
-                || code.starts_with("08")
+            matches!(
+                &*code,
+                "5" | "6" | "261" | "517" | "40001" | "40P01" | "57P01" | "57P02" | "57P03"
+            ) || code.starts_with("08")
         }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -191,9 +193,15 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
                 Err(e) => return Err(e.into()),
             }
         };
-        self.progress.send_modify(|p| p.next_offsets = positions.iter().copied().collect());
+        self.progress
+            .send_modify(|p| p.next_offsets = positions.iter().copied().collect());
         self.source.seek(&positions).await?;
-        tracing::info!(consumer = name, stream = self.source.stream(), ?positions, "consumer started");
+        tracing::info!(
+            consumer = name,
+            stream = self.source.stream(),
+            ?positions,
+            "consumer started"
+        );
         let mut backoff = Duration::from_millis(50);
         loop {
             let batch = tokio::select! {
@@ -323,7 +331,11 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             }
         };
         let mut id_buf = uuid::Uuid::encode_buffer();
-        let event_id: &str = event.envelope.event_id.hyphenated().encode_lower(&mut id_buf);
+        let event_id: &str = event
+            .envelope
+            .event_id
+            .hyphenated()
+            .encode_lower(&mut id_buf);
         let inserted = sqlx::query(
             "INSERT INTO consumer_applied_events (consumer, event_id, applied_at)
              VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",

@@ -111,7 +111,12 @@ impl Database {
                     .connect_with(options)
                     .await?
             }
-            Backend::Postgres => pool_options.max_connections(8).connect_with(options).await?,
+            Backend::Postgres => {
+                pool_options
+                    .max_connections(8)
+                    .connect_with(options)
+                    .await?
+            }
         };
         Ok(Database { pool, backend })
     }

@@ -182,7 +182,29 @@ fn open_connection(path: &Path, fsync: FsyncMode) -> Result<Connection, LogError
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", fsync.pragma())?;
+    // Checkpoints copy the WAL into the database file and fsync it; run inside a commit they
+    // stall every appender for milliseconds. The checkpointer thread does them instead.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
+}
+
+/// How often the checkpointer folds the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Runs passive checkpoints beside the writer until `stop` receives or disconnects.
+fn run_checkpointer(conn: Connection, stop: flume::Receiver<()>) {
+    loop {
+        match stop.recv_timeout(CHECKPOINT_EVERY) {
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            _ => {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                return;
+            }
+        }
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "event log checkpoint failed");
+        }
+    }
 }
 
 impl EventLog {
@@ -193,9 +215,10 @@ impl EventLog {
         let path = path.as_ref().to_path_buf();
         let conn = open_connection(&path, options.fsync)?;
         conn.execute_batch(SCHEMA)?;
-        let last: i64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
-            r.get(0)
-        })?;
+        let last: i64 =
+            conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+                r.get(0)
+            })?;
         let last = u64::try_from(last).unwrap_or(0);
         let (tx, rx) = flume::bounded(options.queue_capacity.max(1));
         let shared = Arc::new(Shared {
@@ -204,6 +227,12 @@ impl EventLog {
             dropped: AtomicU64::new(0),
             committed: watch::Sender::new(last),
         });
+        let checkpoint_conn = open_connection(&path, options.fsync)?;
+        let (stop_checkpoints, checkpoint_stop) = flume::bounded::<()>(1);
+        std::thread::Builder::new()
+            .name("lumina-log-checkpoint".into())
+            .spawn(move || run_checkpointer(checkpoint_conn, checkpoint_stop))
+            .map_err(|e| LogError::Storage(format!("cannot start checkpoint thread: {e}")))?;
         let writer = Writer {
             conn,
             rx,
@@ -211,6 +240,7 @@ impl EventLog {
             next_position: last + 1,
             shared: shared.clone(),
             retry: Vec::new(),
+            _stop_checkpoints: stop_checkpoints,
         };
         let handle = std::thread::Builder::new()
             .name("lumina-log-writer".into())
@@ -313,6 +343,8 @@ struct Writer {
     next_position: u64,
     shared: Arc<Shared>,
     retry: Vec<Command>,
+    /// Dropped with the writer, which ends the checkpointer.
+    _stop_checkpoints: flume::Sender<()>,
 }
 
 impl Writer {
@@ -385,8 +417,7 @@ impl Writer {
                 "INSERT INTO events (position, event_id, event_type, account_id, appended_at, payload)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            let mut position = first;
-            for cmd in batch {
+            for (position, cmd) in (first..).zip(batch) {
                 let r = &cmd.record;
                 insert.execute(params![
                     i64::try_from(position).unwrap_or(i64::MAX),
@@ -396,7 +427,6 @@ impl Writer {
                     appended_at,
                     r.bytes
                 ])?;
-                position += 1;
             }
         }
         tx.commit()?;
@@ -476,9 +506,10 @@ impl LogReader {
     /// The highest committed position (0 for an empty log). Blocking.
     pub fn end_position_blocking(&self) -> Result<u64, LogError> {
         let conn = self.lock()?;
-        let last: i64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
-            r.get(0)
-        })?;
+        let last: i64 =
+            conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+                r.get(0)
+            })?;
         Ok(u64::try_from(last).unwrap_or(0))
     }
 

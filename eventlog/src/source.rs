@@ -111,7 +111,11 @@ impl EventSource for LocalLogSource {
         Ok(())
     }
 
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceMessage>, SourceError> {
+    async fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<SourceMessage>, SourceError> {
         let batch = self.read(max).await?;
         if !batch.is_empty() {
             return Ok(batch);

@@ -1,5 +1,6 @@
 //! Exactly-once consumers on SQLite and PostgreSQL: duplicates are no-ops, undecodable and
 //! poison messages are dead-lettered without blocking, positions resume after a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::time::Duration;
 
@@ -29,7 +30,11 @@ impl Projection for Tally {
         let Payload::CreditsGranted(g) = &event.payload else {
             return Ok(());
         };
-        let amount = if g.amount_nano == POISON { None } else { Some(g.amount_nano) };
+        let amount = if g.amount_nano == POISON {
+            None
+        } else {
+            Some(g.amount_nano)
+        };
         sqlx::query("INSERT INTO tally_events (event_id, account_id, amount) VALUES ($1, $2, $3)")
             .bind(event.envelope.event_id.to_string())
             .bind(&event.envelope.account_id)
@@ -86,7 +91,8 @@ struct Running {
 }
 
 fn start(db: &Database, log: &EventLog) -> Running {
-    let source = LocalLogSource::new(log.reader().unwrap()).with_commit_notifications(log.subscribe());
+    let source =
+        LocalLogSource::new(log.reader().unwrap()).with_commit_notifications(log.subscribe());
     let options = ConsumerOptions {
         batch_size: 7,
         idle_wait: Duration::from_millis(50),
@@ -128,8 +134,13 @@ async fn scenario_duplicates_are_no_ops(backend: Backend) {
     create_tally_tables(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let log = EventLog::open(dir.path().join("events.db"), LogOptions::default()).unwrap();
-    let events: Vec<Event> = (1..=40).map(|i| grant(&format!("acct_{}", i % 4), 100 + i)).collect();
-    let records: Vec<LogRecord> = events.iter().map(|e| LogRecord::from_event(e).unwrap()).collect();
+    let events: Vec<Event> = (1..=40)
+        .map(|i| grant(&format!("acct_{}", i % 4), 100 + i))
+        .collect();
+    let records: Vec<LogRecord> = events
+        .iter()
+        .map(|e| LogRecord::from_event(e).unwrap())
+        .collect();
     for r in &records {
         log.append(r.clone()).await.unwrap();
     }
@@ -143,7 +154,11 @@ async fn scenario_duplicates_are_no_ops(backend: Backend) {
         log.append(r.clone()).await.unwrap();
     }
     let progress = running.until_offset(80).await;
-    assert_eq!(totals(&db).await, clean, "{backend:?}: duplicates changed the tables");
+    assert_eq!(
+        totals(&db).await,
+        clean,
+        "{backend:?}: duplicates changed the tables"
+    );
     assert_eq!(progress.duplicates, 40);
     assert_eq!(progress.applied, 40);
     running.stop().await;
@@ -152,7 +167,10 @@ async fn scenario_duplicates_are_no_ops(backend: Backend) {
     let mut running = start(&db, &log);
     log.append_event(&grant("acct_0", 1000)).await.unwrap();
     let progress = running.until_offset(81).await;
-    assert_eq!(progress.applied, 1, "{backend:?}: restart re-applied events");
+    assert_eq!(
+        progress.applied, 1,
+        "{backend:?}: restart re-applied events"
+    );
     running.stop().await;
     let after = totals(&db).await;
     assert_eq!(after[0].1, clean[0].1 + 1000);

@@ -1,4 +1,5 @@
 //! The local log: order, unique positions, group commit, and durability under `kill -9`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -33,7 +34,9 @@ fn read_all(path: &std::path::Path) -> Vec<lumina_eventlog::LogEntry> {
     let reader = LogReader::open(path).unwrap();
     let mut all = Vec::new();
     loop {
-        let after = all.last().map_or(0, |e: &lumina_eventlog::LogEntry| e.position);
+        let after = all
+            .last()
+            .map_or(0, |e: &lumina_eventlog::LogEntry| e.position);
         let batch = reader.read_after_blocking(after, 10_000).unwrap();
         if batch.is_empty() {
             return all;
@@ -81,7 +84,11 @@ async fn concurrent_appends_keep_per_account_order_and_unique_positions() {
     let mut unique = returned.clone();
     unique.sort_unstable();
     unique.dedup();
-    assert_eq!(unique.len(), returned.len(), "a position was returned twice");
+    assert_eq!(
+        unique.len(),
+        returned.len(),
+        "a position was returned twice"
+    );
 
     let entries = read_all(&path);
     assert_eq!(entries.len() as u64, total);
@@ -91,7 +98,11 @@ async fn concurrent_appends_keep_per_account_order_and_unique_positions() {
         let (account, seq) = seq_of(&e.bytes);
         assert_eq!(e.account_id, account);
         let expected = next_seq.entry(account.clone()).or_insert(0);
-        assert_eq!(seq, *expected, "{account} out of order at position {}", e.position);
+        assert_eq!(
+            seq, *expected,
+            "{account} out of order at position {}",
+            e.position
+        );
         *expected += 1;
     }
 }
@@ -222,7 +233,12 @@ fn appends_that_returned_survive_kill_9() {
         // Two kills per directory: the second run appends to a log that was itself killed.
         for _ in 0..2 {
             let mut child = Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "child_appender", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "child_appender",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(CHILD_DIR, dir.path())
                 .env(CHILD_FSYNC, fsync)
                 .stdout(Stdio::piped())

@@ -41,7 +41,9 @@ pub enum AdminError {
     #[error("the event log cannot take writes: {0}")]
     Log(#[from] LogError),
     /// The read model did not apply the event in time; the write is durable and will apply.
-    #[error("the change was recorded but the read model did not apply it within {0:?}; retry the read shortly")]
+    #[error(
+        "the change was recorded but the read model did not apply it within {0:?}; retry the read shortly"
+    )]
     NotApplied(Duration),
     /// The read model could not be queried.
     #[error("read model unavailable: {0}")]

@@ -269,15 +269,27 @@ mod tests {
         let cache = KeyCache::new(secret.clone());
         let good = generate_key(&secret).unwrap();
         let revoked = generate_key(&secret).unwrap();
-        cache.replace(vec![row("key_a", &good, "active"), row("key_b", &revoked, "revoked")]);
+        cache.replace(vec![
+            row("key_a", &good, "active"),
+            row("key_b", &revoked, "revoked"),
+        ]);
         assert_eq!(cache.authenticate(&good.key).unwrap().key_id, "key_a");
-        assert_eq!(cache.authenticate(&revoked.key).unwrap_err(), AuthFailure::Revoked);
+        assert_eq!(
+            cache.authenticate(&revoked.key).unwrap_err(),
+            AuthFailure::Revoked
+        );
         assert_eq!(cache.authenticate("").unwrap_err(), AuthFailure::Missing);
-        assert_eq!(cache.authenticate("sk-foo").unwrap_err(), AuthFailure::Unknown);
+        assert_eq!(
+            cache.authenticate("sk-foo").unwrap_err(),
+            AuthFailure::Unknown
+        );
         let mut forged = good.key.clone();
         forged.pop();
         forged.push(if good.key.ends_with('0') { '1' } else { '0' });
-        assert_eq!(cache.authenticate(&forged).unwrap_err(), AuthFailure::Unknown);
+        assert_eq!(
+            cache.authenticate(&forged).unwrap_err(),
+            AuthFailure::Unknown
+        );
     }
 
     #[test]
@@ -287,7 +299,10 @@ mod tests {
         let key = generate_key(&a).unwrap();
         assert_ne!(a.hash(&key.key), b.hash(&key.key));
         assert_eq!(hex::encode(a.hash(&key.key)), key.hash_hex);
-        assert_eq!(KeySecret::from_hex(&a.to_hex()).unwrap().hash("x"), a.hash("x"));
+        assert_eq!(
+            KeySecret::from_hex(&a.to_hex()).unwrap().hash("x"),
+            a.hash("x")
+        );
     }
 
     #[test]

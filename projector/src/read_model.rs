@@ -132,7 +132,10 @@ impl lumina_eventlog::Projection for ReadModelProjection {
     }
 }
 
-async fn default_project(conn: &mut AnyConnection, account_id: &str) -> Result<String, sqlx::Error> {
+async fn default_project(
+    conn: &mut AnyConnection,
+    account_id: &str,
+) -> Result<String, sqlx::Error> {
     let row = sqlx::query("SELECT default_project_id FROM accounts WHERE id = $1")
         .bind(account_id)
         .fetch_optional(&mut *conn)
@@ -308,10 +311,11 @@ impl ReadModel {
 
     /// One project by id.
     pub async fn project(&self, id: &str) -> Result<Option<ProjectRow>, sqlx::Error> {
-        let row = sqlx::query("SELECT id, account_id, name, created_at FROM projects WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, account_id, name, created_at FROM projects WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.db.pool)
+                .await?;
         row.map(|r| {
             Ok(ProjectRow {
                 id: r.try_get(0)?,

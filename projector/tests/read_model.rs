@@ -1,4 +1,5 @@
 //! The read models follow the admin events and rebuild to identical rows, on both databases.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::time::Duration;
 
@@ -138,11 +139,18 @@ async fn scenario(backend: Backend) {
     project_all(&db, &log).await;
 
     let rm = ReadModel::new(db.clone());
-    let account = rm.account(&format!("acct_{:032x}", 1)).await.unwrap().unwrap();
+    let account = rm
+        .account(&format!("acct_{:032x}", 1))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(account.granted_nano, 9_000_000_000);
     let keys = rm.keys(Some(&account.id)).await.unwrap();
     assert_eq!(keys.len(), 2);
-    assert_eq!((keys[0].rpm, keys[0].tpm, keys[0].store_content), (Some(5), Some(1000), true));
+    assert_eq!(
+        (keys[0].rpm, keys[0].tpm, keys[0].store_content),
+        (Some(5), Some(1000), true)
+    );
     assert!(keys[0].is_active());
     assert_eq!(keys[0].project_id, account.default_project_id);
     assert_eq!(keys[1].status, "revoked");
@@ -154,9 +162,16 @@ async fn scenario(backend: Backend) {
     let live = dump(&db).await;
     assert_eq!(live.len(), 3 + 3 + 9 + 6);
     rebuild(&db).await.unwrap();
-    assert!(dump(&db).await.is_empty(), "rebuild must empty the read models");
+    assert!(
+        dump(&db).await.is_empty(),
+        "rebuild must empty the read models"
+    );
     project_all(&db, &log).await;
-    assert_eq!(dump(&db).await, live, "{backend:?}: rebuilt rows differ from live rows");
+    assert_eq!(
+        dump(&db).await,
+        live,
+        "{backend:?}: rebuilt rows differ from live rows"
+    );
 }
 
 #[tokio::test]

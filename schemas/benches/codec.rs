@@ -1,9 +1,9 @@
 //! Encode and decode cost of a typical hot-path event.
+#![allow(clippy::expect_used)]
 #![allow(missing_docs)]
 
-
 use criterion::{Criterion, criterion_group, criterion_main};
-use lumina_schemas::payloads::{Usage, RequestSettled};
+use lumina_schemas::payloads::{RequestSettled, Usage};
 use lumina_schemas::{Envelope, Event, decode, encode_into};
 
 fn settled() -> Event {
@@ -18,7 +18,13 @@ fn settled() -> Event {
             path: "fast".into(),
             provider: Some("simulated".into()),
             deployment: Some("sim-fast".into()),
-            usage: Usage { prompt_tokens: 120, completion_tokens: 380, cached_tokens: 0, reasoning_tokens: 0, estimated: false },
+            usage: Usage {
+                prompt_tokens: 120,
+                completion_tokens: 380,
+                cached_tokens: 0,
+                reasoning_tokens: 0,
+                estimated: false,
+            },
             charge_nano: 1_234_567,
             price_table_version: "default-1".into(),
             rounding: "half_up_nano".into(),
@@ -41,7 +47,9 @@ fn bench_codec(c: &mut Criterion) {
         })
     });
     let bytes = lumina_schemas::encode(&event).expect("encode");
-    c.bench_function("decode RequestSettled", |b| b.iter(|| decode(&bytes).expect("decode")));
+    c.bench_function("decode RequestSettled", |b| {
+        b.iter(|| decode(&bytes).expect("decode"))
+    });
 }
 
 criterion_group!(benches, bench_codec);

@@ -16,9 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::events::{
-    Envelope, Event, EventType, PayloadDecoder, PayloadVisitor, SCHEMA_SOURCES,
-};
+use crate::events::{Envelope, Event, EventType, PayloadDecoder, PayloadVisitor, SCHEMA_SOURCES};
 
 /// Length of the single-object header: 2 magic bytes and an 8-byte fingerprint.
 pub const HEADER_LEN: usize = 10;
@@ -80,8 +78,8 @@ fn build_registry() -> Result<Registry, String> {
     // borrow them with 'static lifetimes instead of re-resolving names per message.
     let mut parsed: Vec<(EventType, u32, &'static Schema)> = Vec::new();
     for &(event_type, version, source) in SCHEMA_SOURCES {
-        let schema = Schema::parse_str(source)
-            .map_err(|e| format!("{event_type} v{version}: {e}"))?;
+        let schema =
+            Schema::parse_str(source).map_err(|e| format!("{event_type} v{version}: {e}"))?;
         parsed.push((event_type, version, Box::leak(Box::new(schema))));
     }
     let current_schema = |t: EventType| {
@@ -213,7 +211,11 @@ pub fn encode_into(event: &Event, buf: &mut Vec<u8>) -> Result<(), CodecError> {
     let entry = registry()?.entry(event_type, event_type.current_version())?;
     buf.extend_from_slice(&entry.header);
     let mut id_buf = Uuid::encode_buffer();
-    let event_id: &str = event.envelope.event_id.hyphenated().encode_lower(&mut id_buf);
+    let event_id: &str = event
+        .envelope
+        .event_id
+        .hyphenated()
+        .encode_lower(&mut id_buf);
     event.payload.visit(BodyWriter {
         entry,
         envelope: &event.envelope,
@@ -283,7 +285,11 @@ pub fn encode_as_version(event: &Event, version: u32) -> Result<Vec<u8>, CodecEr
     let current = reg.entry(event_type, event_type.current_version())?;
     let target = reg.entry(event_type, version)?;
     let mut id_buf = Uuid::encode_buffer();
-    let event_id: &str = event.envelope.event_id.hyphenated().encode_lower(&mut id_buf);
+    let event_id: &str = event
+        .envelope
+        .event_id
+        .hyphenated()
+        .encode_lower(&mut id_buf);
     let value = event.payload.visit(ValueBuilder {
         event_type: current.event_type,
         envelope: &event.envelope,
@@ -401,7 +407,10 @@ impl PayloadDecoder for BodyReader<'_> {
             .read_value(&mut body)
             .map_err(|e| body_error(entry, e))?;
         if !value.validate(entry.schema) {
-            return Err(body_error(entry, "body does not match its writer schema (truncated?)"));
+            return Err(body_error(
+                entry,
+                "body does not match its writer schema (truncated?)",
+            ));
         }
         if let Some(current) = entry.upgrade_to {
             value = value.resolve(current).map_err(|e| body_error(entry, e))?;
@@ -420,7 +429,10 @@ impl PayloadDecoder for BodyReader<'_> {
         if i64::from(wire.schema_version) != i64::from(entry.version) {
             return Err(body_error(
                 entry,
-                format!("schema_version {} does not match its schema", wire.schema_version),
+                format!(
+                    "schema_version {} does not match its schema",
+                    wire.schema_version
+                ),
             ));
         }
         *self.envelope = Some(Envelope {

@@ -100,10 +100,22 @@ mod tests {
 
     #[test]
     fn parses_decimal_strings_exactly() {
-        assert_eq!(NanoCredits::parse_credits("12.5"), Ok(NanoCredits(12_500_000_000)));
-        assert_eq!(NanoCredits::parse_credits("0.000000001"), Ok(NanoCredits(1)));
-        assert_eq!(NanoCredits::parse_credits("1e3"), Ok(NanoCredits(1_000 * NANOS_PER_CREDIT)));
-        assert_eq!(NanoCredits::parse_credits("0.1000000000"), Ok(NanoCredits(100_000_000)));
+        assert_eq!(
+            NanoCredits::parse_credits("12.5"),
+            Ok(NanoCredits(12_500_000_000))
+        );
+        assert_eq!(
+            NanoCredits::parse_credits("0.000000001"),
+            Ok(NanoCredits(1))
+        );
+        assert_eq!(
+            NanoCredits::parse_credits("1e3"),
+            Ok(NanoCredits(1_000 * NANOS_PER_CREDIT))
+        );
+        assert_eq!(
+            NanoCredits::parse_credits("0.1000000000"),
+            Ok(NanoCredits(100_000_000))
+        );
     }
 
     #[test]

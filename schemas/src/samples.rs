@@ -38,7 +38,7 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             name: "ci".into(),
             key_hash: format!("{seed:064x}"),
             key_prefix: "lum_abcdef12".into(),
-            store_content: seed % 2 == 0,
+            store_content: seed.is_multiple_of(2),
             rpm: Some(60 + n),
             tpm: Some(100_000),
         }

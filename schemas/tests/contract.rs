@@ -1,5 +1,6 @@
 //! The event contract: every type round-trips through Avro and JSON, every released schema
 //! version keeps decoding (old with new, new with old), and the wire header is the Avro spec's.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -99,7 +100,9 @@ fn every_schema_file_is_released_and_shares_the_envelope() {
             let file = file.unwrap().path();
             let schema: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-            let version: u32 = file.file_stem().unwrap().to_str().unwrap()[1..].parse().unwrap();
+            let version: u32 = file.file_stem().unwrap().to_str().unwrap()[1..]
+                .parse()
+                .unwrap();
             let name = schema["name"].as_str().unwrap().to_string();
             let fields = schema["fields"].as_array().unwrap();
             assert_eq!(
@@ -132,7 +135,10 @@ fn consecutive_schema_versions_read_each_other() {
 fn api_key_created_v1_decodes_with_the_v2_reader_filling_defaults() {
     let event = sample(EventType::ApiKeyCreated, 3);
     let v1 = codec::encode_as_version(&event, 1).unwrap();
-    assert_eq!(v1[2..HEADER_LEN], codec::header(EventType::ApiKeyCreated, 1).unwrap()[2..]);
+    assert_eq!(
+        v1[2..HEADER_LEN],
+        codec::header(EventType::ApiKeyCreated, 1).unwrap()[2..]
+    );
     let decoded = decode(&v1).unwrap();
     assert_eq!(decoded.schema_version, 1);
     let Payload::ApiKeyCreated(key) = &decoded.event.payload else {
@@ -191,11 +197,17 @@ fn checked_in_messages_of_every_released_version_still_decode() {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(&path, codec::encode_as_version(&expected, v).unwrap()).unwrap();
         }
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (released versions need a fixture)", path.display()));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (released versions need a fixture)", path.display())
+        });
         let decoded = decode(&bytes).unwrap();
         assert_eq!(decoded.schema_version, v);
-        assert_eq!(decoded.event.envelope, expected.envelope, "{}", path.display());
+        assert_eq!(
+            decoded.event.envelope,
+            expected.envelope,
+            "{}",
+            path.display()
+        );
         if v == t.current_version() {
             assert_eq!(decoded.event, expected, "{}", path.display());
         }
@@ -205,10 +217,16 @@ fn checked_in_messages_of_every_released_version_still_decode() {
 #[test]
 fn malformed_messages_are_errors_not_panics() {
     assert!(matches!(decode(b""), Err(CodecError::NotSingleObject)));
-    assert!(matches!(decode(b"{\"json\":1}"), Err(CodecError::NotSingleObject)));
+    assert!(matches!(
+        decode(b"{\"json\":1}"),
+        Err(CodecError::NotSingleObject)
+    ));
     let mut unknown = MAGIC.to_vec();
     unknown.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0]);
-    assert!(matches!(decode(&unknown), Err(CodecError::UnknownFingerprint(_))));
+    assert!(matches!(
+        decode(&unknown),
+        Err(CodecError::UnknownFingerprint(_))
+    ));
     let good = encode(&sample(EventType::RequestSettled, 5)).unwrap();
     for cut in [HEADER_LEN, HEADER_LEN + 3, good.len() / 2, good.len() - 1] {
         assert!(

@@ -1,6 +1,6 @@
 //! The one helper that runs the real `lumina` binary for end-to-end tests: spawns it on a free
 //! port with its own data dir, captures its output, and talks HTTP to it.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -49,7 +49,10 @@ impl Lumina {
             url: String::new(),
             data_dir: data_dir.to_path_buf(),
             output_dir: output_dir.to_path_buf(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             port: free_port(),
             starts: 0,
             admin_key: String::new(),
@@ -62,11 +65,18 @@ impl Lumina {
     async fn spawn(&mut self) {
         self.starts += 1;
         std::fs::create_dir_all(&self.output_dir).unwrap();
-        let stdout = std::fs::File::create(self.output_dir.join(format!("stdout.{}", self.starts))).unwrap();
-        let stderr = std::fs::File::create(self.output_dir.join(format!("stderr.{}", self.starts))).unwrap();
+        let stdout =
+            std::fs::File::create(self.output_dir.join(format!("stdout.{}", self.starts))).unwrap();
+        let stderr =
+            std::fs::File::create(self.output_dir.join(format!("stderr.{}", self.starts))).unwrap();
         let mut command = Command::new(bin());
         command
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--data-dir",
+            ])
             .arg(&self.data_dir)
             .env_remove("LUMINA_ADMIN_KEY")
             .env_remove("LUMINA_DATABASE_URL")
@@ -85,9 +95,16 @@ impl Lumina {
                 break;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("lumina exited with {status} during start:\n{}", self.output());
+                panic!(
+                    "lumina exited with {status} during start:\n{}",
+                    self.output()
+                );
             }
-            assert!(Instant::now() < deadline, "lumina did not become ready:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "lumina did not become ready:\n{}",
+                self.output()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.admin_key = std::fs::read_to_string(self.data_dir.join("admin.key"))
@@ -173,7 +190,13 @@ impl Lumina {
     }
 
     /// An admin request expecting `expected` status; returns the body.
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>, expected: u16) -> Value {
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        expected: u16,
+    ) -> Value {
         let body = body.map(|b| b.to_string());
         let (status, _, value) = self
             .request(method, path, Some(&self.admin_key.clone()), body.as_deref())
@@ -185,7 +208,12 @@ impl Lumina {
     /// Opens an account with `credits` and returns its id.
     pub async fn account(&self, name: &str, credits: &str) -> String {
         let v = self
-            .admin(reqwest::Method::POST, "/admin/accounts", Some(json!({"name": name, "credits": credits})), 201)
+            .admin(
+                reqwest::Method::POST,
+                "/admin/accounts",
+                Some(json!({"name": name, "credits": credits})),
+                201,
+            )
             .await;
         v["id"].as_str().unwrap().to_string()
     }
@@ -193,9 +221,17 @@ impl Lumina {
     /// Issues a key for `account` and returns (id, key).
     pub async fn key(&self, account: &str) -> (String, String) {
         let v = self
-            .admin(reqwest::Method::POST, "/admin/keys", Some(json!({"account_id": account, "name": "test"})), 201)
+            .admin(
+                reqwest::Method::POST,
+                "/admin/keys",
+                Some(json!({"account_id": account, "name": "test"})),
+                201,
+            )
             .await;
-        (v["id"].as_str().unwrap().to_string(), v["key"].as_str().unwrap().to_string())
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        )
     }
 }
 
@@ -214,7 +250,10 @@ pub fn signal(pid: u32, sig: &str) {
 pub fn assert_openai_error(body: &Value) -> &Value {
     let error = &body["error"];
     assert!(error.is_object(), "not an OpenAI error: {body}");
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(error["type"].is_string(), "{body}");
     assert!(error.get("param").is_some(), "{body}");
     assert!(error.get("code").is_some(), "{body}");

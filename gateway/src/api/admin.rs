@@ -21,7 +21,10 @@ fn parse_credits(raw: &RawValue, param: &str) -> Result<NanoCredits, ApiError> {
     let text = raw.get().trim();
     let decimal_text = if text.starts_with('"') {
         serde_json::from_str::<String>(text).map_err(|_| {
-            ApiError::invalid(format!("'{param}' must be a number or a decimal string"), Some(param))
+            ApiError::invalid(
+                format!("'{param}' must be a number or a decimal string"),
+                Some(param),
+            )
         })?
     } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         text.to_string()

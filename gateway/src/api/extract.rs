@@ -21,9 +21,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("Could not read the request body: {e}"), None))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            ApiError::invalid(format!("Could not read the request body: {e}"), None)
+        })?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -87,7 +87,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|q| ApiQuery(q.0))
             .map_err(|e| {
-                ApiError::invalid(format!("Invalid query string '{query}': {}", e.body_text()), None)
+                ApiError::invalid(
+                    format!("Invalid query string '{query}': {}", e.body_text()),
+                    None,
+                )
             })
     }
 }

@@ -60,7 +60,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/accounts/{id}", get(admin::get_account))
         .route("/admin/accounts/{id}/credits", post(admin::grant_credits))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
-        .route("/admin/keys/{id}", get(admin::get_key).delete(admin::revoke_key))
+        .route(
+            "/admin/keys/{id}",
+            get(admin::get_key).delete(admin::revoke_key),
+        )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(assign_request_id))

@@ -52,16 +52,56 @@ pub struct CatalogEntry {
 pub const CATALOG_CREATED: i64 = 1_748_736_000;
 
 const ENTRIES: &[CatalogEntry] = &[
-    CatalogEntry { id: "lumina-auto", choice: ModelChoice::Auto, alias_of: None },
-    CatalogEntry { id: "lumina-fast", choice: ModelChoice::Path(RoutePath::Fast), alias_of: None },
-    CatalogEntry { id: "lumina-balanced", choice: ModelChoice::Path(RoutePath::Balanced), alias_of: None },
-    CatalogEntry { id: "lumina-reasoning", choice: ModelChoice::Path(RoutePath::Reasoning), alias_of: None },
-    CatalogEntry { id: "lumina-thinking", choice: ModelChoice::Path(RoutePath::Reasoning), alias_of: Some("lumina-reasoning") },
-    CatalogEntry { id: "lumina-fusion", choice: ModelChoice::Path(RoutePath::Fusion), alias_of: None },
-    CatalogEntry { id: "lumina-auto-2025-06", choice: ModelChoice::Auto, alias_of: Some("lumina-auto") },
-    CatalogEntry { id: "lumina-fast-2025-06", choice: ModelChoice::Path(RoutePath::Fast), alias_of: Some("lumina-fast") },
-    CatalogEntry { id: "lumina-balanced-2025-06", choice: ModelChoice::Path(RoutePath::Balanced), alias_of: Some("lumina-balanced") },
-    CatalogEntry { id: "lumina-reasoning-2025-06", choice: ModelChoice::Path(RoutePath::Reasoning), alias_of: Some("lumina-reasoning") },
+    CatalogEntry {
+        id: "lumina-auto",
+        choice: ModelChoice::Auto,
+        alias_of: None,
+    },
+    CatalogEntry {
+        id: "lumina-fast",
+        choice: ModelChoice::Path(RoutePath::Fast),
+        alias_of: None,
+    },
+    CatalogEntry {
+        id: "lumina-balanced",
+        choice: ModelChoice::Path(RoutePath::Balanced),
+        alias_of: None,
+    },
+    CatalogEntry {
+        id: "lumina-reasoning",
+        choice: ModelChoice::Path(RoutePath::Reasoning),
+        alias_of: None,
+    },
+    CatalogEntry {
+        id: "lumina-thinking",
+        choice: ModelChoice::Path(RoutePath::Reasoning),
+        alias_of: Some("lumina-reasoning"),
+    },
+    CatalogEntry {
+        id: "lumina-fusion",
+        choice: ModelChoice::Path(RoutePath::Fusion),
+        alias_of: None,
+    },
+    CatalogEntry {
+        id: "lumina-auto-2025-06",
+        choice: ModelChoice::Auto,
+        alias_of: Some("lumina-auto"),
+    },
+    CatalogEntry {
+        id: "lumina-fast-2025-06",
+        choice: ModelChoice::Path(RoutePath::Fast),
+        alias_of: Some("lumina-fast"),
+    },
+    CatalogEntry {
+        id: "lumina-balanced-2025-06",
+        choice: ModelChoice::Path(RoutePath::Balanced),
+        alias_of: Some("lumina-balanced"),
+    },
+    CatalogEntry {
+        id: "lumina-reasoning-2025-06",
+        choice: ModelChoice::Path(RoutePath::Reasoning),
+        alias_of: Some("lumina-reasoning"),
+    },
 ];
 
 /// The models this gateway offers.
@@ -88,7 +128,10 @@ impl Catalog {
 
     /// What `model` routes to, if offered.
     pub fn resolve(&self, model: &str) -> Option<ModelChoice> {
-        self.entries.iter().find(|e| e.id == model).map(|e| e.choice)
+        self.entries
+            .iter()
+            .find(|e| e.id == model)
+            .map(|e| e.choice)
     }
 }
 
@@ -99,8 +142,14 @@ mod tests {
     #[test]
     fn aliases_resolve_to_their_paths() {
         let c = Catalog::new(false);
-        assert_eq!(c.resolve("lumina-thinking"), Some(ModelChoice::Path(RoutePath::Reasoning)));
-        assert_eq!(c.resolve("lumina-fast-2025-06"), Some(ModelChoice::Path(RoutePath::Fast)));
+        assert_eq!(
+            c.resolve("lumina-thinking"),
+            Some(ModelChoice::Path(RoutePath::Reasoning))
+        );
+        assert_eq!(
+            c.resolve("lumina-fast-2025-06"),
+            Some(ModelChoice::Path(RoutePath::Fast))
+        );
         assert_eq!(c.resolve("lumina-auto"), Some(ModelChoice::Auto));
         assert_eq!(c.resolve("gpt-4o"), None);
     }
@@ -108,6 +157,10 @@ mod tests {
     #[test]
     fn fusion_is_listed_only_when_enabled() {
         assert_eq!(Catalog::new(false).resolve("lumina-fusion"), None);
-        assert!(Catalog::new(true).entries().any(|e| e.id == "lumina-fusion"));
+        assert!(
+            Catalog::new(true)
+                .entries()
+                .any(|e| e.id == "lumina-fusion")
+        );
     }
 }

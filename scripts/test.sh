@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh Debian machine that has Rust: starts
+# PostgreSQL (installing it when missing), creates the role the tests use, then runs
+# `cargo test --workspace`. Build output goes to a cache outside the clone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${LUMINA_CACHE:-$HOME/.cache/lumina}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+mkdir -p "$CACHE"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+}
+
+pg_bin() {
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+# PostgreSQL: the system cluster when we can be root, else a private cluster in the cache.
+start_postgres() {
+  if [ -z "$(pg_bin)" ]; then
+    echo "PostgreSQL is not installed; installing it" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql >/dev/null \
+      || { as_root apt-get update >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql >/dev/null; }
+  fi
+  if [ "$(id -u)" = 0 ] || command -v sudo >/dev/null; then
+    local cluster
+    cluster=$(pg_lsclusters -h 2>/dev/null | head -n 1)
+    if [ -z "$cluster" ]; then
+      as_root pg_createcluster "$(basename "$(dirname "$(pg_bin)")")" main >/dev/null
+      cluster=$(pg_lsclusters -h | head -n 1)
+    fi
+    local version name port status
+    read -r version name port status _ <<<"$cluster"
+    if [ "$status" != "online" ]; then
+      as_root pg_ctlcluster "$version" "$name" start
+    fi
+    as_root su postgres -c "psql -p $port -qAtc \"SELECT 1 FROM pg_roles WHERE rolname='lumina'\"" | grep -q 1 \
+      || as_root su postgres -c "psql -p $port -qc \"CREATE ROLE lumina LOGIN CREATEDB PASSWORD 'lumina'\""
+    PG_PORT=$port
+  else
+    local data="$CACHE/pgdata"
+    PG_PORT=55432
+    if [ ! -d "$data" ]; then
+      "$(pg_bin)/initdb" -D "$data" -U lumina --auth=trust >/dev/null
+    fi
+    "$(pg_bin)/pg_ctl" -D "$data" -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1" -l "$CACHE/pg.log" status >/dev/null \
+      || "$(pg_bin)/pg_ctl" -D "$data" -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1" -l "$CACHE/pg.log" -w start >/dev/null
+  fi
+  export LUMINA_TEST_DATABASE_URL="postgres://lumina:lumina@127.0.0.1:$PG_PORT/postgres"
+  for _ in $(seq 1 50); do
+    PGPASSWORD=lumina psql "$LUMINA_TEST_DATABASE_URL" -qAtc "SELECT 1" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  # Drop databases left by earlier runs.
+  PGPASSWORD=lumina psql "$LUMINA_TEST_DATABASE_URL" -qAtc \
+    "SELECT datname FROM pg_database WHERE datname LIKE 'lumina_t_%'" | while read -r db; do
+      PGPASSWORD=lumina psql "$LUMINA_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null || true
+    done
+}
+
+start_postgres
+echo "PostgreSQL ready at 127.0.0.1:$PG_PORT" >&2
+cargo test --workspace --locked "$@"
