@@ -60,6 +60,20 @@ start_postgres() {
     done
 }
 
+# A Python with the official OpenAI SDK, for the SDK compatibility tests.
+setup_python() {
+  local venv="$CACHE/venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" 2>/dev/null || {
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv >/dev/null
+      python3 -m venv "$venv"
+    }
+  fi
+  "$venv/bin/python" -c "import openai" 2>/dev/null || "$venv/bin/pip" install -q openai
+  export LUMINA_TEST_PYTHON="$venv/bin/python"
+}
+
 start_postgres
 echo "PostgreSQL ready at 127.0.0.1:$PG_PORT" >&2
+setup_python
 cargo test --workspace --locked "$@"
