@@ -52,7 +52,12 @@ async fn the_openai_python_sdk_lists_models_and_understands_errors() {
     let (_, good) = lumina.key(&account).await;
     let (revoked_id, revoked) = lumina.key(&account).await;
     lumina
-        .admin(reqwest::Method::DELETE, &format!("/admin/keys/{revoked_id}"), None, 200)
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/admin/keys/{revoked_id}"),
+            None,
+            200,
+        )
         .await;
     let url = lumina.url.clone();
     let out = tokio::task::spawn_blocking(move || {
