@@ -1,5 +1,5 @@
 //! `lumina serve`: the embedded mode in one process — local log, SQLite (or PostgreSQL) read
-//! models, the projector as a task, and the gateway's HTTP API.
+//! models, the projector and the ledger as tasks, and the gateway's HTTP API.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use lumina_gateway::admin::{Admin, KeyRequest};
 use lumina_gateway::auth::KeyCache;
 use lumina_gateway::routing::catalog::Catalog;
 use lumina_gateway::{AppInner, AppState, Readiness};
+use lumina_ledger::{Ledger, LedgerProjection};
 use lumina_projector::{ReadModel, ReadModelProjection};
 use lumina_schemas::NanoCredits;
 use tokio::net::TcpListener;
@@ -58,20 +59,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let read_model = ReadModel::new(db.clone());
 
     let cancel = CancellationToken::new();
-    let source = LocalLogSource::new(log.reader()?).with_commit_notifications(log.subscribe());
-    let consumer = Consumer::new(
-        db.clone(),
-        source,
-        ReadModelProjection,
-        ConsumerOptions {
-            batch_size: config.consumers.batch_size,
-            ..ConsumerOptions::default()
-        },
-    );
-    let progress = consumer.progress();
-    let projector = tokio::spawn(consumer.run(cancel.clone()));
+    let options = ConsumerOptions {
+        batch_size: config.consumers.batch_size,
+        ..ConsumerOptions::default()
+    };
+    let source = || -> anyhow::Result<LocalLogSource> {
+        Ok(LocalLogSource::new(log.reader()?).with_commit_notifications(log.subscribe()))
+    };
+    let projector = Consumer::new(db.clone(), source()?, ReadModelProjection, options.clone());
+    let ledger = Consumer::new(db.clone(), source()?, LedgerProjection, options);
+    let consumers = vec![projector.watch(), ledger.watch()];
+    let tasks = vec![
+        tokio::spawn(projector.run(cancel.clone())),
+        tokio::spawn(ledger.run(cancel.clone())),
+    ];
     let readiness = Readiness {
-        projector: progress.clone(),
+        consumers: consumers.clone(),
         log_end_at_start: log.committed_position(),
     };
     wait_for_catch_up(&readiness).await;
@@ -87,8 +90,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let admin = Admin::new(
         log.clone(),
         read_model.clone(),
+        Ledger::new(db.clone()),
         keys.clone(),
-        progress,
+        consumers,
         config.instance(),
     );
     let demo_key = if fresh && config.demo.enabled && read_model.account_count().await? == 0 {
@@ -126,27 +130,34 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     cancel.cancel();
     let _ = refresher.await;
-    match projector.await {
-        Ok(Err(e)) => tracing::error!(error = %e, "projector stopped with an error"),
-        Err(e) => tracing::error!(error = %e, "projector task failed"),
-        Ok(Ok(())) => {}
+    for task in tasks {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "consumer stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "consumer task failed"),
+            Ok(Ok(())) => {}
+        }
     }
     tokio::task::spawn_blocking(move || log.close()).await?;
     Ok(())
 }
 
 async fn wait_for_catch_up(readiness: &Readiness) {
-    let mut progress = readiness.projector.clone();
-    let target = i64::try_from(readiness.log_end_at_start).unwrap_or(i64::MAX);
-    let caught_up = progress.wait_for(|p| p.next_offsets.get(&0).copied().unwrap_or(1) > target);
-    if target > 0 {
-        tracing::info!(log_end = target, "replaying the log into read models");
+    let end = readiness.log_end_at_start;
+    if end > 0 {
+        tracing::info!(
+            log_end = end,
+            "applying the log to read models and the ledger"
+        );
     }
-    if tokio::time::timeout(CATCH_UP_WAIT, caught_up)
-        .await
-        .is_err()
-    {
-        tracing::warn!("read models are still catching up; serving with /readyz at 503");
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    for consumer in &readiness.consumers {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if end > 0 && !consumer.wait_applied(end, left).await {
+            tracing::warn!(
+                consumer = consumer.name,
+                "still catching up; serving with /readyz at 503"
+            );
+        }
     }
 }
 

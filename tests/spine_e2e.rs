@@ -116,6 +116,11 @@ async fn key_lifecycle(lumina: &mut Lumina) {
         )
         .await;
     assert_eq!(account_after["credits_granted_nano"], 100_000_000_000i64);
+    assert_eq!(
+        account_after["balance"]["available_nano"],
+        100_000_000_000i64
+    );
+    assert_eq!(account_after["balance"]["granted"], "100");
 
     lumina.kill9();
     lumina.restart().await;
@@ -391,6 +396,9 @@ async fn bad_input_gets_openai_errors_with_the_right_status_and_param() {
         1_000_000_000i64 + 12_500_000_000 + 100_000_000 + 3_000_000_000
     );
     assert_eq!(v["credits_granted"], "16.6");
+    assert_eq!(v["balance"]["available_nano"], 16_600_000_000i64);
+    assert_eq!(v["balance"]["available"], "16.6");
+    assert_eq!(v["balance"]["held_nano"], 0);
     // The server is still healthy after all that.
     assert_eq!(
         lumina.request(Method::GET, "/healthz", None, None).await.0,
@@ -476,6 +484,8 @@ async fn readyz_reports_the_projector_and_the_log() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ready");
     assert_eq!(body["consumers"]["projector"]["lag_events"], 0);
+    assert_eq!(body["consumers"]["ledger"]["lag_events"], 0);
+    assert!(body["consumers"]["ledger"]["applied"].as_u64().unwrap() >= 1);
     assert!(body["log"]["committed_position"].as_u64().unwrap() >= 3);
 }
 

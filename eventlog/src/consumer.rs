@@ -34,7 +34,25 @@ pub trait Projection: Send + Sync + 'static {
         &'a self,
         conn: &'a mut AnyConnection,
         event: &'a Event,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send + 'a;
+}
+
+/// Why a projection could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The database failed; retried when transient, dead-lettered otherwise.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// The event cannot be applied as it stands (it breaks an invariant or names something
+    /// that does not exist); it is dead-lettered with this reason.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl ApplyError {
+    fn is_transient(&self) -> bool {
+        matches!(self, ApplyError::Db(e) if is_transient(e))
+    }
 }
 
 /// Tuning of a consumer.
@@ -70,6 +88,37 @@ pub struct Progress {
     pub last_commit_at: i64,
     /// Newest `occurred_at` among applied events, µs since the epoch (for lag).
     pub newest_event_at: i64,
+}
+
+/// A named view of a local-log consumer's progress, for readiness and read-your-writes waits.
+#[derive(Debug, Clone)]
+pub struct ConsumerWatch {
+    /// The consumer's name.
+    pub name: &'static str,
+    /// Its progress.
+    pub progress: watch::Receiver<Progress>,
+}
+
+impl ConsumerWatch {
+    /// Next local-log position the consumer will apply (1 before it applied anything).
+    pub fn next_position(&self) -> i64 {
+        self.progress
+            .borrow()
+            .next_offsets
+            .get(&0)
+            .copied()
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// Waits until the consumer has applied local-log `position`; false on timeout or when the
+    /// consumer is gone.
+    pub async fn wait_applied(&self, position: u64, timeout: Duration) -> bool {
+        let target = i64::try_from(position).unwrap_or(i64::MAX);
+        let mut progress = self.progress.clone();
+        let applied = progress.wait_for(|p| p.next_offsets.get(&0).is_some_and(|&n| n > target));
+        matches!(tokio::time::timeout(timeout, applied).await, Ok(Ok(_)))
+    }
 }
 
 /// Why a consumer stopped.
@@ -177,6 +226,14 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         self.progress.subscribe()
     }
 
+    /// A named watch of this consumer's progress.
+    pub fn watch(&self) -> ConsumerWatch {
+        ConsumerWatch {
+            name: self.projection.name(),
+            progress: self.progress.subscribe(),
+        }
+    }
+
     /// Seeks the source to the stored positions, then applies batches until `cancel` fires.
     /// Cancelling between or during batches is safe: an uncommitted batch is rolled back.
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), ConsumerError> {
@@ -251,7 +308,7 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let result = match self.apply_batch(batch).await {
-                Err(e) if !is_transient(&e) => {
+                Err(e) if !e.is_transient() => {
                     tracing::warn!(consumer = name, error = %e, "batch failed; applying one event at a time");
                     self.apply_singly(batch).await
                 }
@@ -270,7 +327,7 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         }
     }
 
-    async fn apply_batch(&self, batch: &[SourceMessage]) -> Result<BatchStats, sqlx::Error> {
+    async fn apply_batch(&self, batch: &[SourceMessage]) -> Result<BatchStats, ApplyError> {
         let mut tx = self.db.pool.begin().await?;
         let mut stats = BatchStats::default();
         for message in batch {
@@ -283,7 +340,7 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
 
     /// One transaction per message; a message whose effects fail for a non-transient reason
     /// is dead-lettered with that reason.
-    async fn apply_singly(&self, batch: &[SourceMessage]) -> Result<BatchStats, sqlx::Error> {
+    async fn apply_singly(&self, batch: &[SourceMessage]) -> Result<BatchStats, ApplyError> {
         let mut stats = BatchStats::default();
         for message in batch {
             let one = std::slice::from_ref(message);
@@ -295,7 +352,7 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
                     self.store_positions(&mut tx, one).await?;
                     tx.commit().await?;
                 }
-                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
                     tx.rollback().await?;
                     let mut tx = self.db.pool.begin().await?;
@@ -322,12 +379,12 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         conn: &mut AnyConnection,
         message: &SourceMessage,
         stats: &mut BatchStats,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), ApplyError> {
         let event = match decode(&message.bytes) {
             Ok(decoded) => decoded.event,
             Err(e) => {
                 stats.dead_letters += 1;
-                return self.dead_letter(conn, message, &e.to_string()).await;
+                return Ok(self.dead_letter(conn, message, &e.to_string()).await?);
             }
         };
         let mut id_buf = uuid::Uuid::encode_buffer();

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use lumina_eventlog::{
-    Backend, Consumer, ConsumerOptions, Database, EventLog, LocalLogSource, LogOptions, LogRecord,
-    Progress, Projection,
+    ApplyError, Backend, Consumer, ConsumerOptions, Database, EventLog, LocalLogSource, LogOptions,
+    LogRecord, Progress, Projection,
 };
 use lumina_schemas::payloads::CreditsGranted;
 use lumina_schemas::{Envelope, Event, Payload};
@@ -26,7 +26,7 @@ impl Projection for Tally {
         "tally"
     }
 
-    async fn apply(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), sqlx::Error> {
+    async fn apply(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyError> {
         let Payload::CreditsGranted(g) = &event.payload else {
             return Ok(());
         };

@@ -1,5 +1,5 @@
 //! The admin service: every admin write is an event appended to the log, and the call returns
-//! only once the read model has applied it (and this gateway's key cache has reloaded), so a
+//! only once the read models and the ledger have applied it (and this gateway's key cache has reloaded), so a
 //! key it issues works on the very next request and a key it revokes fails on the next one.
 //!
 //! HTTP handlers and `lumina serve`'s first-start bootstrap both go through this service.
@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lumina_eventlog::{EventLog, LogError, Progress};
+use lumina_eventlog::{ConsumerWatch, EventLog, LogError};
+use lumina_ledger::{Balance, Ledger};
 use lumina_projector::{AccountRow, KeyRow, ReadModel};
 use lumina_schemas::ids::new_id;
 use lumina_schemas::payloads::{AccountOpened, ApiKeyCreated, ApiKeyRevoked, CreditsGranted};
 use lumina_schemas::{Envelope, Event, NanoCredits};
-use tokio::sync::watch;
 
 use crate::auth::{KeyCache, SecretError, generate_key};
 
@@ -74,8 +74,9 @@ pub struct KeyRequest {
 pub struct Admin {
     log: EventLog,
     read_model: ReadModel,
+    ledger: Ledger,
     keys: Arc<KeyCache>,
-    applied: watch::Receiver<Progress>,
+    consumers: Vec<ConsumerWatch>,
     instance: String,
     apply_timeout: Duration,
 }
@@ -104,23 +105,31 @@ fn valid_limit(limit: Option<i64>, param: &'static str) -> Result<Option<i64>, A
 }
 
 impl Admin {
-    /// An admin service writing to `log`, reading `read_model`, and waiting on `applied`, the
-    /// progress of the projector consuming `log` in this process.
+    /// An admin service writing to `log`, reading `read_model` and `ledger`, and waiting on
+    /// `consumers` (those consuming `log` in this process) before it answers.
     pub fn new(
         log: EventLog,
         read_model: ReadModel,
+        ledger: Ledger,
         keys: Arc<KeyCache>,
-        applied: watch::Receiver<Progress>,
+        consumers: Vec<ConsumerWatch>,
         instance: impl Into<String>,
     ) -> Admin {
         Admin {
             log,
             read_model,
+            ledger,
             keys,
-            applied,
+            consumers,
             instance: instance.into(),
             apply_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// How long a write waits for the consumers before answering 503 (default 10 s).
+    pub fn with_apply_timeout(mut self, timeout: Duration) -> Admin {
+        self.apply_timeout = timeout;
+        self
     }
 
     /// The read model this service answers from.
@@ -132,23 +141,25 @@ impl Admin {
         Envelope::new(account_id, self.instance.as_str())
     }
 
-    /// Appends `events` in order, then waits until the projector has applied the last one.
+    /// Appends `events` in order, then waits until every consumer has applied the last one.
     async fn record(&self, events: &[Event]) -> Result<(), AdminError> {
         let mut last = 0;
         for event in events {
             last = self.log.append_event(event).await?;
         }
-        let target = i64::try_from(last).unwrap_or(i64::MAX);
-        let mut applied = self.applied.clone();
-        let waited = tokio::time::timeout(
-            self.apply_timeout,
-            applied.wait_for(|p| p.next_offsets.get(&0).is_some_and(|&next| next > target)),
-        )
-        .await;
-        match waited {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(AdminError::NotApplied(self.apply_timeout)),
+        let deadline = tokio::time::Instant::now() + self.apply_timeout;
+        for consumer in &self.consumers {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !consumer.wait_applied(last, left).await {
+                return Err(AdminError::NotApplied(self.apply_timeout));
+            }
         }
+        Ok(())
+    }
+
+    /// The ledger balance of an account.
+    pub async fn balance(&self, account_id: &str) -> Result<Balance, AdminError> {
+        Ok(self.ledger.balance(account_id).await?)
     }
 
     async fn refresh_keys(&self) -> Result<(), AdminError> {

@@ -3,8 +3,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use lumina_eventlog::{EventLog, Progress};
-use tokio::sync::watch;
+use lumina_eventlog::{ConsumerWatch, EventLog};
 
 use crate::admin::Admin;
 use crate::auth::KeyCache;
@@ -45,29 +44,19 @@ impl Deref for AppState {
     }
 }
 
-/// Ready once migrations ran (before this exists) and the projector applied the log as it was
-/// at startup.
+/// Ready once migrations ran (before this exists) and every in-process consumer applied the
+/// log as it was at startup.
 pub struct Readiness {
-    /// Progress of the in-process projector.
-    pub projector: watch::Receiver<Progress>,
-    /// Log position the projector must pass before the gateway is ready.
+    /// The consumers running in this process.
+    pub consumers: Vec<ConsumerWatch>,
+    /// Log position each consumer must pass before the gateway is ready.
     pub log_end_at_start: u64,
 }
 
 impl Readiness {
-    /// Next log position the projector will apply.
-    pub fn projector_next(&self) -> i64 {
-        self.projector
-            .borrow()
-            .next_offsets
-            .get(&0)
-            .copied()
-            .unwrap_or(1)
-            .max(1)
-    }
-
-    /// Whether the projector caught up with the log as it was at startup.
+    /// Whether every consumer caught up with the log as it was at startup.
     pub fn caught_up(&self) -> bool {
-        self.projector_next() > i64::try_from(self.log_end_at_start).unwrap_or(i64::MAX)
+        let end = i64::try_from(self.log_end_at_start).unwrap_or(i64::MAX);
+        self.consumers.iter().all(|c| c.next_position() > end)
     }
 }

@@ -5,8 +5,8 @@
 //! the gateway's key cache. Every column comes from an event (timestamps are `occurred_at`,
 //! never the wall clock), so a rebuild produces identical rows.
 
-use lumina_eventlog::Database;
 use lumina_eventlog::consumer::reset_consumer;
+use lumina_eventlog::{ApplyError, Database};
 use lumina_schemas::{Event, Payload};
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -23,7 +23,7 @@ impl lumina_eventlog::Projection for ReadModelProjection {
         CONSUMER
     }
 
-    async fn apply(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), sqlx::Error> {
+    async fn apply(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyError> {
         let env = &event.envelope;
         match &event.payload {
             Payload::AccountOpened(p) => {

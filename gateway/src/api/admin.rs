@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use lumina_ledger::Balance;
 use lumina_projector::{AccountRow, KeyRow};
 use lumina_schemas::NanoCredits;
 use serde::{Deserialize, Serialize};
@@ -59,10 +60,39 @@ pub struct AccountView {
     created_at: i64,
     credits_granted: String,
     credits_granted_nano: i64,
+    balance: BalanceView,
 }
 
-impl From<AccountRow> for AccountView {
-    fn from(a: AccountRow) -> Self {
+/// A ledger balance: integer nano-credits and their decimal credit renderings.
+#[derive(Serialize)]
+pub struct BalanceView {
+    available_nano: i64,
+    held_nano: i64,
+    spent_nano: i64,
+    granted_nano: i64,
+    available: String,
+    held: String,
+    spent: String,
+    granted: String,
+}
+
+impl From<Balance> for BalanceView {
+    fn from(b: Balance) -> Self {
+        BalanceView {
+            available: NanoCredits(b.available_nano).to_string(),
+            held: NanoCredits(b.held_nano).to_string(),
+            spent: NanoCredits(b.spent_nano).to_string(),
+            granted: NanoCredits(b.granted_nano).to_string(),
+            available_nano: b.available_nano,
+            held_nano: b.held_nano,
+            spent_nano: b.spent_nano,
+            granted_nano: b.granted_nano,
+        }
+    }
+}
+
+impl AccountView {
+    fn new(a: AccountRow, balance: Balance) -> Self {
         AccountView {
             credits_granted: NanoCredits(a.granted_nano).to_string(),
             credits_granted_nano: a.granted_nano,
@@ -71,8 +101,14 @@ impl From<AccountRow> for AccountView {
             object: "account",
             name: a.name,
             project_id: a.default_project_id,
+            balance: balance.into(),
         }
     }
+}
+
+async fn account_view(state: &AppState, account: AccountRow) -> Result<AccountView, ApiError> {
+    let balance = state.admin.balance(&account.id).await?;
+    Ok(AccountView::new(account, balance))
 }
 
 /// Body of `POST /admin/accounts`.
@@ -97,7 +133,10 @@ pub async fn create_account(
         .admin
         .open_account(&body.name, credits, GRANTED_BY)
         .await?;
-    Ok((StatusCode::CREATED, Json(account.into())))
+    Ok((
+        StatusCode::CREATED,
+        Json(account_view(&state, account).await?),
+    ))
 }
 
 /// `GET /admin/accounts/{id}`.
@@ -106,7 +145,8 @@ pub async fn get_account(
     _admin: AdminKey,
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
-    Ok(Json(state.admin.account(&id).await?.into()))
+    let account = state.admin.account(&id).await?;
+    Ok(Json(account_view(&state, account).await?))
 }
 
 /// Body of `POST /admin/accounts/{id}/credits`.
@@ -146,7 +186,7 @@ pub async fn grant_credits(
             account_id: account.id.clone(),
             amount: amount.to_string(),
             amount_nano: amount.0,
-            account: account.into(),
+            account: account_view(&state, account).await?,
         }),
     ))
 }

@@ -16,34 +16,43 @@ pub async fn healthz() -> Json<Value> {
 /// Readiness with detail; 503 until ready.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let readiness = &state.readiness;
-    let committed = state.log.committed_position();
-    let next = readiness.projector_next();
-    let progress = readiness.projector.borrow().clone();
-    let lag_events = i64::try_from(committed).unwrap_or(i64::MAX) - (next - 1);
-    let lag_ms = if progress.newest_event_at > 0 && lag_events > 0 {
-        (lumina_schemas::now_micros() - progress.newest_event_at) / 1000
-    } else {
-        0
-    };
+    let committed = i64::try_from(state.log.committed_position()).unwrap_or(i64::MAX);
+    let now = lumina_schemas::now_micros();
+    let consumers: serde_json::Map<String, Value> = readiness
+        .consumers
+        .iter()
+        .map(|c| {
+            let next = c.next_position();
+            let progress = c.progress.borrow().clone();
+            let lag_events = (committed - (next - 1)).max(0);
+            let lag_ms = if progress.newest_event_at > 0 && lag_events > 0 {
+                (now - progress.newest_event_at) / 1000
+            } else {
+                0
+            };
+            let detail = json!({
+                "next_position": next,
+                "lag_events": lag_events,
+                "lag_ms": lag_ms,
+                "applied": progress.applied,
+                "dead_letters": progress.dead_letters,
+            });
+            (c.name.to_string(), detail)
+        })
+        .collect();
     let log_healthy = state.log.is_healthy();
-    let ready = readiness.caught_up() && log_healthy;
+    let caught_up = readiness.caught_up();
+    let ready = caught_up && log_healthy;
     let body = json!({
         "status": if ready { "ready" } else { "starting" },
         "migrations": "applied",
+        "caught_up_with_startup": caught_up,
         "log": {
             "committed_position": committed,
             "healthy": log_healthy,
             "queued": state.log.queue_len(),
         },
-        "consumers": {
-            "projector": {
-                "next_position": next,
-                "lag_events": lag_events.max(0),
-                "lag_ms": lag_ms,
-                "caught_up_with_startup": readiness.caught_up(),
-                "dead_letters": progress.dead_letters,
-            }
-        },
+        "consumers": consumers,
         "keys_cached": state.keys.len(),
     });
     let status = if ready {

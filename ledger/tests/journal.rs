@@ -1,0 +1,170 @@
+//! The ledger journals grants exactly once, balances equal their postings, and the database
+//! itself refuses unbalanced or edited postings — on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use std::time::Duration;
+
+use lumina_eventlog::{
+    Backend, Consumer, ConsumerOptions, Database, EventLog, LocalLogSource, LogOptions, LogRecord,
+};
+use lumina_ledger::{Ledger, LedgerProjection};
+use lumina_schemas::payloads::CreditsGranted;
+use lumina_schemas::{Envelope, Event, EventType};
+use lumina_testkit::{BACKENDS, migrated_database};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+fn grant(account: &str, amount: i64) -> Event {
+    Event::new(
+        Envelope::new(account, "test"),
+        CreditsGranted {
+            amount_nano: amount,
+            reason: None,
+            granted_by: "test".into(),
+        },
+    )
+}
+
+async fn consume(db: &Database, log: &EventLog) {
+    let source =
+        LocalLogSource::new(log.reader().unwrap()).with_commit_notifications(log.subscribe());
+    let consumer = Consumer::new(
+        db.clone(),
+        source,
+        LedgerProjection,
+        ConsumerOptions {
+            batch_size: 16,
+            idle_wait: Duration::from_millis(20),
+        },
+    );
+    let mut progress = consumer.progress();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(cancel.clone()));
+    let end = log.committed_position() as i64;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        progress.wait_for(|p| p.next_offsets.get(&0).copied().unwrap_or(0) > end),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
+
+async fn journals_grants_once(backend: Backend) {
+    let (_t, db) = migrated_database(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path().join("events.db"), LogOptions::default()).unwrap();
+    let mut records = Vec::new();
+    for i in 1..=30i64 {
+        let r =
+            LogRecord::from_event(&grant(&format!("acct_{}", i % 3), i * 1_000_000_001)).unwrap();
+        log.append(r.clone()).await.unwrap();
+        records.push(r);
+    }
+    log.append_event(&lumina_schemas::samples::sample(
+        EventType::AccountOpened,
+        1,
+    ))
+    .await
+    .unwrap();
+    // A zero grant is refused by the ledger and dead-lettered, not journaled.
+    log.append_event(&grant("acct_0", 0)).await.unwrap();
+    for r in &records {
+        log.append(r.clone()).await.unwrap();
+    }
+    consume(&db, &log).await;
+
+    let ledger = Ledger::new(db.clone());
+    for a in 0..3 {
+        let account = format!("acct_{a}");
+        let expected: i64 = (1..=30i64)
+            .filter(|i| i % 3 == a)
+            .map(|i| i * 1_000_000_001)
+            .sum();
+        let balance = ledger.balance(&account).await.unwrap();
+        assert_eq!(balance.available_nano, expected, "{backend:?} {account}");
+        assert_eq!(balance.granted_nano, expected);
+        assert_eq!((balance.held_nano, balance.spent_nano), (0, 0));
+        assert_eq!(ledger.posted_available(&account).await.unwrap(), expected);
+    }
+    let entries: i64 = sqlx::query("SELECT COUNT(*) FROM ledger_entries")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        entries, 30,
+        "{backend:?}: every grant journaled exactly once"
+    );
+    let unbalanced: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM (SELECT entry_event_id FROM ledger_postings GROUP BY entry_event_id HAVING SUM(amount_nano) <> 0) t",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(unbalanced, 0);
+    let dead: i64 = sqlx::query("SELECT COUNT(*) FROM dead_letters WHERE consumer = 'ledger'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 1);
+}
+
+async fn database_refuses_unbalanced_entries(backend: Backend) {
+    let (_t, db) = migrated_database(backend).await;
+    let exec = |sql: &'static str| {
+        let pool = db.pool.clone();
+        async move { sqlx::query(sql).execute(&pool).await }
+    };
+    exec("INSERT INTO ledger_postings VALUES ('e1', 1, 'system:grants', 'acct_a', -10)")
+        .await
+        .unwrap();
+    exec("INSERT INTO ledger_postings VALUES ('e1', 2, 'acct_a:available', 'acct_a', 9)")
+        .await
+        .unwrap();
+    let refused = exec("INSERT INTO ledger_entries (event_id, kind, account_id, occurred_at) VALUES ('e1', 'grant', 'acct_a', 0)").await;
+    assert!(refused.is_err(), "{backend:?}: unbalanced entry accepted");
+    let refused = exec("INSERT INTO ledger_entries (event_id, kind, account_id, occurred_at) VALUES ('e0', 'grant', 'acct_a', 0)").await;
+    assert!(
+        refused.is_err(),
+        "{backend:?}: entry without postings accepted"
+    );
+
+    exec("INSERT INTO ledger_postings VALUES ('e2', 1, 'system:grants', 'acct_a', -10)")
+        .await
+        .unwrap();
+    exec("INSERT INTO ledger_postings VALUES ('e2', 2, 'acct_a:available', 'acct_a', 10)")
+        .await
+        .unwrap();
+    exec("INSERT INTO ledger_entries (event_id, kind, account_id, occurred_at) VALUES ('e2', 'grant', 'acct_a', 0)").await.unwrap();
+    assert!(
+        exec(
+            "UPDATE ledger_postings SET amount_nano = 11 WHERE entry_event_id = 'e2' AND line = 2"
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        exec("INSERT INTO ledger_postings VALUES ('e2', 3, 'system:revenue', 'acct_a', 0)")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn grants_are_journaled_once_and_balances_equal_postings() {
+    for backend in BACKENDS {
+        journals_grants_once(backend).await;
+    }
+}
+
+#[tokio::test]
+async fn the_database_refuses_unbalanced_or_edited_postings() {
+    for backend in BACKENDS {
+        database_refuses_unbalanced_entries(backend).await;
+    }
+}
