@@ -4,8 +4,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, bail};
 use lumina_eventlog::LogOptions;
+use lumina_gateway::config::{BreakerConfig, GatewayConfig, ProviderConfig, RouteConfig, ServerConfig};
 use lumina_schemas::NanoCredits;
 use serde::Deserialize;
 
@@ -34,6 +37,17 @@ pub struct Config {
     pub demo: DemoConfig,
     /// Consumer tuning.
     pub consumers: ConsumersConfig,
+    /// `[[providers]]`: upstreams; a simulated one serves every path when none is listed.
+    pub providers: Vec<ProviderConfig>,
+    /// `[routes.<path>]`: providers per path, in fallback order.
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// `[breaker]`: when a deployment leaves rotation.
+    pub breaker: BreakerConfig,
+    /// `[server]`: body, header and timeout limits of the HTTP surface.
+    pub server: ServerConfig,
+    /// Providers and routes resolved and checked at load.
+    #[serde(skip)]
+    pub gateway: GatewayConfig,
 }
 
 /// `[database]`
@@ -112,6 +126,14 @@ impl Config {
         };
         config.apply_env();
         config.validate()?;
+        config.gateway = GatewayConfig {
+            providers: std::mem::take(&mut config.providers),
+            routes: std::mem::take(&mut config.routes),
+            breaker: config.breaker.clone(),
+            server: config.server.clone(),
+        }
+        .resolve(|var| std::env::var(var).ok())
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(config)
     }
 
@@ -158,6 +180,9 @@ impl Config {
         }
         NanoCredits::parse_credits(&self.demo.credits)
             .map_err(|e| anyhow::anyhow!("demo.credits: {e}"))?;
+        if self.catalog.fusion {
+            bail!("catalog.fusion: Model Fusion is not available yet; leave it false");
+        }
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod http;
 mod projector_cmd;
 mod replay;
 mod secrets;
@@ -343,6 +344,8 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
+    // TLS to upstream providers uses rustls with the ring provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Serve(args) => {
             let mut config = load_config(args.config.as_deref(), args.data_dir)?;

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use lumina_eventlog::{Consumer, ConsumerOptions, Database, EventLog, LocalLogSource};
 use lumina_gateway::admin::{Admin, KeyRequest};
 use lumina_gateway::auth::KeyCache;
+use lumina_gateway::metering::limits::Limits;
+use lumina_gateway::routing::table::RouteTable;
 use lumina_gateway::routing::catalog::Catalog;
 use lumina_gateway::{AppInner, AppState, Readiness};
 use lumina_ledger::{Ledger, LedgerProjection};
@@ -101,6 +102,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None
     };
 
+    let routes = RouteTable::build(&config.gateway, |var| std::env::var(var).ok())
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let server = config.gateway.server.clone();
     let state = AppState::new(AppInner {
         admin,
         keys,
@@ -108,6 +112,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         catalog: Catalog::new(config.catalog.fusion),
         log: log.clone(),
         readiness,
+        routes,
+        limits: Limits::new(),
+        instance: config.instance().into(),
+        server: server.clone(),
     });
     let listen = config.listen();
     let listener = TcpListener::bind(listen)
@@ -116,16 +124,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     print_banner(&config, &secrets, local, demo_key.as_deref());
     tracing::info!(%local, "lumina serve ready");
-
-    // TCP_NODELAY: without it keep-alive responses written in two parts stall on delayed ACKs.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, lumina_gateway::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    crate::http::serve(listener, lumina_gateway::router(state), &server, shutdown_signal()).await;
 
     tracing::info!("shutting down");
     cancel.cancel();

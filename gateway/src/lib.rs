@@ -7,8 +7,12 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod config;
+pub mod metering;
+pub mod providers;
 pub mod routing;
 pub mod state;
+pub mod wire;
 
 pub use api::router;
 pub use state::{AppInner, AppState, Readiness};

@@ -7,7 +7,10 @@ use lumina_eventlog::{ConsumerWatch, EventLog};
 
 use crate::admin::Admin;
 use crate::auth::KeyCache;
+use crate::config::ServerConfig;
+use crate::metering::limits::Limits;
 use crate::routing::catalog::Catalog;
+use crate::routing::table::RouteTable;
 
 /// Shared handler state; cloning is one reference count.
 #[derive(Clone)]
@@ -27,6 +30,14 @@ pub struct AppInner {
     pub log: EventLog,
     /// When this gateway counts as ready.
     pub readiness: Readiness,
+    /// Deployments per path.
+    pub routes: RouteTable,
+    /// Per-key rate limiters.
+    pub limits: Limits,
+    /// This gateway's name in events.
+    pub instance: Arc<str>,
+    /// Limits of the HTTP surface.
+    pub server: ServerConfig,
 }
 
 impl AppState {

@@ -166,7 +166,7 @@ pub struct Usage {
 /// A request ended and was charged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestSettled {
-    /// `completed`, `failed`, `client_cancelled` or `cut_midstream`.
+    /// `completed`, `failed`, `cancelled` (the client went away) or `cut_midstream`.
     pub outcome: String,
     /// The path the request took.
     pub path: String,

@@ -2,12 +2,18 @@
 //! [`ApiError::into_response`] renders `{"error": {"message", "type", "param", "code"}}` and is
 //! the only place that body is written.
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::admin::AdminError;
 use crate::auth::AuthFailure;
+use crate::metering::limits::{
+    LimitExceeded, LimitKind, LimitState, LimitStatus, format_reset, retry_after_secs,
+};
+use crate::providers::UpstreamClientError;
+use crate::wire::InvalidRequest;
 
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +65,32 @@ pub enum ApiError {
     /// A dependency cannot take the request right now (event log, read model).
     #[error("{0}")]
     Unavailable(String),
+    /// Too many or too large request headers.
+    #[error("The request has {0}; this server accepts at most {1}.")]
+    HeadersTooLarge(String, String),
+    /// The model is not in the catalog.
+    #[error("The model '{0}' does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    /// The body is larger than the server accepts.
+    #[error("The request body is larger than the {0} bytes this server accepts.")]
+    PayloadTooLarge(usize),
+    /// The client did not send its body in time.
+    #[error("The request body did not arrive within {0} ms.")]
+    RequestTimeout(u64),
+    /// A per-key limit refused the request.
+    #[error("{}", .0.message)]
+    RateLimited(Box<LimitExceeded>),
+    /// The upstream refused the request itself; returned as the upstream said it.
+    #[error("{}", .0.message)]
+    Upstream(Box<UpstreamClientError>),
+    /// Every attempt failed (502), timed out (504) or found no deployment available (503).
+    #[error("{message}")]
+    UpstreamFailed {
+        /// 502, 503 or 504.
+        status: u16,
+        /// Each attempt's deployment and error class.
+        message: String,
+    },
     /// A bug or an unexpected failure; details are logged, not returned.
     #[error("The server had an error while processing your request. Request id: see x-request-id.")]
     Internal(String),
@@ -99,6 +131,15 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::HeadersTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Upstream(e) => StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            ApiError::UpstreamFailed { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
         }
     }
 
@@ -117,6 +158,16 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => ("server_error", Some("service_unavailable")),
             ApiError::Internal(_) => ("server_error", None),
+            ApiError::HeadersTooLarge(..) => ("invalid_request_error", Some("headers_too_large")),
+            ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
+            ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("payload_too_large")),
+            ApiError::RequestTimeout(_) => ("invalid_request_error", Some("request_timeout")),
+            ApiError::RateLimited(e) => match e.kind {
+                LimitKind::Requests => ("requests", Some("rate_limit_exceeded")),
+                LimitKind::Tokens => ("tokens", Some("rate_limit_exceeded")),
+            },
+            ApiError::Upstream(_) => ("invalid_request_error", None),
+            ApiError::UpstreamFailed { .. } => ("server_error", Some("upstream_error")),
         }
     }
 
@@ -125,6 +176,8 @@ impl ApiError {
             ApiError::InvalidRequest { param, .. } | ApiError::NotFound { param, .. } => {
                 param.as_deref()
             }
+            ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::Upstream(e) => e.param.as_deref(),
             _ => None,
         }
     }
@@ -137,6 +190,13 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(detail = %detail, "internal error");
         }
+        let (kind, code) = match &self {
+            ApiError::Upstream(e) => (
+                e.kind.as_deref().unwrap_or(kind),
+                e.code.as_deref().or(code),
+            ),
+            _ => (kind, code),
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 message: self.to_string(),
@@ -145,7 +205,15 @@ impl IntoResponse for ApiError {
                 code,
             },
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::RateLimited(e) = &self {
+            let headers = response.headers_mut();
+            rate_limit_headers(headers, &e.status);
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs(e.retry_after).to_string()) {
+                headers.insert(RETRY_AFTER, v);
+            }
+        }
+        response
     }
 }
 
@@ -174,5 +242,53 @@ impl From<AdminError> for ApiError {
             AdminError::Db(e) => ApiError::Unavailable(format!("read model unavailable: {e}")),
             AdminError::Secret(e) => ApiError::Internal(e.to_string()),
         }
+    }
+}
+
+impl From<InvalidRequest> for ApiError {
+    fn from(e: InvalidRequest) -> Self {
+        ApiError::InvalidRequest {
+            message: e.message,
+            param: e.param,
+        }
+    }
+}
+
+fn insert_limit(headers: &mut HeaderMap, names: [&'static str; 3], state: &LimitState) {
+    let values = [
+        state.limit.to_string(),
+        state.remaining.to_string(),
+        format_reset(state.reset),
+    ];
+    for (name, value) in names.into_iter().zip(values) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+}
+
+/// OpenAI's `x-ratelimit-*` headers for the limits a key has.
+pub fn rate_limit_headers(headers: &mut HeaderMap, status: &LimitStatus) {
+    if let Some(r) = &status.requests {
+        insert_limit(
+            headers,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+            r,
+        );
+    }
+    if let Some(t) = &status.tokens {
+        insert_limit(
+            headers,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+            t,
+        );
     }
 }

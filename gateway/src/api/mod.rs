@@ -2,6 +2,7 @@
 //! between the wire and the services; they hold no logic of their own.
 
 pub mod admin;
+pub mod chat;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -11,7 +12,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lumina_schemas::ids::new_id;
 
@@ -35,6 +36,30 @@ async fn assign_request_id(mut req: Request, next: Next) -> Response {
     response
 }
 
+/// Total bytes of request headers accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+async fn limit_headers(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let headers = req.headers();
+    if headers.len() > state.server.max_headers {
+        return ApiError::HeadersTooLarge(
+            format!("{} headers", headers.len()),
+            format!("{} headers", state.server.max_headers),
+        )
+        .into_response();
+    }
+    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if bytes > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge(format!("{bytes} bytes of headers"), format!("{MAX_HEADER_BYTES} bytes"))
+            .into_response();
+    }
+    next.run(req).await
+}
+
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
     ApiError::UnknownRoute {
         method: method.to_string(),
@@ -54,6 +79,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/v1/chat/completions", post(chat::create))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/admin/accounts", post(admin::create_account))
@@ -66,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), limit_headers))
         .layer(middleware::from_fn(assign_request_id))
         .with_state(state)
 }

@@ -1,3 +1,6 @@
-//! Routing: the model catalog now; the classifier and policy join it. Pure code, no I/O.
+//! Routing: the model catalog, the classifier of `lumina-auto`, and the route table (paths →
+//! deployments in fallback order). Pure decisions; the table holds the providers to call.
 
 pub mod catalog;
+pub mod classifier;
+pub mod table;

@@ -1,0 +1,200 @@
+//! The facts a request writes: `RequestRouted` when its path is chosen, one `UpstreamAttempted`
+//! per attempt, and `RequestSettled` when it ends. Routed and attempted are queued without
+//! waiting; the settlement is committed before the client receives the end of its answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lumina_schemas::payloads::{RequestRouted, RequestSettled, UpstreamAttempted, Usage};
+use lumina_schemas::{Envelope, Event};
+
+use crate::auth::KeyIdentity;
+use crate::providers::ErrorClass;
+use crate::routing::catalog::RoutePath;
+use crate::routing::classifier::Decision;
+use crate::wire::TokenUsage;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The answer was delivered whole.
+    Completed,
+    /// No answer: every attempt failed, or the upstream refused the request.
+    Failed,
+    /// The client went away before the end.
+    Cancelled,
+    /// The upstream broke off after the client had received part of the answer.
+    CutMidstream,
+}
+
+impl Outcome {
+    /// Name recorded in `RequestSettled.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::CutMidstream => "cut_midstream",
+        }
+    }
+}
+
+/// Who asked what, and when: shared by every event of a request.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    /// `req_…`
+    pub request_id: String,
+    /// The key that authenticated it.
+    pub key: Arc<KeyIdentity>,
+    /// W3C trace id from `traceparent`, when sent.
+    pub trace_id: Option<String>,
+    /// This gateway.
+    pub instance: Arc<str>,
+    /// The `model` asked for.
+    pub requested_model: String,
+    /// The path taken.
+    pub path: RoutePath,
+    /// When the request arrived.
+    pub started: Instant,
+    /// The same, µs since the epoch.
+    pub started_at: i64,
+}
+
+/// One attempt, as recorded.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    /// 1 for the first.
+    pub attempt: i32,
+    /// Provider name.
+    pub provider: String,
+    /// Deployment id.
+    pub deployment: String,
+    /// Upstream model.
+    pub upstream_model: String,
+    /// Start, µs since the epoch.
+    pub started_at: i64,
+    /// Time to the first byte of the answer.
+    pub ttfb: Option<Duration>,
+    /// Duration of the attempt.
+    pub duration: Duration,
+    /// The failure, if it failed.
+    pub error: Option<(ErrorClass, Option<u16>)>,
+    /// Whether another attempt followed.
+    pub fell_back: bool,
+}
+
+/// How a request settles.
+#[derive(Debug, Clone)]
+pub struct SettleInfo {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Provider name of the answering deployment.
+    pub provider: Option<String>,
+    /// The answering deployment.
+    pub deployment: Option<String>,
+    /// Token usage.
+    pub usage: TokenUsage,
+    /// Whether the usage is an estimate.
+    pub estimated: bool,
+    /// Time to the first token reaching the client.
+    pub ttft: Option<Duration>,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Why it failed, if it did.
+    pub error_class: Option<String>,
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn tokens(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl RequestMeta {
+    fn envelope(&self) -> Envelope {
+        let mut e = Envelope::new(self.key.account_id.as_str(), &*self.instance);
+        e.request_id = Some(self.request_id.clone());
+        e.project_id = Some(self.key.project_id.clone());
+        e.api_key_id = Some(self.key.key_id.clone());
+        e.trace_id = self.trace_id.clone();
+        e
+    }
+
+    /// `RequestRouted`.
+    pub fn routed(
+        &self,
+        decision: &Decision,
+        stream: bool,
+        policy_version: i64,
+        candidates: Vec<String>,
+        prompt_tokens_estimate: u64,
+        max_tokens: Option<u64>,
+    ) -> Event {
+        Event::new(
+            self.envelope(),
+            RequestRouted {
+                requested_model: self.requested_model.clone(),
+                path: self.path.as_str().into(),
+                task_class: decision.task_class.into(),
+                stream,
+                policy_version,
+                features: decision.features.to_map(),
+                scores: decision.scores_map(),
+                candidates,
+                prompt_tokens_estimate: tokens(prompt_tokens_estimate),
+                max_tokens: max_tokens.map(tokens),
+                hold: None,
+            },
+        )
+    }
+
+    /// `UpstreamAttempted`.
+    pub fn attempted(&self, a: &AttemptRecord) -> Event {
+        Event::new(
+            self.envelope(),
+            UpstreamAttempted {
+                attempt: a.attempt,
+                provider: a.provider.clone(),
+                deployment: a.deployment.clone(),
+                upstream_model: a.upstream_model.clone(),
+                started_at: a.started_at,
+                ttfb_us: a.ttfb.map(micros),
+                duration_us: micros(a.duration),
+                outcome: if a.error.is_some() { "error" } else { "ok" }.into(),
+                error_class: a.error.map(|(c, _)| c.as_str().to_string()),
+                http_status: a.error.and_then(|(_, s)| s).map(i32::from),
+                fell_back: a.fell_back,
+            },
+        )
+    }
+
+    /// `RequestSettled`.
+    pub fn settled(&self, s: &SettleInfo) -> Event {
+        Event::new(
+            self.envelope(),
+            RequestSettled {
+                outcome: s.outcome.as_str().into(),
+                path: self.path.as_str().into(),
+                provider: s.provider.clone(),
+                deployment: s.deployment.clone(),
+                usage: Usage {
+                    prompt_tokens: tokens(s.usage.prompt_tokens),
+                    completion_tokens: tokens(s.usage.completion_tokens),
+                    cached_tokens: tokens(s.usage.cached_tokens),
+                    reasoning_tokens: tokens(s.usage.reasoning_tokens),
+                    estimated: s.estimated,
+                },
+                charge_nano: 0,
+                price_table_version: "unpriced".into(),
+                rounding: "none".into(),
+                hold_released_nano: 0,
+                latency_us: micros(self.started.elapsed()),
+                ttft_us: s.ttft.map(micros),
+                attempts: s.attempts,
+                error_class: s.error_class.clone(),
+            },
+        )
+    }
+}

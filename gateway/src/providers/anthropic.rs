@@ -1,0 +1,588 @@
+//! Anthropic's Messages API, translated both ways: system prompt, tools and tool results,
+//! images, stop reasons and usage (cache tokens included) on the way out and back, and the
+//! streaming events (`message_start`, `content_block_*`, `message_delta`, `message_stop`)
+//! turned into OpenAI chunks.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::providers::sse::{SseEvent, events};
+use crate::providers::{
+    ChunkStream, Completion, ErrorClass, Provider, ProviderError, StreamChunk, Timeouts,
+    UpstreamCall, http_client,
+};
+use crate::wire::{
+    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta,
+    FunctionDelta, FunctionOut, Message, TokenUsage, ToolCallDelta, ToolCallOut, UsageOut,
+};
+
+/// The Messages API version Lumina speaks.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// An Anthropic upstream.
+pub struct Anthropic {
+    url: String,
+    key: HeaderValue,
+    default_max_tokens: u32,
+    client: reqwest::Client,
+    timeouts: Timeouts,
+}
+
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+    messages: Vec<AMessage>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ATool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stop_sequences: Vec<&'a str>,
+    stream: bool,
+}
+
+#[derive(Serialize)]
+struct AMessage {
+    role: &'static str,
+    content: Vec<Value>,
+}
+
+#[derive(Serialize)]
+struct ATool<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: Value,
+}
+
+fn text_of(content: &Option<Content<'_>>) -> String {
+    let mut s = String::new();
+    if let Some(c) = content {
+        c.for_each_text(|t| s.push_str(t));
+    }
+    s
+}
+
+fn image_block(url: &str) -> Value {
+    if let Some(rest) = url.strip_prefix("data:")
+        && let Some((meta, data)) = rest.split_once(',')
+    {
+        let media_type = meta.trim_end_matches(";base64");
+        return serde_json::json!({
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data}
+        });
+    }
+    serde_json::json!({"type": "image", "source": {"type": "url", "url": url}})
+}
+
+fn user_blocks(content: &Option<Content<'_>>) -> Vec<Value> {
+    match content {
+        None => Vec::new(),
+        Some(Content::Text(t)) => vec![serde_json::json!({"type": "text", "text": t.as_str()})],
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .filter_map(|p| match p.kind.as_str() {
+                "text" => p.text.as_ref().map(|t| serde_json::json!({"type": "text", "text": t.as_str()})),
+                "image_url" => p.image_url.as_ref().map(|i| image_block(i.url.as_str())),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+fn assistant_blocks(m: &Message<'_>) -> Vec<Value> {
+    let mut blocks = Vec::new();
+    let text = text_of(&m.content);
+    if !text.is_empty() {
+        blocks.push(serde_json::json!({"type": "text", "text": text}));
+    }
+    for call in &m.tool_calls {
+        let input: Value = call
+            .function
+            .arguments
+            .as_ref()
+            .and_then(|a| serde_json::from_str(a.as_str()).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        blocks.push(serde_json::json!({
+            "type": "tool_use", "id": call.id.as_str(), "name": call.function.name.as_str(), "input": input
+        }));
+    }
+    blocks
+}
+
+/// Translates an OpenAI request into a Messages API request.
+fn translate_request<'a>(request: &'a ChatRequest<'a>, model: &'a str, default_max_tokens: u32, stream: bool) -> MessagesRequest<'a> {
+    let mut system = Vec::new();
+    let mut messages: Vec<AMessage> = Vec::new();
+    for m in &request.messages {
+        let (role, blocks) = match m.role.as_str() {
+            "system" | "developer" => {
+                system.push(text_of(&m.content));
+                continue;
+            }
+            "assistant" => ("assistant", assistant_blocks(m)),
+            "tool" | "function" => (
+                "user",
+                vec![serde_json::json!({
+                    "type": "tool_result",
+                    "tool_use_id": m.tool_call_id.as_ref().map_or("", |t| t.as_str()),
+                    "content": text_of(&m.content),
+                })],
+            ),
+            _ => ("user", user_blocks(&m.content)),
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match messages.last_mut() {
+            Some(last) if last.role == role => last.content.extend(blocks),
+            _ => messages.push(AMessage { role, content: blocks }),
+        }
+    }
+    let tools = request
+        .tools
+        .iter()
+        .map(|t| ATool {
+            name: t.name.as_str(),
+            description: t.description.as_ref().map(|d| d.as_str()),
+            input_schema: t
+                .parameters
+                .and_then(|p| serde_json::from_str(p.get()).ok())
+                .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+        })
+        .collect();
+    let parallel = request
+        .fields
+        .get("parallel_tool_calls")
+        .is_none_or(|v| v.get() != "false");
+    let tool_choice = request.tool_choice.and_then(|raw| {
+        let v: Value = serde_json::from_str(raw.get()).ok()?;
+        let mut choice = match &v {
+            Value::String(s) if s == "auto" => serde_json::json!({"type": "auto"}),
+            Value::String(s) if s == "none" => serde_json::json!({"type": "none"}),
+            Value::String(s) if s == "required" => serde_json::json!({"type": "any"}),
+            Value::Object(_) => {
+                let name = v.pointer("/function/name")?.as_str()?;
+                serde_json::json!({"type": "tool", "name": name})
+            }
+            _ => return None,
+        };
+        if !parallel && choice["type"] != "none" {
+            choice["disable_parallel_tool_use"] = Value::Bool(true);
+        }
+        Some(choice)
+    });
+    MessagesRequest {
+        model,
+        max_tokens: request.max_tokens.unwrap_or(u64::from(default_max_tokens)),
+        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        messages,
+        tools,
+        tool_choice,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        stop_sequences: request.stop.iter().map(|s| s.as_str()).collect(),
+        stream,
+    }
+}
+
+/// OpenAI's finish reason for an Anthropic stop reason.
+pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        _ => "stop",
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy)]
+struct AUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AUsage {
+    fn tokens(&self) -> TokenUsage {
+        let cached = self.cache_read_input_tokens.unwrap_or(0);
+        TokenUsage {
+            prompt_tokens: self.input_tokens + cached + self.cache_creation_input_tokens.unwrap_or(0),
+            completion_tokens: self.output_tokens,
+            cached_tokens: cached,
+            reasoning_tokens: 0,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct MessagesResponse {
+    id: String,
+    model: String,
+    #[serde(default)]
+    content: Vec<Value>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: AUsage,
+}
+
+fn completion_from(response: MessagesResponse) -> (ChatCompletion, TokenUsage, usize) {
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for block in &response.content {
+        match block["type"].as_str() {
+            Some("text") => text.push_str(block["text"].as_str().unwrap_or("")),
+            Some("tool_use") => tool_calls.push(ToolCallOut {
+                id: block["id"].as_str().unwrap_or("").to_string(),
+                kind: "function",
+                function: FunctionOut {
+                    name: block["name"].as_str().unwrap_or("").to_string(),
+                    arguments: block.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
+                },
+            }),
+            _ => {}
+        }
+    }
+    let chars = text.len() + tool_calls.iter().map(|c| c.function.arguments.len()).sum::<usize>();
+    let usage = response.usage.tokens();
+    let completion = ChatCompletion {
+        id: format!("chatcmpl-{}", response.id),
+        object: "chat.completion",
+        created: lumina_schemas::now_micros() / 1_000_000,
+        model: response.model,
+        choices: vec![Choice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
+                refusal: None,
+                tool_calls,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(response.stop_reason.as_deref()).into(),
+        }],
+        usage: UsageOut::from(usage),
+        service_tier: "default",
+        system_fingerprint: None,
+    };
+    (completion, usage, chars)
+}
+
+impl Anthropic {
+    /// An adapter for the Messages API at `base_url` (ending in `/v1`).
+    pub fn new(base_url: &str, api_key: String, default_max_tokens: u32, timeouts: Timeouts) -> Result<Anthropic, String> {
+        let mut key = HeaderValue::from_str(&api_key)
+            .map_err(|_| "the API key holds characters not allowed in a header".to_string())?;
+        key.set_sensitive(true);
+        Ok(Anthropic {
+            url: format!("{}/messages", base_url.trim_end_matches('/')),
+            key,
+            default_max_tokens,
+            client: http_client(&timeouts)?,
+            timeouts,
+        })
+    }
+
+    async fn send(&self, call: &UpstreamCall<'_>, stream: bool, deadline: Instant) -> Result<reqwest::Response, ProviderError> {
+        let body = translate_request(call.request, call.upstream_model, self.default_max_tokens, stream);
+        let body = serde_json::to_vec(&body).map_err(|e| ProviderError::new(ErrorClass::ClientError, e.to_string()))?;
+        let request = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/json")
+            .header("x-api-key", self.key.clone())
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .body(body);
+        let first_byte = (Instant::now() + self.timeouts.first_byte).min(deadline);
+        let response = match tokio::time::timeout_at(first_byte, request.send()).await {
+            Err(_) => return Err(ProviderError::new(ErrorClass::Timeout, "no answer before the first-byte deadline")),
+            Ok(Err(e)) => return Err(ProviderError::from_reqwest(&e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = tokio::time::timeout_at(deadline, response.bytes())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            return Err(ProviderError::from_status(status, &body));
+        }
+        Ok(response)
+    }
+}
+
+/// Translation state of one stream.
+struct StreamState {
+    id: String,
+    model: String,
+    created: i64,
+    /// Anthropic content-block index → OpenAI tool-call index.
+    tools: HashMap<u64, u32>,
+    usage: AUsage,
+    finish: Option<&'static str>,
+}
+
+impl StreamState {
+    fn chunk(&self, delta: Option<Delta>, finish: Option<&str>, usage: Option<TokenUsage>) -> Bytes {
+        let choices = match delta {
+            Some(delta) => vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: finish.map(str::to_string),
+            }],
+            None => Vec::new(),
+        };
+        let chunk = ChatChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage: usage.map(UsageOut::from),
+            service_tier: "default",
+            system_fingerprint: None,
+        };
+        Bytes::from(serde_json::to_vec(&chunk).unwrap_or_default())
+    }
+
+    fn piece(data: Bytes, content_chars: usize) -> StreamChunk {
+        StreamChunk {
+            data,
+            content_chars,
+            usage: None,
+            usage_only: false,
+        }
+    }
+
+    /// The OpenAI chunk an Anthropic event becomes; `Ok(None)` for events that make none, and
+    /// the final usage chunk (with `done`) for `message_stop`.
+    fn translate(&mut self, event: &SseEvent) -> Result<(Option<StreamChunk>, bool), ProviderError> {
+        let v: Value = serde_json::from_slice(&event.data)
+            .map_err(|_| ProviderError::new(ErrorClass::Cut, "the upstream sent a malformed event"))?;
+        let kind = v["type"].as_str().or(event.event.as_deref()).unwrap_or("");
+        Ok(match kind {
+            "message_start" => {
+                let m = &v["message"];
+                if let Some(id) = m["id"].as_str() {
+                    self.id = format!("chatcmpl-{id}");
+                }
+                if let Some(model) = m["model"].as_str() {
+                    self.model = model.to_string();
+                }
+                if let Ok(u) = serde_json::from_value::<AUsage>(m["usage"].clone()) {
+                    self.usage = u;
+                }
+                let delta = Delta { role: Some("assistant"), content: Some(String::new()), ..Delta::default() };
+                (Some(Self::piece(self.chunk(Some(delta), None, None), 0)), false)
+            }
+            "content_block_start" => {
+                let block = &v["content_block"];
+                if block["type"] == "tool_use" {
+                    let index = v["index"].as_u64().unwrap_or(0);
+                    let tool_index = self.tools.len() as u32;
+                    self.tools.insert(index, tool_index);
+                    let name = block["name"].as_str().unwrap_or("").to_string();
+                    let delta = Delta {
+                        tool_calls: vec![ToolCallDelta {
+                            index: tool_index,
+                            id: Some(block["id"].as_str().unwrap_or("").to_string()),
+                            kind: Some("function"),
+                            function: FunctionDelta { name: Some(name.clone()), arguments: String::new() },
+                        }],
+                        ..Delta::default()
+                    };
+                    (Some(Self::piece(self.chunk(Some(delta), None, None), name.len())), false)
+                } else {
+                    (None, false)
+                }
+            }
+            "content_block_delta" => {
+                let d = &v["delta"];
+                match d["type"].as_str() {
+                    Some("text_delta") => {
+                        let text = d["text"].as_str().unwrap_or("").to_string();
+                        let n = text.len();
+                        let delta = Delta { content: Some(text), ..Delta::default() };
+                        (Some(Self::piece(self.chunk(Some(delta), None, None), n)), false)
+                    }
+                    Some("input_json_delta") => {
+                        let index = v["index"].as_u64().unwrap_or(0);
+                        let tool_index = self.tools.get(&index).copied().unwrap_or(0);
+                        let partial = d["partial_json"].as_str().unwrap_or("").to_string();
+                        let n = partial.len();
+                        let delta = Delta {
+                            tool_calls: vec![ToolCallDelta {
+                                index: tool_index,
+                                id: None,
+                                kind: None,
+                                function: FunctionDelta { name: None, arguments: partial },
+                            }],
+                            ..Delta::default()
+                        };
+                        (Some(Self::piece(self.chunk(Some(delta), None, None), n)), false)
+                    }
+                    _ => (None, false),
+                }
+            }
+            "message_delta" => {
+                self.finish = Some(finish_reason(v["delta"]["stop_reason"].as_str()));
+                if let Some(out) = v["usage"]["output_tokens"].as_u64() {
+                    self.usage.output_tokens = out;
+                }
+                if let Some(input) = v["usage"]["input_tokens"].as_u64() {
+                    self.usage.input_tokens = input;
+                }
+                let finish = self.finish;
+                (Some(Self::piece(self.chunk(Some(Delta::default()), finish, None), 0)), false)
+            }
+            "message_stop" => {
+                let usage = self.usage.tokens();
+                let chunk = StreamChunk {
+                    data: self.chunk(None, None, Some(usage)),
+                    content_chars: 0,
+                    usage: Some(usage),
+                    usage_only: true,
+                };
+                (Some(chunk), true)
+            }
+            "error" => {
+                let kind = v["error"]["type"].as_str().unwrap_or("error");
+                let message = v["error"]["message"].as_str().unwrap_or("");
+                return Err(ProviderError::new(
+                    ErrorClass::Cut,
+                    format!("the upstream reported {kind} mid-stream: {message}"),
+                ));
+            }
+            _ => (None, false),
+        })
+    }
+}
+
+impl Provider for Anthropic {
+    fn complete<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<Completion, ProviderError>> {
+        async move {
+            let deadline = Instant::now() + self.timeouts.total;
+            let response = self.send(&call, false, deadline).await?;
+            let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
+                Err(_) => return Err(ProviderError::new(ErrorClass::Timeout, "the answer did not finish before the deadline")),
+                Ok(Err(e)) => {
+                    let mut err = ProviderError::from_reqwest(&e);
+                    err.class = ErrorClass::Cut;
+                    return Err(err);
+                }
+                Ok(Ok(b)) => b,
+            };
+            let parsed: MessagesResponse = serde_json::from_slice(&body)
+                .map_err(|_| ProviderError::new(ErrorClass::Cut, "the upstream answered with malformed JSON"))?;
+            let (completion, usage, completion_chars) = completion_from(parsed);
+            let body = serde_json::to_vec(&completion)
+                .map_err(|e| ProviderError::new(ErrorClass::ServerError, e.to_string()))?;
+            Ok(Completion {
+                body: Bytes::from(body),
+                usage: Some(usage),
+                completion_chars,
+            })
+        }
+        .boxed()
+    }
+
+    fn stream<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
+        async move {
+            let deadline = Instant::now() + self.timeouts.total;
+            let response = self.send(&call, true, deadline).await?;
+            let state = StreamState {
+                id: format!("chatcmpl-{}", call.request_id.trim_start_matches("req_")),
+                model: call.upstream_model.to_string(),
+                created: lumina_schemas::now_micros() / 1_000_000,
+                tools: HashMap::new(),
+                usage: AUsage::default(),
+                finish: None,
+            };
+            let events = Box::pin(events(response.bytes_stream(), self.timeouts, deadline));
+            let chunks = futures::stream::try_unfold((events, state, false), |(mut events, mut state, done)| async move {
+                if done {
+                    return Ok(None);
+                }
+                loop {
+                    let Some(event) = events.next().await else {
+                        return Err(ProviderError::new(ErrorClass::Cut, "the upstream stream ended before message_stop"));
+                    };
+                    let (chunk, done) = state.translate(&event?)?;
+                    if let Some(chunk) = chunk {
+                        return Ok(Some((chunk, (events, state, done))));
+                    }
+                }
+            });
+            Ok(Box::pin(chunks) as ChunkStream)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn translates_system_tools_tool_results_and_images() {
+        let body = br#"{"model":"lumina-fast","max_tokens":100,"messages":[
+            {"role":"system","content":"be kind"},
+            {"role":"user","content":[{"type":"text","text":"what is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"lookup","arguments":"{\"q\":\"x\"}"}}]},
+            {"role":"tool","tool_call_id":"call_1","content":"42"},
+            {"role":"tool","tool_call_id":"call_2","content":"43"}],
+            "tools":[{"type":"function","function":{"name":"lookup","description":"find","parameters":{"type":"object"}}}],
+            "tool_choice":{"type":"function","function":{"name":"lookup"}},"parallel_tool_calls":false,"stop":["END"]}"#;
+        let request = ChatRequest::parse(body).unwrap();
+        let out = serde_json::to_value(translate_request(&request, "claude-x", 4096, false)).unwrap();
+        assert_eq!(out["system"], "be kind");
+        assert_eq!(out["max_tokens"], 100);
+        assert_eq!(out["messages"][0]["content"][1]["source"]["media_type"], "image/png");
+        assert_eq!(out["messages"][1]["content"][0]["type"], "tool_use");
+        assert_eq!(out["messages"][1]["content"][0]["input"]["q"], "x");
+        // Both tool results merge into one user message.
+        assert_eq!(out["messages"][2]["role"], "user");
+        assert_eq!(out["messages"][2]["content"].as_array().unwrap().len(), 2);
+        assert_eq!(out["messages"][2]["content"][1]["tool_use_id"], "call_2");
+        assert_eq!(out["tools"][0]["input_schema"]["type"], "object");
+        assert_eq!(out["tool_choice"]["type"], "tool");
+        assert_eq!(out["tool_choice"]["disable_parallel_tool_use"], true);
+        assert_eq!(out["stop_sequences"][0], "END");
+    }
+
+    #[test]
+    fn translates_a_response_with_cache_usage_and_tool_use() {
+        let response: MessagesResponse = serde_json::from_str(r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x",
+            "content":[{"type":"text","text":"Let me look."},{"type":"tool_use","id":"toolu_1","name":"lookup","input":{"q":"x"}}],
+            "stop_reason":"tool_use","usage":{"input_tokens":10,"output_tokens":7,"cache_creation_input_tokens":3,"cache_read_input_tokens":5}}"#).unwrap();
+        let (c, usage, _) = completion_from(response);
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"q\":\"x\"}");
+        assert_eq!(usage, TokenUsage { prompt_tokens: 18, completion_tokens: 7, cached_tokens: 5, reasoning_tokens: 0 });
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
+    }
+}
