@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use lumina_eventlog::LogOptions;
-use lumina_gateway::config::{BreakerConfig, GatewayConfig, ProviderConfig, RouteConfig, ServerConfig};
+use lumina_gateway::config::{
+    BreakerConfig, GatewayConfig, ProviderConfig, RouteConfig, ServerConfig,
+};
 use lumina_schemas::NanoCredits;
 use serde::Deserialize;
 

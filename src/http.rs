@@ -17,7 +17,12 @@ use tokio::net::TcpListener;
 const DRAIN: Duration = Duration::from_secs(20);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains connections.
-pub async fn serve(listener: TcpListener, app: Router, limits: &ServerConfig, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -25,7 +30,12 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &ServerConfig, sh
         .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
         // Hyper's own limit sits above the configured one, so a request with too many headers
         // gets the gateway's OpenAI-shaped 431 rather than a bare one.
-        .max_headers(limits.max_headers.saturating_mul(4).max(limits.max_headers + 1));
+        .max_headers(
+            limits
+                .max_headers
+                .saturating_mul(4)
+                .max(limits.max_headers + 1),
+        );
     let graceful = GracefulShutdown::new();
     let service = TowerToHyperService::new(app);
     tokio::pin!(shutdown);
@@ -56,7 +66,10 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &ServerConfig, sh
             }
         });
     }
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after {DRAIN:?}; closing them");
     }
 }

@@ -344,8 +344,7 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
-    // TLS to upstream providers uses rustls with the ring provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    lumina_gateway::providers::install_crypto_provider();
     match cli.command {
         Command::Serve(args) => {
             let mut config = load_config(args.config.as_deref(), args.data_dir)?;

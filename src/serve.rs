@@ -9,8 +9,8 @@ use lumina_eventlog::{Consumer, ConsumerOptions, Database, EventLog, LocalLogSou
 use lumina_gateway::admin::{Admin, KeyRequest};
 use lumina_gateway::auth::KeyCache;
 use lumina_gateway::metering::limits::Limits;
-use lumina_gateway::routing::table::RouteTable;
 use lumina_gateway::routing::catalog::Catalog;
+use lumina_gateway::routing::table::RouteTable;
 use lumina_gateway::{AppInner, AppState, Readiness};
 use lumina_ledger::{Ledger, LedgerProjection};
 use lumina_projector::{ReadModel, ReadModelProjection};
@@ -124,7 +124,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     print_banner(&config, &secrets, local, demo_key.as_deref());
     tracing::info!(%local, "lumina serve ready");
-    crate::http::serve(listener, lumina_gateway::router(state), &server, shutdown_signal()).await;
+    crate::http::serve(
+        listener,
+        lumina_gateway::router(state),
+        &server,
+        shutdown_signal(),
+    )
+    .await;
 
     tracing::info!("shutting down");
     cancel.cancel();

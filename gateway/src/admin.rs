@@ -11,7 +11,9 @@ use lumina_eventlog::{ConsumerWatch, EventLog, LogError};
 use lumina_ledger::{Balance, Ledger};
 use lumina_projector::{AccountRow, KeyRow, ReadModel};
 use lumina_schemas::ids::new_id;
-use lumina_schemas::payloads::{AccountOpened, ApiKeyCreated, ApiKeyRevoked, CreditsGranted};
+use lumina_schemas::payloads::{
+    AccountOpened, ApiKeyCreated, ApiKeyRevoked, CreditsGranted, LimitsChanged,
+};
 use lumina_schemas::{Envelope, Event, NanoCredits};
 
 use crate::auth::{KeyCache, SecretError, generate_key};
@@ -318,6 +320,32 @@ impl Admin {
             );
             self.record(&[event]).await?;
         }
+        self.refresh_keys().await?;
+        self.key(key_id).await
+    }
+
+    /// Sets a key's limits (`None` removes one); answers once the change applies.
+    pub async fn change_limits(
+        &self,
+        key_id: &str,
+        rpm: Option<i64>,
+        tpm: Option<i64>,
+    ) -> Result<KeyRow, AdminError> {
+        let rpm = valid_limit(rpm, "rpm")?;
+        let tpm = valid_limit(tpm, "tpm")?;
+        let key = self.key(key_id).await?;
+        let mut envelope = self.envelope(&key.account_id);
+        envelope.project_id = Some(key.project_id.clone());
+        envelope.api_key_id = Some(key.id.clone());
+        let event = Event::new(
+            envelope,
+            LimitsChanged {
+                key_id: key.id.clone(),
+                rpm,
+                tpm,
+            },
+        );
+        self.record(&[event]).await?;
         self.refresh_keys().await?;
         self.key(key_id).await
     }

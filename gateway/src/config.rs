@@ -213,7 +213,10 @@ pub fn default_simulated_provider() -> ProviderConfig {
 impl GatewayConfig {
     /// Fills defaults (a simulated provider; routes from the providers' models) and checks
     /// every reference. Errors name the offending key.
-    pub fn resolve(mut self, env: impl Fn(&str) -> Option<String>) -> Result<GatewayConfig, String> {
+    pub fn resolve(
+        mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<GatewayConfig, String> {
         if self.providers.is_empty() {
             self.providers.push(default_simulated_provider());
         }
@@ -223,7 +226,10 @@ impl GatewayConfig {
                 return Err(format!("{key}.name must not be empty"));
             }
             if self.providers[..i].iter().any(|q| q.name == p.name) {
-                return Err(format!("{key}.name: provider '{}' is defined twice", p.name));
+                return Err(format!(
+                    "{key}.name: provider '{}' is defined twice",
+                    p.name
+                ));
             }
             for path in p.models.keys() {
                 if !PATHS.iter().any(|x| x.as_str() == path) {
@@ -240,21 +246,33 @@ impl GatewayConfig {
                 ));
             }
             if p.kind == ProviderKind::Anthropic && p.api_key_env.is_none() {
-                return Err(format!("{key}.api_key_env: an anthropic provider needs an API key"));
+                return Err(format!(
+                    "{key}.api_key_env: an anthropic provider needs an API key"
+                ));
             }
             if let Some(url) = &p.base_url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                return Err(format!("{key}.base_url: expected an http:// or https:// URL"));
+                return Err(format!(
+                    "{key}.base_url: expected an http:// or https:// URL"
+                ));
             }
             if p.timeout_ms == 0 || p.connect_timeout_ms == 0 {
-                return Err(format!("{key}.timeout_ms and connect_timeout_ms must be positive"));
+                return Err(format!(
+                    "{key}.timeout_ms and connect_timeout_ms must be positive"
+                ));
             }
             let s = &p.simulated;
             if !(0.0..=1.0).contains(&s.failure_rate) {
-                return Err(format!("{key}.simulated.failure_rate: expected a number in 0..1"));
+                return Err(format!(
+                    "{key}.simulated.failure_rate: expected a number in 0..1"
+                ));
             }
-            if let Some(kind) = s.failure_kinds.iter().find(|k| !SIMULATED_FAILURES.contains(&k.as_str())) {
+            if let Some(kind) = s
+                .failure_kinds
+                .iter()
+                .find(|k| !SIMULATED_FAILURES.contains(&k.as_str()))
+            {
                 return Err(format!(
                     "{key}.simulated.failure_kinds: unknown kind '{kind}', expected any of {}",
                     SIMULATED_FAILURES.join(", ")
@@ -263,7 +281,9 @@ impl GatewayConfig {
         }
         for name in self.routes.keys() {
             if !PATHS.iter().any(|p| p.as_str() == name) {
-                return Err(format!("routes.{name}: expected fast, balanced or reasoning"));
+                return Err(format!(
+                    "routes.{name}: expected fast, balanced or reasoning"
+                ));
             }
         }
         for path in PATHS {
@@ -271,11 +291,15 @@ impl GatewayConfig {
             match self.routes.get(path) {
                 Some(route) => {
                     if route.providers.is_empty() {
-                        return Err(format!("routes.{path}.providers must list at least one provider"));
+                        return Err(format!(
+                            "routes.{path}.providers must list at least one provider"
+                        ));
                     }
                     for name in &route.providers {
                         let Some(provider) = self.providers.iter().find(|p| &p.name == name) else {
-                            return Err(format!("routes.{path}.providers: no provider named '{name}'"));
+                            return Err(format!(
+                                "routes.{path}.providers: no provider named '{name}'"
+                            ));
                         };
                         if !provider.models.contains_key(path) {
                             return Err(format!(
@@ -296,13 +320,17 @@ impl GatewayConfig {
                             "routes.{path}: no provider has models.{path}; add one or a [routes.{path}] section"
                         ));
                     }
-                    self.routes.insert(path.to_string(), RouteConfig { providers });
+                    self.routes
+                        .insert(path.to_string(), RouteConfig { providers });
                 }
             }
         }
         let b = &self.breaker;
         if b.consecutive_failures == 0 || b.window == 0 || !(0.0..=1.0).contains(&b.error_rate) {
-            return Err("breaker: consecutive_failures and window must be positive, error_rate in 0..1".into());
+            return Err(
+                "breaker: consecutive_failures and window must be positive, error_rate in 0..1"
+                    .into(),
+            );
         }
         if self.server.max_body_bytes == 0 || self.server.max_headers == 0 {
             return Err("server.max_body_bytes and server.max_headers must be positive".into());
@@ -333,25 +361,36 @@ mod tests {
         let base = "[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmodels = { fast = \"m\", balanced = \"m\", reasoning = \"m\" }\n";
         assert!(parse(base).is_ok());
         let e = parse(&format!("{base}[routes.fast]\nproviders = [\"b\"]\n")).unwrap_err();
-        assert!(e.contains("routes.fast.providers") && e.contains("'b'"), "{e}");
+        assert!(
+            e.contains("routes.fast.providers") && e.contains("'b'"),
+            "{e}"
+        );
         let e = parse(&format!("{base}[routes.slow]\nproviders = [\"a\"]\n")).unwrap_err();
         assert!(e.contains("routes.slow"), "{e}");
         let e = parse(&base.replace("fast = \"m\"", "quick = \"m\"")).unwrap_err();
         assert!(e.contains("providers[0].models.quick"), "{e}");
         let e = parse(&format!("{base}api_key_env = \"UNSET\"\n")).unwrap_err();
-        assert!(e.contains("providers[0].api_key_env") && e.contains("UNSET"), "{e}");
+        assert!(
+            e.contains("providers[0].api_key_env") && e.contains("UNSET"),
+            "{e}"
+        );
         assert!(parse(&format!("{base}api_key_env = \"SET\"\n")).is_ok());
         let e = parse(&base.replace("\"openai\"", "\"gemini\"")).unwrap_err();
         assert!(e.contains("gemini"), "{e}");
         let e = parse(&base.replace("http://x/v1", "ftp://x")).unwrap_err();
         assert!(e.contains("providers[0].base_url"), "{e}");
-        let e = parse(&format!("{base}[providers.simulated]\nfailure_kinds = [\"meteor\"]\n")).unwrap_err();
+        let e = parse(&format!(
+            "{base}[providers.simulated]\nfailure_kinds = [\"meteor\"]\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("failure_kinds") && e.contains("meteor"), "{e}");
     }
 
     #[test]
     fn a_path_nobody_serves_is_an_error() {
-        let e = parse("[[providers]]\nname = \"a\"\nkind = \"simulated\"\nmodels = { fast = \"m\" }\n").unwrap_err();
+        let e =
+            parse("[[providers]]\nname = \"a\"\nkind = \"simulated\"\nmodels = { fast = \"m\" }\n")
+                .unwrap_err();
         assert!(e.contains("routes.balanced"), "{e}");
     }
 }

@@ -70,7 +70,10 @@ impl<'de> Deserialize<'de> for RawObject<'de> {
 impl<'a> RawObject<'a> {
     /// The raw value of member `name`.
     pub fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.0.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| *v)
+        self.0
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -95,9 +98,17 @@ fn invalid(message: impl Into<String>, param: impl Into<String>) -> InvalidReque
     }
 }
 
-fn parse_field<'a, T: Deserialize<'a>>(raw: &'a RawValue, param: &str, expected: &str) -> Result<T, InvalidRequest> {
-    serde_json::from_str(raw.get())
-        .map_err(|_| invalid(format!("Invalid type for '{param}': expected {expected}."), param))
+fn parse_field<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    param: &str,
+    expected: &str,
+) -> Result<T, InvalidRequest> {
+    serde_json::from_str(raw.get()).map_err(|_| {
+        invalid(
+            format!("Invalid type for '{param}': expected {expected}."),
+            param,
+        )
+    })
 }
 
 /// One content part of a message.
@@ -191,7 +202,11 @@ impl Message<'_> {
         }
         for call in &self.tool_calls {
             n += call.function.name.as_str().len();
-            n += call.function.arguments.as_ref().map_or(0, |a| a.as_str().len());
+            n += call
+                .function
+                .arguments
+                .as_ref()
+                .map_or(0, |a| a.as_str().len());
         }
         n
     }
@@ -226,7 +241,14 @@ struct FunctionWire<'a> {
     parameters: Option<&'a RawValue>,
 }
 
-const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// A chat completion request, parsed once and kept close to the client's bytes.
 #[derive(Debug)]
@@ -283,7 +305,9 @@ impl<'a> ChatRequest<'a> {
         let first = text.trim_start().as_bytes().first().copied();
         if first != Some(b'{') {
             return Err(InvalidRequest {
-                message: "We could not parse the JSON body of your request: expected a JSON object.".into(),
+                message:
+                    "We could not parse the JSON body of your request: expected a JSON object."
+                        .into(),
                 param: None,
             });
         }
@@ -355,7 +379,9 @@ impl<'a> ChatRequest<'a> {
             None => None,
         };
         let stop = match fields.get("stop").filter(|v| !is_null(v)) {
-            Some(raw) if raw.get().starts_with('"') => vec![parse_field(raw, "stop", "a string or an array of strings")?],
+            Some(raw) if raw.get().starts_with('"') => {
+                vec![parse_field(raw, "stop", "a string or an array of strings")?]
+            }
             Some(raw) => parse_field(raw, "stop", "a string or an array of strings")?,
             None => Vec::new(),
         };
@@ -386,7 +412,14 @@ impl<'a> ChatRequest<'a> {
     /// The body for an OpenAI-compatible upstream: the client's members in order with `model`
     /// replaced and, for streams, `stream_options.include_usage` forced on.
     pub fn upstream_body(&self, upstream_model: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.fields.0.iter().map(|(k, v)| k.as_str().len() + v.get().len() + 4).sum::<usize>() + 64);
+        let mut out = Vec::with_capacity(
+            self.fields
+                .0
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.get().len() + 4)
+                .sum::<usize>()
+                + 64,
+        );
         out.push(b'{');
         let mut first = true;
         let mut push_member = |out: &mut Vec<u8>, key: &str, value: &str| {
@@ -408,7 +441,11 @@ impl<'a> ChatRequest<'a> {
                     wrote_model = true;
                 }
                 "stream_options" if self.stream => {
-                    push_member(&mut out, "stream_options", &stream_options_with_usage(value));
+                    push_member(
+                        &mut out,
+                        "stream_options",
+                        &stream_options_with_usage(value),
+                    );
                     wrote_options = true;
                 }
                 k => push_member(&mut out, k, value.get()),
@@ -465,15 +502,21 @@ struct MessageWire<'a> {
 fn parse_messages(raw: &RawValue) -> Result<Vec<Message<'_>>, InvalidRequest> {
     let items: Vec<&RawValue> = parse_field(raw, "messages", "an array of messages")?;
     if items.is_empty() {
-        return Err(invalid("'messages' must contain at least one message.", "messages"));
+        return Err(invalid(
+            "'messages' must contain at least one message.",
+            "messages",
+        ));
     }
     let mut messages = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let param = format!("messages[{i}]");
         let wire: MessageWire<'_> = parse_field(item, &param, "an object with a 'role'")?;
-        let role = wire
-            .role
-            .ok_or_else(|| invalid(format!("Missing required parameter: '{param}.role'."), format!("{param}.role")))?;
+        let role = wire.role.ok_or_else(|| {
+            invalid(
+                format!("Missing required parameter: '{param}.role'."),
+                format!("{param}.role"),
+            )
+        })?;
         if !ROLES.contains(&role.as_str()) {
             return Err(invalid(
                 format!(
@@ -485,9 +528,11 @@ fn parse_messages(raw: &RawValue) -> Result<Vec<Message<'_>>, InvalidRequest> {
             ));
         }
         let content = match wire.content.filter(|v| !is_null(v)) {
-            Some(raw) if raw.get().starts_with('"') => {
-                Some(Content::Text(parse_field(raw, &format!("{param}.content"), "a string or an array of content parts")?))
-            }
+            Some(raw) if raw.get().starts_with('"') => Some(Content::Text(parse_field(
+                raw,
+                &format!("{param}.content"),
+                "a string or an array of content parts",
+            )?)),
             Some(raw) => Some(Content::Parts(parse_field(
                 raw,
                 &format!("{param}.content"),
@@ -496,7 +541,11 @@ fn parse_messages(raw: &RawValue) -> Result<Vec<Message<'_>>, InvalidRequest> {
             None => None,
         };
         let tool_calls: Vec<ToolCall<'_>> = match wire.tool_calls.filter(|v| !is_null(v)) {
-            Some(raw) => parse_field(raw, &format!("{param}.tool_calls"), "an array of tool calls")?,
+            Some(raw) => parse_field(
+                raw,
+                &format!("{param}.tool_calls"),
+                "an array of tool calls",
+            )?,
             None => Vec::new(),
         };
         match role.as_str() {
@@ -533,7 +582,10 @@ fn parse_tools(raw: &RawValue) -> Result<Vec<Tool<'_>>, InvalidRequest> {
             continue;
         }
         let f = w.function.ok_or_else(|| {
-            invalid(format!("Missing required parameter: 'tools[{i}].function'."), format!("tools[{i}].function"))
+            invalid(
+                format!("Missing required parameter: 'tools[{i}].function'."),
+                format!("tools[{i}].function"),
+            )
         })?;
         tools.push(Tool {
             name: f.name,
@@ -591,8 +643,14 @@ impl From<UsageWire> for TokenUsage {
         TokenUsage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
-            cached_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
-            reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens).unwrap_or(0),
+            cached_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            reasoning_tokens: u
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
         }
     }
 }
@@ -632,8 +690,12 @@ impl From<TokenUsage> for UsageOut {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens + u.completion_tokens,
-            prompt_tokens_details: PromptDetailsOut { cached_tokens: u.cached_tokens },
-            completion_tokens_details: CompletionDetailsOut { reasoning_tokens: u.reasoning_tokens },
+            prompt_tokens_details: PromptDetailsOut {
+                cached_tokens: u.cached_tokens,
+            },
+            completion_tokens_details: CompletionDetailsOut {
+                reasoning_tokens: u.reasoning_tokens,
+            },
         }
     }
 }
@@ -795,23 +857,34 @@ mod tests {
         assert_eq!(r.messages.len(), 2);
         assert_eq!(r.tools.len(), 1);
         assert_eq!(r.reasoning_effort.as_ref().map(Key::as_str), Some("high"));
-        assert_eq!(r.response_format.as_ref().map(Key::as_str), Some("json_schema"));
+        assert_eq!(
+            r.response_format.as_ref().map(Key::as_str),
+            Some("json_schema")
+        );
         assert_eq!(r.stop.len(), 1);
         assert_eq!(r.prompt_chars(), "be brief".len() + "hi \"there\"".len());
-        let upstream: serde_json::Value = serde_json::from_slice(&r.upstream_body("gpt-x")).unwrap();
+        let upstream: serde_json::Value =
+            serde_json::from_slice(&r.upstream_body("gpt-x")).unwrap();
         assert_eq!(upstream["model"], "gpt-x");
         assert_eq!(upstream["stream_options"]["include_usage"], true);
         assert_eq!(upstream["stream_options"]["x"], 1);
         assert_eq!(upstream["vendor_extension"]["a"][1], 2);
-        assert_eq!(upstream["messages"][1]["content"][1]["image_url"]["url"], "data:image/png;base64,AAAA");
+        assert_eq!(
+            upstream["messages"][1]["content"][1]["image_url"]["url"],
+            "data:image/png;base64,AAAA"
+        );
     }
 
     #[test]
     fn streams_always_ask_upstream_for_usage() {
-        let r = ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}"#).unwrap();
+        let r = ChatRequest::parse(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}"#,
+        )
+        .unwrap();
         let upstream: serde_json::Value = serde_json::from_slice(&r.upstream_body("u")).unwrap();
         assert_eq!(upstream["stream_options"]["include_usage"], true);
-        let r = ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        let r = ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
+            .unwrap();
         let upstream: serde_json::Value = serde_json::from_slice(&r.upstream_body("u")).unwrap();
         assert!(upstream.get("stream_options").is_none());
     }
@@ -834,7 +907,13 @@ mod tests {
         ];
         for (body, param) in cases {
             let err = ChatRequest::parse(body).unwrap_err();
-            assert_eq!(err.param.as_deref(), param, "{}: {}", String::from_utf8_lossy(body), err.message);
+            assert_eq!(
+                err.param.as_deref(),
+                param,
+                "{}: {}",
+                String::from_utf8_lossy(body),
+                err.message
+            );
         }
     }
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod upstream;
+
 /// Path of the binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_lumina")
@@ -34,6 +36,8 @@ pub struct Lumina {
     pub output_dir: PathBuf,
     /// Extra environment for restarts.
     env: Vec<(String, String)>,
+    /// Configuration file passed with `--config`, if any.
+    config: Option<PathBuf>,
     port: u16,
     starts: u32,
     /// The admin key.
@@ -44,11 +48,29 @@ pub struct Lumina {
 impl Lumina {
     /// Starts `lumina serve` in `data_dir` with extra environment.
     pub async fn start(data_dir: &Path, output_dir: &Path, env: &[(&str, &str)]) -> Lumina {
+        Lumina::start_with_config(data_dir, output_dir, env, None).await
+    }
+
+    /// Starts `lumina serve` with a configuration file holding `config`.
+    pub async fn start_with_config(
+        data_dir: &Path,
+        output_dir: &Path,
+        env: &[(&str, &str)],
+        config: Option<&str>,
+    ) -> Lumina {
+        lumina_gateway::providers::install_crypto_provider();
+        std::fs::create_dir_all(output_dir).unwrap();
+        let config = config.map(|text| {
+            let path = output_dir.join("lumina.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let mut lumina = Lumina {
             child: None,
             url: String::new(),
             data_dir: data_dir.to_path_buf(),
             output_dir: output_dir.to_path_buf(),
+            config,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -82,6 +104,9 @@ impl Lumina {
             .env_remove("LUMINA_DATABASE_URL")
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr));
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
         for (k, v) in &self.env {
             command.env(k, v);
         }
@@ -220,18 +245,58 @@ impl Lumina {
 
     /// Issues a key for `account` and returns (id, key).
     pub async fn key(&self, account: &str) -> (String, String) {
+        self.key_with(account, json!({})).await
+    }
+
+    /// Issues a key with extra fields (`rpm`, `tpm`, …) and returns (id, key).
+    pub async fn key_with(&self, account: &str, extra: Value) -> (String, String) {
+        let mut body = json!({"account_id": account, "name": "test"});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
         let v = self
-            .admin(
-                reqwest::Method::POST,
-                "/admin/keys",
-                Some(json!({"account_id": account, "name": "test"})),
-                201,
-            )
+            .admin(reqwest::Method::POST, "/admin/keys", Some(body), 201)
             .await;
         (
             v["id"].as_str().unwrap().to_string(),
             v["key"].as_str().unwrap().to_string(),
         )
+    }
+
+    /// A chat completion request with `key`; returns status, headers and the raw body.
+    pub async fn chat(&self, key: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, String) {
+        let res = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.url))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        (status, headers, res.text().await.unwrap())
+    }
+
+    /// Every event in the data dir's log, as `lumina replay` prints them.
+    pub fn events(&self) -> Vec<Value> {
+        let (ok, stdout, stderr) = run(
+            &["replay", "--data-dir", self.data_dir.to_str().unwrap()],
+            &[],
+        );
+        assert!(ok, "{stderr}");
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The events of one request, in log order.
+    pub fn events_of(&self, request_id: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["request_id"] == request_id)
+            .collect()
     }
 }
 

@@ -309,3 +309,23 @@ pub async fn revoke_key(
 ) -> Result<Json<KeyView>, ApiError> {
     Ok(Json(KeyView::new(state.admin.revoke_key(&id).await?, None)))
 }
+
+/// Body of `POST /admin/keys/{id}/limits`.
+#[derive(Deserialize)]
+pub struct ChangeLimits {
+    #[serde(default)]
+    rpm: Option<i64>,
+    #[serde(default)]
+    tpm: Option<i64>,
+}
+
+/// `POST /admin/keys/{id}/limits`: sets or removes a key's rpm and tpm (a `LimitsChanged`).
+pub async fn change_limits(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ChangeLimits>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state.admin.change_limits(&id, body.rpm, body.tpm).await?;
+    Ok(Json(KeyView::new(key, None)))
+}

@@ -29,15 +29,18 @@ use crate::api::extract::CustomerKey;
 use crate::metering::events::{AttemptRecord, Outcome, RequestMeta, SettleInfo};
 use crate::metering::limits::LimitStatus;
 use crate::metering::usage;
-use crate::providers::{ChunkStream, Completion, ErrorClass, ProviderError, StreamChunk, UpstreamCall};
+use crate::providers::{
+    ChunkStream, Completion, ErrorClass, ProviderError, StreamChunk, UpstreamCall,
+};
 use crate::routing::catalog::ModelChoice;
 use crate::routing::classifier::{self, Decision};
 use crate::routing::table::Deployment;
 use crate::state::AppState;
 use crate::wire::{ChatChunk, ChatRequest, TokenUsage, UsageOut};
 
-/// `max_tokens` assumed for limits when a request sets none.
-const DEFAULT_MAX_TOKENS: u64 = 4096;
+/// Completion tokens a request without `max_tokens` is assumed to use, for the TPM limit
+/// (counted when the request starts; the actual output is not known yet).
+const ASSUMED_COMPLETION_TOKENS: u64 = 256;
 
 static X_LUMINA_ROUTE: HeaderName = HeaderName::from_static("x-lumina-route");
 static X_LUMINA_PROVIDER: HeaderName = HeaderName::from_static("x-lumina-provider");
@@ -58,10 +61,16 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(ApiError::RequestTimeout(state.server.body_timeout_ms)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             Err(ApiError::PayloadTooLarge(limit))
         }
-        Ok(Err(e)) => Err(ApiError::invalid(format!("Could not read the request body: {e}"), None)),
+        Ok(Err(e)) => Err(ApiError::invalid(
+            format!("Could not read the request body: {e}"),
+            None,
+        )),
     }
 }
 
@@ -194,7 +203,11 @@ impl<'a> Attempts<'a> {
     }
 
     async fn emit(&self, record: &AttemptRecord) {
-        if let Err(e) = self.log.append_event_nowait(&self.meta.attempted(record)).await {
+        if let Err(e) = self
+            .log
+            .append_event_nowait(&self.meta.attempted(record))
+            .await
+        {
             tracing::error!(error = %e, "could not record an upstream attempt");
         }
     }
@@ -206,10 +219,21 @@ impl<'a> Attempts<'a> {
             self.emit(&held).await;
             self.records.push(held);
         }
-        (self.count() + 1, lumina_schemas::now_micros(), Instant::now())
+        (
+            self.count() + 1,
+            lumina_schemas::now_micros(),
+            Instant::now(),
+        )
     }
 
-    fn record(d: &Deployment, attempt: i32, started_at: i64, started: Instant, ttfb: Option<Duration>, error: Option<&ProviderError>) -> AttemptRecord {
+    fn record(
+        d: &Deployment,
+        attempt: i32,
+        started_at: i64,
+        started: Instant,
+        ttfb: Option<Duration>,
+        error: Option<&ProviderError>,
+    ) -> AttemptRecord {
         AttemptRecord {
             attempt,
             provider: d.provider_name.clone(),
@@ -224,7 +248,14 @@ impl<'a> Attempts<'a> {
     }
 
     fn failed(&mut self, d: &Deployment, attempt: (i32, i64, Instant), e: ProviderError) {
-        self.held = Some(Self::record(d, attempt.0, attempt.1, attempt.2, None, Some(&e)));
+        self.held = Some(Self::record(
+            d,
+            attempt.0,
+            attempt.1,
+            attempt.2,
+            None,
+            Some(&e),
+        ));
         self.failures.push((d.id.clone(), e));
     }
 
@@ -248,8 +279,15 @@ impl<'a> Attempts<'a> {
             })
             .collect();
         parts.extend(self.skipped.iter().map(|d| format!("{d}: circuit open")));
-        let all_timeouts = !self.failures.is_empty() && self.failures.iter().all(|(_, e)| e.class == ErrorClass::Timeout);
-        let unavailable = self.failures.iter().all(|(_, e)| matches!(e.class, ErrorClass::Overload | ErrorClass::RateLimited));
+        let all_timeouts = !self.failures.is_empty()
+            && self
+                .failures
+                .iter()
+                .all(|(_, e)| e.class == ErrorClass::Timeout);
+        let unavailable = self
+            .failures
+            .iter()
+            .all(|(_, e)| matches!(e.class, ErrorClass::Overload | ErrorClass::RateLimited));
         let status = if all_timeouts {
             504
         } else if unavailable {
@@ -259,19 +297,32 @@ impl<'a> Attempts<'a> {
         };
         ApiError::UpstreamFailed {
             status,
-            message: format!("All upstream attempts for the {path} path failed: {}", parts.join("; ")),
+            message: format!(
+                "All upstream attempts for the {path} path failed: {}",
+                parts.join("; ")
+            ),
         }
     }
 
     fn error_class(&self) -> Option<String> {
-        self.failures.last().map(|(_, e)| e.class.as_str().to_string()).or_else(|| {
-            (!self.skipped.is_empty()).then(|| "circuit_open".to_string())
-        })
+        self.failures
+            .last()
+            .map(|(_, e)| e.class.as_str().to_string())
+            .or_else(|| (!self.skipped.is_empty()).then(|| "circuit_open".to_string()))
     }
 }
 
-fn routed_headers(headers: &mut HeaderMap, meta: &RequestMeta, d: &Deployment, attempts: i32, limits: &LimitStatus) {
-    headers.insert(X_LUMINA_ROUTE.clone(), HeaderValue::from_static(meta.path.as_str()));
+fn routed_headers(
+    headers: &mut HeaderMap,
+    meta: &RequestMeta,
+    d: &Deployment,
+    attempts: i32,
+    limits: &LimitStatus,
+) {
+    headers.insert(
+        X_LUMINA_ROUTE.clone(),
+        HeaderValue::from_static(meta.path.as_str()),
+    );
     if let Ok(v) = HeaderValue::from_str(&d.provider_name) {
         headers.insert(X_LUMINA_PROVIDER.clone(), v);
     }
@@ -311,7 +362,10 @@ pub async fn create(
     let prompt_estimate = usage::quick_prompt_estimate(&request);
     let limits = state
         .limits
-        .check(&key, prompt_estimate + request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))
+        .check(
+            &key,
+            prompt_estimate + request.max_tokens.unwrap_or(ASSUMED_COMPLETION_TOKENS),
+        )
         .map_err(|e| ApiError::RateLimited(Box::new(e)))?;
     let deployments = state.routes.deployments(decision.path);
     let meta = Arc::new(RequestMeta {
@@ -371,7 +425,8 @@ async fn complete(
             Ok(completion) => {
                 d.breaker.record(true);
                 let elapsed = attempt.2.elapsed();
-                let record = Attempts::record(d, attempt.0, attempt.1, attempt.2, Some(elapsed), None);
+                let record =
+                    Attempts::record(d, attempt.0, attempt.1, attempt.2, Some(elapsed), None);
                 attempts.emit(&record).await;
                 attempts.records.push(record);
                 answer = Some((d.clone(), completion, elapsed));
@@ -435,7 +490,11 @@ fn upstream_refusal(e: ProviderError) -> ApiError {
     ApiError::Upstream(client)
 }
 
-async fn settle_failed(settlement: &mut Settlement, attempts: &Attempts<'_>, deployment: Option<&Deployment>) -> Result<(), ApiError> {
+async fn settle_failed(
+    settlement: &mut Settlement,
+    attempts: &Attempts<'_>,
+    deployment: Option<&Deployment>,
+) -> Result<(), ApiError> {
     settlement
         .settle(SettleInfo {
             outcome: Outcome::Failed,
@@ -466,12 +525,18 @@ fn error_event(message: &str, code: &str) -> Bytes {
     sse(body.to_string().as_bytes())
 }
 
-async fn first_chunk(d: &Deployment, call: UpstreamCall<'_>) -> Result<(ChunkStream, StreamChunk), ProviderError> {
+async fn first_chunk(
+    d: &Deployment,
+    call: UpstreamCall<'_>,
+) -> Result<(ChunkStream, StreamChunk), ProviderError> {
     let mut chunks = d.provider.stream(call).await?;
     match chunks.next().await {
         Some(Ok(first)) => Ok((chunks, first)),
         Some(Err(e)) => Err(e),
-        None => Err(ProviderError::new(ErrorClass::Cut, "the upstream stream ended before its first chunk")),
+        None => Err(ProviderError::new(
+            ErrorClass::Cut,
+            "the upstream stream ended before its first chunk",
+        )),
     }
 }
 
@@ -523,7 +588,8 @@ async fn stream(
         return Err(attempts.exhausted(meta.path.as_str()));
     };
     let ttfb = attempt.2.elapsed();
-    let count = attempts.count();
+    // The successful attempt is recorded by the pump when the stream ends.
+    let count = attempt.0;
     settlement.progress(|p| {
         p.provider = Some(deployment.provider_name.clone());
         p.deployment = Some(deployment.id.clone());
@@ -545,7 +611,8 @@ async fn stream(
         tx,
     };
     tokio::spawn(pump.run(chunks, first));
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    let body =
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -616,8 +683,19 @@ impl Pump {
             _ => None,
         };
         self.deployment.breaker.record(failure.is_none());
-        let record = Attempts::record(&self.deployment, self.attempt.0, self.attempt.1, self.attempt.2, Some(self.ttfb), failure);
-        if let Err(e) = self.log.append_event_nowait(&self.meta.attempted(&record)).await {
+        let record = Attempts::record(
+            &self.deployment,
+            self.attempt.0,
+            self.attempt.1,
+            self.attempt.2,
+            Some(self.ttfb),
+            failure,
+        );
+        if let Err(e) = self
+            .log
+            .append_event_nowait(&self.meta.attempted(&record))
+            .await
+        {
             tracing::error!(error = %e, "could not record an upstream attempt");
         }
         let (usage, estimated) = match usage {
@@ -667,7 +745,10 @@ impl Pump {
                 let _ = self.tx.send(error_event(&message, "upstream_cut")).await;
             }
             (End::Completed, Err(e)) => {
-                let _ = self.tx.send(error_event(&e.to_string(), "not_recorded")).await;
+                let _ = self
+                    .tx
+                    .send(error_event(&e.to_string(), "not_recorded"))
+                    .await;
             }
             (End::Completed, Ok(())) => {
                 if self.include_usage {
@@ -681,7 +762,10 @@ impl Pump {
 
     /// A usage chunk for upstreams that sent none.
     fn usage_chunk(&self, usage: TokenUsage) -> Bytes {
-        let id = format!("chatcmpl-{}", self.meta.request_id.trim_start_matches("req_"));
+        let id = format!(
+            "chatcmpl-{}",
+            self.meta.request_id.trim_start_matches("req_")
+        );
         let chunk = ChatChunk {
             id: &id,
             object: "chat.completion.chunk",

@@ -136,7 +136,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Upstream(e) => StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            ApiError::Upstream(e) => {
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ApiError::UpstreamFailed { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
             }

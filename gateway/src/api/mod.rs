@@ -52,10 +52,16 @@ async fn limit_headers(
         )
         .into_response();
     }
-    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
     if bytes > MAX_HEADER_BYTES {
-        return ApiError::HeadersTooLarge(format!("{bytes} bytes of headers"), format!("{MAX_HEADER_BYTES} bytes"))
-            .into_response();
+        return ApiError::HeadersTooLarge(
+            format!("{bytes} bytes of headers"),
+            format!("{MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
     }
     next.run(req).await
 }
@@ -90,6 +96,7 @@ pub fn router(state: AppState) -> Router {
             "/admin/keys/{id}",
             get(admin::get_key).delete(admin::revoke_key),
         )
+        .route("/admin/keys/{id}/limits", post(admin::change_limits))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit_headers))

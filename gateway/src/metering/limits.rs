@@ -144,7 +144,9 @@ impl Limits {
         };
         if let Some(r) = &w.requests {
             match r.limiter.check() {
-                Ok(snapshot) => status.requests = Some(state_after(r, snapshot.remaining_burst_capacity())),
+                Ok(snapshot) => {
+                    status.requests = Some(state_after(r, snapshot.remaining_burst_capacity()))
+                }
                 Err(not_until) => {
                     let retry_after = not_until.wait_time_from(clock.now());
                     status.requests = Some(LimitState {
@@ -171,10 +173,16 @@ impl Limits {
                 return Ok(status);
             };
             match t.limiter.check_n(n) {
-                Ok(Ok(snapshot)) => status.tokens = Some(state_after(t, snapshot.remaining_burst_capacity())),
+                Ok(Ok(snapshot)) => {
+                    status.tokens = Some(state_after(t, snapshot.remaining_burst_capacity()))
+                }
                 Ok(Err(not_until)) => {
                     let retry_after = not_until.wait_time_from(clock.now());
-                    status.tokens = Some(LimitState { limit: t.limit, remaining: 0, reset: retry_after });
+                    status.tokens = Some(LimitState {
+                        limit: t.limit,
+                        remaining: 0,
+                        reset: retry_after,
+                    });
                     return Err(LimitExceeded {
                         kind: LimitKind::Tokens,
                         retry_after,
@@ -247,24 +255,38 @@ mod tests {
         }
         let e = limits.check(&k, 10).unwrap_err();
         assert_eq!(e.kind, LimitKind::Requests);
-        assert!(e.retry_after > Duration::from_secs(15) && e.retry_after <= Duration::from_secs(20), "{:?}", e.retry_after);
+        assert!(
+            e.retry_after > Duration::from_secs(15) && e.retry_after <= Duration::from_secs(20),
+            "{:?}",
+            e.retry_after
+        );
     }
 
     #[test]
     fn tokens_beyond_the_quota_are_refused() {
         let limits = Limits::new();
         let k = key(None, Some(1000));
-        assert_eq!(limits.check(&k, 600).unwrap().tokens.unwrap().remaining, 400);
+        assert_eq!(
+            limits.check(&k, 600).unwrap().tokens.unwrap().remaining,
+            400
+        );
         assert_eq!(limits.check(&k, 600).unwrap_err().kind, LimitKind::Tokens);
         let e = limits.check(&k, 5000).unwrap_err();
-        assert!(e.message.contains("more than the key's limit"), "{}", e.message);
+        assert!(
+            e.message.contains("more than the key's limit"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn keys_without_limits_are_never_refused_and_changed_limits_apply() {
         let limits = Limits::new();
         for _ in 0..1000 {
-            assert_eq!(limits.check(&key(None, None), 100).unwrap(), LimitStatus::default());
+            assert_eq!(
+                limits.check(&key(None, None), 100).unwrap(),
+                LimitStatus::default()
+            );
         }
         limits.check(&key(Some(1), None), 1).unwrap();
         assert!(limits.check(&key(Some(1), None), 1).is_err());

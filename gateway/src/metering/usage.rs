@@ -11,7 +11,9 @@ use crate::wire::{ChatRequest, TokenUsage};
 static TOKENIZER: OnceLock<Option<CoreBPE>> = OnceLock::new();
 
 fn tokenizer() -> Option<&'static CoreBPE> {
-    TOKENIZER.get_or_init(|| tiktoken_rs::o200k_base().ok()).as_ref()
+    TOKENIZER
+        .get_or_init(|| tiktoken_rs::o200k_base().ok())
+        .as_ref()
 }
 
 /// Tokens of `text` (a chars/4 estimate if the tokenizer could not load).

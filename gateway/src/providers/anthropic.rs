@@ -97,7 +97,10 @@ fn user_blocks(content: &Option<Content<'_>>) -> Vec<Value> {
         Some(Content::Parts(parts)) => parts
             .iter()
             .filter_map(|p| match p.kind.as_str() {
-                "text" => p.text.as_ref().map(|t| serde_json::json!({"type": "text", "text": t.as_str()})),
+                "text" => p
+                    .text
+                    .as_ref()
+                    .map(|t| serde_json::json!({"type": "text", "text": t.as_str()})),
                 "image_url" => p.image_url.as_ref().map(|i| image_block(i.url.as_str())),
                 _ => None,
             })
@@ -126,7 +129,12 @@ fn assistant_blocks(m: &Message<'_>) -> Vec<Value> {
 }
 
 /// Translates an OpenAI request into a Messages API request.
-fn translate_request<'a>(request: &'a ChatRequest<'a>, model: &'a str, default_max_tokens: u32, stream: bool) -> MessagesRequest<'a> {
+fn translate_request<'a>(
+    request: &'a ChatRequest<'a>,
+    model: &'a str,
+    default_max_tokens: u32,
+    stream: bool,
+) -> MessagesRequest<'a> {
     let mut system = Vec::new();
     let mut messages: Vec<AMessage> = Vec::new();
     for m in &request.messages {
@@ -151,7 +159,10 @@ fn translate_request<'a>(request: &'a ChatRequest<'a>, model: &'a str, default_m
         }
         match messages.last_mut() {
             Some(last) if last.role == role => last.content.extend(blocks),
-            _ => messages.push(AMessage { role, content: blocks }),
+            _ => messages.push(AMessage {
+                role,
+                content: blocks,
+            }),
         }
     }
     let tools = request
@@ -227,7 +238,9 @@ impl AUsage {
     fn tokens(&self) -> TokenUsage {
         let cached = self.cache_read_input_tokens.unwrap_or(0);
         TokenUsage {
-            prompt_tokens: self.input_tokens + cached + self.cache_creation_input_tokens.unwrap_or(0),
+            prompt_tokens: self.input_tokens
+                + cached
+                + self.cache_creation_input_tokens.unwrap_or(0),
             completion_tokens: self.output_tokens,
             cached_tokens: cached,
             reasoning_tokens: 0,
@@ -258,13 +271,19 @@ fn completion_from(response: MessagesResponse) -> (ChatCompletion, TokenUsage, u
                 kind: "function",
                 function: FunctionOut {
                     name: block["name"].as_str().unwrap_or("").to_string(),
-                    arguments: block.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
+                    arguments: block
+                        .get("input")
+                        .map_or_else(|| "{}".to_string(), Value::to_string),
                 },
             }),
             _ => {}
         }
     }
-    let chars = text.len() + tool_calls.iter().map(|c| c.function.arguments.len()).sum::<usize>();
+    let chars = text.len()
+        + tool_calls
+            .iter()
+            .map(|c| c.function.arguments.len())
+            .sum::<usize>();
     let usage = response.usage.tokens();
     let completion = ChatCompletion {
         id: format!("chatcmpl-{}", response.id),
@@ -291,7 +310,12 @@ fn completion_from(response: MessagesResponse) -> (ChatCompletion, TokenUsage, u
 
 impl Anthropic {
     /// An adapter for the Messages API at `base_url` (ending in `/v1`).
-    pub fn new(base_url: &str, api_key: String, default_max_tokens: u32, timeouts: Timeouts) -> Result<Anthropic, String> {
+    pub fn new(
+        base_url: &str,
+        api_key: String,
+        default_max_tokens: u32,
+        timeouts: Timeouts,
+    ) -> Result<Anthropic, String> {
         let mut key = HeaderValue::from_str(&api_key)
             .map_err(|_| "the API key holds characters not allowed in a header".to_string())?;
         key.set_sensitive(true);
@@ -304,9 +328,20 @@ impl Anthropic {
         })
     }
 
-    async fn send(&self, call: &UpstreamCall<'_>, stream: bool, deadline: Instant) -> Result<reqwest::Response, ProviderError> {
-        let body = translate_request(call.request, call.upstream_model, self.default_max_tokens, stream);
-        let body = serde_json::to_vec(&body).map_err(|e| ProviderError::new(ErrorClass::ClientError, e.to_string()))?;
+    async fn send(
+        &self,
+        call: &UpstreamCall<'_>,
+        stream: bool,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let body = translate_request(
+            call.request,
+            call.upstream_model,
+            self.default_max_tokens,
+            stream,
+        );
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| ProviderError::new(ErrorClass::ClientError, e.to_string()))?;
         let request = self
             .client
             .post(&self.url)
@@ -316,7 +351,12 @@ impl Anthropic {
             .body(body);
         let first_byte = (Instant::now() + self.timeouts.first_byte).min(deadline);
         let response = match tokio::time::timeout_at(first_byte, request.send()).await {
-            Err(_) => return Err(ProviderError::new(ErrorClass::Timeout, "no answer before the first-byte deadline")),
+            Err(_) => {
+                return Err(ProviderError::new(
+                    ErrorClass::Timeout,
+                    "no answer before the first-byte deadline",
+                ));
+            }
             Ok(Err(e)) => return Err(ProviderError::from_reqwest(&e)),
             Ok(Ok(r)) => r,
         };
@@ -345,7 +385,12 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn chunk(&self, delta: Option<Delta>, finish: Option<&str>, usage: Option<TokenUsage>) -> Bytes {
+    fn chunk(
+        &self,
+        delta: Option<Delta>,
+        finish: Option<&str>,
+        usage: Option<TokenUsage>,
+    ) -> Bytes {
         let choices = match delta {
             Some(delta) => vec![ChunkChoice {
                 index: 0,
@@ -379,9 +424,13 @@ impl StreamState {
 
     /// The OpenAI chunk an Anthropic event becomes; `Ok(None)` for events that make none, and
     /// the final usage chunk (with `done`) for `message_stop`.
-    fn translate(&mut self, event: &SseEvent) -> Result<(Option<StreamChunk>, bool), ProviderError> {
-        let v: Value = serde_json::from_slice(&event.data)
-            .map_err(|_| ProviderError::new(ErrorClass::Cut, "the upstream sent a malformed event"))?;
+    fn translate(
+        &mut self,
+        event: &SseEvent,
+    ) -> Result<(Option<StreamChunk>, bool), ProviderError> {
+        let v: Value = serde_json::from_slice(&event.data).map_err(|_| {
+            ProviderError::new(ErrorClass::Cut, "the upstream sent a malformed event")
+        })?;
         let kind = v["type"].as_str().or(event.event.as_deref()).unwrap_or("");
         Ok(match kind {
             "message_start" => {
@@ -395,8 +444,15 @@ impl StreamState {
                 if let Ok(u) = serde_json::from_value::<AUsage>(m["usage"].clone()) {
                     self.usage = u;
                 }
-                let delta = Delta { role: Some("assistant"), content: Some(String::new()), ..Delta::default() };
-                (Some(Self::piece(self.chunk(Some(delta), None, None), 0)), false)
+                let delta = Delta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                    ..Delta::default()
+                };
+                (
+                    Some(Self::piece(self.chunk(Some(delta), None, None), 0)),
+                    false,
+                )
             }
             "content_block_start" => {
                 let block = &v["content_block"];
@@ -410,11 +466,17 @@ impl StreamState {
                             index: tool_index,
                             id: Some(block["id"].as_str().unwrap_or("").to_string()),
                             kind: Some("function"),
-                            function: FunctionDelta { name: Some(name.clone()), arguments: String::new() },
+                            function: FunctionDelta {
+                                name: Some(name.clone()),
+                                arguments: String::new(),
+                            },
                         }],
                         ..Delta::default()
                     };
-                    (Some(Self::piece(self.chunk(Some(delta), None, None), name.len())), false)
+                    (
+                        Some(Self::piece(self.chunk(Some(delta), None, None), name.len())),
+                        false,
+                    )
                 } else {
                     (None, false)
                 }
@@ -425,8 +487,14 @@ impl StreamState {
                     Some("text_delta") => {
                         let text = d["text"].as_str().unwrap_or("").to_string();
                         let n = text.len();
-                        let delta = Delta { content: Some(text), ..Delta::default() };
-                        (Some(Self::piece(self.chunk(Some(delta), None, None), n)), false)
+                        let delta = Delta {
+                            content: Some(text),
+                            ..Delta::default()
+                        };
+                        (
+                            Some(Self::piece(self.chunk(Some(delta), None, None), n)),
+                            false,
+                        )
                     }
                     Some("input_json_delta") => {
                         let index = v["index"].as_u64().unwrap_or(0);
@@ -438,11 +506,17 @@ impl StreamState {
                                 index: tool_index,
                                 id: None,
                                 kind: None,
-                                function: FunctionDelta { name: None, arguments: partial },
+                                function: FunctionDelta {
+                                    name: None,
+                                    arguments: partial,
+                                },
                             }],
                             ..Delta::default()
                         };
-                        (Some(Self::piece(self.chunk(Some(delta), None, None), n)), false)
+                        (
+                            Some(Self::piece(self.chunk(Some(delta), None, None), n)),
+                            false,
+                        )
                     }
                     _ => (None, false),
                 }
@@ -456,7 +530,13 @@ impl StreamState {
                     self.usage.input_tokens = input;
                 }
                 let finish = self.finish;
-                (Some(Self::piece(self.chunk(Some(Delta::default()), finish, None), 0)), false)
+                (
+                    Some(Self::piece(
+                        self.chunk(Some(Delta::default()), finish, None),
+                        0,
+                    )),
+                    false,
+                )
             }
             "message_stop" => {
                 let usage = self.usage.tokens();
@@ -482,12 +562,20 @@ impl StreamState {
 }
 
 impl Provider for Anthropic {
-    fn complete<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<Completion, ProviderError>> {
+    fn complete<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
             let response = self.send(&call, false, deadline).await?;
             let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Err(_) => return Err(ProviderError::new(ErrorClass::Timeout, "the answer did not finish before the deadline")),
+                Err(_) => {
+                    return Err(ProviderError::new(
+                        ErrorClass::Timeout,
+                        "the answer did not finish before the deadline",
+                    ));
+                }
                 Ok(Err(e)) => {
                     let mut err = ProviderError::from_reqwest(&e);
                     err.class = ErrorClass::Cut;
@@ -495,8 +583,9 @@ impl Provider for Anthropic {
                 }
                 Ok(Ok(b)) => b,
             };
-            let parsed: MessagesResponse = serde_json::from_slice(&body)
-                .map_err(|_| ProviderError::new(ErrorClass::Cut, "the upstream answered with malformed JSON"))?;
+            let parsed: MessagesResponse = serde_json::from_slice(&body).map_err(|_| {
+                ProviderError::new(ErrorClass::Cut, "the upstream answered with malformed JSON")
+            })?;
             let (completion, usage, completion_chars) = completion_from(parsed);
             let body = serde_json::to_vec(&completion)
                 .map_err(|e| ProviderError::new(ErrorClass::ServerError, e.to_string()))?;
@@ -509,7 +598,10 @@ impl Provider for Anthropic {
         .boxed()
     }
 
-    fn stream<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
+    fn stream<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
             let response = self.send(&call, true, deadline).await?;
@@ -522,20 +614,26 @@ impl Provider for Anthropic {
                 finish: None,
             };
             let events = Box::pin(events(response.bytes_stream(), self.timeouts, deadline));
-            let chunks = futures::stream::try_unfold((events, state, false), |(mut events, mut state, done)| async move {
-                if done {
-                    return Ok(None);
-                }
-                loop {
-                    let Some(event) = events.next().await else {
-                        return Err(ProviderError::new(ErrorClass::Cut, "the upstream stream ended before message_stop"));
-                    };
-                    let (chunk, done) = state.translate(&event?)?;
-                    if let Some(chunk) = chunk {
-                        return Ok(Some((chunk, (events, state, done))));
+            let chunks = futures::stream::try_unfold(
+                (events, state, false),
+                |(mut events, mut state, done)| async move {
+                    if done {
+                        return Ok(None);
                     }
-                }
-            });
+                    loop {
+                        let Some(event) = events.next().await else {
+                            return Err(ProviderError::new(
+                                ErrorClass::Cut,
+                                "the upstream stream ended before message_stop",
+                            ));
+                        };
+                        let (chunk, done) = state.translate(&event?)?;
+                        if let Some(chunk) = chunk {
+                            return Ok(Some((chunk, (events, state, done))));
+                        }
+                    }
+                },
+            );
             Ok(Box::pin(chunks) as ChunkStream)
         }
         .boxed()
@@ -557,10 +655,14 @@ mod tests {
             "tools":[{"type":"function","function":{"name":"lookup","description":"find","parameters":{"type":"object"}}}],
             "tool_choice":{"type":"function","function":{"name":"lookup"}},"parallel_tool_calls":false,"stop":["END"]}"#;
         let request = ChatRequest::parse(body).unwrap();
-        let out = serde_json::to_value(translate_request(&request, "claude-x", 4096, false)).unwrap();
+        let out =
+            serde_json::to_value(translate_request(&request, "claude-x", 4096, false)).unwrap();
         assert_eq!(out["system"], "be kind");
         assert_eq!(out["max_tokens"], 100);
-        assert_eq!(out["messages"][0]["content"][1]["source"]["media_type"], "image/png");
+        assert_eq!(
+            out["messages"][0]["content"][1]["source"]["media_type"],
+            "image/png"
+        );
         assert_eq!(out["messages"][1]["content"][0]["type"], "tool_use");
         assert_eq!(out["messages"][1]["content"][0]["input"]["q"], "x");
         // Both tool results merge into one user message.
@@ -581,8 +683,19 @@ mod tests {
         let (c, usage, _) = completion_from(response);
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"q\":\"x\"}");
-        assert_eq!(usage, TokenUsage { prompt_tokens: 18, completion_tokens: 7, cached_tokens: 5, reasoning_tokens: 0 });
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"q\":\"x\"}"
+        );
+        assert_eq!(
+            usage,
+            TokenUsage {
+                prompt_tokens: 18,
+                completion_tokens: 7,
+                cached_tokens: 5,
+                reasoning_tokens: 0
+            }
+        );
         assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
     }
 }

@@ -130,7 +130,9 @@ impl ProviderError {
         let class = ErrorClass::of_status(status);
         let parsed = parse_error_body(body);
         let message = match &parsed {
-            Some(e) if !e.message.is_empty() => format!("HTTP {status}: {}", truncate(&e.message, 300)),
+            Some(e) if !e.message.is_empty() => {
+                format!("HTTP {status}: {}", truncate(&e.message, 300))
+            }
             _ => format!("HTTP {status}"),
         };
         let client_error = (class == ErrorClass::ClientError).then(|| {
@@ -191,7 +193,9 @@ struct ErrorEnvelope {
 
 /// The `error` object of an OpenAI- or Anthropic-shaped error body.
 fn parse_error_body(body: &[u8]) -> Option<ErrorFields> {
-    serde_json::from_slice::<ErrorEnvelope>(body).ok().map(|e| e.error)
+    serde_json::from_slice::<ErrorEnvelope>(body)
+        .ok()
+        .map(|e| e.error)
 }
 
 /// A whole completion, as OpenAI-shaped JSON.
@@ -234,10 +238,16 @@ pub struct UpstreamCall<'a> {
 /// An upstream adapter.
 pub trait Provider: Send + Sync {
     /// The whole completion.
-    fn complete<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<Completion, ProviderError>>;
+    fn complete<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<Completion, ProviderError>>;
 
     /// A stream of chunks; resolves once the upstream accepted the request.
-    fn stream<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<ChunkStream, ProviderError>>;
+    fn stream<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>>;
 }
 
 /// Deadlines of one provider.
@@ -259,15 +269,24 @@ impl Timeouts {
         let total = Duration::from_millis(config.timeout_ms);
         Timeouts {
             connect: Duration::from_millis(config.connect_timeout_ms),
-            first_byte: config.first_byte_timeout_ms.map_or(total, Duration::from_millis),
+            first_byte: config
+                .first_byte_timeout_ms
+                .map_or(total, Duration::from_millis),
             idle: config.idle_timeout_ms.map_or(total, Duration::from_millis),
             total,
         }
     }
 }
 
+/// Installs the process-wide TLS crypto provider (ring) if none is installed yet. reqwest is
+/// built without a default provider so the build needs no C toolchain beyond `cc`.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A pooled HTTP client for one provider.
 pub fn http_client(timeouts: &Timeouts) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(timeouts.connect)
         .pool_idle_timeout(Duration::from_secs(90))
@@ -278,17 +297,26 @@ pub fn http_client(timeouts: &Timeouts) -> Result<reqwest::Client, String> {
 }
 
 /// Builds the adapter a provider's configuration asks for; `env` reads its API key.
-pub fn build(config: &ProviderConfig, env: impl Fn(&str) -> Option<String>) -> Result<Arc<dyn Provider>, String> {
+pub fn build(
+    config: &ProviderConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn Provider>, String> {
     let key = config.api_key_env.as_deref().and_then(&env);
     let timeouts = Timeouts::of(config);
     Ok(match config.kind {
         ProviderKind::Openai => Arc::new(openai::OpenAi::new(
-            config.base_url.as_deref().unwrap_or("https://api.openai.com/v1"),
+            config
+                .base_url
+                .as_deref()
+                .unwrap_or("https://api.openai.com/v1"),
             key,
             timeouts,
         )?),
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(
-            config.base_url.as_deref().unwrap_or("https://api.anthropic.com/v1"),
+            config
+                .base_url
+                .as_deref()
+                .unwrap_or("https://api.anthropic.com/v1"),
             key.unwrap_or_default(),
             config.default_max_tokens,
             timeouts,

@@ -29,11 +29,16 @@ pub struct OpenAi {
 
 impl OpenAi {
     /// An adapter for the server at `base_url` (ending in `/v1`), with an optional API key.
-    pub fn new(base_url: &str, api_key: Option<String>, timeouts: Timeouts) -> Result<OpenAi, String> {
+    pub fn new(
+        base_url: &str,
+        api_key: Option<String>,
+        timeouts: Timeouts,
+    ) -> Result<OpenAi, String> {
         let auth = match api_key {
             Some(key) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
-                    .map_err(|_| "the API key holds characters not allowed in a header".to_string())?;
+                let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                    "the API key holds characters not allowed in a header".to_string()
+                })?;
                 v.set_sensitive(true);
                 Some(v)
             }
@@ -47,7 +52,11 @@ impl OpenAi {
         })
     }
 
-    async fn send(&self, call: &UpstreamCall<'_>, deadline: Instant) -> Result<reqwest::Response, ProviderError> {
+    async fn send(
+        &self,
+        call: &UpstreamCall<'_>,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, ProviderError> {
         let mut request = self
             .client
             .post(&self.url)
@@ -58,7 +67,12 @@ impl OpenAi {
         }
         let first_byte = (Instant::now() + self.timeouts.first_byte).min(deadline);
         let response = match tokio::time::timeout_at(first_byte, request.send()).await {
-            Err(_) => return Err(ProviderError::new(ErrorClass::Timeout, "no answer before the first-byte deadline")),
+            Err(_) => {
+                return Err(ProviderError::new(
+                    ErrorClass::Timeout,
+                    "no answer before the first-byte deadline",
+                ));
+            }
             Ok(Err(e)) => return Err(ProviderError::from_reqwest(&e)),
             Ok(Ok(r)) => r,
         };
@@ -124,9 +138,13 @@ impl MessageProbe<'_> {
             .iter()
             .flatten()
             .filter_map(|c| c.function.as_ref())
-            .map(|f| f.name.as_ref().map_or(0, |n| n.len()) + f.arguments.as_ref().map_or(0, |a| a.len()))
+            .map(|f| {
+                f.name.as_ref().map_or(0, |n| n.len()) + f.arguments.as_ref().map_or(0, |a| a.len())
+            })
             .sum();
-        self.content.as_ref().map_or(0, |c| c.len()) + self.reasoning_content.as_ref().map_or(0, |c| c.len()) + calls
+        self.content.as_ref().map_or(0, |c| c.len())
+            + self.reasoning_content.as_ref().map_or(0, |c| c.len())
+            + calls
     }
 }
 
@@ -134,13 +152,21 @@ fn probe_chunk(data: Bytes) -> Result<StreamChunk, ProviderError> {
     let probe: CompletionProbe<'_> = serde_json::from_slice(&data)
         .map_err(|_| ProviderError::new(ErrorClass::Cut, "the upstream sent a malformed chunk"))?;
     if let Some(e) = probe.error {
-        let message = e.get("message").and_then(|m| m.as_str()).unwrap_or("unspecified");
+        let message = e
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("unspecified");
         return Err(ProviderError::new(
             ErrorClass::Cut,
             format!("the upstream reported an error mid-stream: {message}"),
         ));
     }
-    let content_chars = probe.choices.iter().filter_map(|c| c.delta.as_ref()).map(MessageProbe::chars).sum();
+    let content_chars = probe
+        .choices
+        .iter()
+        .filter_map(|c| c.delta.as_ref())
+        .map(MessageProbe::chars)
+        .sum();
     let usage_only = probe.choices.is_empty() && probe.usage.is_some();
     let usage = probe.usage.map(TokenUsage::from);
     Ok(StreamChunk {
@@ -152,12 +178,20 @@ fn probe_chunk(data: Bytes) -> Result<StreamChunk, ProviderError> {
 }
 
 impl Provider for OpenAi {
-    fn complete<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<Completion, ProviderError>> {
+    fn complete<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
             let response = self.send(&call, deadline).await?;
             let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Err(_) => return Err(ProviderError::new(ErrorClass::Timeout, "the answer did not finish before the deadline")),
+                Err(_) => {
+                    return Err(ProviderError::new(
+                        ErrorClass::Timeout,
+                        "the answer did not finish before the deadline",
+                    ));
+                }
                 Ok(Err(e)) => {
                     let mut err = ProviderError::from_reqwest(&e);
                     err.class = ErrorClass::Cut;
@@ -165,9 +199,15 @@ impl Provider for OpenAi {
                 }
                 Ok(Ok(b)) => b,
             };
-            let probe: CompletionProbe<'_> = serde_json::from_slice(&body)
-                .map_err(|_| ProviderError::new(ErrorClass::Cut, "the upstream answered with malformed JSON"))?;
-            let completion_chars = probe.choices.iter().filter_map(|c| c.message.as_ref()).map(MessageProbe::chars).sum();
+            let probe: CompletionProbe<'_> = serde_json::from_slice(&body).map_err(|_| {
+                ProviderError::new(ErrorClass::Cut, "the upstream answered with malformed JSON")
+            })?;
+            let completion_chars = probe
+                .choices
+                .iter()
+                .filter_map(|c| c.message.as_ref())
+                .map(MessageProbe::chars)
+                .sum();
             let usage = probe.usage.map(TokenUsage::from);
             Ok(Completion {
                 body,
@@ -178,7 +218,10 @@ impl Provider for OpenAi {
         .boxed()
     }
 
-    fn stream<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
+    fn stream<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
             let response = self.send(&call, deadline).await?;

@@ -16,15 +16,58 @@ use crate::providers::{
 };
 use crate::wire::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
-    FunctionDelta, FunctionOut, ToolCallDelta, ToolCallOut, TokenUsage, UsageOut,
+    FunctionDelta, FunctionOut, TokenUsage, ToolCallDelta, ToolCallOut, UsageOut,
 };
 
 const WORDS: [&str; 48] = [
-    "the", "gateway", "routes", "each", "request", "to", "a", "path", "that", "fits", "its",
-    "task", "and", "records", "every", "decision", "as", "an", "event", "so", "nothing", "is",
-    "lost", "when", "streams", "end", "oddly", "credits", "are", "exact", "while", "answers",
-    "arrive", "quickly", "from", "upstream", "models", "with", "fallback", "on", "failure",
-    "under", "load", "this", "reply", "was", "simulated", "deterministically",
+    "the",
+    "gateway",
+    "routes",
+    "each",
+    "request",
+    "to",
+    "a",
+    "path",
+    "that",
+    "fits",
+    "its",
+    "task",
+    "and",
+    "records",
+    "every",
+    "decision",
+    "as",
+    "an",
+    "event",
+    "so",
+    "nothing",
+    "is",
+    "lost",
+    "when",
+    "streams",
+    "end",
+    "oddly",
+    "credits",
+    "are",
+    "exact",
+    "while",
+    "answers",
+    "arrive",
+    "quickly",
+    "from",
+    "upstream",
+    "models",
+    "with",
+    "fallback",
+    "on",
+    "failure",
+    "under",
+    "load",
+    "this",
+    "reply",
+    "was",
+    "simulated",
+    "deterministically",
 ];
 
 /// Deterministic answers with configurable pacing and failures.
@@ -109,9 +152,11 @@ impl Simulated {
 
     fn answer(&self, request: &ChatRequest<'_>) -> Answer {
         let hash = prompt_hash(request);
-        let cap = request.max_tokens.map_or(u64::from(self.config.completion_tokens), |m| {
-            m.min(u64::from(self.config.completion_tokens))
-        });
+        let cap = request
+            .max_tokens
+            .map_or(u64::from(self.config.completion_tokens), |m| {
+                m.min(u64::from(self.config.completion_tokens))
+            });
         let count = u32::try_from(cap).unwrap_or(u32::MAX).max(1);
         let tool = forced_tool(request);
         let texts: Vec<Vec<&'static str>> = if tool.is_some() {
@@ -126,7 +171,10 @@ impl Simulated {
         };
         let finish_reason = if tool.is_some() {
             "tool_calls"
-        } else if request.max_tokens.is_some_and(|m| m < u64::from(self.config.completion_tokens)) {
+        } else if request
+            .max_tokens
+            .is_some_and(|m| m < u64::from(self.config.completion_tokens))
+        {
             "length"
         } else {
             "stop"
@@ -159,11 +207,18 @@ impl Simulated {
 
     async fn fail_before_answer(&self, kind: &str) -> ProviderError {
         match kind {
-            "rate_limited" => ProviderError::from_status(429, br#"{"error":{"message":"simulated rate limit"}}"#),
-            "overload" => ProviderError::from_status(503, br#"{"error":{"message":"simulated overload"}}"#),
+            "rate_limited" => {
+                ProviderError::from_status(429, br#"{"error":{"message":"simulated rate limit"}}"#)
+            }
+            "overload" => {
+                ProviderError::from_status(503, br#"{"error":{"message":"simulated overload"}}"#)
+            }
             "timeout" => ProviderError::new(ErrorClass::Timeout, "simulated timeout"),
             "cut" => ProviderError::new(ErrorClass::Cut, "simulated cut"),
-            _ => ProviderError::from_status(500, br#"{"error":{"message":"simulated server error"}}"#),
+            _ => ProviderError::from_status(
+                500,
+                br#"{"error":{"message":"simulated server error"}}"#,
+            ),
         }
     }
 
@@ -194,7 +249,10 @@ fn sentence(words: &[&str]) -> String {
 }
 
 impl Provider for Simulated {
-    fn complete<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<Completion, ProviderError>> {
+    fn complete<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
         async move {
             Self::pause(self.config.latency_ms).await;
             if let Some(kind) = self.failure() {
@@ -215,7 +273,10 @@ impl Provider for Simulated {
                             .tool
                             .iter()
                             .map(|name| ToolCallOut {
-                                id: format!("call_{}_{i}", call.request_id.trim_start_matches("req_")),
+                                id: format!(
+                                    "call_{}_{i}",
+                                    call.request_id.trim_start_matches("req_")
+                                ),
                                 kind: "function",
                                 function: FunctionOut {
                                     name: name.clone(),
@@ -253,7 +314,10 @@ impl Provider for Simulated {
         .boxed()
     }
 
-    fn stream<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
+    fn stream<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         async move {
             Self::pause(self.config.latency_ms).await;
             let failure = self.failure();
@@ -286,7 +350,11 @@ impl Provider for Simulated {
                     data: chunk(
                         vec![ChunkChoice {
                             index,
-                            delta: Delta { role: Some("assistant"), content: Some(String::new()), ..Delta::default() },
+                            delta: Delta {
+                                role: Some("assistant"),
+                                content: Some(String::new()),
+                                ..Delta::default()
+                            },
                             logprobs: None,
                             finish_reason: None,
                         }],
@@ -304,9 +372,15 @@ impl Provider for Simulated {
                                 delta: Delta {
                                     tool_calls: vec![ToolCallDelta {
                                         index: 0,
-                                        id: Some(format!("call_{}_{i}", call.request_id.trim_start_matches("req_"))),
+                                        id: Some(format!(
+                                            "call_{}_{i}",
+                                            call.request_id.trim_start_matches("req_")
+                                        )),
                                         kind: Some("function"),
-                                        function: FunctionDelta { name: Some(name.clone()), arguments: "{}".into() },
+                                        function: FunctionDelta {
+                                            name: Some(name.clone()),
+                                            arguments: "{}".into(),
+                                        },
                                     }],
                                     ..Delta::default()
                                 },
@@ -327,7 +401,10 @@ impl Provider for Simulated {
                         data: chunk(
                             vec![ChunkChoice {
                                 index,
-                                delta: Delta { content: Some(piece.to_string()), ..Delta::default() },
+                                delta: Delta {
+                                    content: Some(piece.to_string()),
+                                    ..Delta::default()
+                                },
                                 logprobs: None,
                                 finish_reason: None,
                             }],
@@ -365,17 +442,22 @@ impl Provider for Simulated {
                 0 => Duration::ZERO,
                 tps => Duration::from_micros(1_000_000 / tps),
             };
-            let stream = futures::stream::iter(items.into_iter().enumerate()).then(move |(i, item)| async move {
-                if i == 0 && !ttft.is_zero() {
-                    tokio::time::sleep(ttft).await;
-                } else if i > 0 && !gap.is_zero() && item.content_chars > 0 {
-                    tokio::time::sleep(gap).await;
-                }
-                if cut_after == Some(i) {
-                    return Err(ProviderError::new(ErrorClass::Cut, "simulated cut mid-stream"));
-                }
-                Ok(item)
-            });
+            let stream = futures::stream::iter(items.into_iter().enumerate()).then(
+                move |(i, item)| async move {
+                    if i == 0 && !ttft.is_zero() {
+                        tokio::time::sleep(ttft).await;
+                    } else if i > 0 && !gap.is_zero() && item.content_chars > 0 {
+                        tokio::time::sleep(gap).await;
+                    }
+                    if cut_after == Some(i) {
+                        return Err(ProviderError::new(
+                            ErrorClass::Cut,
+                            "simulated cut mid-stream",
+                        ));
+                    }
+                    Ok(item)
+                },
+            );
             let stream = stream.scan(false, |failed, item| {
                 let out = if *failed {
                     None

@@ -170,10 +170,14 @@ pub struct Decision {
 impl Decision {
     /// Scores by path name, for `RequestRouted`.
     pub fn scores_map(&self) -> BTreeMap<String, f64> {
-        [("fast", self.scores[0]), ("balanced", self.scores[1]), ("reasoning", self.scores[2])]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
+        [
+            ("fast", self.scores[0]),
+            ("balanced", self.scores[1]),
+            ("reasoning", self.scores[2]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 }
 
@@ -192,7 +196,8 @@ fn scan(text: &str, counts: &mut [u32; 4]) {
         if whole_word {
             let before_ok = m.start() == 0 || !is_word_byte(bytes[m.start() - 1]);
             let last = bytes[m.end() - 1];
-            let after_ok = m.end() == bytes.len() || !is_word_byte(last) || !is_word_byte(bytes[m.end()]);
+            let after_ok =
+                m.end() == bytes.len() || !is_word_byte(last) || !is_word_byte(bytes[m.end()]);
             if !before_ok || !after_ok {
                 continue;
             }
@@ -234,7 +239,11 @@ pub fn features(request: &ChatRequest<'_>) -> Features {
         code: (code / 3.0).min(1.0),
         math: (math / 2.0).min(1.0),
         multi_step: (multi_step / 2.0).min(1.0),
-        greeting: if greeting > 0.0 && chars < 80 { 1.0 } else { 0.0 },
+        greeting: if greeting > 0.0 && chars < 80 {
+            1.0
+        } else {
+            0.0
+        },
         tools: request.tools.len() as f64,
         reasoning_effort,
         structured_output,
@@ -247,11 +256,12 @@ pub fn decide(f: &Features) -> Decision {
     let tools = if f.tools > 0.0 { 1.0 } else { 0.0 };
     let depth = (f.user_turns / 10.0).min(1.0);
     let hard = 1.5 * f.math + 1.0 * f.multi_step + 0.9 * f.code + 1.5 * f.reasoning_effort;
-    let fast = 0.9 - 0.8 * hard - 0.5 * size - 0.2 * f.structured_output - 0.15 * tools - 0.2 * depth
-        + 0.3 * f.greeting;
-    let balanced = 0.5 + 0.3 * f.code + 0.25 * size + 0.2 * f.structured_output + 0.2 * tools
-        + 0.1 * depth
-        - 0.4 * (hard - 1.4).max(0.0);
+    let fast =
+        0.9 - 0.8 * hard - 0.5 * size - 0.2 * f.structured_output - 0.15 * tools - 0.2 * depth
+            + 0.3 * f.greeting;
+    let balanced =
+        0.5 + 0.3 * f.code + 0.25 * size + 0.2 * f.structured_output + 0.2 * tools + 0.1 * depth
+            - 0.4 * (hard - 1.4).max(0.0);
     let reasoning = 0.1 + 0.6 * hard + 0.1 * size - 0.3 * f.greeting;
     let scores = [fast, balanced, reasoning];
     let path = if reasoning >= balanced && reasoning >= fast {
@@ -296,12 +306,18 @@ mod tests {
     }
 
     fn user(text: &str) -> String {
-        serde_json::json!({"model": "lumina-auto", "messages": [{"role": "user", "content": text}]}).to_string()
+        serde_json::json!({"model": "lumina-auto", "messages": [{"role": "user", "content": text}]})
+            .to_string()
     }
 
     #[test]
     fn a_greeting_goes_to_fast() {
-        for text in ["hello!", "Hi, how are you?", "thanks a lot", "What's the capital of France?"] {
+        for text in [
+            "hello!",
+            "Hi, how are you?",
+            "thanks a lot",
+            "What's the capital of France?",
+        ] {
             assert_eq!(route(&user(text)).path, RoutePath::Fast, "{text}");
         }
     }

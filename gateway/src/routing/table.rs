@@ -41,7 +41,10 @@ fn index(path: RoutePath) -> usize {
 
 impl RouteTable {
     /// Builds adapters and breakers for a resolved configuration; `env` reads API keys.
-    pub fn build(config: &GatewayConfig, env: impl Fn(&str) -> Option<String>) -> Result<RouteTable, String> {
+    pub fn build(
+        config: &GatewayConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<RouteTable, String> {
         let mut adapters = Vec::new();
         for (i, p) in config.providers.iter().enumerate() {
             let adapter = providers::build(p, &env).map_err(|e| format!("providers[{i}]: {e}"))?;
@@ -57,11 +60,18 @@ impl RouteTable {
             };
             for name in &route.providers {
                 let Some(i) = config.providers.iter().position(|p| &p.name == name) else {
-                    return Err(format!("routes.{}.providers: no provider named '{name}'", path.as_str()));
+                    return Err(format!(
+                        "routes.{}.providers: no provider named '{name}'",
+                        path.as_str()
+                    ));
                 };
                 let p = &config.providers[i];
                 let Some(model) = p.models.get(path.as_str()) else {
-                    return Err(format!("routes.{}.providers: provider '{name}' has no models.{}", path.as_str(), path.as_str()));
+                    return Err(format!(
+                        "routes.{}.providers: provider '{name}' has no models.{}",
+                        path.as_str(),
+                        path.as_str()
+                    ));
                 };
                 let id = format!("{name}/{model}");
                 let deployment = match deployments.iter().find(|d| d.id == id) {

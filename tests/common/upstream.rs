@@ -1,0 +1,481 @@
+//! An upstream mock the tests control: it speaks OpenAI's Chat Completions and Anthropic's
+//! Messages API (streaming included) under `/{provider}/v1/…`, and behaves per provider as the
+//! test sets it: answer, call tools, stall, fail with a status, or cut a stream mid-way. It
+//! records every request it receives.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// One request the mock received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The provider segment of the path.
+    pub provider: String,
+    /// `chat/completions` or `messages`.
+    pub api: String,
+    /// Lower-cased header names and values.
+    pub headers: HashMap<String, String>,
+    /// The JSON body.
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct MockState {
+    modes: Mutex<HashMap<String, String>>,
+    failures_left: Mutex<HashMap<String, u32>>,
+    requests: Mutex<Vec<Recorded>>,
+}
+
+/// The running mock.
+pub struct MockUpstream {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    state: Arc<MockState>,
+}
+
+/// The usage every successful mock answer reports.
+pub const USAGE: (u64, u64, u64, u64) = (11, 7, 3, 2);
+
+impl MockUpstream {
+    /// Starts the mock on a free port.
+    pub async fn start() -> MockUpstream {
+        lumina_gateway::providers::install_crypto_provider();
+        let state = Arc::new(MockState::default());
+        let app = Router::new()
+            .route("/{provider}/v1/chat/completions", post(openai))
+            .route("/{provider}/v1/messages", post(anthropic))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        MockUpstream { url, state }
+    }
+
+    /// The base URL of one provider (`…/{provider}/v1`).
+    pub fn base_url(&self, provider: &str) -> String {
+        format!("{}/{provider}/v1", self.url)
+    }
+
+    /// Sets how `provider` behaves: `ok`, `tools`, `nousage`, `slow`, `stall`, `cut`,
+    /// `fail400`, `fail429`, `fail500`, `fail503`, `fail529`.
+    pub fn set(&self, provider: &str, mode: &str) {
+        self.state
+            .modes
+            .lock()
+            .unwrap()
+            .insert(provider.into(), mode.into());
+    }
+
+    /// `provider` fails with 500 for its next `n` requests, then behaves as its mode says.
+    pub fn fail_next(&self, provider: &str, n: u32) {
+        self.state
+            .failures_left
+            .lock()
+            .unwrap()
+            .insert(provider.into(), n);
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Requests received by `provider`.
+    pub fn requests_of(&self, provider: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.provider == provider)
+            .collect()
+    }
+
+    fn clear(&self) {
+        self.state.requests.lock().unwrap().clear();
+    }
+}
+
+impl MockState {
+    fn mode(&self, provider: &str) -> String {
+        let mut left = self.failures_left.lock().unwrap();
+        if let Some(n) = left.get_mut(provider)
+            && *n > 0
+        {
+            *n -= 1;
+            return "fail500".into();
+        }
+        self.modes
+            .lock()
+            .unwrap()
+            .get(provider)
+            .cloned()
+            .unwrap_or_else(|| "ok".into())
+    }
+
+    fn record(&self, provider: &str, api: &str, headers: &HeaderMap, body: &Value) {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        self.requests.lock().unwrap().push(Recorded {
+            provider: provider.into(),
+            api: api.into(),
+            headers,
+            body: body.clone(),
+        });
+    }
+}
+
+fn error(status: u16, kind: &str, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": if status == 400 { json!("temperature") } else { Value::Null }, "code": if status == 400 { json!("invalid_value") } else { Value::Null }}});
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+}
+
+fn anthropic_error(status: u16, kind: &str, message: &str) -> Response {
+    let body = json!({"type": "error", "error": {"type": kind, "message": message}});
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+}
+
+fn last_user_text(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .map(|m| match &m["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        })
+        .unwrap_or_default()
+}
+
+fn first_tool_name(body: &Value) -> String {
+    body["tools"][0]["function"]["name"]
+        .as_str()
+        .or_else(|| body["tools"][0]["name"].as_str())
+        .unwrap_or("get_weather")
+        .to_string()
+}
+
+type Events = Vec<Result<Bytes, std::io::Error>>;
+
+fn sse_body(events: Events, gap: Duration) -> Body {
+    let stream =
+        futures::stream::iter(events.into_iter().enumerate()).then(move |(i, e)| async move {
+            if i > 0 && !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+            e
+        });
+    Body::from_stream(stream)
+}
+
+fn sse_response(body: Body) -> Response {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .unwrap()
+}
+
+fn data(v: &Value) -> Result<Bytes, std::io::Error> {
+    Ok(Bytes::from(format!("data: {v}\n\n")))
+}
+
+fn cut() -> Result<Bytes, std::io::Error> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "mock cut",
+    ))
+}
+
+async fn openai(
+    State(state): State<Arc<MockState>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.record(&provider, "chat/completions", &headers, &body);
+    let mode = state.mode(&provider);
+    match mode.as_str() {
+        "fail400" => {
+            return error(
+                400,
+                "invalid_request_error",
+                "temperature must be at most 2",
+            );
+        }
+        "fail429" => return error(429, "rate_limit_error", "slow down"),
+        "fail500" => return error(500, "server_error", "boom"),
+        "fail503" => return error(503, "server_error", "overloaded"),
+        "stall" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return error(500, "server_error", "too late");
+        }
+        _ => {}
+    }
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let want_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let (p, c, cached, reasoning) = USAGE;
+    let usage = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": cached}, "completion_tokens_details": {"reasoning_tokens": reasoning}});
+    let text = format!("Mock answer to: {}", last_user_text(&body));
+    let tools = mode == "tools";
+    let name = first_tool_name(&body);
+    if !stream {
+        if mode == "cut" {
+            let chunks: Events = vec![
+                Ok(Bytes::from_static(b"{\"id\":\"x\",\"choices\":[")),
+                cut(),
+            ];
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from_stream(futures::stream::iter(chunks)))
+                .unwrap();
+        }
+        let message = if tools {
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": name, "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_2", "type": "function", "function": {"name": name, "arguments": "{\"city\":\"Rome\"}"}}]})
+        } else {
+            json!({"role": "assistant", "content": text, "refusal": null})
+        };
+        let mut out = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": if tools { "tool_calls" } else { "stop" }}],
+            "system_fingerprint": "fp_mock"});
+        if mode != "nousage" {
+            out["usage"] = usage;
+        }
+        return axum::Json(out).into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    };
+    let mut events: Events = vec![data(&chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    ))];
+    if tools {
+        events.push(data(&chunk(json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": name, "arguments": ""}}]}), Value::Null)));
+        events.push(data(&chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+            Value::Null,
+        )));
+        events.push(data(&chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+            Value::Null,
+        )));
+        events.push(data(&chunk(json!({"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": name, "arguments": "{\"city\":\"Rome\"}"}}]}), Value::Null)));
+        events.push(data(&chunk(json!({}), json!("tool_calls"))));
+    } else {
+        for word in text.split_inclusive(' ') {
+            events.push(data(&chunk(json!({"content": word}), Value::Null)));
+        }
+        if mode == "cut" {
+            events.truncate(3);
+            events.push(cut());
+            return sse_response(sse_body(events, Duration::from_millis(20)));
+        }
+        events.push(data(&chunk(json!({}), json!("stop"))));
+    }
+    if want_usage && mode != "nousage" {
+        events.push(data(&json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [], "usage": usage})));
+    }
+    events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+    let gap = if mode == "slow" {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_millis(2)
+    };
+    sse_response(sse_body(events, gap))
+}
+
+fn anthropic_event(kind: &str, v: Value) -> Result<Bytes, std::io::Error> {
+    Ok(Bytes::from(format!("event: {kind}\ndata: {v}\n\n")))
+}
+
+async fn anthropic(
+    State(state): State<Arc<MockState>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.record(&provider, "messages", &headers, &body);
+    if headers.get("x-api-key").is_none() || headers.get("anthropic-version").is_none() {
+        return anthropic_error(
+            401,
+            "authentication_error",
+            "missing x-api-key or anthropic-version",
+        );
+    }
+    let mode = state.mode(&provider);
+    match mode.as_str() {
+        "fail400" => return anthropic_error(400, "invalid_request_error", "max_tokens: too large"),
+        "fail500" => return anthropic_error(500, "api_error", "boom"),
+        "fail529" => return anthropic_error(529, "overloaded_error", "Overloaded"),
+        _ => {}
+    }
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    let text = format!("Claude mock answer to: {}", last_user_text(&body));
+    let tools = mode == "tools";
+    let name = body["tools"][0]["name"]
+        .as_str()
+        .unwrap_or("get_weather")
+        .to_string();
+    let usage = json!({"input_tokens": 20, "output_tokens": 9, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 6});
+    if !body["stream"].as_bool().unwrap_or(false) {
+        let mut content = vec![json!({"type": "text", "text": text})];
+        if tools {
+            content.push(json!({"type": "tool_use", "id": "toolu_1", "name": name, "input": {"city": "Paris"}}));
+        }
+        return axum::Json(json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": if tools { "tool_use" } else { "end_turn" }, "stop_sequence": null, "usage": usage}))
+        .into_response();
+    }
+    let mut events: Events = vec![
+        anthropic_event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+            "role": "assistant", "model": model, "content": [], "stop_reason": null,
+            "usage": {"input_tokens": 20, "output_tokens": 1, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 6}}}),
+        ),
+        anthropic_event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        anthropic_event("ping", json!({"type": "ping"})),
+    ];
+    for word in text.split_inclusive(' ') {
+        events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}})));
+    }
+    events.push(anthropic_event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    if tools {
+        events.push(anthropic_event("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": name, "input": {}}})));
+        events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}})));
+        events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}})));
+        events.push(anthropic_event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        ));
+    }
+    if mode == "cut" {
+        events.truncate(4);
+        events.push(cut());
+        return sse_response(sse_body(events, Duration::from_millis(10)));
+    }
+    events.push(anthropic_event("message_delta", json!({"type": "message_delta",
+        "delta": {"stop_reason": if tools { "tool_use" } else { "end_turn" }, "stop_sequence": null}, "usage": {"output_tokens": 9}})));
+    events.push(anthropic_event(
+        "message_stop",
+        json!({"type": "message_stop"}),
+    ));
+    sse_response(sse_body(events, Duration::from_millis(2)))
+}
+
+/// A `lumina.toml` for the mock: `primary` and `secondary` (OpenAI-compatible) serve fast and
+/// balanced in that order; `claude` (Anthropic) then `secondary` serve reasoning. Breakers open
+/// after 3 consecutive failures and probe after 300 ms; `extra` is appended.
+pub fn gateway_config(mock: &MockUpstream, extra: &str) -> String {
+    format!(
+        r#"
+[[providers]]
+name = "primary"
+kind = "openai"
+base_url = "{primary}"
+api_key_env = "MOCK_PRIMARY_KEY"
+models = {{ fast = "mock-fast", balanced = "mock-balanced", reasoning = "mock-reasoning" }}
+timeout_ms = 5000
+first_byte_timeout_ms = 700
+
+[[providers]]
+name = "secondary"
+kind = "openai"
+base_url = "{secondary}"
+models = {{ fast = "mock-fast-2", balanced = "mock-balanced-2", reasoning = "mock-reasoning-2" }}
+timeout_ms = 5000
+first_byte_timeout_ms = 700
+
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "{claude}"
+api_key_env = "MOCK_ANTHROPIC_KEY"
+models = {{ reasoning = "claude-mock" }}
+timeout_ms = 5000
+
+[routes.fast]
+providers = ["primary", "secondary"]
+
+[routes.balanced]
+providers = ["primary", "secondary"]
+
+[routes.reasoning]
+providers = ["claude", "secondary"]
+
+[breaker]
+consecutive_failures = 3
+cooldown_ms = 300
+min_requests = 1000
+
+{extra}
+"#,
+        primary = mock.base_url("primary"),
+        secondary = mock.base_url("secondary"),
+        claude = mock.base_url("claude"),
+    )
+}
+
+/// Environment the gateway needs for [`gateway_config`].
+pub const GATEWAY_ENV: [(&str, &str); 2] = [
+    ("MOCK_PRIMARY_KEY", "sk-primary-secret"),
+    ("MOCK_ANTHROPIC_KEY", "sk-ant-secret"),
+];
+
+/// Removes the recorded requests (between scenarios).
+pub fn reset(mock: &MockUpstream) {
+    mock.clear();
+}
+
+/// The stream a test read: `data:` payloads and whether it ended with `[DONE]`.
+pub fn parse_sse(text: &str) -> (Vec<Value>, bool) {
+    let mut events = Vec::new();
+    let mut done = false;
+    for block in text.split("\n\n").filter(|b| !b.is_empty()) {
+        let payload = block
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not an SSE data line: {block:?}"));
+        if payload == "[DONE]" {
+            done = true;
+        } else {
+            events.push(serde_json::from_str(payload).unwrap_or_else(|e| panic!("{e}: {payload}")));
+        }
+    }
+    assert!(
+        text.ends_with("\n\n") || text.is_empty(),
+        "stream does not end with a blank line: {text:?}"
+    );
+    (events, done)
+}
