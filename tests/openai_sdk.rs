@@ -73,3 +73,109 @@ async fn the_openai_python_sdk_lists_models_and_understands_errors() {
     assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
     assert!(stdout.starts_with("ok "), "{stdout}");
 }
+
+const CHAT_SCRIPT: &str = r#"
+import sys, json, openai
+from openai import OpenAI
+base, good, limited = sys.argv[1], sys.argv[2], sys.argv[3]
+c = OpenAI(base_url=base + "/v1", api_key=good, max_retries=0)
+
+r = c.chat.completions.create(model="lumina-fast", messages=[{"role": "user", "content": "hello sdk"}])
+assert r.object == "chat.completion", r
+assert r.choices[0].message.content == "Mock answer to: hello sdk", r
+assert r.choices[0].finish_reason == "stop"
+assert r.usage.prompt_tokens == 11 and r.usage.completion_tokens == 7, r.usage
+assert r.usage.prompt_tokens_details.cached_tokens == 3
+assert r.usage.completion_tokens_details.reasoning_tokens == 2
+
+raw = c.chat.completions.with_raw_response.create(model="lumina-fast", messages=[{"role": "user", "content": "x"}])
+assert raw.headers["x-lumina-route"] == "fast" and raw.headers["x-lumina-attempts"] == "1"
+
+text, usage = "", None
+for chunk in c.chat.completions.create(model="lumina-balanced", messages=[{"role": "user", "content": "stream me"}],
+                                       stream=True, stream_options={"include_usage": True}):
+    if chunk.choices:
+        text += chunk.choices[0].delta.content or ""
+    if chunk.usage:
+        usage = chunk.usage
+assert text == "Mock answer to: stream me", text
+assert usage is not None and usage.completion_tokens == 7
+
+chunks = list(c.chat.completions.create(model="lumina-balanced", messages=[{"role": "user", "content": "no usage"}], stream=True))
+assert all(ch.usage is None for ch in chunks)
+
+tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+r = c.chat.completions.create(model="lumina-reasoning", tools=tools, messages=[{"role": "user", "content": "weather in Paris?"}])
+call = r.choices[0].message.tool_calls[0]
+assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}, call
+assert r.choices[0].finish_reason == "tool_calls"
+
+args = ""
+for chunk in c.chat.completions.create(model="lumina-reasoning", tools=tools, stream=True,
+                                       messages=[{"role": "user", "content": "weather in Paris?"}]):
+    for tc in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+        args += tc.function.arguments or ""
+assert json.loads(args) == {"city": "Paris"}, args
+
+follow = c.chat.completions.create(model="lumina-reasoning", tools=tools, messages=[
+    {"role": "user", "content": "weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}]},
+    {"role": "tool", "tool_call_id": call.id, "content": "sunny"}])
+assert follow.choices[0].message.content.startswith("Claude mock answer")
+
+assert "lumina-auto" in [m.id for m in c.models.list()]
+
+def raises(kind, fn):
+    try:
+        fn()
+    except kind as e:
+        return e
+    raise SystemExit(f"expected {kind.__name__}")
+
+raises(openai.AuthenticationError, lambda: OpenAI(base_url=base + "/v1", api_key="lum_nope", max_retries=0)
+       .chat.completions.create(model="lumina-fast", messages=[{"role": "user", "content": "x"}]))
+e = raises(openai.NotFoundError, lambda: c.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "x"}]))
+assert e.code == "model_not_found"
+e = raises(openai.BadRequestError, lambda: c.chat.completions.create(model="lumina-fast", messages=[{"role": "wizard", "content": "x"}]))
+assert e.param == "messages[0].role", e.param
+lc = OpenAI(base_url=base + "/v1", api_key=limited, max_retries=0)
+lc.chat.completions.create(model="lumina-fast", messages=[{"role": "user", "content": "x"}])
+e = raises(openai.RateLimitError, lambda: lc.chat.completions.create(model="lumina-fast", messages=[{"role": "user", "content": "x"}]))
+assert e.response.headers["x-ratelimit-remaining-requests"] == "0"
+print("ok")
+"#;
+
+#[tokio::test]
+async fn the_openai_python_sdk_drives_chat_completions_streams_tools_and_errors() {
+    use common::upstream::{GATEWAY_ENV, MockUpstream, gateway_config};
+    let mock = MockUpstream::start().await;
+    mock.set("claude", "tools");
+    let tmp = tempfile::tempdir().unwrap();
+    let config = gateway_config(&mock, "");
+    let lumina = Lumina::start_with_config(
+        &tmp.path().join("data"),
+        &tmp.path().join("out"),
+        &GATEWAY_ENV,
+        Some(&config),
+    )
+    .await;
+    let account = lumina.account("SDK chat", "5").await;
+    let (_, good) = lumina.key(&account).await;
+    let (_, limited) = lumina
+        .key_with(&account, serde_json::json!({"rpm": 1}))
+        .await;
+    let url = lumina.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .args(["-c", CHAT_SCRIPT, &url, &good, &limited])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
+    assert!(stdout.starts_with("ok"), "{stdout}");
+}
