@@ -393,15 +393,16 @@ pub async fn create(
         .map_err(|e| ApiError::Unavailable(format!("The request could not be recorded: {e}")))?;
     let settlement = Settlement::new(state.log.clone(), meta.clone());
     if request.stream {
-        stream(&state, &request, &meta, deployments, settlement, limits).await
+        stream(&state, &request, &bytes, &meta, deployments, settlement, limits).await
     } else {
-        complete(&state, &request, &meta, deployments, settlement, limits).await
+        complete(&state, &request, &bytes, &meta, deployments, settlement, limits).await
     }
 }
 
 async fn complete(
     state: &AppState,
     request: &ChatRequest<'_>,
+    body: &Bytes,
     meta: &Arc<RequestMeta>,
     deployments: &[Arc<Deployment>],
     mut settlement: Settlement,
@@ -452,10 +453,7 @@ async fn complete(
     };
     let (usage, estimated) = match completion.usage {
         Some(u) => (u, false),
-        None => {
-            let text = usage::completion_text([&completion.body[..]]);
-            (usage::estimate(request, &text), true)
-        }
+        None => (estimate_usage(body.clone(), vec![completion.body.clone()]).await, true),
     };
     settlement
         .settle(SettleInfo {
@@ -509,6 +507,23 @@ async fn settle_failed(
         .await
 }
 
+/// Estimates usage with the tokenizer, off the async runtime: the prompt from the request
+/// body, the completion from the answer's JSON pieces.
+async fn estimate_usage(body: Bytes, answer: Vec<Bytes>) -> TokenUsage {
+    tokio::task::spawn_blocking(move || {
+        let text = usage::completion_text(answer.iter().map(|b| &b[..]));
+        match ChatRequest::parse(&body) {
+            Ok(request) => usage::estimate(&request, &text),
+            Err(_) => TokenUsage {
+                completion_tokens: usage::count_tokens(&text),
+                ..TokenUsage::default()
+            },
+        }
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// `data: <json>\n\n`
 fn sse(data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(data.len() + 8);
@@ -543,6 +558,7 @@ async fn first_chunk(
 async fn stream(
     state: &AppState,
     request: &ChatRequest<'_>,
+    body: &Bytes,
     meta: &Arc<RequestMeta>,
     deployments: &[Arc<Deployment>],
     mut settlement: Settlement,
@@ -595,8 +611,6 @@ async fn stream(
         p.deployment = Some(deployment.id.clone());
         p.ttft = Some(ttfb);
     });
-    // What the pump needs to estimate usage later, if the upstream never reports it.
-    let estimate_prompt = usage::prompt_tokens(request);
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let pump = Pump {
         meta: meta.clone(),
@@ -606,7 +620,7 @@ async fn stream(
         attempts: count,
         ttfb,
         include_usage: request.include_usage,
-        estimate_prompt,
+        body: body.clone(),
         settlement,
         tx,
     };
@@ -630,7 +644,8 @@ struct Pump {
     attempts: i32,
     ttfb: Duration,
     include_usage: bool,
-    estimate_prompt: u64,
+    /// The request body, parsed again only if usage has to be estimated.
+    body: Bytes,
     settlement: Settlement,
     tx: mpsc::Sender<Bytes>,
 }
@@ -700,21 +715,7 @@ impl Pump {
         }
         let (usage, estimated) = match usage {
             Some(u) => (u, false),
-            None => {
-                let prompt = self.estimate_prompt;
-                let text = usage::completion_text(sent.iter().map(|b| &b[..]));
-                let completion = tokio::task::spawn_blocking(move || usage::count_tokens(&text))
-                    .await
-                    .unwrap_or(0);
-                (
-                    TokenUsage {
-                        prompt_tokens: prompt,
-                        completion_tokens: completion,
-                        ..TokenUsage::default()
-                    },
-                    true,
-                )
-            }
+            None => (estimate_usage(self.body.clone(), sent).await, true),
         };
         let outcome = match &end {
             End::Completed => Outcome::Completed,

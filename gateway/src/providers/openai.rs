@@ -19,6 +19,9 @@ use crate::providers::{
 };
 use crate::wire::{TokenUsage, UsageWire};
 
+/// How long a stream's body is read past `[DONE]` to reuse its connection.
+const DRAIN_AFTER_DONE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// An OpenAI-compatible upstream.
 pub struct OpenAi {
     url: String,
@@ -233,7 +236,13 @@ impl Provider for OpenAi {
                         "the upstream stream ended without [DONE]",
                     )),
                     Some(Err(e)) => Err(e),
-                    Some(Ok(event)) if &event.data[..] == b"[DONE]" => Ok(None),
+                    Some(Ok(event)) if &event.data[..] == b"[DONE]" => {
+                        // Read the body to its end so the connection goes back to the pool
+                        // (bounded, in case an upstream keeps talking after [DONE]).
+                        let drain = async { while events.next().await.is_some() {} };
+                        let _ = tokio::time::timeout(DRAIN_AFTER_DONE, drain).await;
+                        Ok(None)
+                    }
                     Some(Ok(event)) => Ok(Some((probe_chunk(event.data)?, events))),
                 }
             });
