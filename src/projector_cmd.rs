@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lumina_eventlog::{Consumer, ConsumerOptions, LocalLogSource, LogReader};
+use lumina_eventlog::{Consumer, ConsumerOptions, LocalLogSource, LogReader, handled_types};
 use lumina_projector::ReadModelProjection;
 use tokio_util::sync::CancellationToken;
 
@@ -18,11 +18,12 @@ pub async fn run(config: &Config, once: bool) -> anyhow::Result<()> {
     let db = connect_database(config).await?;
     let consumer = Consumer::new(
         db,
-        LocalLogSource::new(reader),
+        LocalLogSource::new(reader).only(&handled_types(&ReadModelProjection)),
         ReadModelProjection,
         ConsumerOptions {
             batch_size: config.consumers.batch_size,
             idle_wait: Duration::from_millis(200),
+            ..ConsumerOptions::default()
         },
     );
     let mut progress = consumer.progress();

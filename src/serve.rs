@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use lumina_eventlog::{Consumer, ConsumerOptions, Database, EventLog, LocalLogSource};
+use lumina_eventlog::{
+    Consumer, ConsumerOptions, Database, EventLog, LocalLogSource, handled_types,
+};
 use lumina_gateway::admin::{Admin, KeyRequest};
 use lumina_gateway::auth::KeyCache;
 use lumina_gateway::metering::limits::Limits;
@@ -64,11 +66,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         batch_size: config.consumers.batch_size,
         ..ConsumerOptions::default()
     };
-    let source = || -> anyhow::Result<LocalLogSource> {
-        Ok(LocalLogSource::new(log.reader()?).with_commit_notifications(log.subscribe()))
+    let source = |types: Vec<lumina_schemas::EventType>| -> anyhow::Result<LocalLogSource> {
+        Ok(LocalLogSource::new(log.reader()?)
+            .with_commit_notifications(log.subscribe())
+            .only(&types))
     };
-    let projector = Consumer::new(db.clone(), source()?, ReadModelProjection, options.clone());
-    let ledger = Consumer::new(db.clone(), source()?, LedgerProjection, options);
+    let projector = Consumer::new(
+        db.clone(),
+        source(handled_types(&ReadModelProjection))?,
+        ReadModelProjection,
+        options.clone(),
+    );
+    let ledger = Consumer::new(
+        db.clone(),
+        source(handled_types(&LedgerProjection))?,
+        LedgerProjection,
+        options,
+    );
     let consumers = vec![projector.watch(), ledger.watch()];
     let tasks = vec![
         tokio::spawn(projector.run(cancel.clone())),

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use lumina_schemas::{Event, decode, now_micros};
+use lumina_schemas::codec::peek;
+use lumina_schemas::{Event, EventType, decode, now_micros};
 use sqlx::{AnyConnection, Row};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,13 @@ use crate::source::{EventSource, SourceMessage};
 pub trait Projection: Send + Sync + 'static {
     /// The consumer's name: the key of its positions, applied ids and dead letters.
     fn name(&self) -> &'static str;
+
+    /// Whether events of `event_type` have effects here. Others are passed over without being
+    /// decoded or recorded (their position still advances).
+    fn handles(&self, event_type: EventType) -> bool {
+        let _ = event_type;
+        true
+    }
 
     /// Writes the effects of `event` through `conn`, which is inside the batch transaction.
     /// Called at most once per event id per consumer.
@@ -62,6 +70,9 @@ pub struct ConsumerOptions {
     pub batch_size: usize,
     /// How long a poll waits for new messages before looping.
     pub idle_wait: Duration,
+    /// Pause after a batch smaller than `batch_size`, so a caught-up consumer takes events in
+    /// batches rather than waking for every commit (bounds its lag from below).
+    pub coalesce: Duration,
 }
 
 impl Default for ConsumerOptions {
@@ -69,6 +80,7 @@ impl Default for ConsumerOptions {
         ConsumerOptions {
             batch_size: 512,
             idle_wait: Duration::from_millis(500),
+            coalesce: Duration::from_millis(10),
         }
     }
 }
@@ -82,6 +94,8 @@ pub struct Progress {
     pub applied: u64,
     /// Events skipped because their id was already applied.
     pub duplicates: u64,
+    /// Events passed over because the projection has no use for their type.
+    pub passed_over: u64,
     /// Messages sent to the dead-letter table.
     pub dead_letters: u64,
     /// When the last batch committed, µs since the epoch.
@@ -145,6 +159,7 @@ pub struct Consumer<S, P> {
 struct BatchStats {
     applied: u64,
     duplicates: u64,
+    passed_over: u64,
     dead_letters: u64,
     newest_event_at: i64,
 }
@@ -259,14 +274,15 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             ?positions,
             "consumer started"
         );
+        let mut committed: BTreeMap<i32, i64> = positions.iter().copied().collect();
         let mut backoff = Duration::from_millis(50);
         loop {
-            let batch = tokio::select! {
+            let polled = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 polled = self.source.poll(self.options.batch_size, self.options.idle_wait) => polled,
             };
-            let batch = match batch {
-                Ok(batch) => batch,
+            let polled = match polled {
+                Ok(polled) => polled,
                 Err(e) => {
                     tracing::warn!(consumer = name, error = %e, "poll failed");
                     if sleep_or_cancel(&cancel, backoff).await {
@@ -276,25 +292,44 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
                     continue;
                 }
             };
-            if batch.is_empty() {
+            let mut next = committed.clone();
+            for m in &polled.messages {
+                let n = next.entry(m.partition).or_insert(0);
+                *n = (*n).max(m.offset + 1);
+            }
+            for &(partition, offset) in &polled.next_offsets {
+                let n = next.entry(partition).or_insert(0);
+                *n = (*n).max(offset);
+            }
+            if polled.messages.is_empty() && next == committed {
                 continue;
             }
-            let Some(stats) = self.apply_with_retries(&batch, &cancel).await else {
+            let partial = polled.messages.len() < self.options.batch_size;
+            let positions: Vec<(i32, i64)> = next.iter().map(|(&p, &o)| (p, o)).collect();
+            let Some(stats) = self
+                .apply_with_retries(&polled.messages, &positions, &cancel)
+                .await
+            else {
                 return Ok(());
             };
+            committed = next;
             backoff = Duration::from_millis(50);
             let now = now_micros();
             self.progress.send_modify(|p| {
-                for m in &batch {
-                    let next = p.next_offsets.entry(m.partition).or_insert(0);
-                    *next = (*next).max(m.offset + 1);
-                }
+                p.next_offsets = committed.clone();
                 p.applied += stats.applied;
                 p.duplicates += stats.duplicates;
+                p.passed_over += stats.passed_over;
                 p.dead_letters += stats.dead_letters;
                 p.last_commit_at = now;
                 p.newest_event_at = p.newest_event_at.max(stats.newest_event_at);
             });
+            if partial
+                && !self.options.coalesce.is_zero()
+                && sleep_or_cancel(&cancel, self.options.coalesce).await
+            {
+                return Ok(());
+            }
         }
     }
 
@@ -302,15 +337,16 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
     async fn apply_with_retries(
         &self,
         batch: &[SourceMessage],
+        positions: &[(i32, i64)],
         cancel: &CancellationToken,
     ) -> Option<BatchStats> {
         let name = self.projection.name();
         let mut backoff = Duration::from_millis(50);
         loop {
-            let result = match self.apply_batch(batch).await {
+            let result = match self.apply_batch(batch, positions).await {
                 Err(e) if !e.is_transient() => {
                     tracing::warn!(consumer = name, error = %e, "batch failed; applying one event at a time");
-                    self.apply_singly(batch).await
+                    self.apply_singly(batch, positions).await
                 }
                 other => other,
             };
@@ -327,23 +363,32 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         }
     }
 
-    async fn apply_batch(&self, batch: &[SourceMessage]) -> Result<BatchStats, ApplyError> {
+    async fn apply_batch(
+        &self,
+        batch: &[SourceMessage],
+        positions: &[(i32, i64)],
+    ) -> Result<BatchStats, ApplyError> {
         let mut tx = self.db.pool.begin().await?;
         let mut stats = BatchStats::default();
         for message in batch {
             self.apply_message(&mut tx, message, &mut stats).await?;
         }
-        self.store_positions(&mut tx, batch).await?;
+        self.store_positions(&mut tx, positions).await?;
         tx.commit().await?;
         Ok(stats)
     }
 
     /// One transaction per message; a message whose effects fail for a non-transient reason
     /// is dead-lettered with that reason.
-    async fn apply_singly(&self, batch: &[SourceMessage]) -> Result<BatchStats, ApplyError> {
+    async fn apply_singly(
+        &self,
+        batch: &[SourceMessage],
+        positions: &[(i32, i64)],
+    ) -> Result<BatchStats, ApplyError> {
         let mut stats = BatchStats::default();
         for message in batch {
-            let one = std::slice::from_ref(message);
+            let one = [(message.partition, message.offset + 1)];
+            let one = one.as_slice();
             let mut tx = self.db.pool.begin().await?;
             let mut single = BatchStats::default();
             let applied = self.apply_message(&mut tx, message, &mut single).await;
@@ -368,9 +413,13 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             }
             stats.applied += single.applied;
             stats.duplicates += single.duplicates;
+            stats.passed_over += single.passed_over;
             stats.dead_letters += single.dead_letters;
             stats.newest_event_at = stats.newest_event_at.max(single.newest_event_at);
         }
+        let mut tx = self.db.pool.begin().await?;
+        self.store_positions(&mut tx, positions).await?;
+        tx.commit().await?;
         Ok(stats)
     }
 
@@ -380,6 +429,12 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         message: &SourceMessage,
         stats: &mut BatchStats,
     ) -> Result<(), ApplyError> {
+        if let Ok((event_type, _)) = peek(&message.bytes)
+            && !self.projection.handles(event_type)
+        {
+            stats.passed_over += 1;
+            return Ok(());
+        }
         let event = match decode(&message.bytes) {
             Ok(decoded) => decoded.event,
             Err(e) => {
@@ -446,15 +501,10 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
     async fn store_positions(
         &self,
         conn: &mut AnyConnection,
-        batch: &[SourceMessage],
+        positions: &[(i32, i64)],
     ) -> Result<(), sqlx::Error> {
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        for m in batch {
-            let n = next.entry(m.partition).or_insert(0);
-            *n = (*n).max(m.offset + 1);
-        }
         let now = now_micros();
-        for (partition, next_offset) in next {
+        for &(partition, next_offset) in positions {
             sqlx::query(
                 "INSERT INTO consumer_positions
                      (consumer, stream, partition_id, next_offset, updated_at)
@@ -472,6 +522,15 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         }
         Ok(())
     }
+}
+
+/// The event types `projection` handles, to filter a source with.
+pub fn handled_types(projection: &impl Projection) -> Vec<EventType> {
+    EventType::ALL
+        .iter()
+        .copied()
+        .filter(|&t| projection.handles(t))
+        .collect()
 }
 
 /// Sleeps for `duration`; true when `cancel` fired first.

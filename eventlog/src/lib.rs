@@ -7,7 +7,11 @@ pub mod db;
 pub mod log;
 pub mod source;
 
-pub use consumer::{ApplyError, Consumer, ConsumerOptions, ConsumerWatch, Progress, Projection};
+pub use consumer::{
+    ApplyError, Consumer, ConsumerOptions, ConsumerWatch, Progress, Projection, handled_types,
+};
 pub use db::{Backend, Database, DbError};
-pub use log::{EventLog, FsyncMode, LogEntry, LogError, LogOptions, LogReader, LogRecord};
-pub use source::{EventSource, LOCAL_STREAM, LocalLogSource, SourceMessage};
+pub use log::{
+    EventLog, FsyncMode, LogEntry, LogError, LogOptions, LogReader, LogRecord, TypeFilter,
+};
+pub use source::{EventSource, LOCAL_STREAM, LocalLogSource, Polled, SourceMessage};

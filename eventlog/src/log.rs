@@ -434,6 +434,61 @@ impl Writer {
     }
 }
 
+fn entry_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
+    let id: Vec<u8> = row.get(1)?;
+    Ok(LogEntry {
+        position: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+        event_id: Uuid::from_slice(&id).unwrap_or(Uuid::nil()),
+        event_type: row.get(2)?,
+        account_id: row.get(3)?,
+        appended_at: row.get(4)?,
+        bytes: row.get(5)?,
+    })
+}
+
+/// Which entries a reader wants: those of the given event types, plus any of a type this build
+/// does not know (so an undecodable entry still reaches the consumer's dead-letter table).
+#[derive(Debug, Clone)]
+pub struct TypeFilter {
+    sql: String,
+}
+
+impl TypeFilter {
+    /// Entries of `wanted` types (and unknown ones).
+    pub fn new(wanted: &[lumina_schemas::EventType]) -> TypeFilter {
+        let list = |types: &mut dyn Iterator<Item = &lumina_schemas::EventType>| {
+            types
+                .map(|t| format!("'{}'", t.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let wanted_list = list(&mut wanted.iter());
+        let known_list = list(&mut lumina_schemas::EventType::ALL.iter());
+        let wanted_clause = if wanted.is_empty() {
+            "0".to_string()
+        } else {
+            format!("event_type IN ({wanted_list})")
+        };
+        TypeFilter {
+            sql: format!(
+                "SELECT position, event_id, event_type, account_id, appended_at, payload
+                 FROM events WHERE position > ?1 AND position <= ?2
+                   AND ({wanted_clause} OR event_type NOT IN ({known_list}))
+                 ORDER BY position LIMIT ?3"
+            ),
+        }
+    }
+
+    /// Every entry.
+    pub fn all() -> TypeFilter {
+        TypeFilter {
+            sql: "SELECT position, event_id, event_type, account_id, appended_at, payload
+                  FROM events WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3"
+                .into(),
+        }
+    }
+}
+
 /// Reads committed entries from a position. Each reader has its own connection, so readers in
 /// other processes (a standalone projector, `lumina replay`) see the log as it is written.
 #[derive(Clone)]
@@ -480,19 +535,45 @@ impl LogReader {
                 i64::try_from(after).unwrap_or(i64::MAX),
                 i64::try_from(max).unwrap_or(i64::MAX)
             ],
-            |row| {
-                let id: Vec<u8> = row.get(1)?;
-                Ok(LogEntry {
-                    position: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-                    event_id: Uuid::from_slice(&id).unwrap_or(Uuid::nil()),
-                    event_type: row.get(2)?,
-                    account_id: row.get(3)?,
-                    appended_at: row.get(4)?,
-                    bytes: row.get(5)?,
-                })
-            },
+            entry_of_row,
         )?;
         rows.collect::<Result<Vec<_>, _>>().map_err(LogError::from)
+    }
+
+    /// Up to `max` entries with positions in `after+1..=upto` whose type passes `filter`, in
+    /// order. Blocking.
+    pub fn read_range_blocking(
+        &self,
+        after: u64,
+        upto: u64,
+        max: usize,
+        filter: &TypeFilter,
+    ) -> Result<Vec<LogEntry>, LogError> {
+        let conn = self.lock()?;
+        let mut stmt = conn.prepare_cached(&filter.sql)?;
+        let rows = stmt.query_map(
+            params![
+                i64::try_from(after).unwrap_or(i64::MAX),
+                i64::try_from(upto).unwrap_or(i64::MAX),
+                i64::try_from(max).unwrap_or(i64::MAX)
+            ],
+            entry_of_row,
+        )?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(LogError::from)
+    }
+
+    /// [`LogReader::read_range_blocking`] on the blocking pool.
+    pub async fn read_range(
+        &self,
+        after: u64,
+        upto: u64,
+        max: usize,
+        filter: Arc<TypeFilter>,
+    ) -> Result<Vec<LogEntry>, LogError> {
+        let reader = self.clone();
+        tokio::task::spawn_blocking(move || reader.read_range_blocking(after, upto, max, &filter))
+            .await
+            .map_err(|e| LogError::Storage(format!("reader task failed: {e}")))?
     }
 
     /// Up to `max` entries after `after`, read on the blocking pool.

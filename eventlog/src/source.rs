@@ -7,9 +7,12 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use lumina_schemas::EventType;
 use tokio::sync::watch;
 
-use crate::log::{LogError, LogReader};
+use crate::log::{LogError, LogReader, TypeFilter};
 
 /// One message as a source delivers it.
 #[derive(Debug, Clone)]
@@ -20,6 +23,16 @@ pub struct SourceMessage {
     pub offset: i64,
     /// The message body: an Avro single-object event, or garbage for the dead-letter table.
     pub bytes: Vec<u8>,
+}
+
+/// What one poll delivered: the messages, and how far the source has read each partition
+/// (past the messages when it skipped entries the consumer does not want).
+#[derive(Debug, Clone, Default)]
+pub struct Polled {
+    /// Messages in order per partition.
+    pub messages: Vec<SourceMessage>,
+    /// Next offset to read per partition, as of this poll.
+    pub next_offsets: Vec<(i32, i64)>,
 }
 
 /// Why a source could not deliver.
@@ -49,19 +62,21 @@ pub trait EventSource: Send {
         &mut self,
         max: usize,
         wait: Duration,
-    ) -> impl Future<Output = Result<Vec<SourceMessage>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<Polled, SourceError>> + Send;
 }
 
 /// Stream name of the local log.
 pub const LOCAL_STREAM: &str = "local";
 
 /// Reads the local log from a position; wakes on commits when it shares the writer's process,
-/// otherwise polls the file.
+/// otherwise polls the file. With [`LocalLogSource::only`], entries of other types are skipped
+/// inside SQLite and never copied out.
 pub struct LocalLogSource {
     reader: LogReader,
     next: u64,
     commits: Option<watch::Receiver<u64>>,
     poll_interval: Duration,
+    filter: Arc<TypeFilter>,
 }
 
 impl LocalLogSource {
@@ -72,6 +87,7 @@ impl LocalLogSource {
             next: 1,
             commits: None,
             poll_interval: Duration::from_millis(20),
+            filter: Arc::new(TypeFilter::all()),
         }
     }
 
@@ -81,19 +97,45 @@ impl LocalLogSource {
         self
     }
 
-    async fn read(&mut self, max: usize) -> Result<Vec<SourceMessage>, SourceError> {
-        let entries = self.reader.read_after(self.next - 1, max).await?;
-        if let Some(last) = entries.last() {
-            self.next = last.position + 1;
+    /// Deliver only entries of these types (and any unknown type, for the dead-letter table).
+    pub fn only(mut self, types: &[EventType]) -> Self {
+        self.filter = Arc::new(TypeFilter::new(types));
+        self
+    }
+
+    async fn end(&self) -> Result<u64, SourceError> {
+        match &self.commits {
+            Some(commits) => Ok(*commits.borrow()),
+            None => Ok(self.reader.end_position().await?),
         }
-        Ok(entries
+    }
+
+    /// Reads what is committed past `next`; `None` when nothing is.
+    async fn read(&mut self, max: usize) -> Result<Option<Polled>, SourceError> {
+        let end = self.end().await?;
+        if end < self.next {
+            return Ok(None);
+        }
+        let entries = self
+            .reader
+            .read_range(self.next - 1, end, max, self.filter.clone())
+            .await?;
+        self.next = match entries.last() {
+            Some(last) if entries.len() == max => last.position + 1,
+            _ => end + 1,
+        };
+        let messages = entries
             .into_iter()
             .map(|e| SourceMessage {
                 partition: 0,
                 offset: i64::try_from(e.position).unwrap_or(i64::MAX),
                 bytes: e.bytes,
             })
-            .collect())
+            .collect();
+        Ok(Some(Polled {
+            messages,
+            next_offsets: vec![(0, i64::try_from(self.next).unwrap_or(i64::MAX))],
+        }))
     }
 }
 
@@ -111,14 +153,9 @@ impl EventSource for LocalLogSource {
         Ok(())
     }
 
-    async fn poll(
-        &mut self,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<SourceMessage>, SourceError> {
-        let batch = self.read(max).await?;
-        if !batch.is_empty() {
-            return Ok(batch);
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
+        if let Some(polled) = self.read(max).await? {
+            return Ok(polled);
         }
         let next = self.next;
         let writer_gone = match &mut self.commits {
@@ -136,6 +173,6 @@ impl EventSource for LocalLogSource {
             self.commits = None;
             tokio::time::sleep(wait.min(self.poll_interval)).await;
         }
-        self.read(max).await
+        Ok(self.read(max).await?.unwrap_or_default())
     }
 }

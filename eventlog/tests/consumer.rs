@@ -96,6 +96,7 @@ fn start(db: &Database, log: &EventLog) -> Running {
     let options = ConsumerOptions {
         batch_size: 7,
         idle_wait: Duration::from_millis(50),
+        ..ConsumerOptions::default()
     };
     let consumer = Consumer::new(db.clone(), source, Tally, options);
     let progress = consumer.progress();

@@ -6,7 +6,7 @@
 //! enforces balance as well as [`JournalEntry::is_balanced`].
 
 use lumina_eventlog::{ApplyError, Database};
-use lumina_schemas::Event;
+use lumina_schemas::{Event, EventType};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
@@ -20,6 +20,10 @@ pub struct LedgerProjection;
 impl lumina_eventlog::Projection for LedgerProjection {
     fn name(&self) -> &'static str {
         CONSUMER
+    }
+
+    fn handles(&self, event_type: EventType) -> bool {
+        event_type == EventType::CreditsGranted
     }
 
     async fn apply(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyError> {

@@ -35,6 +35,7 @@ async fn consume(db: &Database, log: &EventLog) {
         ConsumerOptions {
             batch_size: 16,
             idle_wait: Duration::from_millis(20),
+            ..ConsumerOptions::default()
         },
     );
     let mut progress = consumer.progress();

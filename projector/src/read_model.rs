@@ -7,7 +7,7 @@
 
 use lumina_eventlog::consumer::reset_consumer;
 use lumina_eventlog::{ApplyError, Database};
-use lumina_schemas::{Event, Payload};
+use lumina_schemas::{Event, EventType, Payload};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -21,6 +21,17 @@ pub struct ReadModelProjection;
 impl lumina_eventlog::Projection for ReadModelProjection {
     fn name(&self) -> &'static str {
         CONSUMER
+    }
+
+    fn handles(&self, event_type: EventType) -> bool {
+        matches!(
+            event_type,
+            EventType::AccountOpened
+                | EventType::CreditsGranted
+                | EventType::ApiKeyCreated
+                | EventType::ApiKeyRevoked
+                | EventType::LimitsChanged
+        )
     }
 
     async fn apply(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyError> {

@@ -90,6 +90,7 @@ async fn project_all(db: &Database, log: &EventLog) {
         ConsumerOptions {
             batch_size: 5,
             idle_wait: Duration::from_millis(20),
+            ..ConsumerOptions::default()
         },
     );
     let mut progress = consumer.progress();

@@ -393,9 +393,27 @@ pub async fn create(
         .map_err(|e| ApiError::Unavailable(format!("The request could not be recorded: {e}")))?;
     let settlement = Settlement::new(state.log.clone(), meta.clone());
     if request.stream {
-        stream(&state, &request, &bytes, &meta, deployments, settlement, limits).await
+        stream(
+            &state,
+            &request,
+            &bytes,
+            &meta,
+            deployments,
+            settlement,
+            limits,
+        )
+        .await
     } else {
-        complete(&state, &request, &bytes, &meta, deployments, settlement, limits).await
+        complete(
+            &state,
+            &request,
+            &bytes,
+            &meta,
+            deployments,
+            settlement,
+            limits,
+        )
+        .await
     }
 }
 
@@ -453,7 +471,10 @@ async fn complete(
     };
     let (usage, estimated) = match completion.usage {
         Some(u) => (u, false),
-        None => (estimate_usage(body.clone(), vec![completion.body.clone()]).await, true),
+        None => (
+            estimate_usage(body.clone(), vec![completion.body.clone()]).await,
+            true,
+        ),
     };
     settlement
         .settle(SettleInfo {

@@ -28,7 +28,7 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// An Anthropic upstream.
 pub struct Anthropic {
-    url: String,
+    url: reqwest::Url,
     key: HeaderValue,
     default_max_tokens: u32,
     client: reqwest::Client,
@@ -320,7 +320,8 @@ impl Anthropic {
             .map_err(|_| "the API key holds characters not allowed in a header".to_string())?;
         key.set_sensitive(true);
         Ok(Anthropic {
-            url: format!("{}/messages", base_url.trim_end_matches('/')),
+            url: reqwest::Url::parse(&format!("{}/messages", base_url.trim_end_matches('/')))
+                .map_err(|e| format!("base_url is not a URL: {e}"))?,
             key,
             default_max_tokens,
             client: http_client(&timeouts)?,
@@ -344,7 +345,7 @@ impl Anthropic {
             .map_err(|e| ProviderError::new(ErrorClass::ClientError, e.to_string()))?;
         let request = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("x-api-key", self.key.clone())
             .header("anthropic-version", ANTHROPIC_VERSION)

@@ -24,7 +24,7 @@ const DRAIN_AFTER_DONE: std::time::Duration = std::time::Duration::from_millis(5
 
 /// An OpenAI-compatible upstream.
 pub struct OpenAi {
-    url: String,
+    url: reqwest::Url,
     auth: Option<HeaderValue>,
     client: reqwest::Client,
     timeouts: Timeouts,
@@ -48,7 +48,11 @@ impl OpenAi {
             None => None,
         };
         Ok(OpenAi {
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            url: reqwest::Url::parse(&format!(
+                "{}/chat/completions",
+                base_url.trim_end_matches('/')
+            ))
+            .map_err(|e| format!("base_url is not a URL: {e}"))?,
             auth,
             client: http_client(&timeouts)?,
             timeouts,
@@ -62,7 +66,7 @@ impl OpenAi {
     ) -> Result<reqwest::Response, ProviderError> {
         let mut request = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(call.request.upstream_body(call.upstream_model));
         if let Some(auth) = &self.auth {
