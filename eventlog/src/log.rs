@@ -377,16 +377,17 @@ impl Writer {
             }
             match self.commit(&batch) {
                 Ok(first) => {
-                    let mut position = first;
-                    for cmd in batch.drain(..) {
+                    let next = first + batch.len() as u64;
+                    self.next_position = next;
+                    self.shared.healthy.store(true, Ordering::Relaxed);
+                    // Publish before acknowledging: whoever an append returns to must already
+                    // see its position as committed.
+                    self.shared.committed.send_replace(next - 1);
+                    for (position, cmd) in (first..).zip(batch.drain(..)) {
                         if let Some(ack) = cmd.ack {
                             let _ = ack.send(Ok(position));
                         }
-                        position += 1;
                     }
-                    self.next_position = position;
-                    self.shared.healthy.store(true, Ordering::Relaxed);
-                    self.shared.committed.send_replace(position - 1);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, records = batch.len(), "event log commit failed");
