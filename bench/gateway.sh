@@ -3,7 +3,9 @@
 # compared in the same run with calling nginx directly. Reports, for non-streaming and
 # streaming chat completions:
 #   - latency p50/p99 at a fixed 1,000 requests/s, and the latency Lumina adds;
-#   - maximum requests/s at 32 connections.
+#   - maximum requests/s at 32 connections, through nginx and through the simulated provider
+#     (zero latency, no upstream socket).
+# Everything — load generator, nginx, gateway — shares this machine's cores.
 # Every request through Lumina writes its events (RequestRouted, UpstreamAttempted,
 # RequestSettled) to the local log, the settlement committed before the response ends.
 #
@@ -79,12 +81,19 @@ kind = "openai"
 base_url = "http://127.0.0.1:$UP_PORT/sse/v1"
 models = { fast = "bench", balanced = "bench", reasoning = "bench" }
 
+[[providers]]
+name = "simulated"
+kind = "simulated"
+models = { reasoning = "sim" }
+[providers.simulated]
+completion_tokens = 9
+
 [routes.fast]
 providers = ["json"]
 [routes.balanced]
 providers = ["sse"]
 [routes.reasoning]
-providers = ["json"]
+providers = ["simulated"]
 EOF
 
 echo "building lumina (release)" >&2
@@ -100,6 +109,8 @@ KEY=$(curl -sf "http://127.0.0.1:$GW_PORT/admin/keys" -H "Authorization: Bearer 
 
 BODY='{"model":"lumina-fast","max_tokens":64,"messages":[{"role":"user","content":"Give me the fixed answer, please."}]}'
 SBODY='{"model":"lumina-balanced","stream":true,"max_tokens":64,"messages":[{"role":"user","content":"Give me the fixed answer, please."}]}'
+SIMBODY='{"model":"lumina-reasoning","max_tokens":64,"messages":[{"role":"user","content":"Give me the fixed answer, please."}]}'
+SIMSBODY='{"model":"lumina-reasoning","stream":true,"max_tokens":64,"messages":[{"role":"user","content":"Give me the fixed answer, please."}]}'
 
 # run NAME URL BODY [oha flags…] → one JSON line of results
 run() {
@@ -130,6 +141,8 @@ UP_SSE="http://127.0.0.1:$UP_PORT/sse/v1/chat/completions"
   run lumina-max "$GW" "$BODY" -c 32
   run direct-stream-max "$UP_SSE" "$SBODY" -c 32
   run lumina-stream-max "$GW" "$SBODY" -c 32
+  run lumina-simulated-max "$GW" "$SIMBODY" -c 32
+  run lumina-simulated-stream-max "$GW" "$SIMSBODY" -c 32
 } > "$WORK/results.jsonl"
 
 EVENTS=$(curl -sf "http://127.0.0.1:$GW_PORT/readyz" | python3 -c 'import sys,json; print(json.load(sys.stdin)["log"]["committed_position"])')

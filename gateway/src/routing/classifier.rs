@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 use crate::routing::catalog::RoutePath;
 use crate::wire::ChatRequest;
@@ -104,6 +104,7 @@ static MATCHER: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
     AhoCorasickBuilder::new()
         .ascii_case_insensitive(true)
         .match_kind(MatchKind::Standard)
+        .kind(Some(AhoCorasickKind::DFA))
         .build(CUES.iter().map(|(p, _, _)| p))
         .ok()
 });
@@ -206,18 +207,41 @@ fn scan(text: &str, counts: &mut [u32; 4]) {
     }
 }
 
+/// Text scanned for cues, from the most recent message backwards: what the request is about
+/// shows at its end, and the bound keeps classification in microseconds for any prompt size.
+pub const SCAN_BUDGET: usize = 8 * 1024;
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
 /// Extracts the features of `request`.
 pub fn features(request: &ChatRequest<'_>) -> Features {
     let mut counts = [0u32; 4];
     let mut chars = 0usize;
     let mut user_turns = 0usize;
-    for m in &request.messages {
+    let mut budget = SCAN_BUDGET;
+    for m in request.messages.iter().rev() {
         if m.role.as_str() == "user" {
             user_turns += 1;
         }
         chars += m.text_len();
-        if let Some(c) = &m.content {
-            c.for_each_text(|t| scan(t, &mut counts));
+        if budget > 0
+            && let Some(c) = &m.content
+        {
+            c.for_each_text(|t| {
+                let part = tail(t, budget);
+                budget -= part.len();
+                scan(part, &mut counts);
+            });
         }
     }
     let [code, math, multi_step, greeting] = counts.map(f64::from);
