@@ -18,7 +18,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http_body_util::BodyExt;
 use lumina_eventlog::EventLog;
 use tokio::sync::mpsc;
@@ -545,12 +545,18 @@ async fn estimate_usage(body: Bytes, answer: Vec<Bytes>) -> TokenUsage {
     .unwrap_or_default()
 }
 
+/// Appends `data: <json>\n\n`.
+fn put_sse(out: &mut BytesMut, data: &[u8]) {
+    out.reserve(data.len() + 8);
+    out.put_slice(b"data: ");
+    out.put_slice(data);
+    out.put_slice(b"\n\n");
+}
+
 /// `data: <json>\n\n`
 fn sse(data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(data.len() + 8);
-    b.put_slice(b"data: ");
-    b.put_slice(data);
-    b.put_slice(b"\n\n");
+    put_sse(&mut b, data);
     b.freeze()
 }
 
@@ -682,8 +688,24 @@ impl Pump {
         let mut usage: Option<TokenUsage> = None;
         let mut usage_chunk: Option<Bytes> = None;
         let mut sent: Vec<Bytes> = Vec::new();
+        // Chunks already waiting upstream are sent together: one channel message and one
+        // socket write instead of one per token.
+        let mut out = BytesMut::new();
+        let mut take = |chunk: StreamChunk, out: &mut BytesMut| {
+            if chunk.usage.is_some() {
+                usage = chunk.usage;
+            }
+            if chunk.usage_only {
+                usage_chunk = Some(chunk.data);
+                return;
+            }
+            if usage.is_none() {
+                sent.push(chunk.data.clone());
+            }
+            put_sse(out, &chunk.data);
+        };
         let mut next = Some(first);
-        let end = loop {
+        let end = 'pump: loop {
             let chunk = match next.take() {
                 Some(c) => c,
                 None => {
@@ -699,18 +721,20 @@ impl Pump {
                     }
                 }
             };
-            if chunk.usage.is_some() {
-                usage = chunk.usage;
+            take(chunk, &mut out);
+            let ready_end = loop {
+                match chunks.next().now_or_never() {
+                    Some(Some(Ok(c))) => take(c, &mut out),
+                    Some(Some(Err(e))) => break Some(End::Cut(e)),
+                    Some(None) => break Some(End::Completed),
+                    None => break None,
+                }
+            };
+            if !out.is_empty() && self.tx.send(out.split().freeze()).await.is_err() {
+                break 'pump End::ClientGone;
             }
-            if chunk.usage_only {
-                usage_chunk = Some(chunk.data);
-                continue;
-            }
-            if usage.is_none() {
-                sent.push(chunk.data.clone());
-            }
-            if self.tx.send(sse(&chunk.data)).await.is_err() {
-                break End::ClientGone;
+            if let Some(end) = ready_end {
+                break end;
             }
         };
         drop(chunks);
