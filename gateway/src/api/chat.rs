@@ -797,11 +797,13 @@ impl Pump {
                     .await;
             }
             (End::Completed, Ok(())) => {
+                let mut end = BytesMut::new();
                 if self.include_usage {
                     let chunk = usage_chunk.unwrap_or_else(|| self.usage_chunk(usage));
-                    let _ = self.tx.send(sse(&chunk)).await;
+                    put_sse(&mut end, &chunk);
                 }
-                let _ = self.tx.send(Bytes::from_static(DONE)).await;
+                end.put_slice(DONE);
+                let _ = self.tx.send(end.freeze()).await;
             }
         }
     }
