@@ -550,3 +550,43 @@ async fn the_admin_cli_drives_the_admin_api() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_bad_configuration_fails_at_start_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[log]\nfsync = \"sometimes\"\n", "sometimes"),
+        (
+            "[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = { fast = \"m\", balanced = \"m\", reasoning = \"m\" }\n[routes.fast]\nproviders = [\"b\"]\n",
+            "routes.fast.providers",
+        ),
+        (
+            "[[providers]]\nname = \"a\"\nkind = \"openai\"\napi_key_env = \"LUMINA_TEST_UNSET_KEY\"\nmodels = { fast = \"m\", balanced = \"m\", reasoning = \"m\" }\n",
+            "providers[0].api_key_env",
+        ),
+        ("[[providers]]\nname = \"a\"\nkind = \"gemini\"\n", "gemini"),
+        ("lsiten = \"127.0.0.1:1\"\n", "lsiten"),
+    ];
+    for (i, (text, expected)) in cases.into_iter().enumerate() {
+        let path = tmp.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let data = tmp.path().join(format!("data{i}"));
+        let (ok, _, stderr) = run(
+            &[
+                "serve",
+                "--config",
+                path.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+        );
+        assert!(!ok, "{text} was accepted");
+        assert!(
+            stderr.contains(expected),
+            "{expected} not named in: {stderr}"
+        );
+    }
+}
