@@ -3,13 +3,14 @@
 //! postings sum to zero — checked here and by the database — and the account's balance moves in
 //! the same transaction.
 //!
-//! Today it journals credit grants; holds, settlements and expiries join with the gateway's
-//! request events. It never calls the gateway or the projector.
+//! It journals grants, the credit holds requests place, their settlements and the expiry of
+//! orphaned holds. It never calls the gateway or the projector.
 
 pub mod journal;
+pub mod pricing;
 pub mod store;
 
-pub use journal::{EntryKind, JournalEntry, LedgerAccount, Posting, entry_for};
+pub use journal::{EntryKind, HoldState, JournalEntry, LedgerAccount, Posting, entry_for};
 pub use store::{Balance, Ledger, LedgerProjection};
 
 /// Consumer name of the ledger: the key of its positions and applied event ids.
