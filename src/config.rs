@@ -11,6 +11,7 @@ use lumina_eventlog::LogOptions;
 use lumina_gateway::config::{
     BreakerConfig, GatewayConfig, ProviderConfig, RouteConfig, ServerConfig,
 };
+use lumina_ledger::pricing::{PriceTable, PricingConfig};
 use lumina_schemas::NanoCredits;
 use serde::Deserialize;
 
@@ -47,6 +48,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// `[server]`: body, header and timeout limits of the HTTP surface.
     pub server: ServerConfig,
+    /// `[pricing]`: the versioned price table and hold lifetime.
+    pub pricing: PricingConfig,
     /// Providers and routes resolved and checked at load.
     #[serde(skip)]
     pub gateway: GatewayConfig,
@@ -182,6 +185,8 @@ impl Config {
         }
         NanoCredits::parse_credits(&self.demo.credits)
             .map_err(|e| anyhow::anyhow!("demo.credits: {e}"))?;
+        PriceTable::from_config(&self.pricing)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if self.catalog.fusion {
             bail!("catalog.fusion: Model Fusion is not available yet; leave it false");
         }

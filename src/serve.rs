@@ -10,10 +10,12 @@ use lumina_eventlog::{
 };
 use lumina_gateway::admin::{Admin, KeyRequest};
 use lumina_gateway::auth::KeyCache;
+use lumina_gateway::metering::credit::CreditBook;
 use lumina_gateway::metering::limits::Limits;
 use lumina_gateway::routing::catalog::Catalog;
 use lumina_gateway::routing::table::RouteTable;
 use lumina_gateway::{AppInner, AppState, Readiness};
+use lumina_ledger::pricing::PriceTable;
 use lumina_ledger::{Ledger, LedgerProjection};
 use lumina_projector::{ReadModel, ReadModelProjection};
 use lumina_schemas::NanoCredits;
@@ -102,11 +104,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         cancel.clone(),
     ));
 
+    let credits = Arc::new(CreditBook::new());
+    credits.refresh(&db).await?;
+    let credit_refresher =
+        tokio::spawn(refresh_credits(credits.clone(), db.clone(), cancel.clone()));
+    let prices = PriceTable::from_config(&config.pricing)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let sweeper = tokio::spawn(lumina_ledger::sweeper::run(
+        db.clone(),
+        log.clone(),
+        config.instance(),
+        cancel.clone(),
+    ));
     let admin = Admin::new(
         log.clone(),
         read_model.clone(),
         Ledger::new(db.clone()),
         keys.clone(),
+        credits.clone(),
         consumers,
         config.instance(),
     );
@@ -130,6 +145,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         limits: Limits::new(),
         instance: config.instance().into(),
         server: server.clone(),
+        price_version: prices.version.as_str().into(),
+        prices,
+        credits,
     });
     let listen = config.listen();
     let listener = TcpListener::bind(listen)
@@ -149,6 +167,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     cancel.cancel();
     let _ = refresher.await;
+    let _ = credit_refresher.await;
+    let _ = sweeper.await;
     for task in tasks {
         match task.await {
             Ok(Err(e)) => tracing::error!(error = %e, "consumer stopped with an error"),
@@ -189,6 +209,24 @@ async fn refresh_keys(keys: Arc<KeyCache>, read_model: ReadModel, cancel: Cancel
             _ = tick.tick() => {
                 if let Err(e) = keys.refresh(&read_model).await {
                     tracing::warn!(error = %e, "key cache refresh failed; keeping the previous keys");
+                }
+            }
+        }
+    }
+}
+
+/// How often the credit book reloads the ledger's balances.
+const CREDIT_REFRESH: Duration = Duration::from_millis(250);
+
+async fn refresh_credits(credits: Arc<CreditBook>, db: Database, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(CREDIT_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = credits.refresh(&db).await {
+                    tracing::warn!(error = %e, "credit refresh failed; keeping the previous balances");
                 }
             }
         }

@@ -266,6 +266,23 @@ impl EventLog {
         done.await.map_err(|_| LogError::Closed)?
     }
 
+    /// Queues `record` and returns at once with a receiver of its position, resolved when its
+    /// batch commits: for callers that need the position later but must not wait now.
+    pub async fn append_deferred(
+        &self,
+        record: LogRecord,
+    ) -> Result<oneshot::Receiver<Result<u64, LogError>>, LogError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send_async(Command {
+                record,
+                ack: Some(ack),
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        Ok(done)
+    }
+
     /// Encodes and appends `event`, returning once it is committed.
     pub async fn append_event(&self, event: &Event) -> Result<u64, LogError> {
         self.append(LogRecord::from_event(event)?).await

@@ -17,6 +17,7 @@ use lumina_schemas::payloads::{
 use lumina_schemas::{Envelope, Event, NanoCredits};
 
 use crate::auth::{KeyCache, SecretError, generate_key};
+use crate::metering::credit::CreditBook;
 
 /// Why an admin operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,7 @@ pub struct Admin {
     read_model: ReadModel,
     ledger: Ledger,
     keys: Arc<KeyCache>,
+    credits: Arc<CreditBook>,
     consumers: Vec<ConsumerWatch>,
     instance: String,
     apply_timeout: Duration,
@@ -114,6 +116,7 @@ impl Admin {
         read_model: ReadModel,
         ledger: Ledger,
         keys: Arc<KeyCache>,
+        credits: Arc<CreditBook>,
         consumers: Vec<ConsumerWatch>,
         instance: impl Into<String>,
     ) -> Admin {
@@ -122,6 +125,7 @@ impl Admin {
             read_model,
             ledger,
             keys,
+            credits,
             consumers,
             instance: instance.into(),
             apply_timeout: Duration::from_secs(10),
@@ -200,7 +204,13 @@ impl Admin {
             ));
         }
         self.record(&events).await?;
+        self.refresh_credits().await?;
         self.account(&account_id).await
+    }
+
+    async fn refresh_credits(&self) -> Result<(), AdminError> {
+        self.credits.refresh(self.read_model.database()).await?;
+        Ok(())
     }
 
     /// One account, or `NotFound`.
@@ -239,6 +249,7 @@ impl Admin {
             },
         );
         self.record(&[event]).await?;
+        self.refresh_credits().await?;
         self.account(account_id).await
     }
 

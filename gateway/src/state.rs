@@ -8,6 +8,9 @@ use lumina_eventlog::{ConsumerWatch, EventLog};
 use crate::admin::Admin;
 use crate::auth::KeyCache;
 use crate::config::ServerConfig;
+use lumina_ledger::pricing::PriceTable;
+
+use crate::metering::credit::CreditBook;
 use crate::metering::limits::Limits;
 use crate::routing::catalog::Catalog;
 use crate::routing::table::RouteTable;
@@ -38,6 +41,12 @@ pub struct AppInner {
     pub instance: Arc<str>,
     /// Limits of the HTTP surface.
     pub server: ServerConfig,
+    /// Prices in force.
+    pub prices: PriceTable,
+    /// Their version, shared by every settlement.
+    pub price_version: Arc<str>,
+    /// Available credit per account, with this gateway's holds.
+    pub credits: Arc<CreditBook>,
 }
 
 impl AppState {

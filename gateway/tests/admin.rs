@@ -25,6 +25,7 @@ async fn an_event_not_applied_in_time_is_a_503_and_stays_in_the_log() {
         ReadModel::new(db.clone()),
         Ledger::new(db),
         Arc::new(KeyCache::new(KeySecret::generate().unwrap())),
+        Arc::new(lumina_gateway::metering::credit::CreditBook::new()),
         vec![ConsumerWatch {
             name: "stalled",
             progress,

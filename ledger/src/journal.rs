@@ -165,78 +165,95 @@ pub fn entry_for(event: &Event, hold: HoldState) -> Result<Option<JournalEntry>,
     let account = env.account_id.clone();
     let available = || LedgerAccount::Available(account.clone());
     let held = || LedgerAccount::Held(account.clone());
-    let (kind, postings, charged, released): (EntryKind, Vec<Option<Posting>>, Option<i64>, Option<i64>) =
-        match &event.payload {
-            Payload::CreditsGranted(g) => {
-                if g.amount_nano <= 0 {
-                    return Err(Unjournalable(format!(
-                        "grant of {} nano-credits is not positive",
-                        g.amount_nano
-                    )));
-                }
-                (
-                    EntryKind::Grant,
-                    vec![
-                        posting(LedgerAccount::Grants, -g.amount_nano),
-                        posting(available(), g.amount_nano),
-                    ],
-                    None,
-                    None,
-                )
+    let (kind, postings, charged, released): (
+        EntryKind,
+        Vec<Option<Posting>>,
+        Option<i64>,
+        Option<i64>,
+    ) = match &event.payload {
+        Payload::CreditsGranted(g) => {
+            if g.amount_nano <= 0 {
+                return Err(Unjournalable(format!(
+                    "grant of {} nano-credits is not positive",
+                    g.amount_nano
+                )));
             }
-            Payload::RequestRouted(r) => {
-                let Some(h) = r.hold.as_ref().filter(|h| h.amount_nano != 0) else {
-                    return Ok(None);
-                };
-                if h.amount_nano < 0 {
-                    return Err(Unjournalable(format!("hold of {} nano-credits is negative", h.amount_nano)));
-                }
-                if hold != HoldState::Missing {
-                    return Err(Unjournalable("a hold for this request exists already".into()));
-                }
-                (
-                    EntryKind::Hold,
-                    vec![posting(available(), -h.amount_nano), posting(held(), h.amount_nano)],
-                    None,
-                    None,
-                )
+            (
+                EntryKind::Grant,
+                vec![
+                    posting(LedgerAccount::Grants, -g.amount_nano),
+                    posting(available(), g.amount_nano),
+                ],
+                None,
+                None,
+            )
+        }
+        Payload::RequestRouted(r) => {
+            let Some(h) = r.hold.as_ref().filter(|h| h.amount_nano != 0) else {
+                return Ok(None);
+            };
+            if h.amount_nano < 0 {
+                return Err(Unjournalable(format!(
+                    "hold of {} nano-credits is negative",
+                    h.amount_nano
+                )));
             }
-            Payload::RequestSettled(s) => {
-                let charge = s.charge_nano;
-                if charge < 0 {
-                    return Err(Unjournalable(format!("charge of {charge} nano-credits is negative")));
-                }
-                match hold {
-                    HoldState::Open(h) => (
-                        EntryKind::Settle,
-                        vec![
-                            posting(held(), -h),
-                            posting(LedgerAccount::Revenue, charge),
-                            posting(available(), h - charge),
-                        ],
-                        Some(charge),
-                        Some(h),
-                    ),
-                    HoldState::Missing | HoldState::Closed if charge == 0 => return Ok(None),
-                    HoldState::Missing | HoldState::Closed => (
-                        EntryKind::Settle,
-                        vec![posting(available(), -charge), posting(LedgerAccount::Revenue, charge)],
-                        Some(charge),
-                        Some(0),
-                    ),
-                }
+            if hold != HoldState::Missing {
+                return Err(Unjournalable(
+                    "a hold for this request exists already".into(),
+                ));
             }
-            Payload::HoldExpired(_) => match hold {
+            (
+                EntryKind::Hold,
+                vec![
+                    posting(available(), -h.amount_nano),
+                    posting(held(), h.amount_nano),
+                ],
+                None,
+                None,
+            )
+        }
+        Payload::RequestSettled(s) => {
+            let charge = s.charge_nano;
+            if charge < 0 {
+                return Err(Unjournalable(format!(
+                    "charge of {charge} nano-credits is negative"
+                )));
+            }
+            match hold {
                 HoldState::Open(h) => (
-                    EntryKind::Expire,
-                    vec![posting(held(), -h), posting(available(), h)],
-                    None,
+                    EntryKind::Settle,
+                    vec![
+                        posting(held(), -h),
+                        posting(LedgerAccount::Revenue, charge),
+                        posting(available(), h - charge),
+                    ],
+                    Some(charge),
                     Some(h),
                 ),
-                _ => return Ok(None),
-            },
+                HoldState::Missing | HoldState::Closed if charge == 0 => return Ok(None),
+                HoldState::Missing | HoldState::Closed => (
+                    EntryKind::Settle,
+                    vec![
+                        posting(available(), -charge),
+                        posting(LedgerAccount::Revenue, charge),
+                    ],
+                    Some(charge),
+                    Some(0),
+                ),
+            }
+        }
+        Payload::HoldExpired(_) => match hold {
+            HoldState::Open(h) => (
+                EntryKind::Expire,
+                vec![posting(held(), -h), posting(available(), h)],
+                None,
+                Some(h),
+            ),
             _ => return Ok(None),
-        };
+        },
+        _ => return Ok(None),
+    };
     let postings: Vec<Posting> = postings.into_iter().flatten().collect();
     if postings.is_empty() {
         return Ok(None);
@@ -273,7 +290,9 @@ mod tests {
 
     #[test]
     fn a_grant_moves_credit_from_grants_to_available() {
-        let entry = entry_for(&grant(12_500_000_000), HoldState::Missing).unwrap().unwrap();
+        let entry = entry_for(&grant(12_500_000_000), HoldState::Missing)
+            .unwrap()
+            .unwrap();
         assert_eq!(entry.kind, EntryKind::Grant);
         assert!(entry.is_balanced());
         assert_eq!(
@@ -339,17 +358,62 @@ mod tests {
 
     #[test]
     fn hold_settle_and_expire_move_money_between_available_held_and_revenue() {
-        assert_eq!(delta(&routed(100), HoldState::Missing), BalanceDelta { available: -100, held: 100, spent: 0, granted: 0 });
-        let settle = entry_for(&settled(30), HoldState::Open(100)).unwrap().unwrap();
+        assert_eq!(
+            delta(&routed(100), HoldState::Missing),
+            BalanceDelta {
+                available: -100,
+                held: 100,
+                spent: 0,
+                granted: 0
+            }
+        );
+        let settle = entry_for(&settled(30), HoldState::Open(100))
+            .unwrap()
+            .unwrap();
         assert!(settle.is_balanced());
-        assert_eq!((settle.charged, settle.released), (Some(NanoCredits(30)), Some(NanoCredits(100))));
-        assert_eq!(settle.balance_delta(), BalanceDelta { available: 70, held: -100, spent: 30, granted: 0 });
+        assert_eq!(
+            (settle.charged, settle.released),
+            (Some(NanoCredits(30)), Some(NanoCredits(100)))
+        );
+        assert_eq!(
+            settle.balance_delta(),
+            BalanceDelta {
+                available: 70,
+                held: -100,
+                spent: 30,
+                granted: 0
+            }
+        );
         // A charge above the hold takes the rest from available.
-        assert_eq!(delta(&settled(130), HoldState::Open(100)), BalanceDelta { available: -30, held: -100, spent: 130, granted: 0 });
+        assert_eq!(
+            delta(&settled(130), HoldState::Open(100)),
+            BalanceDelta {
+                available: -30,
+                held: -100,
+                spent: 130,
+                granted: 0
+            }
+        );
         // After an expiry the hold is gone: the charge comes from available.
-        assert_eq!(delta(&settled(30), HoldState::Closed), BalanceDelta { available: -30, held: 0, spent: 30, granted: 0 });
+        assert_eq!(
+            delta(&settled(30), HoldState::Closed),
+            BalanceDelta {
+                available: -30,
+                held: 0,
+                spent: 30,
+                granted: 0
+            }
+        );
         let expire = lumina_schemas::samples::sample(EventType::HoldExpired, 1);
-        assert_eq!(delta(&expire, HoldState::Open(100)), BalanceDelta { available: 100, held: -100, spent: 0, granted: 0 });
+        assert_eq!(
+            delta(&expire, HoldState::Open(100)),
+            BalanceDelta {
+                available: 100,
+                held: -100,
+                spent: 0,
+                granted: 0
+            }
+        );
     }
 
     #[test]
@@ -359,7 +423,10 @@ mod tests {
         assert_eq!(entry_for(&expire, HoldState::Missing), Ok(None));
         assert_eq!(entry_for(&settled(0), HoldState::Missing), Ok(None));
         assert_eq!(entry_for(&routed(0), HoldState::Missing), Ok(None));
-        assert!(entry_for(&routed(5), HoldState::Open(5)).is_err(), "a second hold for one request");
+        assert!(
+            entry_for(&routed(5), HoldState::Open(5)).is_err(),
+            "a second hold for one request"
+        );
         assert!(entry_for(&settled(-1), HoldState::Open(5)).is_err());
     }
 }

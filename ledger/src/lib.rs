@@ -9,6 +9,7 @@
 pub mod journal;
 pub mod pricing;
 pub mod store;
+pub mod sweeper;
 
 pub use journal::{EntryKind, HoldState, JournalEntry, LedgerAccount, Posting, entry_for};
 pub use store::{Balance, Ledger, LedgerProjection};

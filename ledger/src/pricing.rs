@@ -182,23 +182,35 @@ impl PriceTable {
                 p.price = apply(p.price, c, &format!("pricing.paths.{path}"))?;
                 if let Some(m) = c.max_output_tokens {
                     if m == 0 {
-                        return Err(format!("pricing.paths.{path}.max_output_tokens must be positive"));
+                        return Err(format!(
+                            "pricing.paths.{path}.max_output_tokens must be positive"
+                        ));
                     }
                     p.max_output_tokens = m;
                 }
             }
             paths.insert(path.to_string(), p);
         }
-        if let Some(path) = config.paths.keys().find(|p| !PRICED_PATHS.contains(&p.as_str())) {
-            return Err(format!("pricing.paths.{path}: expected fast, balanced or reasoning"));
+        if let Some(path) = config
+            .paths
+            .keys()
+            .find(|p| !PRICED_PATHS.contains(&p.as_str()))
+        {
+            return Err(format!(
+                "pricing.paths.{path}: expected fast, balanced or reasoning"
+            ));
         }
         let mut deployments = BTreeMap::new();
         for (id, c) in &config.deployments {
             if !id.contains('/') {
-                return Err(format!("pricing.deployments.\"{id}\": expected \"<provider>/<model>\""));
+                return Err(format!(
+                    "pricing.deployments.\"{id}\": expected \"<provider>/<model>\""
+                ));
             }
             if c.max_output_tokens.is_some() {
-                return Err(format!("pricing.deployments.\"{id}\".max_output_tokens: set it on the path"));
+                return Err(format!(
+                    "pricing.deployments.\"{id}\".max_output_tokens: set it on the path"
+                ));
             }
             let base = Price::new(Decimal::ZERO, Decimal::ZERO);
             let key = format!("pricing.deployments.\"{id}\"");
@@ -216,7 +228,10 @@ impl PriceTable {
     }
 
     fn path(&self, path: &str) -> PathPrice {
-        self.paths.get(path).cloned().unwrap_or_else(|| default_path(path))
+        self.paths
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| default_path(path))
     }
 
     /// The price of `deployment` on `path` (the deployment's own, else the path's).
@@ -237,7 +252,13 @@ impl PriceTable {
     /// `max_tokens` (or the path's default maximum) of output, at the highest price among the
     /// path and its deployments, rounded up. A charge never exceeds it unless the upstream
     /// used more tokens than estimated or allowed.
-    pub fn hold(&self, path: &str, deployments: &[&str], prompt_tokens: u64, max_tokens: Option<u64>) -> NanoCredits {
+    pub fn hold(
+        &self,
+        path: &str,
+        deployments: &[&str],
+        prompt_tokens: u64,
+        max_tokens: Option<u64>,
+    ) -> NanoCredits {
         let p = self.path(path);
         let price = deployments
             .iter()
@@ -307,10 +328,20 @@ mod tests {
     #[test]
     fn a_charge_is_tokens_times_price_per_million_in_nano_credits() {
         let p = price("2", "8");
-        let t = Tokens { prompt: 1_000_000, completion: 500_000, cached: 0, reasoning: 0 };
+        let t = Tokens {
+            prompt: 1_000_000,
+            completion: 500_000,
+            cached: 0,
+            reasoning: 0,
+        };
         // 1M × 2 + 0.5M × 8 = 6 credits.
         assert_eq!(PriceTable::charge(&p, t), NanoCredits(6_000_000_000));
-        let one = Tokens { prompt: 1, completion: 0, cached: 0, reasoning: 0 };
+        let one = Tokens {
+            prompt: 1,
+            completion: 0,
+            cached: 0,
+            reasoning: 0,
+        };
         assert_eq!(PriceTable::charge(&p, one), NanoCredits(2_000));
     }
 
@@ -318,15 +349,30 @@ mod tests {
     fn rounding_happens_once_half_away_from_zero() {
         // 0.0015 credits per million = 0.0015 nano per token… ×1000 = 1.5 nano per token.
         let p = price("0.0015", "0");
-        let t = |n| Tokens { prompt: n, completion: 0, cached: 0, reasoning: 0 };
+        let t = |n| Tokens {
+            prompt: n,
+            completion: 0,
+            cached: 0,
+            reasoning: 0,
+        };
         assert_eq!(PriceTable::charge(&p, t(1)), NanoCredits(2)); // 1.5 → 2
         assert_eq!(PriceTable::charge(&p, t(3)), NanoCredits(5)); // 4.5 → 5
         assert_eq!(PriceTable::charge(&p, t(2)), NanoCredits(3)); // exactly 3
         // Rounded once for the whole charge, not per part: 0.4 + 0.4 = 0.8 → 1.
         let p = price("0.0004", "0.0004");
-        let t = Tokens { prompt: 1, completion: 1, cached: 0, reasoning: 0 };
+        let t = Tokens {
+            prompt: 1,
+            completion: 1,
+            cached: 0,
+            reasoning: 0,
+        };
         assert_eq!(PriceTable::charge(&p, t), NanoCredits(1));
-        let below_half = Tokens { prompt: 1, completion: 0, cached: 0, reasoning: 0 };
+        let below_half = Tokens {
+            prompt: 1,
+            completion: 0,
+            cached: 0,
+            reasoning: 0,
+        };
         assert_eq!(PriceTable::charge(&p, below_half), NanoCredits(0)); // 0.4 → 0
     }
 
@@ -335,24 +381,50 @@ mod tests {
         let mut p = price("4", "10");
         p.cached_input = "1".parse().unwrap();
         p.reasoning = "20".parse().unwrap();
-        let t = Tokens { prompt: 1000, completion: 1000, cached: 400, reasoning: 300 };
+        let t = Tokens {
+            prompt: 1000,
+            completion: 1000,
+            cached: 400,
+            reasoning: 300,
+        };
         // 600×4 + 400×1 + 700×10 + 300×20 = 2400 + 400 + 7000 + 6000 = 15800 per-million units.
         assert_eq!(PriceTable::charge(&p, t), NanoCredits(15_800_000));
         // More cached or reasoning tokens than their totals are clamped.
-        let odd = Tokens { prompt: 10, completion: 10, cached: 50, reasoning: 50 };
+        let odd = Tokens {
+            prompt: 10,
+            completion: 10,
+            cached: 50,
+            reasoning: 50,
+        };
         assert_eq!(PriceTable::charge(&p, odd), NanoCredits(10_000 + 200_000));
     }
 
     #[test]
     fn large_token_counts_stay_exact_and_zero_prices_charge_nothing() {
         let p = price("0.000000001", "123456.789");
-        let t = Tokens { prompt: 1_000_000_000_000, completion: 1_000_000, cached: 0, reasoning: 0 };
+        let t = Tokens {
+            prompt: 1_000_000_000_000,
+            completion: 1_000_000,
+            cached: 0,
+            reasoning: 0,
+        };
         // 10^12 × 10^-9 × 1000 = 10^6; 10^6 × 123456.789 × 1000 = 123456789000000.
-        assert_eq!(PriceTable::charge(&p, t), NanoCredits(1_000_000 + 123_456_789_000_000));
+        assert_eq!(
+            PriceTable::charge(&p, t),
+            NanoCredits(1_000_000 + 123_456_789_000_000)
+        );
         let free = price("0", "0");
         assert_eq!(PriceTable::charge(&free, t), NanoCredits(0));
-        let huge = Tokens { prompt: u64::MAX, completion: u64::MAX, cached: 0, reasoning: 0 };
-        assert_eq!(PriceTable::charge(&price("99999", "99999"), huge), NanoCredits(i64::MAX));
+        let huge = Tokens {
+            prompt: u64::MAX,
+            completion: u64::MAX,
+            cached: 0,
+            reasoning: 0,
+        };
+        assert_eq!(
+            PriceTable::charge(&price("99999", "99999"), huge),
+            NanoCredits(i64::MAX)
+        );
     }
 
     #[test]
@@ -365,12 +437,20 @@ mod tests {
         assert_eq!(t.version, "v7");
         // 10 prompt × max(1, 2) + 100 output × max(3, 1) = 20 + 300 = 320 ×1000 nano.
         assert_eq!(t.hold("fast", &["a/m"], 10, None), NanoCredits(320_000));
-        assert_eq!(t.hold("fast", &[], 10, Some(5)), NanoCredits(10_000 + 15_000));
+        assert_eq!(
+            t.hold("fast", &[], 10, Some(5)),
+            NanoCredits(10_000 + 15_000)
+        );
         let tiny = table("[paths.fast]\ninput = \"0.0000001\"\noutput = \"0\"\n").unwrap();
         assert_eq!(tiny.hold("fast", &[], 1, Some(0)), NanoCredits(1)); // 0.0001 → 1
         let charge = PriceTable::charge(
             &t.price("fast", Some("a/m")),
-            Tokens { prompt: 10, completion: 100, cached: 0, reasoning: 0 },
+            Tokens {
+                prompt: 10,
+                completion: 100,
+                cached: 0,
+                reasoning: 0,
+            },
         );
         assert!(charge <= t.hold("fast", &["a/m"], 10, None));
     }
@@ -382,10 +462,16 @@ mod tests {
             assert!(t.price(path, None).output > Decimal::ZERO);
         }
         for (text, key) in [
-            ("[paths.fast]\ninput = \"cheap\"\n", "pricing.paths.fast.input"),
+            (
+                "[paths.fast]\ninput = \"cheap\"\n",
+                "pricing.paths.fast.input",
+            ),
             ("[paths.fast]\ninput = \"-1\"\n", "pricing.paths.fast.input"),
             ("[paths.slow]\ninput = \"1\"\n", "pricing.paths.slow"),
-            ("[deployments.nope]\ninput = \"1\"\noutput = \"1\"\n", "pricing.deployments"),
+            (
+                "[deployments.nope]\ninput = \"1\"\noutput = \"1\"\n",
+                "pricing.deployments",
+            ),
             ("[deployments.\"a/b\"]\ninput = \"1\"\n", "input and output"),
             ("version = \"\"\n", "pricing.version"),
         ] {

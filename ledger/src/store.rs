@@ -67,13 +67,20 @@ async fn hold_state(conn: &mut AnyConnection, request_id: &str) -> Result<HoldSt
 
 /// Moves the request's hold through its life: placed by a hold entry, closed by a settlement
 /// or an expiry that released it.
-async fn update_hold(conn: &mut AnyConnection, event: &Event, entry: &JournalEntry) -> Result<(), ApplyError> {
+async fn update_hold(
+    conn: &mut AnyConnection,
+    event: &Event,
+    entry: &JournalEntry,
+) -> Result<(), ApplyError> {
     let Some(request_id) = entry.request_id.as_deref() else {
         return Ok(());
     };
     match (&event.payload, entry.kind) {
         (Payload::RequestRouted(r), EntryKind::Hold) => {
-            let (amount, ttl) = r.hold.as_ref().map_or((0, 0), |h| (h.amount_nano, h.ttl_ms));
+            let (amount, ttl) = r
+                .hold
+                .as_ref()
+                .map_or((0, 0), |h| (h.amount_nano, h.ttl_ms));
             sqlx::query(
                 "INSERT INTO ledger_holds (request_id, account_id, amount_nano, placed_at, ttl_ms, status)
                  VALUES ($1, $2, $3, $4, $5, 'open')",
@@ -87,7 +94,11 @@ async fn update_hold(conn: &mut AnyConnection, event: &Event, entry: &JournalEnt
             .await?;
         }
         (_, EntryKind::Settle | EntryKind::Expire) if entry.released.is_some_and(|r| r.0 > 0) => {
-            let status = if entry.kind == EntryKind::Settle { "settled" } else { "expired" };
+            let status = if entry.kind == EntryKind::Settle {
+                "settled"
+            } else {
+                "expired"
+            };
             sqlx::query(
                 "UPDATE ledger_holds SET status = $1, closed_at = $2
                  WHERE request_id = $3 AND status = 'open'",

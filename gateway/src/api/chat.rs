@@ -23,12 +23,17 @@ use http_body_util::BodyExt;
 use lumina_eventlog::EventLog;
 use tokio::sync::mpsc;
 
+use lumina_eventlog::LogRecord;
+use lumina_ledger::pricing::{Price, PriceTable, Tokens};
+use lumina_schemas::NanoCredits;
+use lumina_schemas::payloads::CreditHold;
+
 use crate::api::RequestId;
 use crate::api::error::{ApiError, rate_limit_headers};
 use crate::api::extract::CustomerKey;
-use crate::metering::events::{AttemptRecord, Outcome, RequestMeta, SettleInfo};
+use crate::metering::events::{AttemptRecord, Outcome, RequestMeta, Routing, SettleInfo};
 use crate::metering::limits::LimitStatus;
-use crate::metering::usage;
+use crate::metering::{cost, usage};
 use crate::providers::{
     ChunkStream, Completion, ErrorClass, ProviderError, StreamChunk, UpstreamCall,
 };
@@ -46,6 +51,7 @@ static X_LUMINA_ROUTE: HeaderName = HeaderName::from_static("x-lumina-route");
 static X_LUMINA_PROVIDER: HeaderName = HeaderName::from_static("x-lumina-provider");
 static X_LUMINA_ATTEMPTS: HeaderName = HeaderName::from_static("x-lumina-attempts");
 static X_LUMINA_DEPLOYMENT: HeaderName = HeaderName::from_static("x-lumina-deployment");
+static X_LUMINA_COST: HeaderName = HeaderName::from_static("x-lumina-cost");
 
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.server.max_body_bytes;
@@ -119,14 +125,23 @@ impl Drop for ProbeGuard<'_> {
 struct Settlement {
     log: EventLog,
     meta: Arc<RequestMeta>,
+    hold: NanoCredits,
+    price_version: Arc<str>,
     pending: Option<SettleInfo>,
 }
 
 impl Settlement {
-    fn new(log: EventLog, meta: Arc<RequestMeta>) -> Settlement {
+    fn new(
+        log: EventLog,
+        meta: Arc<RequestMeta>,
+        hold: NanoCredits,
+        price_version: Arc<str>,
+    ) -> Settlement {
         Settlement {
             log,
             meta,
+            hold,
+            price_version,
             pending: Some(SettleInfo {
                 outcome: Outcome::Cancelled,
                 provider: None,
@@ -136,6 +151,8 @@ impl Settlement {
                 ttft: None,
                 attempts: 0,
                 error_class: None,
+                charge: NanoCredits::ZERO,
+                hold,
             }),
         }
     }
@@ -147,10 +164,11 @@ impl Settlement {
         }
     }
 
-    /// Commits the settlement and waits for it.
-    async fn settle(&mut self, info: SettleInfo) -> Result<(), ApiError> {
+    /// Commits the settlement (releasing the request's hold) and waits for it.
+    async fn settle(&mut self, mut info: SettleInfo) -> Result<(), ApiError> {
         self.pending = None;
-        let event = self.meta.settled(&info);
+        info.hold = self.hold;
+        let event = self.meta.settled(&info, &self.price_version);
         self.log
             .append_event(&event)
             .await
@@ -162,7 +180,7 @@ impl Settlement {
 impl Drop for Settlement {
     fn drop(&mut self) {
         if let Some(info) = self.pending.take() {
-            let event = self.meta.settled(&info);
+            let event = self.meta.settled(&info, &self.price_version);
             let log = self.log.clone();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
@@ -378,20 +396,54 @@ pub async fn create(
         started,
         started_at,
     });
-    let routed = meta.routed(
-        &decision,
-        request.stream,
-        state.routes.policy_version,
-        deployments.iter().map(|d| d.id.clone()).collect(),
+    let deployment_ids: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
+    let hold = state.prices.hold(
+        decision.path.as_str(),
+        &deployment_ids,
         prompt_estimate,
         request.max_tokens,
     );
-    state
-        .log
-        .append_event_nowait(&routed)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("The request could not be recorded: {e}")))?;
-    let settlement = Settlement::new(state.log.clone(), meta.clone());
+    if hold.is_positive() {
+        state
+            .credits
+            .try_hold(&meta.key.account_id, &meta.request_id, hold.0)
+            .map_err(|e| ApiError::InsufficientQuota {
+                available: NanoCredits(e.available),
+                needed: NanoCredits(e.needed),
+            })?;
+    }
+    let routed = meta.routed(Routing {
+        decision: &decision,
+        stream: request.stream,
+        policy_version: state.routes.policy_version,
+        candidates: deployments.iter().map(|d| d.id.clone()).collect(),
+        prompt_tokens_estimate: prompt_estimate,
+        max_tokens: request.max_tokens,
+        hold: hold.is_positive().then(|| CreditHold {
+            amount_nano: hold.0,
+            price_table_version: state.prices.version.clone(),
+            ttl_ms: i64::try_from(state.prices.hold_ttl_ms).unwrap_or(i64::MAX),
+        }),
+    });
+    let queued = async {
+        let record = LogRecord::from_event(&routed).map_err(lumina_eventlog::LogError::from)?;
+        state.log.append_deferred(record).await
+    };
+    match queued.await {
+        Ok(position) => state.credits.queued(&meta.request_id, position),
+        Err(e) => {
+            state.credits.cancel(&meta.request_id);
+            return Err(ApiError::Unavailable(format!(
+                "The request could not be recorded: {e}"
+            )));
+        }
+    }
+    let settlement = Settlement::new(
+        state.log.clone(),
+        meta.clone(),
+        hold,
+        state.price_version.clone(),
+    );
     if request.stream {
         stream(
             &state,
@@ -476,6 +528,7 @@ async fn complete(
             true,
         ),
     };
+    let charge = price(state, meta, &deployment, usage);
     settlement
         .settle(SettleInfo {
             outcome: Outcome::Completed,
@@ -486,11 +539,17 @@ async fn complete(
             ttft: Some(ttfb),
             attempts: attempts.count(),
             error_class: None,
+            charge,
+            hold: NanoCredits::ZERO,
         })
         .await?;
-    let mut response = (StatusCode::OK, completion.body).into_response();
+    let body = cost::with_cost(&completion.body, usage, charge);
+    let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&charge.to_string()) {
+        headers.insert(X_LUMINA_COST.clone(), v);
+    }
     routed_headers(headers, meta, &deployment, attempts.count(), &limits);
     Ok(response)
 }
@@ -524,8 +583,29 @@ async fn settle_failed(
             ttft: None,
             attempts: attempts.count(),
             error_class: attempts.error_class(),
+            charge: NanoCredits::ZERO,
+            hold: NanoCredits::ZERO,
         })
         .await
+}
+
+/// What `usage` on `deployment` costs, at the price table in force.
+fn price(
+    state: &AppState,
+    meta: &RequestMeta,
+    deployment: &Deployment,
+    usage: TokenUsage,
+) -> NanoCredits {
+    let price = state.prices.price(meta.path.as_str(), Some(&deployment.id));
+    PriceTable::charge(
+        &price,
+        Tokens {
+            prompt: usage.prompt_tokens,
+            completion: usage.completion_tokens,
+            cached: usage.cached_tokens,
+            reasoning: usage.reasoning_tokens,
+        },
+    )
 }
 
 /// Estimates usage with the tokenizer, off the async runtime: the prompt from the request
@@ -648,6 +728,7 @@ async fn stream(
         ttfb,
         include_usage: request.include_usage,
         body: body.clone(),
+        price: state.prices.price(meta.path.as_str(), Some(&deployment.id)),
         settlement,
         tx,
     };
@@ -673,6 +754,8 @@ struct Pump {
     include_usage: bool,
     /// The request body, parsed again only if usage has to be estimated.
     body: Bytes,
+    /// The answering deployment's price.
+    price: Price,
     settlement: Settlement,
     tx: mpsc::Sender<Bytes>,
 }
@@ -767,6 +850,15 @@ impl Pump {
             End::Cut(_) => Outcome::CutMidstream,
             End::ClientGone => Outcome::Cancelled,
         };
+        let charge = PriceTable::charge(
+            &self.price,
+            Tokens {
+                prompt: usage.prompt_tokens,
+                completion: usage.completion_tokens,
+                cached: usage.cached_tokens,
+                reasoning: usage.reasoning_tokens,
+            },
+        );
         let settled = self
             .settlement
             .settle(SettleInfo {
@@ -778,6 +870,8 @@ impl Pump {
                 ttft: Some(self.ttfb),
                 attempts: self.attempts,
                 error_class: failure.map(|e| e.class.as_str().to_string()),
+                charge,
+                hold: NanoCredits::ZERO,
             })
             .await;
         match (end, settled) {
@@ -800,7 +894,7 @@ impl Pump {
                 let mut end = BytesMut::new();
                 if self.include_usage {
                     let chunk = usage_chunk.unwrap_or_else(|| self.usage_chunk(usage));
-                    put_sse(&mut end, &chunk);
+                    put_sse(&mut end, &cost::with_cost(&chunk, usage, charge));
                 }
                 end.put_slice(DONE);
                 let _ = self.tx.send(end.freeze()).await;

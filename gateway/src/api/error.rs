@@ -65,6 +65,16 @@ pub enum ApiError {
     /// A dependency cannot take the request right now (event log, read model).
     #[error("{0}")]
     Unavailable(String),
+    /// The account's available credit cannot cover the request's hold.
+    #[error(
+        "You exceeded your current quota: this request needs {needed} credits held and the account has {available} available. Add credits to continue."
+    )]
+    InsufficientQuota {
+        /// Available now.
+        available: lumina_schemas::NanoCredits,
+        /// The hold the request needs.
+        needed: lumina_schemas::NanoCredits,
+    },
     /// Too many or too large request headers.
     #[error("The request has {0}; this server accepts at most {1}.")]
     HeadersTooLarge(String, String),
@@ -132,6 +142,7 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::HeadersTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::InsufficientQuota { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -161,6 +172,9 @@ impl ApiError {
             ApiError::Unavailable(_) => ("server_error", Some("service_unavailable")),
             ApiError::Internal(_) => ("server_error", None),
             ApiError::HeadersTooLarge(..) => ("invalid_request_error", Some("headers_too_large")),
+            ApiError::InsufficientQuota { .. } => {
+                ("insufficient_quota", Some("insufficient_quota"))
+            }
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("payload_too_large")),
             ApiError::RequestTimeout(_) => ("invalid_request_error", Some("request_timeout")),

@@ -5,8 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lumina_schemas::payloads::{RequestRouted, RequestSettled, UpstreamAttempted, Usage};
-use lumina_schemas::{Envelope, Event};
+use lumina_ledger::pricing::ROUNDING;
+use lumina_schemas::payloads::{
+    CreditHold, RequestRouted, RequestSettled, UpstreamAttempted, Usage,
+};
+use lumina_schemas::{Envelope, Event, NanoCredits};
 
 use crate::auth::KeyIdentity;
 use crate::providers::ErrorClass;
@@ -60,6 +63,25 @@ pub struct RequestMeta {
     pub started_at: i64,
 }
 
+/// What `RequestRouted` records about the route.
+#[derive(Debug, Clone)]
+pub struct Routing<'a> {
+    /// The classifier's decision.
+    pub decision: &'a Decision,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Routing policy version in force.
+    pub policy_version: i64,
+    /// Deployments in fallback order.
+    pub candidates: Vec<String>,
+    /// Estimated prompt tokens.
+    pub prompt_tokens_estimate: u64,
+    /// The client's output cap.
+    pub max_tokens: Option<u64>,
+    /// The credit hold placed.
+    pub hold: Option<CreditHold>,
+}
+
 /// One attempt, as recorded.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
@@ -102,6 +124,10 @@ pub struct SettleInfo {
     pub attempts: i32,
     /// Why it failed, if it did.
     pub error_class: Option<String>,
+    /// What it cost.
+    pub charge: NanoCredits,
+    /// The hold its settlement releases.
+    pub hold: NanoCredits,
 }
 
 fn micros(d: Duration) -> i64 {
@@ -123,29 +149,21 @@ impl RequestMeta {
     }
 
     /// `RequestRouted`.
-    pub fn routed(
-        &self,
-        decision: &Decision,
-        stream: bool,
-        policy_version: i64,
-        candidates: Vec<String>,
-        prompt_tokens_estimate: u64,
-        max_tokens: Option<u64>,
-    ) -> Event {
+    pub fn routed(&self, r: Routing<'_>) -> Event {
         Event::new(
             self.envelope(),
             RequestRouted {
                 requested_model: self.requested_model.clone(),
                 path: self.path.as_str().into(),
-                task_class: decision.task_class.into(),
-                stream,
-                policy_version,
-                features: decision.features.to_map(),
-                scores: decision.scores_map(),
-                candidates,
-                prompt_tokens_estimate: tokens(prompt_tokens_estimate),
-                max_tokens: max_tokens.map(tokens),
-                hold: None,
+                task_class: r.decision.task_class.into(),
+                stream: r.stream,
+                policy_version: r.policy_version,
+                features: r.decision.features.to_map(),
+                scores: r.decision.scores_map(),
+                candidates: r.candidates,
+                prompt_tokens_estimate: tokens(r.prompt_tokens_estimate),
+                max_tokens: r.max_tokens.map(tokens),
+                hold: r.hold,
             },
         )
     }
@@ -170,8 +188,8 @@ impl RequestMeta {
         )
     }
 
-    /// `RequestSettled`.
-    pub fn settled(&self, s: &SettleInfo) -> Event {
+    /// `RequestSettled`, priced with `price_table_version`.
+    pub fn settled(&self, s: &SettleInfo, price_table_version: &str) -> Event {
         Event::new(
             self.envelope(),
             RequestSettled {
@@ -186,10 +204,10 @@ impl RequestMeta {
                     reasoning_tokens: tokens(s.usage.reasoning_tokens),
                     estimated: s.estimated,
                 },
-                charge_nano: 0,
-                price_table_version: "unpriced".into(),
-                rounding: "none".into(),
-                hold_released_nano: 0,
+                charge_nano: s.charge.0,
+                price_table_version: price_table_version.into(),
+                rounding: ROUNDING.into(),
+                hold_released_nano: s.hold.0,
                 latency_us: micros(self.started.elapsed()),
                 ttft_us: s.ttft.map(micros),
                 attempts: s.attempts,

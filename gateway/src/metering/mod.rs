@@ -1,6 +1,8 @@
-//! Metering: per-key rate limits, token usage (reported or estimated with a tokenizer), and
+//! Metering: credit holds against the ledger's balances, per-key rate limits, token usage (reported or estimated with a tokenizer), and
 //! the events each request writes (`RequestRouted`, `UpstreamAttempted`, `RequestSettled`).
 
+pub mod cost;
+pub mod credit;
 pub mod events;
 pub mod limits;
 pub mod usage;

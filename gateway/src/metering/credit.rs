@@ -1,0 +1,278 @@
+//! Credit holds against the available balance, in memory.
+//!
+//! The book holds a snapshot of every account's available balance as the ledger has it, read
+//! together with the ledger's position in the local log (one statement, so the two agree), and
+//! the holds this gateway placed that the snapshot may not include yet. Available to a request
+//! = snapshot − those holds. A hold leaves the book once a snapshot is read whose ledger
+//! position is past the hold's `RequestRouted` event: from then on the snapshot itself carries
+//! it (and, later, its settlement).
+//!
+//! Several gateways: each sees the others' holds only once the ledger applied them and its next
+//! snapshot is read, so the overspend bound is (the holds other gateways place within one
+//! refresh interval plus the ledger's lag) plus any charge above its hold (usage beyond the
+//! estimate). With one gateway, concurrent requests can never overspend: holds are taken under
+//! one lock.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use lumina_eventlog::{Database, LogError};
+use sqlx::Row;
+use tokio::sync::oneshot;
+
+/// Where a hold's `RequestRouted` landed in the log.
+enum Position {
+    /// Queued; the writer will say.
+    Waiting(oneshot::Receiver<Result<u64, LogError>>),
+    /// Committed at this position.
+    Known(u64),
+    /// Not queued yet.
+    Unknown,
+}
+
+struct Pending {
+    account_id: String,
+    amount: i64,
+    position: Position,
+}
+
+#[derive(Default)]
+struct Book {
+    available: HashMap<String, i64>,
+    ledger_next: u64,
+    pending: HashMap<String, Pending>,
+    pending_by_account: HashMap<String, i64>,
+}
+
+impl Book {
+    fn pending_of(&self, account_id: &str) -> i64 {
+        self.pending_by_account
+            .get(account_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn remove(&mut self, request_id: &str) {
+        if let Some(p) = self.pending.remove(request_id)
+            && let Some(total) = self.pending_by_account.get_mut(&p.account_id)
+        {
+            *total -= p.amount;
+            if *total == 0 {
+                self.pending_by_account.remove(&p.account_id);
+            }
+        }
+    }
+}
+
+/// A request's hold was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Insufficient {
+    /// What the account has available now, nano-credits.
+    pub available: i64,
+    /// What the request needs held.
+    pub needed: i64,
+}
+
+/// The gateway's view of available credit.
+#[derive(Default)]
+pub struct CreditBook {
+    book: Mutex<Book>,
+}
+
+/// Consumer name the ledger stores its positions under.
+const LEDGER: &str = "ledger";
+
+impl CreditBook {
+    /// An empty book; [`CreditBook::refresh`] loads the ledger's balances.
+    pub fn new() -> CreditBook {
+        CreditBook::default()
+    }
+
+    /// Available credit of `account_id` as this gateway sees it.
+    pub fn available(&self, account_id: &str) -> i64 {
+        self.book.lock().map_or(0, |b| {
+            b.available.get(account_id).copied().unwrap_or(0) - b.pending_of(account_id)
+        })
+    }
+
+    /// Holds `amount` for `request_id` when the account can cover it.
+    pub fn try_hold(
+        &self,
+        account_id: &str,
+        request_id: &str,
+        amount: i64,
+    ) -> Result<(), Insufficient> {
+        let Ok(mut book) = self.book.lock() else {
+            return Err(Insufficient {
+                available: 0,
+                needed: amount,
+            });
+        };
+        let available =
+            book.available.get(account_id).copied().unwrap_or(0) - book.pending_of(account_id);
+        if available < amount {
+            return Err(Insufficient {
+                available,
+                needed: amount,
+            });
+        }
+        book.pending.insert(
+            request_id.to_string(),
+            Pending {
+                account_id: account_id.to_string(),
+                amount,
+                position: Position::Unknown,
+            },
+        );
+        *book
+            .pending_by_account
+            .entry(account_id.to_string())
+            .or_insert(0) += amount;
+        Ok(())
+    }
+
+    /// Records where the hold's `RequestRouted` will land.
+    pub fn queued(&self, request_id: &str, position: oneshot::Receiver<Result<u64, LogError>>) {
+        if let Ok(mut book) = self.book.lock()
+            && let Some(p) = book.pending.get_mut(request_id)
+        {
+            p.position = Position::Waiting(position);
+        }
+    }
+
+    /// Forgets a hold that never reached the log.
+    pub fn cancel(&self, request_id: &str) {
+        if let Ok(mut book) = self.book.lock() {
+            book.remove(request_id);
+        }
+    }
+
+    /// Reads every balance and the ledger's position, then drops the holds they include.
+    pub async fn refresh(&self, db: &Database) -> Result<(), sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT '' AS account_id, next_offset FROM consumer_positions
+               WHERE consumer = $1 AND stream = 'local' AND partition_id = 0
+             UNION ALL
+             SELECT account_id, available_nano FROM ledger_balances",
+        )
+        .bind(LEDGER)
+        .fetch_all(&db.pool)
+        .await?;
+        let mut available = HashMap::with_capacity(rows.len());
+        let mut ledger_next = 0u64;
+        for row in &rows {
+            let account: String = row.try_get(0)?;
+            let value: i64 = row.try_get(1)?;
+            if account.is_empty() {
+                ledger_next = u64::try_from(value).unwrap_or(0);
+            } else {
+                available.insert(account, value);
+            }
+        }
+        self.apply_snapshot(available, ledger_next);
+        Ok(())
+    }
+
+    /// Installs a snapshot of available balances taken at ledger position `ledger_next`, and
+    /// drops the holds it includes.
+    pub fn apply_snapshot(&self, available: HashMap<String, i64>, ledger_next: u64) {
+        let Ok(mut book) = self.book.lock() else {
+            return;
+        };
+        book.available = available;
+        book.ledger_next = ledger_next;
+        let mut reflected = Vec::new();
+        for (request_id, p) in book.pending.iter_mut() {
+            if let Position::Waiting(rx) = &mut p.position {
+                match rx.try_recv() {
+                    Ok(Ok(position)) => p.position = Position::Known(position),
+                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {
+                        // The hold never reached the log; nothing will reflect it.
+                        reflected.push(request_id.clone());
+                        continue;
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+            }
+            if let Position::Known(position) = p.position
+                && position < ledger_next
+            {
+                reflected.push(request_id.clone());
+            }
+        }
+        for request_id in reflected {
+            book.remove(&request_id);
+        }
+    }
+
+    /// Holds this gateway placed that no snapshot includes yet.
+    pub fn pending_holds(&self) -> usize {
+        self.book.lock().map_or(0, |b| b.pending.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book_with(account: &str, available: i64) -> CreditBook {
+        let book = CreditBook::new();
+        if let Ok(mut b) = book.book.lock() {
+            b.available.insert(account.into(), available);
+        }
+        book
+    }
+
+    #[test]
+    fn holds_are_refused_once_the_available_credit_is_spoken_for() {
+        let book = book_with("a", 100);
+        book.try_hold("a", "r1", 60).unwrap();
+        assert_eq!(book.available("a"), 40);
+        assert_eq!(
+            book.try_hold("a", "r2", 41),
+            Err(Insufficient {
+                available: 40,
+                needed: 41
+            })
+        );
+        book.try_hold("a", "r3", 40).unwrap();
+        assert_eq!(book.available("a"), 0);
+        book.cancel("r1");
+        assert_eq!(book.available("a"), 60);
+        assert_eq!(
+            book.try_hold("b", "r4", 1),
+            Err(Insufficient {
+                available: 0,
+                needed: 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_snapshot_past_the_hold_replaces_it() {
+        let book = book_with("a", 100);
+        book.try_hold("a", "r1", 30).unwrap();
+        let (tx, rx) = oneshot::channel();
+        book.queued("r1", rx);
+        tx.send(Ok(7)).unwrap();
+        // A snapshot taken before the ledger applied position 7 does not include the hold.
+        book.apply_snapshot(HashMap::from([("a".to_string(), 100)]), 7);
+        assert_eq!(book.available("a"), 70);
+        assert_eq!(book.pending_holds(), 1);
+        // One taken after it does: the hold leaves the book, the snapshot carries it.
+        book.apply_snapshot(HashMap::from([("a".to_string(), 70)]), 8);
+        assert_eq!(book.pending_holds(), 0);
+        assert_eq!(book.available("a"), 70);
+    }
+
+    #[test]
+    fn a_hold_that_never_reached_the_log_is_dropped() {
+        let book = book_with("a", 100);
+        book.try_hold("a", "r1", 30).unwrap();
+        let (tx, rx) = oneshot::channel::<Result<u64, LogError>>();
+        book.queued("r1", rx);
+        drop(tx);
+        book.apply_snapshot(HashMap::from([("a".to_string(), 100)]), 1);
+        assert_eq!(book.available("a"), 100);
+    }
+}
