@@ -54,6 +54,30 @@ impl AdminClient {
     }
 }
 
+impl AdminClient {
+    /// Sends one admin GET and returns the body as text (CSV statements).
+    pub async fn call_text(&self, method: Method, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.admin_key)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}; is `lumina serve` running?"))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let message = value["error"]["message"]
+                .as_str()
+                .unwrap_or("no error message");
+            bail!("{status}: {message}");
+        }
+        Ok(text)
+    }
+}
+
 /// Prints a JSON value for people.
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
     let stdout = std::io::stdout();

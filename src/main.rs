@@ -2,8 +2,8 @@
 
 mod client;
 mod config;
+mod consumer_cmd;
 mod http;
-mod projector_cmd;
 mod replay;
 mod secrets;
 mod serve;
@@ -38,6 +38,10 @@ enum Command {
     Serve(ServeArgs),
     /// Run the read-model projector on its own over a data dir's local log.
     Projector(ProjectorCommand),
+    /// Run the ledger on its own, rebuild it, or print a statement.
+    Ledger(LedgerCommand),
+    /// Check the journal against the event log; exit 0 when clean.
+    Reconcile(ReconcileArgs),
     /// Print the local log as JSON lines.
     Replay(ReplayArgs),
     /// Manage accounts through the admin API.
@@ -74,6 +78,57 @@ struct ProjectorCommand {
 enum ProjectorAction {
     /// Empty the read models and replay the whole log into them.
     Rebuild(ProjectorArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct LedgerCommand {
+    #[command(subcommand)]
+    action: Option<LedgerAction>,
+    #[command(flatten)]
+    args: ProjectorArgs,
+}
+
+#[derive(Subcommand)]
+enum LedgerAction {
+    /// Empty the ledger's tables and replay the whole log into them.
+    Rebuild(ProjectorArgs),
+    /// Print an account's statement (through the admin API).
+    Statement {
+        /// Account id (acct_…).
+        #[arg(long)]
+        account: String,
+        /// Start: RFC 3339, YYYY-MM-DD or Unix seconds.
+        #[arg(long)]
+        from: Option<String>,
+        /// End (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// csv or json.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Args)]
+struct ReconcileArgs {
+    /// Configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory holding the local log.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Database URL (overrides the configuration).
+    #[arg(long, env = "LUMINA_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Seconds to wait for the ledger to apply the log as it is at start.
+    #[arg(long, default_value_t = 30)]
+    wait: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -234,16 +289,125 @@ fn load_config(
     Ok(config)
 }
 
-async fn run_projector(args: ProjectorArgs, rebuild: bool) -> anyhow::Result<()> {
+fn consumer_config(args: ProjectorArgs) -> anyhow::Result<(Config, bool)> {
     let mut config = load_config(args.config.as_deref(), args.data_dir)?;
     if let Some(url) = args.database_url {
         config.database.url = Some(url);
     }
+    Ok((config, args.once))
+}
+
+async fn run_projector(args: ProjectorArgs, rebuild: bool) -> anyhow::Result<()> {
+    let (config, once) = consumer_config(args)?;
     if rebuild {
-        projector_cmd::rebuild(&config).await
-    } else {
-        projector_cmd::run(&config, args.once).await
+        let db = serve::connect_database(&config).await?;
+        lumina_projector::read_model::rebuild(&db).await?;
     }
+    consumer_cmd::run(
+        &config,
+        lumina_projector::ReadModelProjection,
+        once || rebuild,
+    )
+    .await
+}
+
+async fn run_ledger(command: LedgerCommand) -> anyhow::Result<()> {
+    match command.action {
+        None => {
+            let (config, once) = consumer_config(command.args)?;
+            consumer_cmd::run(&config, lumina_ledger::LedgerProjection, once).await
+        }
+        Some(LedgerAction::Rebuild(args)) => {
+            let (config, _) = consumer_config(args)?;
+            let db = serve::connect_database(&config).await?;
+            lumina_ledger::store::rebuild(&db).await?;
+            consumer_cmd::run(&config, lumina_ledger::LedgerProjection, true).await
+        }
+        Some(LedgerAction::Statement {
+            account,
+            from,
+            to,
+            format,
+            admin,
+        }) => {
+            let mut path = format!(
+                "/admin/ledger/statements?account_id={}&format={}",
+                query_param(&account),
+                query_param(&format)
+            );
+            if let Some(from) = from {
+                path.push_str(&format!("&from={}", query_param(&from)));
+            }
+            if let Some(to) = to {
+                path.push_str(&format!("&to={}", query_param(&to)));
+            }
+            let text = admin.client()?.call_text(Method::GET, &path).await?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            std::io::Write::write_all(&mut out, text.as_bytes())?;
+            Ok(())
+        }
+    }
+}
+
+async fn run_reconcile(args: ReconcileArgs) -> anyhow::Result<bool> {
+    let mut config = load_config(args.config.as_deref(), args.data_dir)?;
+    if let Some(url) = args.database_url {
+        config.database.url = Some(url);
+    }
+    let reader = lumina_eventlog::LogReader::open(config.log_path())?;
+    let db = serve::connect_database(&config).await?;
+    let report = lumina_ledger::reconcile::reconcile(
+        &db,
+        &reader,
+        std::time::Duration::from_secs(args.wait),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("reconcile failed: {e}"))?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        std::io::Write::write_all(&mut out, b"\n")?;
+    } else {
+        let status = if report.is_clean() {
+            "clean"
+        } else {
+            "DISCREPANCIES"
+        };
+        let lines = [
+            format!("reconcile: {status}"),
+            format!(
+                "  log end position:     {} (ledger caught up: {})",
+                report.log_end, report.caught_up
+            ),
+            format!("  money events:         {}", report.money_events),
+            format!(
+                "  journal entries:      {} (expected {})",
+                report.journal_entries, report.expected_entries
+            ),
+            format!(
+                "  settlements:          {} charging {} credits",
+                report.settlements,
+                lumina_schemas::NanoCredits(report.charged_nano)
+            ),
+            format!("  open holds:           {}", report.open_holds),
+            format!("  orphaned holds:       {}", report.orphaned_holds),
+        ];
+        for line in &lines {
+            std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())?;
+        }
+        for p in report.problems.iter().take(50) {
+            std::io::Write::write_all(&mut out, format!("  problem: {p}\n").as_bytes())?;
+        }
+        if report.problems.len() > 50 {
+            std::io::Write::write_all(
+                &mut out,
+                format!("  … and {} more\n", report.problems.len() - 50).as_bytes(),
+            )?;
+        }
+    }
+    Ok(report.is_clean())
 }
 
 fn query_param(value: &str) -> String {
@@ -362,6 +526,14 @@ async fn main() -> anyhow::Result<()> {
             Some(ProjectorAction::Rebuild(args)) => run_projector(args, true).await,
             None => run_projector(cmd.args, false).await,
         },
+        Command::Ledger(cmd) => run_ledger(cmd).await,
+        Command::Reconcile(args) => {
+            if run_reconcile(args).await? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Replay(args) => {
             let filter = replay::ReplayFilter {
                 from: args.from,

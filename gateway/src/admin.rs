@@ -163,6 +163,11 @@ impl Admin {
         Ok(())
     }
 
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     /// The ledger balance of an account.
     pub async fn balance(&self, account_id: &str) -> Result<Balance, AdminError> {
         Ok(self.ledger.balance(account_id).await?)

@@ -8,6 +8,7 @@
 
 pub mod journal;
 pub mod pricing;
+pub mod reconcile;
 pub mod store;
 pub mod sweeper;
 

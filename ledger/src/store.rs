@@ -260,3 +260,267 @@ impl Ledger {
         .try_get(0)
     }
 }
+
+/// One posting as the finance API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PostingRow {
+    /// Ledger account code (`acct_…:available`, `system:revenue`, …).
+    pub account: String,
+    /// Signed amount.
+    pub amount_nano: i64,
+}
+
+/// One journal entry with its postings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntryRow {
+    /// Position in the journal.
+    pub id: i64,
+    /// The event it records.
+    pub event_id: String,
+    /// The request, for holds and settlements.
+    pub request_id: Option<String>,
+    /// `grant`, `hold`, `settle` or `expire`.
+    pub kind: String,
+    /// When the event occurred, µs since the epoch.
+    pub occurred_at: i64,
+    /// The postings; they sum to zero.
+    pub postings: Vec<PostingRow>,
+    /// For a settlement: the charge.
+    pub charged_nano: Option<i64>,
+    /// For a settlement or expiry: the hold released.
+    pub released_nano: Option<i64>,
+}
+
+impl EntryRow {
+    /// The entry's effect on its account's balance.
+    pub fn delta(&self, account_id: &str) -> Balance {
+        let mut b = Balance::default();
+        for p in &self.postings {
+            let code = p.account.as_str();
+            if code == LedgerAccount::Available(account_id.to_string()).code() {
+                b.available_nano += p.amount_nano;
+            } else if code == LedgerAccount::Held(account_id.to_string()).code() {
+                b.held_nano += p.amount_nano;
+            } else if code == LedgerAccount::Revenue.code() {
+                b.spent_nano += p.amount_nano;
+            } else if code == LedgerAccount::Grants.code() {
+                b.granted_nano -= p.amount_nano;
+            }
+        }
+        b
+    }
+}
+
+impl Balance {
+    fn add(&mut self, d: &Balance) {
+        self.available_nano += d.available_nano;
+        self.held_nano += d.held_nano;
+        self.spent_nano += d.spent_nano;
+        self.granted_nano += d.granted_nano;
+    }
+}
+
+/// One line of a statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatementLine {
+    /// The entry.
+    pub entry: EntryRow,
+    /// Its effect on the balance.
+    pub delta: Balance,
+    /// The balance after it.
+    pub balance: Balance,
+}
+
+/// An account's statement over `[from, to)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Statement {
+    /// The account.
+    pub account_id: String,
+    /// Start, µs since the epoch (inclusive).
+    pub from: i64,
+    /// End, µs since the epoch (exclusive).
+    pub to: i64,
+    /// Balance before the first line.
+    pub opening: Balance,
+    /// Every entry of the period, in journal order.
+    pub lines: Vec<StatementLine>,
+    /// Sum of the lines' deltas.
+    pub totals: Balance,
+    /// Balance after the last line (= opening + totals).
+    pub closing: Balance,
+}
+
+impl Ledger {
+    /// Entries (with their postings, in one query) whose ids the `ids` subquery selects; the
+    /// subquery takes `$1` (account), `$2` and `$3`.
+    async fn entries_where(
+        &self,
+        ids: &'static str,
+        binds: (&str, i64, i64),
+    ) -> Result<Vec<EntryRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT e.id, e.event_id, e.request_id, e.kind, e.occurred_at, e.charged_nano,
+                    e.released_nano, p.ledger_account, p.amount_nano
+             FROM ledger_entries e JOIN ledger_postings p ON p.entry_event_id = e.event_id
+             WHERE e.id IN ({ids}) ORDER BY e.id, p.line"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(binds.0)
+            .bind(binds.1)
+            .bind(binds.2)
+            .fetch_all(&self.db.pool)
+            .await?;
+        let mut entries: Vec<EntryRow> = Vec::new();
+        for r in &rows {
+            let id: i64 = r.try_get(0)?;
+            if entries.last().is_none_or(|e| e.id != id) {
+                entries.push(EntryRow {
+                    id,
+                    event_id: r.try_get(1)?,
+                    request_id: r.try_get(2)?,
+                    kind: r.try_get(3)?,
+                    occurred_at: r.try_get(4)?,
+                    postings: Vec::new(),
+                    charged_nano: r.try_get(5)?,
+                    released_nano: r.try_get(6)?,
+                });
+            }
+            if let Some(e) = entries.last_mut() {
+                e.postings.push(PostingRow {
+                    account: r.try_get(7)?,
+                    amount_nano: r.try_get(8)?,
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Up to `limit` entries of `account_id` with ids above `after`, in journal order.
+    pub async fn entries(
+        &self,
+        account_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EntryRow>, sqlx::Error> {
+        self.entries_where(
+            "SELECT id FROM ledger_entries WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            (account_id, after, limit),
+        )
+        .await
+    }
+
+    /// The entry that journaled `request_id`'s settlement, if any.
+    pub async fn settlement_of(&self, request_id: &str) -> Result<Option<EntryRow>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT account_id, id FROM ledger_entries WHERE request_id = $1 AND kind = 'settle'",
+        )
+        .bind(request_id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let account: String = row.try_get(0)?;
+        let id: i64 = row.try_get(1)?;
+        Ok(self.entries(&account, id - 1, 1).await?.into_iter().next())
+    }
+
+    /// The statement of `account_id` over `[from, to)` (µs since the epoch).
+    pub async fn statement(
+        &self,
+        account_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Statement, sqlx::Error> {
+        let sums = sqlx::query(
+            "SELECT p.ledger_account, CAST(SUM(p.amount_nano) AS BIGINT)
+             FROM ledger_postings p JOIN ledger_entries e ON e.event_id = p.entry_event_id
+             WHERE e.account_id = $1 AND e.occurred_at < $2 GROUP BY p.ledger_account",
+        )
+        .bind(account_id)
+        .bind(from)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let opening = EntryRow {
+            id: 0,
+            event_id: String::new(),
+            request_id: None,
+            kind: "opening".into(),
+            occurred_at: from,
+            postings: sums
+                .iter()
+                .map(|r| {
+                    Ok(PostingRow {
+                        account: r.try_get(0)?,
+                        amount_nano: r.try_get(1)?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()?,
+            charged_nano: None,
+            released_nano: None,
+        }
+        .delta(account_id);
+        let during = self
+            .entries_where(
+                "SELECT id FROM ledger_entries
+                 WHERE account_id = $1 AND occurred_at >= $2 AND occurred_at < $3",
+                (account_id, from, to),
+            )
+            .await?;
+        let mut balance = opening;
+        let mut totals = Balance::default();
+        let lines = during
+            .into_iter()
+            .map(|entry| {
+                let delta = entry.delta(account_id);
+                balance.add(&delta);
+                totals.add(&delta);
+                StatementLine {
+                    entry,
+                    delta,
+                    balance,
+                }
+            })
+            .collect();
+        Ok(Statement {
+            account_id: account_id.to_string(),
+            from,
+            to,
+            opening,
+            lines,
+            totals,
+            closing: balance,
+        })
+    }
+}
+
+/// Tables the ledger writes, in deletion order.
+pub const TABLES: [&str; 5] = [
+    "ledger_daily",
+    "ledger_holds",
+    "ledger_balances",
+    "ledger_entries",
+    "ledger_postings",
+];
+
+/// Drops every ledger row and the ledger's positions in one transaction (entry ids start again
+/// at 1), so the next ledger run replays the log from the start to the same state.
+pub async fn rebuild(db: &Database) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    for table in TABLES {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let restart = match db.backend {
+        lumina_eventlog::Backend::Sqlite => {
+            "DELETE FROM sqlite_sequence WHERE name = 'ledger_entries'"
+        }
+        lumina_eventlog::Backend::Postgres => {
+            "ALTER TABLE ledger_entries ALTER COLUMN id RESTART WITH 1"
+        }
+    };
+    sqlx::query(restart).execute(&mut *tx).await?;
+    lumina_eventlog::consumer::reset_consumer(&mut tx, CONSUMER).await?;
+    tx.commit().await
+}

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod ledger;
 pub mod models;
 
 use axum::Router;
@@ -97,6 +98,8 @@ pub fn router(state: AppState) -> Router {
             get(admin::get_key).delete(admin::revoke_key),
         )
         .route("/admin/keys/{id}/limits", post(admin::change_limits))
+        .route("/admin/ledger/accounts/{id}/entries", get(ledger::entries))
+        .route("/admin/ledger/statements", get(ledger::statement))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit_headers))

@@ -1,25 +1,26 @@
-//! `lumina projector`: the read-model projector on its own, over a data dir's local log, and
-//! `lumina projector rebuild`, which empties the read models and replays the log.
+//! `lumina projector` and `lumina ledger`: one consumer on its own over a data dir's local log,
+//! and their `rebuild`, which empties the consumer's tables and replays the whole log.
 
 use std::time::Duration;
 
-use lumina_eventlog::{Consumer, ConsumerOptions, LocalLogSource, LogReader, handled_types};
-use lumina_projector::ReadModelProjection;
+use lumina_eventlog::{
+    Consumer, ConsumerOptions, LocalLogSource, LogReader, Projection, handled_types,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::serve::connect_database;
 
-/// Runs the projector until a signal, or with `once` until it applied the log as it was at start.
-pub async fn run(config: &Config, once: bool) -> anyhow::Result<()> {
-    let log_path = config.log_path();
-    let reader = LogReader::open(&log_path)?;
+/// Runs `projection` until a signal, or with `once` until it applied the log as it was at start.
+pub async fn run<P: Projection>(config: &Config, projection: P, once: bool) -> anyhow::Result<()> {
+    let reader = LogReader::open(config.log_path())?;
     let end = i64::try_from(reader.end_position().await?).unwrap_or(i64::MAX);
     let db = connect_database(config).await?;
+    let name = projection.name();
     let consumer = Consumer::new(
         db,
-        LocalLogSource::new(reader).only(&handled_types(&ReadModelProjection)),
-        ReadModelProjection,
+        LocalLogSource::new(reader).only(&handled_types(&projection)),
+        projection,
         ConsumerOptions {
             batch_size: config.consumers.batch_size,
             idle_wait: Duration::from_millis(200),
@@ -42,17 +43,11 @@ pub async fn run(config: &Config, once: bool) -> anyhow::Result<()> {
     task.await??;
     let p = progress.borrow().clone();
     tracing::info!(
+        consumer = name,
         applied = p.applied,
         duplicates = p.duplicates,
         dead_letters = p.dead_letters,
-        "projector stopped"
+        "consumer stopped"
     );
     Ok(())
-}
-
-/// Empties the read models and replays the whole log into them.
-pub async fn rebuild(config: &Config) -> anyhow::Result<()> {
-    let db = connect_database(config).await?;
-    lumina_projector::read_model::rebuild(&db).await?;
-    run(config, true).await
 }
