@@ -7,19 +7,31 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use lumina_eventlog::{Backend, Consumer, ConsumerOptions, EventLog, LocalLogSource, LogOptions, LogRecord};
+use lumina_eventlog::{
+    Backend, Consumer, ConsumerOptions, EventLog, LocalLogSource, LogOptions, LogRecord,
+};
 use lumina_ledger::journal::{HoldState, LedgerAccount, entry_for};
 use lumina_ledger::{Ledger, LedgerProjection};
-use lumina_schemas::payloads::{CreditHold, CreditsGranted, HoldExpired, RequestRouted, RequestSettled, Usage};
+use lumina_schemas::payloads::{
+    CreditHold, CreditsGranted, HoldExpired, RequestRouted, RequestSettled, Usage,
+};
 use lumina_schemas::{Envelope, Event};
 use proptest::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Grant { account: u8, amount: i64 },
+    Grant {
+        account: u8,
+        amount: i64,
+    },
     /// A request with a hold; ends by settlement, expiry, or both in either order.
-    Request { account: u8, hold: i64, charge: i64, end: End },
+    Request {
+        account: u8,
+        hold: i64,
+        charge: i64,
+        end: End,
+    },
     /// Deliver an earlier event again.
     Duplicate(usize),
 }
@@ -59,27 +71,73 @@ fn events(ops: &[Op]) -> (Vec<Event>, i64) {
         match op {
             Op::Grant { account, amount } => {
                 *available.entry(*account).or_default() += amount;
-                out.push(Event::new(envelope(*account, None), CreditsGranted { amount_nano: *amount, reason: None, granted_by: "prop".into() }));
+                out.push(Event::new(
+                    envelope(*account, None),
+                    CreditsGranted {
+                        amount_nano: *amount,
+                        reason: None,
+                        granted_by: "prop".into(),
+                    },
+                ));
             }
-            Op::Request { account, hold, charge, end } => {
+            Op::Request {
+                account,
+                hold,
+                charge,
+                end,
+            } => {
                 let avail = available.entry(*account).or_default();
                 if *avail < *hold {
                     continue; // the gateway answers 402
                 }
                 *avail -= hold;
                 let request = format!("req_{i}");
-                let routed = Event::new(envelope(*account, Some(&request)), RequestRouted {
-                    requested_model: "lumina-fast".into(), path: "fast".into(), task_class: "chat".into(), stream: false,
-                    policy_version: 1, features: Default::default(), scores: Default::default(), candidates: vec![],
-                    prompt_tokens_estimate: 1, max_tokens: None,
-                    hold: Some(CreditHold { amount_nano: *hold, price_table_version: "p".into(), ttl_ms: 1 }),
-                });
-                let settle = Event::new(envelope(*account, Some(&request)), RequestSettled {
-                    outcome: "completed".into(), path: "fast".into(), provider: None, deployment: None, usage: Usage::default(),
-                    charge_nano: *charge, price_table_version: "p".into(), rounding: "half_up_nano".into(),
-                    hold_released_nano: *hold, latency_us: 1, ttft_us: None, attempts: 1, error_class: None,
-                });
-                let expire = Event::new(envelope(*account, Some(&request)), HoldExpired { amount_nano: *hold, hold_placed_at: 0, ttl_ms: 1 });
+                let routed = Event::new(
+                    envelope(*account, Some(&request)),
+                    RequestRouted {
+                        requested_model: "lumina-fast".into(),
+                        path: "fast".into(),
+                        task_class: "chat".into(),
+                        stream: false,
+                        policy_version: 1,
+                        features: Default::default(),
+                        scores: Default::default(),
+                        candidates: vec![],
+                        prompt_tokens_estimate: 1,
+                        max_tokens: None,
+                        hold: Some(CreditHold {
+                            amount_nano: *hold,
+                            price_table_version: "p".into(),
+                            ttl_ms: 1,
+                        }),
+                    },
+                );
+                let settle = Event::new(
+                    envelope(*account, Some(&request)),
+                    RequestSettled {
+                        outcome: "completed".into(),
+                        path: "fast".into(),
+                        provider: None,
+                        deployment: None,
+                        usage: Usage::default(),
+                        charge_nano: *charge,
+                        price_table_version: "p".into(),
+                        rounding: "half_up_nano".into(),
+                        hold_released_nano: *hold,
+                        latency_us: 1,
+                        ttft_us: None,
+                        attempts: 1,
+                        error_class: None,
+                    },
+                );
+                let expire = Event::new(
+                    envelope(*account, Some(&request)),
+                    HoldExpired {
+                        amount_nano: *hold,
+                        hold_placed_at: 0,
+                        ttl_ms: 1,
+                    },
+                );
                 out.push(routed);
                 match end {
                     End::Settle => {
@@ -133,8 +191,13 @@ fn apply(events: &[Event]) -> Model {
             continue;
         }
         let request = e.envelope.request_id.clone();
-        let state = request.as_ref().and_then(|r| holds.get(r).copied()).unwrap_or(HoldState::Missing);
-        let Some(entry) = entry_for(e, state).unwrap() else { continue };
+        let state = request
+            .as_ref()
+            .and_then(|r| holds.get(r).copied())
+            .unwrap_or(HoldState::Missing);
+        let Some(entry) = entry_for(e, state).unwrap() else {
+            continue;
+        };
         assert!(entry.is_balanced(), "unbalanced entry {entry:?}");
         if let Some(r) = request {
             match (&e.payload, state) {
@@ -153,14 +216,25 @@ fn apply(events: &[Event]) -> Model {
         b[1] += d.held;
         b[2] += d.spent;
         b[3] += d.granted;
-        model.entries.push((entry.event_id.to_string(), entry.postings.iter().map(|p| (p.account.clone(), p.amount.0)).collect()));
+        model.entries.push((
+            entry.event_id.to_string(),
+            entry
+                .postings
+                .iter()
+                .map(|p| (p.account.clone(), p.amount.0))
+                .collect(),
+        ));
     }
     model
 }
 
 fn check(model: &Model, excess: i64) {
     let ids: HashSet<&String> = model.entries.iter().map(|(id, _)| id).collect();
-    assert_eq!(ids.len(), model.entries.len(), "an event was journaled twice");
+    assert_eq!(
+        ids.len(),
+        model.entries.len(),
+        "an event was journaled twice"
+    );
     let mut sums: HashMap<String, [i64; 4]> = HashMap::new();
     for (_, postings) in &model.entries {
         assert_eq!(postings.iter().map(|(_, a)| a).sum::<i64>(), 0);
@@ -175,10 +249,22 @@ fn check(model: &Model, excess: i64) {
     }
     for (account, b) in &model.balances {
         let s = sums.get(account).copied().unwrap_or_default();
-        assert_eq!((b[0], b[1]), (s[0], s[1]), "{account}: balance differs from its postings");
+        assert_eq!(
+            (b[0], b[1]),
+            (s[0], s[1]),
+            "{account}: balance differs from its postings"
+        );
         assert!(b[1] >= 0, "{account}: negative held {b:?}");
-        assert!(b[0] >= -excess, "{account}: available {} below the bound -{excess}", b[0]);
-        assert_eq!(b[0] + b[1] + b[2], b[3], "{account}: available + held + spent must equal granted");
+        assert!(
+            b[0] >= -excess,
+            "{account}: available {} below the bound -{excess}",
+            b[0]
+        );
+        assert_eq!(
+            b[0] + b[1] + b[2],
+            b[3],
+            "{account}: available + held + spent must equal granted"
+        );
     }
 }
 
@@ -198,7 +284,11 @@ proptest! {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// The database ledger ends where the model does, replays included.
@@ -216,16 +306,23 @@ async fn database_matches_model(events: &[Event], backend: Backend) {
         db.clone(),
         LocalLogSource::new(log.reader().unwrap()).with_commit_notifications(log.subscribe()),
         LedgerProjection,
-        ConsumerOptions { batch_size: 7, idle_wait: Duration::from_millis(20), ..ConsumerOptions::default() },
+        ConsumerOptions {
+            batch_size: 7,
+            idle_wait: Duration::from_millis(20),
+            ..ConsumerOptions::default()
+        },
     );
     let mut progress = consumer.progress();
     let cancel = CancellationToken::new();
     let task = tokio::spawn(consumer.run(cancel.clone()));
     let end = log.committed_position() as i64;
-    tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| p.next_offsets.get(&0).copied().unwrap_or(0) > end))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        progress.wait_for(|p| p.next_offsets.get(&0).copied().unwrap_or(0) > end),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     cancel.cancel();
     task.await.unwrap().unwrap();
     let model = apply(events);
@@ -233,7 +330,12 @@ async fn database_matches_model(events: &[Event], backend: Backend) {
     for (account, b) in &model.balances {
         let got = ledger.balance(account).await.unwrap();
         assert_eq!(
-            [got.available_nano, got.held_nano, got.spent_nano, got.granted_nano],
+            [
+                got.available_nano,
+                got.held_nano,
+                got.spent_nano,
+                got.granted_nano
+            ],
             *b,
             "{backend:?} {account}"
         );

@@ -69,7 +69,8 @@ impl MockUpstream {
         format!("{}/{provider}/v1", self.url)
     }
 
-    /// Sets how `provider` behaves: `ok`, `tools`, `nousage`, `slow`, `stall`, `cut`,
+    /// Sets how `provider` behaves: `ok`, `tools`, `nousage`, `slow` (300 ms between chunks),
+    /// `paced` (40 ms), `stall`, `cut`,
     /// `fail400`, `fail429`, `fail500`, `fail503`, `fail529`.
     pub fn set(&self, provider: &str, mode: &str) {
         self.state
