@@ -64,7 +64,7 @@ async fn client(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let stream = (n + id as u64) % 4 == 0;
+        let stream = (n + id as u64).is_multiple_of(4);
         let body = json!({"model": "lumina-fast", "stream": stream, "stream_options": {"include_usage": true},
             "messages": [{"role": "user", "content": format!("client {id} request {n}")}]});
         let body = if stream {

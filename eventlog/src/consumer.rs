@@ -43,6 +43,21 @@ pub trait Projection: Send + Sync + 'static {
         conn: &'a mut AnyConnection,
         event: &'a Event,
     ) -> impl Future<Output = Result<(), ApplyError>> + Send + 'a;
+
+    /// Writes the effects of `events`, in order (none seen before). Projections that can write
+    /// a batch in fewer statements override this; the default applies them one by one.
+    fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        events: &'a [&'a Event],
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send + 'a {
+        async move {
+            for event in events {
+                self.apply(&mut *conn, event).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Why a projection could not apply an event.
@@ -369,13 +384,86 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         positions: &[(i32, i64)],
     ) -> Result<BatchStats, ApplyError> {
         let mut tx = self.db.pool.begin().await?;
-        let mut stats = BatchStats::default();
-        for message in batch {
-            self.apply_message(&mut tx, message, &mut stats).await?;
-        }
+        let stats = self.apply_messages(&mut tx, batch).await?;
         self.store_positions(&mut tx, positions).await?;
         tx.commit().await?;
         Ok(stats)
+    }
+
+    /// Decodes `batch`, dead-letters what does not decode, claims the event ids in one
+    /// statement (a duplicate's claim fails) and hands the fresh events to the projection.
+    async fn apply_messages(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &[SourceMessage],
+    ) -> Result<BatchStats, ApplyError> {
+        let mut stats = BatchStats::default();
+        let mut events = Vec::with_capacity(batch.len());
+        for message in batch {
+            if let Ok((event_type, _)) = peek(&message.bytes)
+                && !self.projection.handles(event_type)
+            {
+                stats.passed_over += 1;
+                continue;
+            }
+            match decode(&message.bytes) {
+                Ok(decoded) => events.push(decoded.event),
+                Err(e) => {
+                    stats.dead_letters += 1;
+                    self.dead_letter(conn, message, &e.to_string()).await?;
+                }
+            }
+        }
+        let fresh = self.claim(conn, &events).await?;
+        stats.duplicates += (events.len() - fresh.len()) as u64;
+        stats.applied += fresh.len() as u64;
+        stats.newest_event_at = fresh
+            .iter()
+            .map(|e| e.envelope.occurred_at)
+            .max()
+            .unwrap_or(0);
+        self.projection.apply_batch(conn, &fresh).await?;
+        Ok(stats)
+    }
+
+    /// Records `events`' ids as applied; returns, in order, those not applied before (each
+    /// id once).
+    async fn claim<'e>(
+        &self,
+        conn: &mut AnyConnection,
+        events: &'e [Event],
+    ) -> Result<Vec<&'e Event>, sqlx::Error> {
+        const ROWS: usize = 300;
+        let ids: Vec<String> = events.iter().map(|e| e.envelope.event_id.to_string()).collect();
+        let now = now_micros();
+        let mut claimed = std::collections::HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS) {
+            let mut sql = String::from(
+                "INSERT INTO consumer_applied_events (consumer, event_id, applied_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("($1, ${}, $2)", i + 3));
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING RETURNING event_id");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(self.projection.name())
+                .bind(now);
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                claimed.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(events
+            .iter()
+            .zip(&ids)
+            .filter(|(_, id)| claimed.remove(*id))
+            .map(|(e, _)| e)
+            .collect())
     }
 
     /// One transaction per message; a message whose effects fail for a non-transient reason
@@ -390,12 +478,12 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             let one = [(message.partition, message.offset + 1)];
             let one = one.as_slice();
             let mut tx = self.db.pool.begin().await?;
-            let mut single = BatchStats::default();
-            let applied = self.apply_message(&mut tx, message, &mut single).await;
-            match applied {
-                Ok(()) => {
+            let applied = self.apply_messages(&mut tx, one_message(message)).await;
+            let single = match applied {
+                Ok(single) => {
                     self.store_positions(&mut tx, one).await?;
                     tx.commit().await?;
+                    single
                 }
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
@@ -405,12 +493,12 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
                         .await?;
                     self.store_positions(&mut tx, one).await?;
                     tx.commit().await?;
-                    single = BatchStats {
+                    BatchStats {
                         dead_letters: 1,
                         ..BatchStats::default()
-                    };
+                    }
                 }
-            }
+            };
             stats.applied += single.applied;
             stats.duplicates += single.duplicates;
             stats.passed_over += single.passed_over;
@@ -421,51 +509,6 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         self.store_positions(&mut tx, positions).await?;
         tx.commit().await?;
         Ok(stats)
-    }
-
-    async fn apply_message(
-        &self,
-        conn: &mut AnyConnection,
-        message: &SourceMessage,
-        stats: &mut BatchStats,
-    ) -> Result<(), ApplyError> {
-        if let Ok((event_type, _)) = peek(&message.bytes)
-            && !self.projection.handles(event_type)
-        {
-            stats.passed_over += 1;
-            return Ok(());
-        }
-        let event = match decode(&message.bytes) {
-            Ok(decoded) => decoded.event,
-            Err(e) => {
-                stats.dead_letters += 1;
-                return Ok(self.dead_letter(conn, message, &e.to_string()).await?);
-            }
-        };
-        let mut id_buf = uuid::Uuid::encode_buffer();
-        let event_id: &str = event
-            .envelope
-            .event_id
-            .hyphenated()
-            .encode_lower(&mut id_buf);
-        let inserted = sqlx::query(
-            "INSERT INTO consumer_applied_events (consumer, event_id, applied_at)
-             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(self.projection.name())
-        .bind(event_id)
-        .bind(now_micros())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            stats.duplicates += 1;
-            return Ok(());
-        }
-        self.projection.apply(conn, &event).await?;
-        stats.applied += 1;
-        stats.newest_event_at = stats.newest_event_at.max(event.envelope.occurred_at);
-        Ok(())
     }
 
     async fn dead_letter(
@@ -522,6 +565,10 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         }
         Ok(())
     }
+}
+
+fn one_message(message: &SourceMessage) -> &[SourceMessage] {
+    std::slice::from_ref(message)
 }
 
 /// The event types `projection` handles, to filter a source with.

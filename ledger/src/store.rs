@@ -5,6 +5,8 @@
 //! its postings exist and sum to zero, and postings cannot be changed afterwards — the database
 //! enforces balance as well as [`JournalEntry::is_balanced`].
 
+use std::collections::HashMap;
+
 use lumina_eventlog::{ApplyError, Database};
 use lumina_schemas::{Event, EventType, Payload};
 use serde::Serialize;
@@ -45,6 +47,313 @@ impl lumina_eventlog::Projection for LedgerProjection {
         record_entry(conn, &entry).await?;
         update_hold(conn, event, &entry).await
     }
+
+    async fn apply_batch(&self, conn: &mut AnyConnection, events: &[&Event]) -> Result<(), ApplyError> {
+        apply_batch(conn, events).await
+    }
+}
+
+/// `prefix VALUES ($1, …), (…) suffix` for `rows` rows of `cols` columns.
+fn values_sql(prefix: &str, cols: usize, rows: usize, suffix: &str) -> String {
+    let mut sql = String::with_capacity(prefix.len() + suffix.len() + rows * cols * 5);
+    sql.push_str(prefix);
+    sql.push_str(" VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("${}", r * cols + c + 1));
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(suffix);
+    sql
+}
+
+/// Rows per multi-row statement: far below both databases' parameter limits.
+const ROWS: usize = 500;
+
+/// A hold as the batch sees it, loaded or placed within the batch.
+struct HoldRow {
+    account_id: String,
+    amount: i64,
+    placed_at: i64,
+    ttl_ms: i64,
+    status: &'static str,
+    closed_at: Option<i64>,
+    changed: bool,
+}
+
+impl HoldRow {
+    fn state(&self) -> HoldState {
+        if self.status == "open" {
+            HoldState::Open(self.amount)
+        } else {
+            HoldState::Closed
+        }
+    }
+}
+
+async fn load_holds(conn: &mut AnyConnection, request_ids: &[&str]) -> Result<HashMap<String, HoldRow>, sqlx::Error> {
+    let mut holds = HashMap::with_capacity(request_ids.len());
+    for chunk in request_ids.chunks(ROWS) {
+        let mut sql = String::from(
+            "SELECT request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at
+             FROM ledger_holds WHERE request_id IN (",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("${}", i + 1));
+        }
+        sql.push(')');
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            let status: String = r.try_get(5)?;
+            holds.insert(
+                r.try_get::<String, _>(0)?,
+                HoldRow {
+                    account_id: r.try_get(1)?,
+                    amount: r.try_get(2)?,
+                    placed_at: r.try_get(3)?,
+                    ttl_ms: r.try_get(4)?,
+                    status: match status.as_str() {
+                        "open" => "open",
+                        "settled" => "settled",
+                        _ => "expired",
+                    },
+                    closed_at: r.try_get(6)?,
+                    changed: false,
+                },
+            );
+        }
+    }
+    Ok(holds)
+}
+
+/// The batch form of the projection: the same entries as event-by-event application, written
+/// with a handful of multi-row statements per batch.
+async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    let mut request_ids: Vec<&str> = events
+        .iter()
+        .filter(|e| !matches!(e.payload, Payload::CreditsGranted(_)))
+        .filter_map(|e| e.envelope.request_id.as_deref())
+        .collect();
+    request_ids.sort_unstable();
+    request_ids.dedup();
+    let mut holds = load_holds(conn, &request_ids).await?;
+    let mut entries: Vec<JournalEntry> = Vec::with_capacity(events.len());
+    for event in events {
+        let request = event.envelope.request_id.as_deref();
+        let state = match (&event.payload, request) {
+            (Payload::CreditsGranted(_), _) | (_, None) => HoldState::Missing,
+            (_, Some(r)) => holds.get(r).map_or(HoldState::Missing, HoldRow::state),
+        };
+        let entry = match entry_for(event, state) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => continue,
+            Err(e) => return Err(ApplyError::Rejected(e.0)),
+        };
+        if !entry.is_balanced() {
+            return Err(ApplyError::Rejected(format!("entry for {} does not balance", entry.event_id)));
+        }
+        if let Some(r) = request {
+            match (&event.payload, entry.kind) {
+                (Payload::RequestRouted(rr), EntryKind::Hold) => {
+                    let (amount, ttl_ms) = rr.hold.as_ref().map_or((0, 0), |h| (h.amount_nano, h.ttl_ms));
+                    holds.insert(
+                        r.to_string(),
+                        HoldRow {
+                            account_id: entry.account_id.clone(),
+                            amount,
+                            placed_at: entry.occurred_at,
+                            ttl_ms,
+                            status: "open",
+                            closed_at: None,
+                            changed: true,
+                        },
+                    );
+                }
+                (_, EntryKind::Settle | EntryKind::Expire) if entry.released.is_some_and(|v| v.0 > 0) => {
+                    if let Some(h) = holds.get_mut(r) {
+                        h.status = if entry.kind == EntryKind::Settle { "settled" } else { "expired" };
+                        h.closed_at = Some(entry.occurred_at);
+                        h.changed = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        entries.push(entry);
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+
+    // Postings first: the entry rows' trigger checks them.
+    let postings: Vec<(String, i64, String, String, i64)> = entries
+        .iter()
+        .flat_map(|e| {
+            let id = e.event_id.to_string();
+            (1i64..).zip(&e.postings).map(move |(line, p)| {
+                (
+                    id.clone(),
+                    line,
+                    p.account.code(),
+                    account_of(&p.account).unwrap_or(&e.account_id).to_string(),
+                    p.amount.0,
+                )
+            })
+        })
+        .collect();
+    for chunk in postings.chunks(ROWS) {
+        let sql = values_sql(
+            "INSERT INTO ledger_postings (entry_event_id, line, ledger_account, account_id, amount_nano)",
+            5,
+            chunk.len(),
+            "",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, line, account, owner, amount) in chunk {
+            q = q.bind(id.as_str()).bind(*line).bind(account.as_str()).bind(owner.as_str()).bind(*amount);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    for chunk in entries.chunks(ROWS) {
+        let sql = values_sql(
+            "INSERT INTO ledger_entries (event_id, kind, account_id, request_id, occurred_at, charged_nano, released_nano)",
+            7,
+            chunk.len(),
+            "",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            q = q
+                .bind(e.event_id.to_string())
+                .bind(e.kind.as_str())
+                .bind(e.account_id.as_str())
+                .bind(e.request_id.as_deref())
+                .bind(e.occurred_at)
+                .bind(e.charged.map(|c| c.0))
+                .bind(e.released.map(|r| r.0));
+        }
+        q.execute(&mut *conn).await?;
+    }
+
+    // Holds placed or closed by the batch.
+    let changed: Vec<(&String, &HoldRow)> = holds.iter().filter(|(_, h)| h.changed).collect();
+    for chunk in changed.chunks(ROWS) {
+        let sql = values_sql(
+            "INSERT INTO ledger_holds (request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at)",
+            7,
+            chunk.len(),
+            "ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, closed_at = excluded.closed_at",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (request_id, h) in chunk {
+            q = q
+                .bind(request_id.as_str())
+                .bind(h.account_id.as_str())
+                .bind(h.amount)
+                .bind(h.placed_at)
+                .bind(h.ttl_ms)
+                .bind(h.status)
+                .bind(h.closed_at);
+        }
+        q.execute(&mut *conn).await?;
+    }
+
+    // Balances: one delta per account; then each day's closing balance.
+    let mut order: Vec<String> = Vec::new();
+    let mut totals: HashMap<String, [i64; 5]> = HashMap::new();
+    let mut days: HashMap<String, Vec<(String, [i64; 4])>> = HashMap::new();
+    for e in &entries {
+        let d = e.balance_delta();
+        let t = totals.entry(e.account_id.clone()).or_insert_with(|| {
+            order.push(e.account_id.clone());
+            [0; 5]
+        });
+        t[0] += d.available;
+        t[1] += d.held;
+        t[2] += d.spent;
+        t[3] += d.granted;
+        t[4] = t[4].max(e.occurred_at);
+        let cumulative = [t[0], t[1], t[2], t[3]];
+        let day = day_of(e.occurred_at);
+        let list = days.entry(e.account_id.clone()).or_default();
+        match list.last_mut() {
+            Some((last_day, c)) if *last_day == day => *c = cumulative,
+            _ => list.push((day, cumulative)),
+        }
+    }
+    let mut closing: HashMap<String, [i64; 4]> = HashMap::new();
+    for chunk in order.chunks(ROWS) {
+        let sql = values_sql(
+            "INSERT INTO ledger_balances (account_id, available_nano, held_nano, spent_nano, granted_nano, updated_at)",
+            6,
+            chunk.len(),
+            "ON CONFLICT (account_id) DO UPDATE SET
+                 available_nano = ledger_balances.available_nano + excluded.available_nano,
+                 held_nano = ledger_balances.held_nano + excluded.held_nano,
+                 spent_nano = ledger_balances.spent_nano + excluded.spent_nano,
+                 granted_nano = ledger_balances.granted_nano + excluded.granted_nano,
+                 updated_at = excluded.updated_at
+             RETURNING account_id, available_nano, held_nano, spent_nano, granted_nano",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for account in chunk {
+            let t = totals.get(account).copied().unwrap_or_default();
+            q = q.bind(account.as_str()).bind(t[0]).bind(t[1]).bind(t[2]).bind(t[3]).bind(t[4]);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            closing.insert(
+                r.try_get(0)?,
+                [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?],
+            );
+        }
+    }
+    let mut daily: Vec<(String, String, [i64; 4])> = Vec::new();
+    for account in &order {
+        let (Some(last), Some(total)) = (closing.get(account), totals.get(account)) else {
+            continue;
+        };
+        for (day, cumulative) in days.remove(account).unwrap_or_default() {
+            // The balance at the end of `day` = final balance − what the batch added after it.
+            let at = [
+                last[0] - (total[0] - cumulative[0]),
+                last[1] - (total[1] - cumulative[1]),
+                last[2] - (total[2] - cumulative[2]),
+                last[3] - (total[3] - cumulative[3]),
+            ];
+            daily.push((account.clone(), day, at));
+        }
+    }
+    for chunk in daily.chunks(ROWS) {
+        let sql = values_sql(
+            "INSERT INTO ledger_daily (account_id, day, available_nano, held_nano, spent_nano, granted_nano)",
+            6,
+            chunk.len(),
+            "ON CONFLICT (account_id, day) DO UPDATE SET
+                 available_nano = excluded.available_nano, held_nano = excluded.held_nano,
+                 spent_nano = excluded.spent_nano, granted_nano = excluded.granted_nano",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (account, day, b) in chunk {
+            q = q.bind(account.as_str()).bind(day.as_str()).bind(b[0]).bind(b[1]).bind(b[2]).bind(b[3]);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 async fn hold_state(conn: &mut AnyConnection, request_id: &str) -> Result<HoldState, ApplyError> {
