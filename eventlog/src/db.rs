@@ -130,3 +130,45 @@ impl Database {
         Ok(())
     }
 }
+
+/// `prefix VALUES (…), (…) suffix` for `rows` rows of `cols` parameters, with the placeholder
+/// style that is fast on `conn`'s backend: `?` on SQLite (whose lookup of numbered parameters
+/// is linear, so thousands of `$n` in one statement cost quadratic time), `$n` on PostgreSQL.
+pub fn values_sql(conn: &sqlx::AnyConnection, prefix: &str, cols: usize, rows: usize, suffix: &str) -> String {
+    let numbered = !conn.backend_name().eq_ignore_ascii_case("sqlite");
+    let mut sql = String::with_capacity(prefix.len() + suffix.len() + 16 + rows * cols * 6);
+    sql.push_str(prefix);
+    sql.push_str(" VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                sql.push(',');
+            }
+            if numbered {
+                sql.push('$');
+                sql.push_str(&(r * cols + c + 1).to_string());
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    if !suffix.is_empty() {
+        sql.push(' ');
+        sql.push_str(suffix);
+    }
+    sql
+}
+
+/// `(p1, p2, …)` for an `IN` list of `n` parameters, in `conn`'s fast placeholder style.
+pub fn in_list(conn: &sqlx::AnyConnection, n: usize) -> String {
+    let numbered = !conn.backend_name().eq_ignore_ascii_case("sqlite");
+    let items: Vec<String> = (1..=n)
+        .map(|i| if numbered { format!("${i}") } else { "?".to_string() })
+        .collect();
+    format!("({})", items.join(","))
+}

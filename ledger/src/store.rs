@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use lumina_eventlog::db::{in_list, values_sql};
 use lumina_eventlog::{ApplyError, Database};
 use lumina_schemas::{Event, EventType, Payload};
 use serde::Serialize;
@@ -48,32 +49,13 @@ impl lumina_eventlog::Projection for LedgerProjection {
         update_hold(conn, event, &entry).await
     }
 
-    async fn apply_batch(&self, conn: &mut AnyConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[&Event],
+    ) -> Result<(), ApplyError> {
         apply_batch(conn, events).await
     }
-}
-
-/// `prefix VALUES ($1, …), (…) suffix` for `rows` rows of `cols` columns.
-fn values_sql(prefix: &str, cols: usize, rows: usize, suffix: &str) -> String {
-    let mut sql = String::with_capacity(prefix.len() + suffix.len() + rows * cols * 5);
-    sql.push_str(prefix);
-    sql.push_str(" VALUES ");
-    for r in 0..rows {
-        if r > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("${}", r * cols + c + 1));
-        }
-        sql.push(')');
-    }
-    sql.push(' ');
-    sql.push_str(suffix);
-    sql
 }
 
 /// Rows per multi-row statement: far below both databases' parameter limits.
@@ -100,20 +82,17 @@ impl HoldRow {
     }
 }
 
-async fn load_holds(conn: &mut AnyConnection, request_ids: &[&str]) -> Result<HashMap<String, HoldRow>, sqlx::Error> {
+async fn load_holds(
+    conn: &mut AnyConnection,
+    request_ids: &[&str],
+) -> Result<HashMap<String, HoldRow>, sqlx::Error> {
     let mut holds = HashMap::with_capacity(request_ids.len());
     for chunk in request_ids.chunks(ROWS) {
-        let mut sql = String::from(
+        let sql = format!(
             "SELECT request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at
-             FROM ledger_holds WHERE request_id IN (",
+             FROM ledger_holds WHERE request_id IN {}",
+            in_list(conn, chunk.len())
         );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("${}", i + 1));
-        }
-        sql.push(')');
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             q = q.bind(*id);
@@ -165,12 +144,18 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
             Err(e) => return Err(ApplyError::Rejected(e.0)),
         };
         if !entry.is_balanced() {
-            return Err(ApplyError::Rejected(format!("entry for {} does not balance", entry.event_id)));
+            return Err(ApplyError::Rejected(format!(
+                "entry for {} does not balance",
+                entry.event_id
+            )));
         }
         if let Some(r) = request {
             match (&event.payload, entry.kind) {
                 (Payload::RequestRouted(rr), EntryKind::Hold) => {
-                    let (amount, ttl_ms) = rr.hold.as_ref().map_or((0, 0), |h| (h.amount_nano, h.ttl_ms));
+                    let (amount, ttl_ms) = rr
+                        .hold
+                        .as_ref()
+                        .map_or((0, 0), |h| (h.amount_nano, h.ttl_ms));
                     holds.insert(
                         r.to_string(),
                         HoldRow {
@@ -184,9 +169,15 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
                         },
                     );
                 }
-                (_, EntryKind::Settle | EntryKind::Expire) if entry.released.is_some_and(|v| v.0 > 0) => {
+                (_, EntryKind::Settle | EntryKind::Expire)
+                    if entry.released.is_some_and(|v| v.0 > 0) =>
+                {
                     if let Some(h) = holds.get_mut(r) {
-                        h.status = if entry.kind == EntryKind::Settle { "settled" } else { "expired" };
+                        h.status = if entry.kind == EntryKind::Settle {
+                            "settled"
+                        } else {
+                            "expired"
+                        };
                         h.closed_at = Some(entry.occurred_at);
                         h.changed = true;
                     }
@@ -218,6 +209,7 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
         .collect();
     for chunk in postings.chunks(ROWS) {
         let sql = values_sql(
+            conn,
             "INSERT INTO ledger_postings (entry_event_id, line, ledger_account, account_id, amount_nano)",
             5,
             chunk.len(),
@@ -225,12 +217,18 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (id, line, account, owner, amount) in chunk {
-            q = q.bind(id.as_str()).bind(*line).bind(account.as_str()).bind(owner.as_str()).bind(*amount);
+            q = q
+                .bind(id.as_str())
+                .bind(*line)
+                .bind(account.as_str())
+                .bind(owner.as_str())
+                .bind(*amount);
         }
         q.execute(&mut *conn).await?;
     }
     for chunk in entries.chunks(ROWS) {
         let sql = values_sql(
+            conn,
             "INSERT INTO ledger_entries (event_id, kind, account_id, request_id, occurred_at, charged_nano, released_nano)",
             7,
             chunk.len(),
@@ -254,6 +252,7 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
     let changed: Vec<(&String, &HoldRow)> = holds.iter().filter(|(_, h)| h.changed).collect();
     for chunk in changed.chunks(ROWS) {
         let sql = values_sql(
+            conn,
             "INSERT INTO ledger_holds (request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at)",
             7,
             chunk.len(),
@@ -299,6 +298,7 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
     let mut closing: HashMap<String, [i64; 4]> = HashMap::new();
     for chunk in order.chunks(ROWS) {
         let sql = values_sql(
+            conn,
             "INSERT INTO ledger_balances (account_id, available_nano, held_nano, spent_nano, granted_nano, updated_at)",
             6,
             chunk.len(),
@@ -313,7 +313,13 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for account in chunk {
             let t = totals.get(account).copied().unwrap_or_default();
-            q = q.bind(account.as_str()).bind(t[0]).bind(t[1]).bind(t[2]).bind(t[3]).bind(t[4]);
+            q = q
+                .bind(account.as_str())
+                .bind(t[0])
+                .bind(t[1])
+                .bind(t[2])
+                .bind(t[3])
+                .bind(t[4]);
         }
         for r in q.fetch_all(&mut *conn).await? {
             closing.insert(
@@ -340,6 +346,7 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
     }
     for chunk in daily.chunks(ROWS) {
         let sql = values_sql(
+            conn,
             "INSERT INTO ledger_daily (account_id, day, available_nano, held_nano, spent_nano, granted_nano)",
             6,
             chunk.len(),
@@ -349,7 +356,13 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (account, day, b) in chunk {
-            q = q.bind(account.as_str()).bind(day.as_str()).bind(b[0]).bind(b[1]).bind(b[2]).bind(b[3]);
+            q = q
+                .bind(account.as_str())
+                .bind(day.as_str())
+                .bind(b[0])
+                .bind(b[1])
+                .bind(b[2])
+                .bind(b[3]);
         }
         q.execute(&mut *conn).await?;
     }
