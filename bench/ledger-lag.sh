@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Lag from a request's settlement to its balance: lumina serve (release, simulated upstream,
+# zero latency) under a fixed 1,000 requests/s; afterwards, for every settlement the ledger
+# journaled, the time between the RequestSettled event (occurred_at) and the ledger's
+# transaction that applied it (consumer_applied_events.applied_at). Prints p50/p99/max.
+#
+# Usage: bench/ledger-lag.sh [seconds, default 20]
+# With LUMINA_DATABASE_URL=postgres://… the read models and ledger live in PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN="${1:-20}"
+CACHE="${LUMINA_CACHE:-$HOME/.cache/lumina}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+OHA="$CACHE/tools/bin/oha"
+WORK="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+[ -x "$OHA" ] || cargo install oha --locked --root "$CACHE/tools" >&2
+cargo build --release --locked --bin lumina >&2
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export LUMINA_ADMIN_KEY="bench-admin-key-0123456789"
+cat > "$WORK/lumina.toml" <<TOML
+[demo]
+enabled = false
+TOML
+LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" serve --config "$WORK/lumina.toml" \
+  --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" > "$WORK/lumina.out" 2>&1 &
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+ACCOUNT=$(curl -sf "http://127.0.0.1:$PORT/admin/accounts" -H "Authorization: Bearer $LUMINA_ADMIN_KEY" \
+  -d '{"name":"lag","credits":"1000000"}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["id"])')
+KEY=$(curl -sf "http://127.0.0.1:$PORT/admin/keys" -H "Authorization: Bearer $LUMINA_ADMIN_KEY" \
+  -d "{\"account_id\":\"$ACCOUNT\",\"name\":\"lag\"}" | python3 -c 'import sys,json; print(json.load(sys.stdin)["key"])')
+"$OHA" --no-tui -z "${SECONDS_PER_RUN}s" -q 1000 -c 16 -m POST -H "Authorization: Bearer $KEY" \
+  -H "content-type: application/json" \
+  -d '{"model":"lumina-fast","max_tokens":32,"messages":[{"role":"user","content":"hello there"}]}' \
+  "http://127.0.0.1:$PORT/v1/chat/completions" | grep -E "Success rate|Requests/sec" >&2
+sleep 2
+QUERY="SELECT a.applied_at - e.occurred_at FROM ledger_entries e
+       JOIN consumer_applied_events a ON a.event_id = e.event_id AND a.consumer = 'ledger'
+       WHERE e.kind = 'settle'"
+if [ -n "${LUMINA_DATABASE_URL:-}" ]; then
+  psql "$LUMINA_DATABASE_URL" -qAtc "$QUERY" > "$WORK/lags"
+else
+  python3 - "$WORK/data/lumina.db" "$QUERY" > "$WORK/lags" <<'PY'
+import sqlite3, sys
+for (lag,) in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]):
+    print(lag)
+PY
+fi
+python3 - "$WORK/lags" <<'PY'
+import sys
+lags = sorted(int(l) for l in open(sys.argv[1]) if l.strip())
+if not lags:
+    sys.exit("no settlements journaled")
+pct = lambda p: lags[min(len(lags) - 1, int(round(p * (len(lags) - 1))))] / 1000
+print(f"settlements journaled: {len(lags)}")
+print(f"settlement → balance lag: p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {lags[-1] / 1000:.1f} ms")
+PY
