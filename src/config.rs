@@ -113,7 +113,7 @@ pub struct ConsumersConfig {
 
 impl Default for ConsumersConfig {
     fn default() -> Self {
-        ConsumersConfig { batch_size: 512 }
+        ConsumersConfig { batch_size: 2048 }
     }
 }
 

@@ -93,7 +93,7 @@ pub struct ConsumerOptions {
 impl Default for ConsumerOptions {
     fn default() -> Self {
         ConsumerOptions {
-            batch_size: 512,
+            batch_size: 2048,
             idle_wait: Duration::from_millis(500),
             coalesce: Duration::from_millis(10),
         }
@@ -463,7 +463,10 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
-                query = query.bind(self.projection.name()).bind(id.as_str()).bind(now);
+                query = query
+                    .bind(self.projection.name())
+                    .bind(id.as_str())
+                    .bind(now);
             }
             for row in query.fetch_all(&mut *conn).await? {
                 claimed.insert(row.try_get::<String, _>(0)?);

@@ -134,7 +134,13 @@ impl Database {
 /// `prefix VALUES (…), (…) suffix` for `rows` rows of `cols` parameters, with the placeholder
 /// style that is fast on `conn`'s backend: `?` on SQLite (whose lookup of numbered parameters
 /// is linear, so thousands of `$n` in one statement cost quadratic time), `$n` on PostgreSQL.
-pub fn values_sql(conn: &sqlx::AnyConnection, prefix: &str, cols: usize, rows: usize, suffix: &str) -> String {
+pub fn values_sql(
+    conn: &sqlx::AnyConnection,
+    prefix: &str,
+    cols: usize,
+    rows: usize,
+    suffix: &str,
+) -> String {
     let numbered = !conn.backend_name().eq_ignore_ascii_case("sqlite");
     let mut sql = String::with_capacity(prefix.len() + suffix.len() + 16 + rows * cols * 6);
     sql.push_str(prefix);
@@ -168,7 +174,13 @@ pub fn values_sql(conn: &sqlx::AnyConnection, prefix: &str, cols: usize, rows: u
 pub fn in_list(conn: &sqlx::AnyConnection, n: usize) -> String {
     let numbered = !conn.backend_name().eq_ignore_ascii_case("sqlite");
     let items: Vec<String> = (1..=n)
-        .map(|i| if numbered { format!("${i}") } else { "?".to_string() })
+        .map(|i| {
+            if numbered {
+                format!("${i}")
+            } else {
+                "?".to_string()
+            }
+        })
         .collect();
     format!("({})", items.join(","))
 }

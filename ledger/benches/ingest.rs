@@ -1,5 +1,5 @@
 //! Sustained ledger ingest: events/s the ledger consumer journals from the local log into
-//! SQLite and PostgreSQL (target ≥ 20,000/s into PostgreSQL), with the default batch size.
+//! SQLite and PostgreSQL (target ≥ 20,000/s into PostgreSQL), with the default batch size (2,048).
 //!
 //! Each sample journals a 30,000-event log — grants to 1,000 accounts, then 14,500 requests,
 //! each a `RequestRouted` with a hold and its `RequestSettled` — from position 0 into a fresh
@@ -97,7 +97,7 @@ fn history() -> Vec<Event> {
 async fn ingest_once(log: &EventLog, backend: Backend) -> Duration {
     let (_t, db) = lumina_testkit::migrated_database(backend).await;
     let source = LocalLogSource::new(log.reader().unwrap()).only(&handled_types(&LedgerProjection));
-    let consumer = Consumer::new(db, source, LedgerProjection, ConsumerOptions { batch_size: 2048, ..ConsumerOptions::default() });
+    let consumer = Consumer::new(db, source, LedgerProjection, ConsumerOptions::default());
     let mut progress = consumer.progress();
     let cancel = CancellationToken::new();
     let start = Instant::now();
