@@ -5,6 +5,8 @@
 //! can be dropped and rebuilt by replaying the log ([`read_model::rebuild`]).
 
 pub mod read_model;
+pub mod requests;
+pub mod views;
 
 pub use read_model::{AccountRow, KeyRow, ProjectRow, ReadModel, ReadModelProjection};
 

@@ -31,10 +31,27 @@ impl lumina_eventlog::Projection for ReadModelProjection {
                 | EventType::ApiKeyCreated
                 | EventType::ApiKeyRevoked
                 | EventType::LimitsChanged
+                | EventType::RequestRouted
+                | EventType::UpstreamAttempted
+                | EventType::RequestSettled
+                | EventType::FeedbackReceived
         )
     }
 
     async fn apply(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyError> {
+        self.apply_batch(conn, &[event]).await
+    }
+
+    async fn apply_batch(&self, conn: &mut AnyConnection, events: &[&Event]) -> Result<(), ApplyError> {
+        for event in events {
+            apply_one(conn, event).await?;
+        }
+        crate::requests::update_stats(conn, events).await
+    }
+}
+
+async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyError> {
+    {
         let env = &event.envelope;
         match &event.payload {
             Payload::AccountOpened(p) => {
@@ -137,7 +154,7 @@ impl lumina_eventlog::Projection for ReadModelProjection {
                 .execute(&mut *conn)
                 .await?;
             }
-            _ => {}
+            _ => crate::requests::apply(conn, event).await?,
         }
         Ok(())
     }
@@ -339,8 +356,17 @@ impl ReadModel {
     }
 }
 
-/// Tables the read-model projection writes, in deletion order.
-pub const TABLES: [&str; 4] = ["api_keys", "credit_grants", "projects", "accounts"];
+/// Tables the projector writes, in deletion order.
+pub const TABLES: [&str; 8] = [
+    "api_keys",
+    "credit_grants",
+    "projects",
+    "accounts",
+    "requests",
+    "request_attempts",
+    "usage_minutes",
+    "route_stats",
+];
 
 /// Drops every read-model row and the projector's positions in one transaction, so the next
 /// projector run replays the log from the start into empty tables.

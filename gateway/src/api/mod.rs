@@ -8,6 +8,8 @@ pub mod extract;
 pub mod health;
 pub mod ledger;
 pub mod models;
+pub mod requests;
+pub mod usage;
 
 use axum::Router;
 use axum::extract::Request;
@@ -88,6 +90,13 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/models", get(models::list))
+        .route("/v1/usage", get(usage::usage))
+        .route("/v1/requests", get(requests::list))
+        .route("/v1/requests/{id}", get(requests::get))
+        .route("/v1/feedback", post(requests::feedback))
+        .route("/admin/requests", get(requests::admin_list))
+        .route("/admin/requests/{id}", get(requests::admin_get))
+        .route("/admin/routes/stats", get(requests::route_stats))
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/admin/accounts", post(admin::create_account))
         .route("/admin/accounts/{id}", get(admin::get_account))

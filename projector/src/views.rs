@@ -1,0 +1,404 @@
+//! Queries over the request views: usage rows for `/v1/usage`, request logs and traces, and
+//! route statistics with quantiles read from their sketches.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::ReadModel;
+use crate::requests::RouteStats;
+
+/// One per-minute usage rollup row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    /// Minute start, Unix seconds.
+    pub minute: i64,
+    /// Project.
+    pub project_id: String,
+    /// API key.
+    pub api_key_id: String,
+    /// Lumina path (the `model` of `/v1/usage`).
+    pub path: String,
+    /// Provider that answered.
+    pub provider: String,
+    /// Prompt tokens.
+    pub input_tokens: i64,
+    /// Completion tokens.
+    pub output_tokens: i64,
+    /// Cached prompt tokens.
+    pub cached_tokens: i64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: i64,
+    /// Settled requests.
+    pub requests: i64,
+    /// Charges, nano-credits.
+    pub credits_nano: i64,
+}
+
+/// One request as the views hold it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestRow {
+    /// `req_…`
+    pub request_id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// Project.
+    pub project_id: Option<String>,
+    /// API key.
+    pub api_key_id: Option<String>,
+    /// The `model` asked for.
+    pub requested_model: Option<String>,
+    /// Path taken.
+    pub path: Option<String>,
+    /// Classifier task class.
+    pub task_class: Option<String>,
+    /// Streamed or not.
+    pub stream: Option<bool>,
+    /// Routing policy version.
+    pub policy_version: Option<i64>,
+    /// Classifier features (JSON object).
+    pub features: Option<serde_json::Value>,
+    /// Classifier scores (JSON object).
+    pub scores: Option<serde_json::Value>,
+    /// Deployments in fallback order.
+    pub candidates: Option<serde_json::Value>,
+    /// Credit hold placed.
+    pub hold_nano: Option<i64>,
+    /// Prompt estimate at routing.
+    pub prompt_tokens_estimate: Option<i64>,
+    /// Client's output cap.
+    pub max_tokens: Option<i64>,
+    /// When routed, µs since the epoch.
+    pub routed_at: Option<i64>,
+    /// How it ended (`None` while in flight).
+    pub outcome: Option<String>,
+    /// Provider that answered.
+    pub provider: Option<String>,
+    /// Deployment that answered.
+    pub deployment: Option<String>,
+    /// Prompt tokens.
+    pub prompt_tokens: Option<i64>,
+    /// Completion tokens.
+    pub completion_tokens: Option<i64>,
+    /// Cached prompt tokens.
+    pub cached_tokens: Option<i64>,
+    /// Reasoning tokens.
+    pub reasoning_tokens: Option<i64>,
+    /// Whether usage was estimated.
+    pub usage_estimated: Option<bool>,
+    /// Charge, nano-credits.
+    pub charge_nano: Option<i64>,
+    /// Price table of the charge.
+    pub price_table_version: Option<String>,
+    /// End-to-end latency, µs.
+    pub latency_us: Option<i64>,
+    /// Time to first token, µs.
+    pub ttft_us: Option<i64>,
+    /// Attempts made.
+    pub attempts: Option<i64>,
+    /// Why it failed.
+    pub error_class: Option<String>,
+    /// When settled, µs since the epoch.
+    pub settled_at: Option<i64>,
+    /// Feedback score.
+    pub feedback_score: Option<f64>,
+    /// Feedback label.
+    pub feedback_label: Option<String>,
+    /// Feedback comment.
+    pub feedback_comment: Option<String>,
+}
+
+/// One upstream attempt of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRow {
+    /// 1 for the first.
+    pub attempt: i64,
+    /// Provider name.
+    pub provider: String,
+    /// Deployment id.
+    pub deployment: String,
+    /// Upstream model.
+    pub upstream_model: String,
+    /// Start, µs since the epoch.
+    pub started_at: i64,
+    /// Time to first byte, µs.
+    pub ttfb_us: Option<i64>,
+    /// Duration, µs.
+    pub duration_us: i64,
+    /// `ok` or `error`.
+    pub outcome: String,
+    /// Error class.
+    pub error_class: Option<String>,
+    /// Upstream status.
+    pub http_status: Option<i64>,
+    /// Whether another attempt followed.
+    pub fell_back: bool,
+}
+
+/// Filters of a request listing.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    /// Only this account (customer endpoints always set it).
+    pub account_id: Option<String>,
+    /// Only this key.
+    pub api_key_id: Option<String>,
+    /// Only this path.
+    pub path: Option<String>,
+    /// Only this outcome (`in_progress` for unsettled).
+    pub status: Option<String>,
+    /// Routed at or after, µs.
+    pub since: Option<i64>,
+    /// Routed before, µs.
+    pub until: Option<i64>,
+    /// Request ids below this one (the list is newest first).
+    pub after: Option<String>,
+}
+
+/// Route statistics of one path × deployment × task class, with quantiles.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteStatsView {
+    /// Path.
+    pub path: String,
+    /// Deployment.
+    pub deployment: String,
+    /// Task class.
+    pub task_class: String,
+    /// Settled requests.
+    pub requests: i64,
+    /// Completed ones.
+    pub completed: i64,
+    /// Others.
+    pub failed: i64,
+    /// Upstream attempts.
+    pub attempts: i64,
+    /// Failed attempts / attempts.
+    pub error_rate: f64,
+    /// Timed-out attempts / attempts.
+    pub timeout_rate: f64,
+    /// Attempts that fell back / attempts.
+    pub fallback_rate: f64,
+    /// Mean charge per request, nano-credits (integer division).
+    pub cost_per_request_nano: i64,
+    /// Latency quantiles, ms: p50, p90, p99.
+    pub latency_ms: Quantiles,
+    /// Time-to-first-token quantiles, ms.
+    pub ttft_ms: Quantiles,
+}
+
+/// Quantiles read from a sketch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quantiles {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 90th percentile.
+    pub p90: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+}
+
+fn quantiles(s: &sketches_ddsketch::DDSketch) -> Quantiles {
+    let q = |p| s.quantile(p).ok().flatten().map(|v| (v * 1000.0).round() / 1000.0);
+    Quantiles {
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+    }
+}
+
+const REQUEST_COLUMNS: &str = "request_id, account_id, project_id, api_key_id, requested_model, path, \
+    task_class, stream, policy_version, features, scores, candidates, hold_nano, prompt_tokens_estimate, \
+    max_tokens, routed_at, outcome, provider, deployment, prompt_tokens, completion_tokens, cached_tokens, \
+    reasoning_tokens, usage_estimated, charge_nano, price_table_version, latency_us, ttft_us, attempts, \
+    error_class, settled_at, feedback_score, feedback_label, feedback_comment";
+
+fn json_col(r: &AnyRow, i: usize) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    Ok(r.try_get::<Option<String>, _>(i)?
+        .and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+fn bool_col(r: &AnyRow, i: usize) -> Result<Option<bool>, sqlx::Error> {
+    Ok(r.try_get::<Option<i64>, _>(i)?.map(|v| v != 0))
+}
+
+fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
+    Ok(RequestRow {
+        request_id: r.try_get(0)?,
+        account_id: r.try_get(1)?,
+        project_id: r.try_get(2)?,
+        api_key_id: r.try_get(3)?,
+        requested_model: r.try_get(4)?,
+        path: r.try_get(5)?,
+        task_class: r.try_get(6)?,
+        stream: bool_col(r, 7)?,
+        policy_version: r.try_get(8)?,
+        features: json_col(r, 9)?,
+        scores: json_col(r, 10)?,
+        candidates: json_col(r, 11)?,
+        hold_nano: r.try_get(12)?,
+        prompt_tokens_estimate: r.try_get(13)?,
+        max_tokens: r.try_get(14)?,
+        routed_at: r.try_get(15)?,
+        outcome: r.try_get(16)?,
+        provider: r.try_get(17)?,
+        deployment: r.try_get(18)?,
+        prompt_tokens: r.try_get(19)?,
+        completion_tokens: r.try_get(20)?,
+        cached_tokens: r.try_get(21)?,
+        reasoning_tokens: r.try_get(22)?,
+        usage_estimated: bool_col(r, 23)?,
+        charge_nano: r.try_get(24)?,
+        price_table_version: r.try_get(25)?,
+        latency_us: r.try_get(26)?,
+        ttft_us: r.try_get(27)?,
+        attempts: r.try_get(28)?,
+        error_class: r.try_get(29)?,
+        settled_at: r.try_get(30)?,
+        feedback_score: r.try_get(31)?,
+        feedback_label: r.try_get(32)?,
+        feedback_comment: r.try_get(33)?,
+    })
+}
+
+impl ReadModel {
+    /// Usage rollups of `account_id` for minutes in `[start, end)` (Unix seconds).
+    pub async fn usage(&self, account_id: &str, start: i64, end: i64) -> Result<Vec<UsageRow>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT minute, project_id, api_key_id, path, provider, input_tokens, output_tokens,
+                 cached_tokens, reasoning_tokens, requests, credits_nano
+             FROM usage_minutes WHERE account_id = $1 AND minute >= $2 AND minute < $3
+             ORDER BY minute",
+        )
+        .bind(account_id)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&self.database().pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageRow {
+                    minute: r.try_get(0)?,
+                    project_id: r.try_get(1)?,
+                    api_key_id: r.try_get(2)?,
+                    path: r.try_get(3)?,
+                    provider: r.try_get(4)?,
+                    input_tokens: r.try_get(5)?,
+                    output_tokens: r.try_get(6)?,
+                    cached_tokens: r.try_get(7)?,
+                    reasoning_tokens: r.try_get(8)?,
+                    requests: r.try_get(9)?,
+                    credits_nano: r.try_get(10)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Requests matching `filter`, newest first, at most `limit`.
+    pub async fn requests(&self, filter: &RequestFilter, limit: i64) -> Result<Vec<RequestRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests
+             WHERE ($1 IS NULL OR account_id = $1)
+               AND ($2 IS NULL OR api_key_id = $2)
+               AND ($3 IS NULL OR path = $3)
+               AND ($4 IS NULL OR outcome = $4 OR ($4 = 'in_progress' AND outcome IS NULL))
+               AND ($5 IS NULL OR routed_at >= $5)
+               AND ($6 IS NULL OR routed_at < $6)
+               AND ($7 IS NULL OR request_id < $7)
+             ORDER BY request_id DESC LIMIT $8"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(filter.account_id.as_deref())
+            .bind(filter.api_key_id.as_deref())
+            .bind(filter.path.as_deref())
+            .bind(filter.status.as_deref())
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(filter.after.as_deref())
+            .bind(limit)
+            .fetch_all(&self.database().pool)
+            .await?;
+        rows.iter().map(request_row).collect()
+    }
+
+    /// One request and its attempts.
+    pub async fn request(&self, request_id: &str) -> Result<Option<(RequestRow, Vec<AttemptRow>)>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = $1"));
+        let Some(row) = sqlx::query(sql)
+            .bind(request_id)
+            .fetch_optional(&self.database().pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let attempts = sqlx::query(
+            "SELECT attempt, provider, deployment, upstream_model, started_at, ttfb_us, duration_us,
+                 outcome, error_class, http_status, fell_back
+             FROM request_attempts WHERE request_id = $1 ORDER BY attempt",
+        )
+        .bind(request_id)
+        .fetch_all(&self.database().pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AttemptRow {
+                attempt: r.try_get(0)?,
+                provider: r.try_get(1)?,
+                deployment: r.try_get(2)?,
+                upstream_model: r.try_get(3)?,
+                started_at: r.try_get(4)?,
+                ttfb_us: r.try_get(5)?,
+                duration_us: r.try_get(6)?,
+                outcome: r.try_get(7)?,
+                error_class: r.try_get(8)?,
+                http_status: r.try_get(9)?,
+                fell_back: r.try_get::<i64, _>(10)? != 0,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Some((request_row(&row)?, attempts)))
+    }
+
+    /// Route statistics, with quantiles.
+    pub async fn route_stats(&self) -> Result<Vec<RouteStatsView>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT path, deployment, task_class, requests, completed, failed, charge_nano, attempts,
+                 errors, timeouts, fallbacks, latency, ttft
+             FROM route_stats ORDER BY path, deployment, task_class",
+        )
+        .fetch_all(&self.database().pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let latency: String = r.try_get(11)?;
+            let ttft: String = r.try_get(12)?;
+            let stats = RouteStats {
+                requests: r.try_get(3)?,
+                completed: r.try_get(4)?,
+                failed: r.try_get(5)?,
+                charge_nano: r.try_get(6)?,
+                attempts: r.try_get(7)?,
+                errors: r.try_get(8)?,
+                timeouts: r.try_get(9)?,
+                fallbacks: r.try_get(10)?,
+                latency: serde_json::from_str(&latency).unwrap_or_else(|_| RouteStats::default().latency),
+                ttft: serde_json::from_str(&ttft).unwrap_or_else(|_| RouteStats::default().ttft),
+            };
+            let rate = |n: i64| if stats.attempts > 0 { n as f64 / stats.attempts as f64 } else { 0.0 };
+            out.push(RouteStatsView {
+                path: r.try_get(0)?,
+                deployment: r.try_get(1)?,
+                task_class: r.try_get(2)?,
+                requests: stats.requests,
+                completed: stats.completed,
+                failed: stats.failed,
+                attempts: stats.attempts,
+                error_rate: rate(stats.errors),
+                timeout_rate: rate(stats.timeouts),
+                fallback_rate: rate(stats.fallbacks),
+                cost_per_request_nano: if stats.requests > 0 { stats.charge_nano / stats.requests } else { 0 },
+                latency_ms: quantiles(&stats.latency),
+                ttft_ms: quantiles(&stats.ttft),
+            });
+        }
+        Ok(out)
+    }
+}
