@@ -3,6 +3,7 @@
 mod client;
 mod config;
 mod consumer_cmd;
+mod eval_export;
 mod http;
 mod replay;
 mod secrets;
@@ -44,6 +45,9 @@ enum Command {
     Reconcile(ReconcileArgs),
     /// Print the local log as JSON lines.
     Replay(ReplayArgs),
+    /// Eval datasets from production traffic.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Manage accounts through the admin API.
     #[command(subcommand)]
     Accounts(AccountsCommand),
@@ -145,6 +149,37 @@ struct ProjectorArgs {
     /// Stop once the log as it was at start has been applied.
     #[arg(long)]
     once: bool,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Write one JSON line per settled request (schemas/eval/v1.schema.json) to a file.
+    Export(EvalExportArgs),
+}
+
+#[derive(Args)]
+struct EvalExportArgs {
+    /// Configuration file (its database is read).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory of an embedded (`lumina serve`) installation.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Database URL (overrides the configuration).
+    #[arg(long, env = "LUMINA_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Requests settled at or after: RFC 3339, YYYY-MM-DD or Unix seconds.
+    #[arg(long)]
+    since: String,
+    /// Requests settled before (default: now).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this account (acct_…).
+    #[arg(long)]
+    account: Option<String>,
+    /// Output file (JSONL); `-` for standard output.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -410,6 +445,24 @@ async fn run_reconcile(args: ReconcileArgs) -> anyhow::Result<bool> {
     Ok(report.is_clean())
 }
 
+async fn run_eval_export(args: EvalExportArgs) -> anyhow::Result<()> {
+    let mut config = load_config(args.config.as_deref(), args.data_dir)?;
+    if let Some(url) = args.database_url {
+        config.database.url = Some(url);
+    }
+    let time = |text: &str, param: &str| {
+        lumina_gateway::api::ledger::parse_time(text, param).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let range = lumina_projector::eval::ExportRange {
+        since: time(&args.since, "since")?,
+        until: args.until.as_deref().map(|u| time(u, "until")).transpose()?,
+        account_id: args.account,
+    };
+    let db = serve::connect_database(&config).await?;
+    let views = lumina_projector::ReadModel::new(db);
+    eval_export::export(&views, &range, &args.out).await
+}
+
 fn query_param(value: &str) -> String {
     value
         .bytes()
@@ -548,6 +601,7 @@ async fn main() -> anyhow::Result<()> {
             )?;
             Ok(())
         }
+        Command::Eval(EvalCommand::Export(args)) => run_eval_export(args).await,
         Command::Accounts(command) => run_accounts(command).await,
         Command::Keys(command) => run_keys(command).await,
     }

@@ -58,6 +58,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let secrets = Secrets::load_or_create(&config)?;
+    let metrics = lumina_gateway::api::metrics::install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     let log = open_log(&config).await?;
     let fresh = log.committed_position() == 0;
     let db = connect_database(&config).await?;
@@ -148,6 +150,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         price_version: prices.version.as_str().into(),
         prices,
         credits,
+        metrics: Some(metrics),
     });
     let listen = config.listen();
     let listener = TcpListener::bind(listen)

@@ -117,6 +117,9 @@ pub struct Progress {
     pub last_commit_at: i64,
     /// Newest `occurred_at` among applied events, µs since the epoch (for lag).
     pub newest_event_at: i64,
+    /// Event-to-view lag of the last batch: from the oldest event's `occurred_at` to the
+    /// commit that made it visible, µs.
+    pub last_batch_lag_us: i64,
 }
 
 /// A named view of a local-log consumer's progress, for readiness and read-your-writes waits.
@@ -177,6 +180,42 @@ struct BatchStats {
     passed_over: u64,
     dead_letters: u64,
     newest_event_at: i64,
+    /// `occurred_at` of each applied event, for the event-to-view lag.
+    occurred_at: Vec<i64>,
+}
+
+/// A consumer's Prometheus series: events by fate, and the event-to-view lag of every applied
+/// event (from its `occurred_at` to the commit that made it visible).
+struct ConsumerMetrics {
+    applied: metrics::Counter,
+    duplicates: metrics::Counter,
+    dead_letters: metrics::Counter,
+    lag: metrics::Histogram,
+}
+
+impl ConsumerMetrics {
+    fn new(name: &'static str) -> Self {
+        ConsumerMetrics {
+            applied: metrics::counter!("lumina_consumer_events_applied_total", "consumer" => name),
+            duplicates: metrics::counter!("lumina_consumer_duplicates_total", "consumer" => name),
+            dead_letters: metrics::counter!("lumina_consumer_dead_letters_total", "consumer" => name),
+            lag: metrics::histogram!("lumina_event_to_view_lag_seconds", "consumer" => name),
+        }
+    }
+
+    /// Records a committed batch; returns its largest lag, µs, when it applied anything.
+    fn record(&self, stats: &BatchStats, committed_at: i64) -> Option<i64> {
+        self.applied.increment(stats.applied);
+        self.duplicates.increment(stats.duplicates);
+        self.dead_letters.increment(stats.dead_letters);
+        let mut worst = None;
+        for &t in &stats.occurred_at {
+            let lag = (committed_at - t).max(0);
+            self.lag.record(lag as f64 / 1e6);
+            worst = worst.max(Some(lag));
+        }
+        worst
+    }
 }
 
 /// Whether a database error may go away by retrying the same work.
@@ -291,6 +330,7 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         );
         let mut committed: BTreeMap<i32, i64> = positions.iter().copied().collect();
         let mut backoff = Duration::from_millis(50);
+        let metrics = ConsumerMetrics::new(name);
         loop {
             let polled = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -330,6 +370,7 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             committed = next;
             backoff = Duration::from_millis(50);
             let now = now_micros();
+            let lag_us = metrics.record(&stats, now);
             self.progress.send_modify(|p| {
                 p.next_offsets = committed.clone();
                 p.applied += stats.applied;
@@ -338,6 +379,9 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
                 p.dead_letters += stats.dead_letters;
                 p.last_commit_at = now;
                 p.newest_event_at = p.newest_event_at.max(stats.newest_event_at);
+                if let Some(lag) = lag_us {
+                    p.last_batch_lag_us = lag;
+                }
             });
             if partial
                 && !self.options.coalesce.is_zero()
@@ -430,11 +474,8 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         let fresh = self.claim(conn, &events).await?;
         stats.duplicates += (events.len() - fresh.len()) as u64;
         stats.applied += fresh.len() as u64;
-        stats.newest_event_at = fresh
-            .iter()
-            .map(|e| e.envelope.occurred_at)
-            .max()
-            .unwrap_or(0);
+        stats.occurred_at = fresh.iter().map(|e| e.envelope.occurred_at).collect();
+        stats.newest_event_at = stats.occurred_at.iter().copied().max().unwrap_or(0);
         self.projection.apply_batch(conn, &fresh).await?;
         Ok(stats)
     }
@@ -518,6 +559,7 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             stats.passed_over += single.passed_over;
             stats.dead_letters += single.dead_letters;
             stats.newest_event_at = stats.newest_event_at.max(single.newest_event_at);
+            stats.occurred_at.extend(single.occurred_at);
         }
         let mut tx = self.db.pool.begin().await?;
         self.store_positions(&mut tx, positions).await?;

@@ -47,6 +47,8 @@ pub struct AppInner {
     pub price_version: Arc<str>,
     /// Available credit per account, with this gateway's holds.
     pub credits: Arc<CreditBook>,
+    /// The Prometheus recorder behind `/metrics` (`None`: not installed, 404).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {

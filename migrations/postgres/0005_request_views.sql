@@ -40,6 +40,7 @@ CREATE TABLE requests (
     feedback_at            BIGINT
 );
 CREATE INDEX requests_account ON requests (account_id, request_id);
+CREATE INDEX requests_settled ON requests (settled_at, request_id);
 
 CREATE TABLE request_attempts (
     request_id     TEXT    NOT NULL,
@@ -89,4 +90,14 @@ CREATE TABLE route_stats (
     latency       TEXT    NOT NULL,
     ttft          TEXT    NOT NULL,
     PRIMARY KEY (path, deployment, task_class)
+);
+
+-- Prompts and answers of requests whose key was created with store_content (only those keys'
+-- requests ever write RequestContentRecorded). Read by `lumina eval export`.
+CREATE TABLE request_content (
+    request_id      TEXT PRIMARY KEY,
+    account_id      TEXT NOT NULL,
+    messages_json   TEXT NOT NULL,
+    answer          TEXT,
+    tool_calls_json TEXT
 );

@@ -35,6 +35,7 @@ impl lumina_eventlog::Projection for ReadModelProjection {
                 | EventType::UpstreamAttempted
                 | EventType::RequestSettled
                 | EventType::FeedbackReceived
+                | EventType::RequestContentRecorded
         )
     }
 
@@ -42,7 +43,11 @@ impl lumina_eventlog::Projection for ReadModelProjection {
         self.apply_batch(conn, &[event]).await
     }
 
-    async fn apply_batch(&self, conn: &mut AnyConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[&Event],
+    ) -> Result<(), ApplyError> {
         for event in events {
             apply_one(conn, event).await?;
         }
@@ -357,7 +362,7 @@ impl ReadModel {
 }
 
 /// Tables the projector writes, in deletion order.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "api_keys",
     "credit_grants",
     "projects",
@@ -366,6 +371,7 @@ pub const TABLES: [&str; 8] = [
     "request_attempts",
     "usage_minutes",
     "route_stats",
+    "request_content",
 ];
 
 /// Drops every read-model row and the projector's positions in one transaction, so the next

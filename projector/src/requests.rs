@@ -131,6 +131,19 @@ pub async fn apply(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
             .execute(&mut *conn)
             .await?;
         }
+        Payload::RequestContentRecorded(c) => {
+            sqlx::query(
+                "INSERT INTO request_content (request_id, account_id, messages_json, answer, tool_calls_json)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(request_id)
+            .bind(&env.account_id)
+            .bind(&c.messages_json)
+            .bind(c.answer.as_deref())
+            .bind(c.tool_calls_json.as_deref())
+            .execute(&mut *conn)
+            .await?;
+        }
         Payload::FeedbackReceived(f) => {
             ensure_row(conn, event, request_id).await?;
             sqlx::query(
@@ -152,7 +165,11 @@ pub async fn apply(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
 
 /// A row for a request whose `RequestRouted` has not been seen (it may arrive later, or was
 /// lost in a crash): later facts still have somewhere to land.
-async fn ensure_row(conn: &mut AnyConnection, event: &Event, request_id: &str) -> Result<(), ApplyError> {
+async fn ensure_row(
+    conn: &mut AnyConnection,
+    event: &Event,
+    request_id: &str,
+) -> Result<(), ApplyError> {
     let env = &event.envelope;
     sqlx::query(
         "INSERT INTO requests (request_id, account_id, project_id, api_key_id)
@@ -216,14 +233,21 @@ type StatsKey = (String, String, String);
 pub async fn update_stats(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), ApplyError> {
     let relevant: Vec<&&Event> = events
         .iter()
-        .filter(|e| matches!(e.payload, Payload::RequestSettled(_) | Payload::UpstreamAttempted(_)))
+        .filter(|e| {
+            matches!(
+                e.payload,
+                Payload::RequestSettled(_) | Payload::UpstreamAttempted(_)
+            )
+        })
         .collect();
     if relevant.is_empty() {
         return Ok(());
     }
     let mut classes: HashMap<String, (String, String)> = HashMap::new();
     for e in &relevant {
-        let Some(id) = e.envelope.request_id.as_deref() else { continue };
+        let Some(id) = e.envelope.request_id.as_deref() else {
+            continue;
+        };
         if classes.contains_key(id) {
             continue;
         }
@@ -242,13 +266,27 @@ pub async fn update_stats(conn: &mut AnyConnection, events: &[&Event]) -> Result
     }
     let mut touched: BTreeMap<StatsKey, RouteStats> = BTreeMap::new();
     for e in relevant {
-        let Some(id) = e.envelope.request_id.as_deref() else { continue };
+        let Some(id) = e.envelope.request_id.as_deref() else {
+            continue;
+        };
         let (path, class) = classes.get(id).cloned().unwrap_or_default();
-        let class = if class.is_empty() { "unknown".to_string() } else { class };
+        let class = if class.is_empty() {
+            "unknown".to_string()
+        } else {
+            class
+        };
         match &e.payload {
             Payload::RequestSettled(s) => {
-                let path = if path.is_empty() { s.path.clone() } else { path };
-                let key = (path, s.deployment.clone().unwrap_or_else(|| "-".into()), class);
+                let path = if path.is_empty() {
+                    s.path.clone()
+                } else {
+                    path
+                };
+                let key = (
+                    path,
+                    s.deployment.clone().unwrap_or_else(|| "-".into()),
+                    class,
+                );
                 let stats = load_stats(conn, &mut touched, key).await?;
                 stats.requests += 1;
                 if s.outcome == "completed" {

@@ -197,7 +197,12 @@ pub struct Quantiles {
 }
 
 fn quantiles(s: &sketches_ddsketch::DDSketch) -> Quantiles {
-    let q = |p| s.quantile(p).ok().flatten().map(|v| (v * 1000.0).round() / 1000.0);
+    let q = |p| {
+        s.quantile(p)
+            .ok()
+            .flatten()
+            .map(|v| (v * 1000.0).round() / 1000.0)
+    };
     Quantiles {
         p50: q(0.5),
         p90: q(0.9),
@@ -205,7 +210,7 @@ fn quantiles(s: &sketches_ddsketch::DDSketch) -> Quantiles {
     }
 }
 
-const REQUEST_COLUMNS: &str = "request_id, account_id, project_id, api_key_id, requested_model, path, \
+pub(crate) const REQUEST_COLUMNS: &str = "request_id, account_id, project_id, api_key_id, requested_model, path, \
     task_class, stream, policy_version, features, scores, candidates, hold_nano, prompt_tokens_estimate, \
     max_tokens, routed_at, outcome, provider, deployment, prompt_tokens, completion_tokens, cached_tokens, \
     reasoning_tokens, usage_estimated, charge_nano, price_table_version, latency_us, ttft_us, attempts, \
@@ -220,7 +225,7 @@ fn bool_col(r: &AnyRow, i: usize) -> Result<Option<bool>, sqlx::Error> {
     Ok(r.try_get::<Option<i64>, _>(i)?.map(|v| v != 0))
 }
 
-fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
+pub(crate) fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
     Ok(RequestRow {
         request_id: r.try_get(0)?,
         account_id: r.try_get(1)?,
@@ -261,7 +266,12 @@ fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
 
 impl ReadModel {
     /// Usage rollups of `account_id` for minutes in `[start, end)` (Unix seconds).
-    pub async fn usage(&self, account_id: &str, start: i64, end: i64) -> Result<Vec<UsageRow>, sqlx::Error> {
+    pub async fn usage(
+        &self,
+        account_id: &str,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<UsageRow>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT minute, project_id, api_key_id, path, provider, input_tokens, output_tokens,
                  cached_tokens, reasoning_tokens, requests, credits_nano
@@ -293,7 +303,11 @@ impl ReadModel {
     }
 
     /// Requests matching `filter`, newest first, at most `limit`.
-    pub async fn requests(&self, filter: &RequestFilter, limit: i64) -> Result<Vec<RequestRow>, sqlx::Error> {
+    pub async fn requests(
+        &self,
+        filter: &RequestFilter,
+        limit: i64,
+    ) -> Result<Vec<RequestRow>, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {REQUEST_COLUMNS} FROM requests
              WHERE ($1 IS NULL OR account_id = $1)
@@ -320,8 +334,13 @@ impl ReadModel {
     }
 
     /// One request and its attempts.
-    pub async fn request(&self, request_id: &str) -> Result<Option<(RequestRow, Vec<AttemptRow>)>, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = $1"));
+    pub async fn request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<(RequestRow, Vec<AttemptRow>)>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = $1"
+        ));
         let Some(row) = sqlx::query(sql)
             .bind(request_id)
             .fetch_optional(&self.database().pool)
@@ -379,10 +398,17 @@ impl ReadModel {
                 errors: r.try_get(8)?,
                 timeouts: r.try_get(9)?,
                 fallbacks: r.try_get(10)?,
-                latency: serde_json::from_str(&latency).unwrap_or_else(|_| RouteStats::default().latency),
+                latency: serde_json::from_str(&latency)
+                    .unwrap_or_else(|_| RouteStats::default().latency),
                 ttft: serde_json::from_str(&ttft).unwrap_or_else(|_| RouteStats::default().ttft),
             };
-            let rate = |n: i64| if stats.attempts > 0 { n as f64 / stats.attempts as f64 } else { 0.0 };
+            let rate = |n: i64| {
+                if stats.attempts > 0 {
+                    n as f64 / stats.attempts as f64
+                } else {
+                    0.0
+                }
+            };
             out.push(RouteStatsView {
                 path: r.try_get(0)?,
                 deployment: r.try_get(1)?,
@@ -394,7 +420,11 @@ impl ReadModel {
                 error_rate: rate(stats.errors),
                 timeout_rate: rate(stats.timeouts),
                 fallback_rate: rate(stats.fallbacks),
-                cost_per_request_nano: if stats.requests > 0 { stats.charge_nano / stats.requests } else { 0 },
+                cost_per_request_nano: if stats.requests > 0 {
+                    stats.charge_nano / stats.requests
+                } else {
+                    0
+                },
                 latency_ms: quantiles(&stats.latency),
                 ttft_ms: quantiles(&stats.ttft),
             });

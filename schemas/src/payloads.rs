@@ -247,3 +247,14 @@ pub struct FusionPanelCompleted {
     /// Short descriptions of where the panel disagreed.
     pub disagreements: Vec<String>,
 }
+
+/// The prompt and answer of a request, recorded only for keys created with `store_content`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestContentRecorded {
+    /// The request's `messages` array as the client sent it, JSON text.
+    pub messages_json: String,
+    /// The assistant's answer text, when there was one.
+    pub answer: Option<String>,
+    /// The answer's tool calls, JSON text, when there were any.
+    pub tool_calls_json: Option<String>,
+}

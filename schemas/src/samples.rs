@@ -141,6 +141,12 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             disagreements: vec!["the second claim".into()],
         }
         .into(),
+        EventType::RequestContentRecorded => RequestContentRecorded {
+            messages_json: format!(r#"[{{"role":"user","content":"question {n}"}}]"#),
+            answer: Some("an answer".into()),
+            tool_calls_json: None,
+        }
+        .into(),
     };
     Event::new(envelope, payload)
 }

@@ -33,7 +33,7 @@ use crate::api::error::{ApiError, rate_limit_headers};
 use crate::api::extract::CustomerKey;
 use crate::metering::events::{AttemptRecord, Outcome, RequestMeta, Routing, SettleInfo};
 use crate::metering::limits::LimitStatus;
-use crate::metering::{cost, usage};
+use crate::metering::{content, cost, usage};
 use crate::providers::{
     ChunkStream, Completion, ErrorClass, ProviderError, StreamChunk, UpstreamCall,
 };
@@ -128,6 +128,8 @@ struct Settlement {
     hold: NanoCredits,
     price_version: Arc<str>,
     pending: Option<SettleInfo>,
+    /// The request body, kept only when the key stores content.
+    content_body: Option<Bytes>,
 }
 
 impl Settlement {
@@ -136,8 +138,11 @@ impl Settlement {
         meta: Arc<RequestMeta>,
         hold: NanoCredits,
         price_version: Arc<str>,
+        body: &Bytes,
     ) -> Settlement {
+        let content_body = meta.key.store_content.then(|| body.clone());
         Settlement {
+            content_body,
             log,
             meta,
             hold,
@@ -164,10 +169,21 @@ impl Settlement {
         }
     }
 
-    /// Commits the settlement (releasing the request's hold) and waits for it.
-    async fn settle(&mut self, mut info: SettleInfo) -> Result<(), ApiError> {
+    /// Commits the settlement (releasing the request's hold) and waits for it; for keys that
+    /// store content, the prompt and `answer` (its JSON pieces) go in the same commit.
+    async fn settle(&mut self, mut info: SettleInfo, answer: &[Bytes]) -> Result<(), ApiError> {
         self.pending = None;
         info.hold = self.hold;
+        if let Some(body) = self.content_body.take() {
+            let record = content::record(&body, answer.iter().map(|b| &b[..]));
+            if let Err(e) = self
+                .log
+                .append_event_nowait(&self.meta.content(record))
+                .await
+            {
+                tracing::error!(error = %e, "could not record a request's content");
+            }
+        }
         let event = self.meta.settled(&info, &self.price_version);
         self.log
             .append_event(&event)
@@ -443,6 +459,7 @@ pub async fn create(
         meta.clone(),
         hold,
         state.price_version.clone(),
+        &bytes,
     );
     if request.stream {
         stream(
@@ -530,18 +547,21 @@ async fn complete(
     };
     let charge = price(state, meta, &deployment, usage);
     settlement
-        .settle(SettleInfo {
-            outcome: Outcome::Completed,
-            provider: Some(deployment.provider_name.clone()),
-            deployment: Some(deployment.id.clone()),
-            usage,
-            estimated,
-            ttft: Some(ttfb),
-            attempts: attempts.count(),
-            error_class: None,
-            charge,
-            hold: NanoCredits::ZERO,
-        })
+        .settle(
+            SettleInfo {
+                outcome: Outcome::Completed,
+                provider: Some(deployment.provider_name.clone()),
+                deployment: Some(deployment.id.clone()),
+                usage,
+                estimated,
+                ttft: Some(ttfb),
+                attempts: attempts.count(),
+                error_class: None,
+                charge,
+                hold: NanoCredits::ZERO,
+            },
+            std::slice::from_ref(&completion.body),
+        )
         .await?;
     let body = cost::with_cost(&completion.body, usage, charge);
     let mut response = (StatusCode::OK, body).into_response();
@@ -574,18 +594,21 @@ async fn settle_failed(
     deployment: Option<&Deployment>,
 ) -> Result<(), ApiError> {
     settlement
-        .settle(SettleInfo {
-            outcome: Outcome::Failed,
-            provider: deployment.map(|d| d.provider_name.clone()),
-            deployment: deployment.map(|d| d.id.clone()),
-            usage: TokenUsage::default(),
-            estimated: false,
-            ttft: None,
-            attempts: attempts.count(),
-            error_class: attempts.error_class(),
-            charge: NanoCredits::ZERO,
-            hold: NanoCredits::ZERO,
-        })
+        .settle(
+            SettleInfo {
+                outcome: Outcome::Failed,
+                provider: deployment.map(|d| d.provider_name.clone()),
+                deployment: deployment.map(|d| d.id.clone()),
+                usage: TokenUsage::default(),
+                estimated: false,
+                ttft: None,
+                attempts: attempts.count(),
+                error_class: attempts.error_class(),
+                charge: NanoCredits::ZERO,
+                hold: NanoCredits::ZERO,
+            },
+            &[],
+        )
         .await
 }
 
@@ -771,6 +794,7 @@ impl Pump {
         let mut usage: Option<TokenUsage> = None;
         let mut usage_chunk: Option<Bytes> = None;
         let mut sent: Vec<Bytes> = Vec::new();
+        let keep_all = self.meta.key.store_content;
         // Chunks already waiting upstream are sent together: one channel message and one
         // socket write instead of one per token.
         let mut out = BytesMut::new();
@@ -782,7 +806,7 @@ impl Pump {
                 usage_chunk = Some(chunk.data);
                 return;
             }
-            if usage.is_none() {
+            if usage.is_none() || keep_all {
                 sent.push(chunk.data.clone());
             }
             put_sse(out, &chunk.data);
@@ -843,8 +867,9 @@ impl Pump {
         }
         let (usage, estimated) = match usage {
             Some(u) => (u, false),
-            None => (estimate_usage(self.body.clone(), sent).await, true),
+            None => (estimate_usage(self.body.clone(), sent.clone()).await, true),
         };
+        let answer = sent;
         let outcome = match &end {
             End::Completed => Outcome::Completed,
             End::Cut(_) => Outcome::CutMidstream,
@@ -861,18 +886,21 @@ impl Pump {
         );
         let settled = self
             .settlement
-            .settle(SettleInfo {
-                outcome,
-                provider: Some(self.deployment.provider_name.clone()),
-                deployment: Some(self.deployment.id.clone()),
-                usage,
-                estimated,
-                ttft: Some(self.ttfb),
-                attempts: self.attempts,
-                error_class: failure.map(|e| e.class.as_str().to_string()),
-                charge,
-                hold: NanoCredits::ZERO,
-            })
+            .settle(
+                SettleInfo {
+                    outcome,
+                    provider: Some(self.deployment.provider_name.clone()),
+                    deployment: Some(self.deployment.id.clone()),
+                    usage,
+                    estimated,
+                    ttft: Some(self.ttfb),
+                    attempts: self.attempts,
+                    error_class: failure.map(|e| e.class.as_str().to_string()),
+                    charge,
+                    hold: NanoCredits::ZERO,
+                },
+                &answer,
+            )
             .await;
         match (end, settled) {
             (End::ClientGone, _) => {}

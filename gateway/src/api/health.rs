@@ -1,5 +1,6 @@
 //! `/healthz` (the process answers) and `/readyz` (migrations ran, the log takes writes, and
-//! the projector has caught up with the log as it was at startup).
+//! the projector has caught up with the log as it was at startup), with each consumer's backlog
+//! and the event-to-view lag of its last batch.
 
 use axum::Json;
 use axum::extract::State;
@@ -34,6 +35,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
                 "next_position": next,
                 "lag_events": lag_events,
                 "lag_ms": lag_ms,
+                "event_to_view_ms": progress.last_batch_lag_us as f64 / 1000.0,
                 "applied": progress.applied,
                 "dead_letters": progress.dead_letters,
             });

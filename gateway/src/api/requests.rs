@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::error::ApiError;
 use crate::api::extract::{AdminKey, ApiJson, CustomerKey};
-use crate::api::usage::query_lists;
+use crate::api::usage::{ensure_owned, query_lists};
 use crate::state::AppState;
 
 fn unix(us: Option<i64>) -> Option<i64> {
@@ -110,10 +110,14 @@ fn filter_from(uri: &Uri, account_id: Option<String>) -> Result<(RequestFilter, 
             .parse::<i64>()
             .ok()
             .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::invalid("'limit' must be between 1 and 1000", Some("limit")))?,
+            .ok_or_else(|| {
+                ApiError::invalid("'limit' must be between 1 and 1000", Some("limit"))
+            })?,
         None => 50,
     };
-    let path = one("path").or_else(|| one("model")).map(|p| p.trim_start_matches("lumina-").to_string());
+    let path = one("path")
+        .or_else(|| one("model"))
+        .map(|p| p.trim_start_matches("lumina-").to_string());
     Ok((
         RequestFilter {
             account_id: account_id.or_else(|| one("account_id")),
@@ -128,7 +132,11 @@ fn filter_from(uri: &Uri, account_id: Option<String>) -> Result<(RequestFilter, 
     ))
 }
 
-async fn page(state: &AppState, filter: RequestFilter, limit: i64) -> Result<Json<RequestPage>, ApiError> {
+async fn page(
+    state: &AppState,
+    filter: RequestFilter,
+    limit: i64,
+) -> Result<Json<RequestPage>, ApiError> {
     let mut rows = state
         .admin
         .read_model()
@@ -147,13 +155,24 @@ async fn page(state: &AppState, filter: RequestFilter, limit: i64) -> Result<Jso
 }
 
 /// `GET /v1/requests?api_key_id=&path=&status=&since=&until=&limit=&after=`
-pub async fn list(State(state): State<AppState>, CustomerKey(key): CustomerKey, uri: Uri) -> Result<Json<RequestPage>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    CustomerKey(key): CustomerKey,
+    uri: Uri,
+) -> Result<Json<RequestPage>, ApiError> {
     let (filter, limit) = filter_from(&uri, Some(key.account_id.clone()))?;
+    if let Some(id) = &filter.api_key_id {
+        ensure_owned(&state, &key.account_id, std::slice::from_ref(id), &[]).await?;
+    }
     page(&state, filter, limit).await
 }
 
 /// `GET /admin/requests?account_id=&…`
-pub async fn admin_list(State(state): State<AppState>, _admin: AdminKey, uri: Uri) -> Result<Json<RequestPage>, ApiError> {
+pub async fn admin_list(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    uri: Uri,
+) -> Result<Json<RequestPage>, ApiError> {
     let (filter, limit) = filter_from(&uri, None)?;
     page(&state, filter, limit).await
 }
@@ -223,12 +242,13 @@ fn trace(row: RequestRow, attempts: Vec<AttemptRow>) -> Trace {
             price_table_version: row.price_table_version.clone(),
             settled_at: unix(row.settled_at),
         }),
-        feedback: (row.feedback_score.is_some() || row.feedback_label.is_some() || row.feedback_comment.is_some()).then(|| {
-            FeedbackView {
-                score: row.feedback_score,
-                label: row.feedback_label.clone(),
-                comment: row.feedback_comment.clone(),
-            }
+        feedback: (row.feedback_score.is_some()
+            || row.feedback_label.is_some()
+            || row.feedback_comment.is_some())
+        .then(|| FeedbackView {
+            score: row.feedback_score,
+            label: row.feedback_label.clone(),
+            comment: row.feedback_comment.clone(),
         }),
         summary: RequestSummary::from(&row),
         attempts,
@@ -242,7 +262,11 @@ fn not_found(id: &str) -> ApiError {
     }
 }
 
-async fn load(state: &AppState, id: &str, account: Option<&str>) -> Result<(RequestRow, Vec<AttemptRow>), ApiError> {
+async fn load(
+    state: &AppState,
+    id: &str,
+    account: Option<&str>,
+) -> Result<(RequestRow, Vec<AttemptRow>), ApiError> {
     let found = state
         .admin
         .read_model()
@@ -256,13 +280,21 @@ async fn load(state: &AppState, id: &str, account: Option<&str>) -> Result<(Requ
 }
 
 /// `GET /v1/requests/{id}`: the trace, if the request is the calling account's.
-pub async fn get(State(state): State<AppState>, CustomerKey(key): CustomerKey, Path(id): Path<String>) -> Result<Json<Trace>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    CustomerKey(key): CustomerKey,
+    Path(id): Path<String>,
+) -> Result<Json<Trace>, ApiError> {
     let (row, attempts) = load(&state, &id, Some(&key.account_id)).await?;
     Ok(Json(trace(row, attempts)))
 }
 
 /// `GET /admin/requests/{id}`
-pub async fn admin_get(State(state): State<AppState>, _admin: AdminKey, Path(id): Path<String>) -> Result<Json<Trace>, ApiError> {
+pub async fn admin_get(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<Trace>, ApiError> {
     let (row, attempts) = load(&state, &id, None).await?;
     Ok(Json(trace(row, attempts)))
 }
@@ -275,14 +307,20 @@ pub struct StatsList {
 }
 
 /// `GET /admin/routes/stats`
-pub async fn route_stats(State(state): State<AppState>, _admin: AdminKey) -> Result<Json<StatsList>, ApiError> {
+pub async fn route_stats(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+) -> Result<Json<StatsList>, ApiError> {
     let data = state
         .admin
         .read_model()
         .route_stats()
         .await
         .map_err(|e| ApiError::Unavailable(format!("route statistics unavailable: {e}")))?;
-    Ok(Json(StatsList { object: "list", data }))
+    Ok(Json(StatsList {
+        object: "list",
+        data,
+    }))
 }
 
 /// Body of `POST /v1/feedback`.
@@ -304,10 +342,16 @@ pub async fn feedback(
     ApiJson(body): ApiJson<FeedbackBody>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     if body.score.is_none() && body.label.is_none() && body.comment.is_none() {
-        return Err(ApiError::invalid("Give at least one of 'score', 'label' or 'comment'.", Some("score")));
+        return Err(ApiError::invalid(
+            "Give at least one of 'score', 'label' or 'comment'.",
+            Some("score"),
+        ));
     }
     if body.score.is_some_and(|s| !s.is_finite()) {
-        return Err(ApiError::invalid("'score' must be a finite number", Some("score")));
+        return Err(ApiError::invalid(
+            "'score' must be a finite number",
+            Some("score"),
+        ));
     }
     let (row, _) = load(&state, &body.request_id, Some(&key.account_id)).await?;
     let mut envelope = Envelope::new(row.account_id.as_str(), &*state.instance);
@@ -330,6 +374,8 @@ pub async fn feedback(
         .map_err(|e| ApiError::Unavailable(format!("The feedback could not be recorded: {e}")))?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({"object": "feedback", "request_id": row.request_id, "event_id": event.envelope.event_id.to_string()})),
+        Json(
+            serde_json::json!({"object": "feedback", "request_id": row.request_id, "event_id": event.envelope.event_id.to_string()}),
+        ),
     ))
 }

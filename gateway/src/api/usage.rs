@@ -21,7 +21,12 @@ pub fn query_lists(uri: &Uri) -> BTreeMap<String, Vec<String>> {
     for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
         let key = k.trim_end_matches("[]").to_string();
         let values = out.entry(key).or_default();
-        values.extend(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string));
+        values.extend(
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        );
     }
     out
 }
@@ -33,10 +38,45 @@ fn one<'a>(q: &'a BTreeMap<String, Vec<String>>, name: &str) -> Option<&'a str> 
 fn int(q: &BTreeMap<String, Vec<String>>, name: &str) -> Result<Option<i64>, ApiError> {
     one(q, name)
         .map(|v| {
-            v.parse::<i64>()
-                .map_err(|_| ApiError::invalid(format!("'{name}' must be an integer, got '{v}'"), Some(name)))
+            v.parse::<i64>().map_err(|_| {
+                ApiError::invalid(
+                    format!("'{name}' must be an integer, got '{v}'"),
+                    Some(name),
+                )
+            })
         })
         .transpose()
+}
+
+/// Answers 404 — the same for ids that do not exist and ids of another account, so ids never
+/// leak — unless every key and project id named in a filter belongs to `account_id`.
+pub async fn ensure_owned(
+    state: &AppState,
+    account_id: &str,
+    key_ids: &[String],
+    project_ids: &[String],
+) -> Result<(), ApiError> {
+    let views = state.admin.read_model();
+    let unavailable = |e: sqlx::Error| ApiError::Unavailable(format!("read models unavailable: {e}"));
+    for id in key_ids {
+        let key = views.key(id).await.map_err(unavailable)?;
+        if key.is_none_or(|k| k.account_id != account_id) {
+            return Err(ApiError::NotFound {
+                message: format!("No API key found with id '{id}'"),
+                param: Some("api_key_ids".into()),
+            });
+        }
+    }
+    for id in project_ids {
+        let project = views.project(id).await.map_err(unavailable)?;
+        if project.is_none_or(|p| p.account_id != account_id) {
+            return Err(ApiError::NotFound {
+                message: format!("No project found with id '{id}'"),
+                param: Some("project_ids".into()),
+            });
+        }
+    }
+    Ok(())
 }
 
 const GROUPS: [&str; 4] = ["project_id", "api_key_id", "model", "provider"];
@@ -81,14 +121,25 @@ pub struct UsagePage {
 }
 
 /// `GET /v1/usage`
-pub async fn usage(State(state): State<AppState>, CustomerKey(key): CustomerKey, uri: Uri) -> Result<Json<UsagePage>, ApiError> {
+pub async fn usage(
+    State(state): State<AppState>,
+    CustomerKey(key): CustomerKey,
+    uri: Uri,
+) -> Result<Json<UsagePage>, ApiError> {
     let q = query_lists(&uri);
-    let start = int(&q, "start_time")?
-        .ok_or_else(|| ApiError::invalid("Missing required parameter: 'start_time'.", Some("start_time")))?;
+    let start = int(&q, "start_time")?.ok_or_else(|| {
+        ApiError::invalid(
+            "Missing required parameter: 'start_time'.",
+            Some("start_time"),
+        )
+    })?;
     let now = lumina_schemas::now_micros() / 1_000_000;
     let end = int(&q, "end_time")?.unwrap_or(now + 1);
     if end <= start {
-        return Err(ApiError::invalid("'end_time' must be after 'start_time'", Some("end_time")));
+        return Err(ApiError::invalid(
+            "'end_time' must be after 'start_time'",
+            Some("end_time"),
+        ));
     }
     let (width, default_limit, max_limit) = match one(&q, "bucket_width").unwrap_or("1d") {
         "1m" => (60, 60, 1440),
@@ -103,7 +154,10 @@ pub async fn usage(State(state): State<AppState>, CustomerKey(key): CustomerKey,
     };
     let limit = int(&q, "limit")?.unwrap_or(default_limit);
     if !(1..=max_limit).contains(&limit) {
-        return Err(ApiError::invalid(format!("'limit' must be between 1 and {max_limit}"), Some("limit")));
+        return Err(ApiError::invalid(
+            format!("'limit' must be between 1 and {max_limit}"),
+            Some("limit"),
+        ));
     }
     let group_by: Vec<String> = q.get("group_by").cloned().unwrap_or_default();
     if let Some(bad) = group_by.iter().find(|g| !GROUPS.contains(&g.as_str())) {
@@ -113,14 +167,30 @@ pub async fn usage(State(state): State<AppState>, CustomerKey(key): CustomerKey,
         ));
     }
     let filter = |name: &str| q.get(name).filter(|v| !v.is_empty()).cloned();
-    let (projects, keys, models) = (filter("project_ids"), filter("api_key_ids"), filter("models"));
+    let (projects, keys, models) = (
+        filter("project_ids"),
+        filter("api_key_ids"),
+        filter("models"),
+    );
+    ensure_owned(
+        &state,
+        &key.account_id,
+        keys.as_deref().unwrap_or_default(),
+        projects.as_deref().unwrap_or_default(),
+    )
+    .await?;
     let aligned = start - start.rem_euclid(width);
     let first = match one(&q, "page") {
         Some(p) => p
             .parse::<i64>()
             .ok()
             .filter(|p| *p >= aligned && (p - aligned) % width == 0)
-            .ok_or_else(|| ApiError::invalid("'page' is not a cursor this endpoint returned", Some("page")))?,
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "'page' is not a cursor this endpoint returned",
+                    Some("page"),
+                )
+            })?,
         None => aligned,
     };
     let mut starts = Vec::new();
@@ -142,7 +212,10 @@ pub async fn usage(State(state): State<AppState>, CustomerKey(key): CustomerKey,
     let keep = |r: &UsageRow| {
         projects.as_ref().is_none_or(|p| p.contains(&r.project_id))
             && keys.as_ref().is_none_or(|k| k.contains(&r.api_key_id))
-            && models.as_ref().is_none_or(|m| m.iter().any(|m| m == &r.path || m == &format!("lumina-{}", r.path)))
+            && models.as_ref().is_none_or(|m| {
+                m.iter()
+                    .any(|m| m == &r.path || m == &format!("lumina-{}", r.path))
+            })
             && r.minute >= start
             && r.minute < end
     };
@@ -151,7 +224,10 @@ pub async fn usage(State(state): State<AppState>, CustomerKey(key): CustomerKey,
         .iter()
         .map(|&bucket| {
             let mut results: BTreeMap<[Option<String>; 4], UsageResult> = BTreeMap::new();
-            for r in rows.iter().filter(|r| r.minute >= bucket && r.minute < bucket + width && keep(r)) {
+            for r in rows
+                .iter()
+                .filter(|r| r.minute >= bucket && r.minute < bucket + width && keep(r))
+            {
                 let group = [
                     grouped("project_id").then(|| r.project_id.clone()),
                     grouped("api_key_id").then(|| r.api_key_id.clone()),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use lumina_ledger::pricing::ROUNDING;
 use lumina_schemas::payloads::{
-    CreditHold, RequestRouted, RequestSettled, UpstreamAttempted, Usage,
+    CreditHold, RequestContentRecorded, RequestRouted, RequestSettled, UpstreamAttempted, Usage,
 };
 use lumina_schemas::{Envelope, Event, NanoCredits};
 
@@ -214,5 +214,10 @@ impl RequestMeta {
                 error_class: s.error_class.clone(),
             },
         )
+    }
+
+    /// `RequestContentRecorded`, for keys that opted in to content storage.
+    pub fn content(&self, content: RequestContentRecorded) -> Event {
+        Event::new(self.envelope(), content)
     }
 }

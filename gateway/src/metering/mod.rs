@@ -1,6 +1,8 @@
 //! Metering: credit holds against the ledger's balances, per-key rate limits, token usage (reported or estimated with a tokenizer), and
-//! the events each request writes (`RequestRouted`, `UpstreamAttempted`, `RequestSettled`).
+//! the events each request writes (`RequestRouted`, `UpstreamAttempted`, `RequestSettled`, and `RequestContentRecorded` for keys that
+//! opted in).
 
+pub mod content;
 pub mod cost;
 pub mod credit;
 pub mod events;
