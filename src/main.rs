@@ -455,7 +455,11 @@ async fn run_eval_export(args: EvalExportArgs) -> anyhow::Result<()> {
     };
     let range = lumina_projector::eval::ExportRange {
         since: time(&args.since, "since")?,
-        until: args.until.as_deref().map(|u| time(u, "until")).transpose()?,
+        until: args
+            .until
+            .as_deref()
+            .map(|u| time(u, "until"))
+            .transpose()?,
         account_id: args.account,
     };
     let db = serve::connect_database(&config).await?;

@@ -258,7 +258,7 @@ fn write_line(
     let feedback = (row.feedback_score.is_some()
         || row.feedback_label.is_some()
         || row.feedback_comment.is_some())
-    .then(|| Feedback {
+    .then_some(Feedback {
         score: row.feedback_score,
         label: row.feedback_label.as_deref(),
         comment: row.feedback_comment.as_deref(),

@@ -57,7 +57,8 @@ pub async fn ensure_owned(
     project_ids: &[String],
 ) -> Result<(), ApiError> {
     let views = state.admin.read_model();
-    let unavailable = |e: sqlx::Error| ApiError::Unavailable(format!("read models unavailable: {e}"));
+    let unavailable =
+        |e: sqlx::Error| ApiError::Unavailable(format!("read models unavailable: {e}"));
     for id in key_ids {
         let key = views.key(id).await.map_err(unavailable)?;
         if key.is_none_or(|k| k.account_id != account_id) {
@@ -204,7 +205,7 @@ pub async fn usage(
         (Some(&s), Some(&l)) => state
             .admin
             .read_model()
-            .usage(&key.account_id, s, l + width)
+            .usage(&key.account_id, s.min(start - 59), l + width)
             .await
             .map_err(|e| ApiError::Unavailable(format!("usage views unavailable: {e}")))?,
         _ => Vec::new(),
@@ -216,7 +217,8 @@ pub async fn usage(
                 m.iter()
                     .any(|m| m == &r.path || m == &format!("lumina-{}", r.path))
             })
-            && r.minute >= start
+            // Rollups are per minute: a minute counts when it overlaps [start, end).
+            && r.minute + 60 > start
             && r.minute < end
     };
     let grouped = |g: &str| group_by.iter().any(|x| x == g);
