@@ -270,10 +270,29 @@ impl World {
             {
                 return page;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the views never settled every request: {page}"
-            );
+            if Instant::now() >= deadline {
+                let stuck: Vec<&str> = data
+                    .iter()
+                    .filter(|r| r["status"] == "in_progress")
+                    .filter_map(|r| r["id"].as_str())
+                    .collect();
+                let events: Vec<Value> = self
+                    .lumina
+                    .events()
+                    .into_iter()
+                    .filter(|e| stuck.contains(&e["request_id"].as_str().unwrap_or_default()))
+                    .collect();
+                panic!(
+                    "the views never settled every request: {page}\nevents of the unsettled: {}\nwarnings: {}",
+                    serde_json::to_string_pretty(&events).unwrap(),
+                    self.lumina
+                        .output()
+                        .lines()
+                        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -51,6 +51,7 @@ impl lumina_eventlog::Projection for ReadModelProjection {
         for event in events {
             apply_one(conn, event).await?;
         }
+        crate::requests::apply_batch(conn, events).await?;
         crate::requests::update_stats(conn, events).await
     }
 }
@@ -159,7 +160,7 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                 .execute(&mut *conn)
                 .await?;
             }
-            _ => crate::requests::apply(conn, event).await?,
+            _ => {}
         }
         Ok(())
     }

@@ -5,182 +5,388 @@
 use std::collections::{BTreeMap, HashMap};
 
 use lumina_eventlog::ApplyError;
+use lumina_eventlog::db::{in_list, values_sql};
 use lumina_schemas::{Event, Payload};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
 use sqlx::{AnyConnection, Row};
 
-/// Applies one request event's row effects (statistics are applied per batch).
-pub async fn apply(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyError> {
+/// Rows per multi-row statement (PostgreSQL allows 65,535 parameters, SQLite 32,766).
+const ROWS: usize = 400;
+
+/// The request-row columns each kind of event writes, after the key columns.
+const ROUTED_COLS: &str = "requested_model, path, task_class, stream, policy_version, features, \
+    scores, candidates, hold_nano, prompt_tokens_estimate, max_tokens, routed_at";
+const SETTLED_COLS: &str = "outcome, provider, deployment, prompt_tokens, completion_tokens, \
+    cached_tokens, reasoning_tokens, usage_estimated, charge_nano, price_table_version, latency_us, \
+    ttft_us, attempts, error_class, settled_at";
+const FEEDBACK_COLS: &str = "feedback_score, feedback_label, feedback_comment, feedback_at";
+
+/// Applies a batch's request events — routed, attempted, settled, feedback, content — with a
+/// few multi-row statements per kind instead of statements per event. Later facts win over
+/// earlier ones of the same kind, as if applied one by one.
+pub async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    let mut routed: BTreeMap<&str, &Event> = BTreeMap::new();
+    let mut settled: BTreeMap<&str, &Event> = BTreeMap::new();
+    let mut feedback: BTreeMap<&str, &Event> = BTreeMap::new();
+    let mut attempts: Vec<&Event> = Vec::new();
+    let mut content: Vec<&Event> = Vec::new();
+    let mut minutes: BTreeMap<UsageKey<'_>, UsageSums> = BTreeMap::new();
+    for &event in events {
+        let env = &event.envelope;
+        let Some(id) = env.request_id.as_deref() else {
+            continue;
+        };
+        match &event.payload {
+            Payload::RequestRouted(_) => {
+                routed.insert(id, event);
+            }
+            Payload::UpstreamAttempted(_) => attempts.push(event),
+            Payload::RequestSettled(s) => {
+                settled.insert(id, event);
+                let key = UsageKey {
+                    account_id: &env.account_id,
+                    minute: env.occurred_at.div_euclid(60_000_000) * 60,
+                    project_id: env.project_id.as_deref().unwrap_or(""),
+                    api_key_id: env.api_key_id.as_deref().unwrap_or(""),
+                    path: &s.path,
+                    provider: s.provider.as_deref().unwrap_or(""),
+                };
+                let sums = minutes.entry(key).or_default();
+                sums.input += s.usage.prompt_tokens;
+                sums.output += s.usage.completion_tokens;
+                sums.cached += s.usage.cached_tokens;
+                sums.reasoning += s.usage.reasoning_tokens;
+                sums.requests += 1;
+                sums.credits += s.charge_nano;
+            }
+            Payload::FeedbackReceived(_) => {
+                feedback.insert(id, event);
+            }
+            Payload::RequestContentRecorded(_) => content.push(event),
+            _ => {}
+        }
+    }
+    upsert_routed(conn, &routed).await?;
+    // Rows for requests whose routing was never seen, so attempts still have a request.
+    let orphans: BTreeMap<&str, &Event> = attempts
+        .iter()
+        .filter_map(|e| Some((e.envelope.request_id.as_deref()?, *e)))
+        .filter(|(id, _)| !routed.contains_key(id))
+        .collect();
+    ensure_rows(conn, &orphans).await?;
+    insert_attempts(conn, &attempts).await?;
+    upsert_settled(conn, &settled).await?;
+    upsert_feedback(conn, &feedback).await?;
+    insert_content(conn, &content).await?;
+    add_usage(conn, &minutes).await?;
+    Ok(())
+}
+
+/// One `usage_minutes` row's key.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct UsageKey<'a> {
+    account_id: &'a str,
+    minute: i64,
+    project_id: &'a str,
+    api_key_id: &'a str,
+    path: &'a str,
+    provider: &'a str,
+}
+
+/// What a batch adds to one `usage_minutes` row.
+#[derive(Default)]
+struct UsageSums {
+    input: i64,
+    output: i64,
+    cached: i64,
+    reasoning: i64,
+    requests: i64,
+    credits: i64,
+}
+
+/// `col = excluded.col` for each of `cols`.
+fn excluded(cols: &str) -> String {
+    cols.split(',')
+        .map(str::trim)
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn key_columns(event: &Event) -> (&str, &str, Option<&str>, Option<&str>) {
     let env = &event.envelope;
-    let Some(request_id) = env.request_id.as_deref() else {
-        return Ok(());
-    };
-    match &event.payload {
-        Payload::RequestRouted(r) => {
-            sqlx::query(
-                "INSERT INTO requests (request_id, account_id, project_id, api_key_id, requested_model,
-                     path, task_class, stream, policy_version, features, scores, candidates, hold_nano,
-                     prompt_tokens_estimate, max_tokens, routed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-                 ON CONFLICT (request_id) DO UPDATE SET
-                     requested_model = excluded.requested_model, path = excluded.path,
-                     task_class = excluded.task_class, stream = excluded.stream,
-                     policy_version = excluded.policy_version, features = excluded.features,
-                     scores = excluded.scores, candidates = excluded.candidates,
-                     hold_nano = excluded.hold_nano,
-                     prompt_tokens_estimate = excluded.prompt_tokens_estimate,
-                     max_tokens = excluded.max_tokens, routed_at = excluded.routed_at",
-            )
-            .bind(request_id)
-            .bind(&env.account_id)
-            .bind(env.project_id.as_deref())
-            .bind(env.api_key_id.as_deref())
-            .bind(&r.requested_model)
-            .bind(&r.path)
-            .bind(&r.task_class)
-            .bind(i64::from(r.stream))
-            .bind(r.policy_version)
-            .bind(serde_json::to_string(&r.features).unwrap_or_default())
-            .bind(serde_json::to_string(&r.scores).unwrap_or_default())
-            .bind(serde_json::to_string(&r.candidates).unwrap_or_default())
-            .bind(r.hold.as_ref().map_or(0, |h| h.amount_nano))
-            .bind(r.prompt_tokens_estimate)
-            .bind(r.max_tokens)
-            .bind(env.occurred_at)
-            .execute(&mut *conn)
-            .await?;
+    (
+        env.request_id.as_deref().unwrap_or_default(),
+        env.account_id.as_str(),
+        env.project_id.as_deref(),
+        env.api_key_id.as_deref(),
+    )
+}
+
+async fn upsert_routed(
+    conn: &mut AnyConnection,
+    rows: &BTreeMap<&str, &Event>,
+) -> Result<(), ApplyError> {
+    let rows: Vec<&Event> = rows.values().copied().collect();
+    let suffix = format!(
+        "ON CONFLICT (request_id) DO UPDATE SET {}",
+        excluded(ROUTED_COLS)
+    );
+    for chunk in rows.chunks(ROWS) {
+        let sql = values_sql(
+            conn,
+            &format!(
+                "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {ROUTED_COLS})"
+            ),
+            16,
+            chunk.len(),
+            &suffix,
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            let Payload::RequestRouted(r) = &e.payload else {
+                continue;
+            };
+            let (id, account, project, key) = key_columns(e);
+            q = q
+                .bind(id)
+                .bind(account)
+                .bind(project)
+                .bind(key)
+                .bind(r.requested_model.as_str())
+                .bind(r.path.as_str())
+                .bind(r.task_class.as_str())
+                .bind(i64::from(r.stream))
+                .bind(r.policy_version)
+                .bind(serde_json::to_string(&r.features).unwrap_or_default())
+                .bind(serde_json::to_string(&r.scores).unwrap_or_default())
+                .bind(serde_json::to_string(&r.candidates).unwrap_or_default())
+                .bind(r.hold.as_ref().map_or(0, |h| h.amount_nano))
+                .bind(r.prompt_tokens_estimate)
+                .bind(r.max_tokens)
+                .bind(e.envelope.occurred_at);
         }
-        Payload::UpstreamAttempted(a) => {
-            ensure_row(conn, event, request_id).await?;
-            sqlx::query(
-                "INSERT INTO request_attempts (request_id, attempt, event_id, provider, deployment,
-                     upstream_model, started_at, ttfb_us, duration_us, outcome, error_class,
-                     http_status, fell_back)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                 ON CONFLICT (request_id, attempt) DO NOTHING",
-            )
-            .bind(request_id)
-            .bind(i64::from(a.attempt))
-            .bind(env.event_id.to_string())
-            .bind(&a.provider)
-            .bind(&a.deployment)
-            .bind(&a.upstream_model)
-            .bind(a.started_at)
-            .bind(a.ttfb_us)
-            .bind(a.duration_us)
-            .bind(&a.outcome)
-            .bind(a.error_class.as_deref())
-            .bind(a.http_status.map(i64::from))
-            .bind(i64::from(a.fell_back))
-            .execute(&mut *conn)
-            .await?;
-        }
-        Payload::RequestSettled(s) => {
-            ensure_row(conn, event, request_id).await?;
-            sqlx::query(
-                "UPDATE requests SET outcome = $1, provider = $2, deployment = $3,
-                     prompt_tokens = $4, completion_tokens = $5, cached_tokens = $6,
-                     reasoning_tokens = $7, usage_estimated = $8, charge_nano = $9,
-                     price_table_version = $10, latency_us = $11, ttft_us = $12, attempts = $13,
-                     error_class = $14, settled_at = $15
-                 WHERE request_id = $16",
-            )
-            .bind(&s.outcome)
-            .bind(s.provider.as_deref())
-            .bind(s.deployment.as_deref())
-            .bind(s.usage.prompt_tokens)
-            .bind(s.usage.completion_tokens)
-            .bind(s.usage.cached_tokens)
-            .bind(s.usage.reasoning_tokens)
-            .bind(i64::from(s.usage.estimated))
-            .bind(s.charge_nano)
-            .bind(&s.price_table_version)
-            .bind(s.latency_us)
-            .bind(s.ttft_us)
-            .bind(i64::from(s.attempts))
-            .bind(s.error_class.as_deref())
-            .bind(env.occurred_at)
-            .bind(request_id)
-            .execute(&mut *conn)
-            .await?;
-            let minute = env.occurred_at.div_euclid(60_000_000) * 60;
-            sqlx::query(
-                "INSERT INTO usage_minutes (account_id, minute, project_id, api_key_id, path, provider,
-                     input_tokens, output_tokens, cached_tokens, reasoning_tokens, requests, credits_nano)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11)
-                 ON CONFLICT (account_id, minute, project_id, api_key_id, path, provider) DO UPDATE SET
-                     input_tokens = usage_minutes.input_tokens + excluded.input_tokens,
-                     output_tokens = usage_minutes.output_tokens + excluded.output_tokens,
-                     cached_tokens = usage_minutes.cached_tokens + excluded.cached_tokens,
-                     reasoning_tokens = usage_minutes.reasoning_tokens + excluded.reasoning_tokens,
-                     requests = usage_minutes.requests + 1,
-                     credits_nano = usage_minutes.credits_nano + excluded.credits_nano",
-            )
-            .bind(&env.account_id)
-            .bind(minute)
-            .bind(env.project_id.as_deref().unwrap_or(""))
-            .bind(env.api_key_id.as_deref().unwrap_or(""))
-            .bind(&s.path)
-            .bind(s.provider.as_deref().unwrap_or(""))
-            .bind(s.usage.prompt_tokens)
-            .bind(s.usage.completion_tokens)
-            .bind(s.usage.cached_tokens)
-            .bind(s.usage.reasoning_tokens)
-            .bind(s.charge_nano)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Payload::RequestContentRecorded(c) => {
-            sqlx::query(
-                "INSERT INTO request_content (request_id, account_id, messages_json, answer, tool_calls_json)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(request_id)
-            .bind(&env.account_id)
-            .bind(&c.messages_json)
-            .bind(c.answer.as_deref())
-            .bind(c.tool_calls_json.as_deref())
-            .execute(&mut *conn)
-            .await?;
-        }
-        Payload::FeedbackReceived(f) => {
-            ensure_row(conn, event, request_id).await?;
-            sqlx::query(
-                "UPDATE requests SET feedback_score = $1, feedback_label = $2, feedback_comment = $3,
-                     feedback_at = $4 WHERE request_id = $5",
-            )
-            .bind(f.score)
-            .bind(f.label.as_deref())
-            .bind(f.comment.as_deref())
-            .bind(env.occurred_at)
-            .bind(request_id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        _ => {}
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// A row for a request whose `RequestRouted` has not been seen (it may arrive later, or was
-/// lost in a crash): later facts still have somewhere to land.
-async fn ensure_row(
+/// Key-only rows for requests not yet seen; existing rows are left alone.
+async fn ensure_rows(
     conn: &mut AnyConnection,
-    event: &Event,
-    request_id: &str,
+    rows: &BTreeMap<&str, &Event>,
 ) -> Result<(), ApplyError> {
-    let env = &event.envelope;
-    sqlx::query(
-        "INSERT INTO requests (request_id, account_id, project_id, api_key_id)
-         VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(request_id)
-    .bind(&env.account_id)
-    .bind(env.project_id.as_deref())
-    .bind(env.api_key_id.as_deref())
-    .execute(&mut *conn)
-    .await?;
+    let rows: Vec<&Event> = rows.values().copied().collect();
+    for chunk in rows.chunks(ROWS) {
+        let sql = values_sql(
+            conn,
+            "INSERT INTO requests (request_id, account_id, project_id, api_key_id)",
+            4,
+            chunk.len(),
+            "ON CONFLICT (request_id) DO NOTHING",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            let (id, account, project, key) = key_columns(e);
+            q = q.bind(id).bind(account).bind(project).bind(key);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_attempts(conn: &mut AnyConnection, rows: &[&Event]) -> Result<(), ApplyError> {
+    for chunk in rows.chunks(ROWS) {
+        let sql = values_sql(
+            conn,
+            "INSERT INTO request_attempts (request_id, attempt, event_id, provider, deployment,
+                 upstream_model, started_at, ttfb_us, duration_us, outcome, error_class,
+                 http_status, fell_back)",
+            13,
+            chunk.len(),
+            "ON CONFLICT (request_id, attempt) DO NOTHING",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            let Payload::UpstreamAttempted(a) = &e.payload else {
+                continue;
+            };
+            q = q
+                .bind(e.envelope.request_id.as_deref().unwrap_or_default())
+                .bind(i64::from(a.attempt))
+                .bind(e.envelope.event_id.to_string())
+                .bind(a.provider.as_str())
+                .bind(a.deployment.as_str())
+                .bind(a.upstream_model.as_str())
+                .bind(a.started_at)
+                .bind(a.ttfb_us)
+                .bind(a.duration_us)
+                .bind(a.outcome.as_str())
+                .bind(a.error_class.as_deref())
+                .bind(a.http_status.map(i64::from))
+                .bind(i64::from(a.fell_back));
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn upsert_settled(
+    conn: &mut AnyConnection,
+    rows: &BTreeMap<&str, &Event>,
+) -> Result<(), ApplyError> {
+    let rows: Vec<&Event> = rows.values().copied().collect();
+    let suffix = format!(
+        "ON CONFLICT (request_id) DO UPDATE SET {}",
+        excluded(SETTLED_COLS)
+    );
+    for chunk in rows.chunks(ROWS) {
+        let sql = values_sql(
+            conn,
+            &format!(
+                "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {SETTLED_COLS})"
+            ),
+            19,
+            chunk.len(),
+            &suffix,
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            let Payload::RequestSettled(s) = &e.payload else {
+                continue;
+            };
+            let (id, account, project, key) = key_columns(e);
+            q = q
+                .bind(id)
+                .bind(account)
+                .bind(project)
+                .bind(key)
+                .bind(s.outcome.as_str())
+                .bind(s.provider.as_deref())
+                .bind(s.deployment.as_deref())
+                .bind(s.usage.prompt_tokens)
+                .bind(s.usage.completion_tokens)
+                .bind(s.usage.cached_tokens)
+                .bind(s.usage.reasoning_tokens)
+                .bind(i64::from(s.usage.estimated))
+                .bind(s.charge_nano)
+                .bind(s.price_table_version.as_str())
+                .bind(s.latency_us)
+                .bind(s.ttft_us)
+                .bind(i64::from(s.attempts))
+                .bind(s.error_class.as_deref())
+                .bind(e.envelope.occurred_at);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn upsert_feedback(
+    conn: &mut AnyConnection,
+    rows: &BTreeMap<&str, &Event>,
+) -> Result<(), ApplyError> {
+    let rows: Vec<&Event> = rows.values().copied().collect();
+    let suffix = format!(
+        "ON CONFLICT (request_id) DO UPDATE SET {}",
+        excluded(FEEDBACK_COLS)
+    );
+    for chunk in rows.chunks(ROWS) {
+        let sql = values_sql(
+            conn,
+            &format!(
+                "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {FEEDBACK_COLS})"
+            ),
+            8,
+            chunk.len(),
+            &suffix,
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            let Payload::FeedbackReceived(f) = &e.payload else {
+                continue;
+            };
+            let (id, account, project, key) = key_columns(e);
+            q = q
+                .bind(id)
+                .bind(account)
+                .bind(project)
+                .bind(key)
+                .bind(f.score)
+                .bind(f.label.as_deref())
+                .bind(f.comment.as_deref())
+                .bind(e.envelope.occurred_at);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_content(conn: &mut AnyConnection, rows: &[&Event]) -> Result<(), ApplyError> {
+    for chunk in rows.chunks(ROWS) {
+        let sql = values_sql(
+            conn,
+            "INSERT INTO request_content (request_id, account_id, messages_json, answer, tool_calls_json)",
+            5,
+            chunk.len(),
+            "ON CONFLICT (request_id) DO NOTHING",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            let Payload::RequestContentRecorded(c) = &e.payload else {
+                continue;
+            };
+            q = q
+                .bind(e.envelope.request_id.as_deref().unwrap_or_default())
+                .bind(e.envelope.account_id.as_str())
+                .bind(c.messages_json.as_str())
+                .bind(c.answer.as_deref())
+                .bind(c.tool_calls_json.as_deref());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn add_usage(
+    conn: &mut AnyConnection,
+    minutes: &BTreeMap<UsageKey<'_>, UsageSums>,
+) -> Result<(), ApplyError> {
+    let rows: Vec<(&UsageKey<'_>, &UsageSums)> = minutes.iter().collect();
+    for chunk in rows.chunks(ROWS) {
+        let sql = values_sql(
+            conn,
+            "INSERT INTO usage_minutes (account_id, minute, project_id, api_key_id, path, provider,
+                 input_tokens, output_tokens, cached_tokens, reasoning_tokens, requests, credits_nano)",
+            12,
+            chunk.len(),
+            "ON CONFLICT (account_id, minute, project_id, api_key_id, path, provider) DO UPDATE SET
+                 input_tokens = usage_minutes.input_tokens + excluded.input_tokens,
+                 output_tokens = usage_minutes.output_tokens + excluded.output_tokens,
+                 cached_tokens = usage_minutes.cached_tokens + excluded.cached_tokens,
+                 reasoning_tokens = usage_minutes.reasoning_tokens + excluded.reasoning_tokens,
+                 requests = usage_minutes.requests + excluded.requests,
+                 credits_nano = usage_minutes.credits_nano + excluded.credits_nano",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (k, v) in chunk {
+            q = q
+                .bind(k.account_id)
+                .bind(k.minute)
+                .bind(k.project_id)
+                .bind(k.api_key_id)
+                .bind(k.path)
+                .bind(k.provider)
+                .bind(v.input)
+                .bind(v.output)
+                .bind(v.cached)
+                .bind(v.reasoning)
+                .bind(v.requests)
+                .bind(v.credits);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -243,26 +449,40 @@ pub async fn update_stats(conn: &mut AnyConnection, events: &[&Event]) -> Result
     if relevant.is_empty() {
         return Ok(());
     }
+    // Path and task class of each request: from the batch's own routing, else from its row.
     let mut classes: HashMap<String, (String, String)> = HashMap::new();
-    for e in &relevant {
-        let Some(id) = e.envelope.request_id.as_deref() else {
-            continue;
-        };
-        if classes.contains_key(id) {
-            continue;
+    for e in events {
+        if let (Payload::RequestRouted(r), Some(id)) =
+            (&e.payload, e.envelope.request_id.as_deref())
+        {
+            classes.insert(id.to_string(), (r.path.clone(), r.task_class.clone()));
         }
-        let row = sqlx::query("SELECT path, task_class FROM requests WHERE request_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let (path, class) = match row {
-            Some(r) => (
-                r.try_get::<Option<String>, _>(0)?.unwrap_or_default(),
-                r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
-            ),
-            None => (String::new(), String::new()),
-        };
-        classes.insert(id.to_string(), (path, class));
+    }
+    let missing: Vec<&str> = relevant
+        .iter()
+        .filter_map(|e| e.envelope.request_id.as_deref())
+        .filter(|id| !classes.contains_key(*id))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in missing.chunks(ROWS) {
+        let sql = format!(
+            "SELECT request_id, path, task_class FROM requests WHERE request_id IN {}",
+            in_list(conn, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            classes.insert(
+                r.try_get(0)?,
+                (
+                    r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                    r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+                ),
+            );
+        }
     }
     let mut touched: BTreeMap<StatsKey, RouteStats> = BTreeMap::new();
     for e in relevant {
@@ -340,12 +560,31 @@ pub async fn update_stats(conn: &mut AnyConnection, events: &[&Event]) -> Result
         .bind(s.errors)
         .bind(s.timeouts)
         .bind(s.fallbacks)
-        .bind(serde_json::to_string(&s.latency).unwrap_or_default())
-        .bind(serde_json::to_string(&s.ttft).unwrap_or_default())
+        .bind(encode_sketch(&s.latency))
+        .bind(encode_sketch(&s.ttft))
         .execute(&mut *conn)
         .await?;
     }
     Ok(())
+}
+
+/// A sketch as stored: JSON, or the empty string for an empty sketch — whose infinite
+/// minimum and maximum JSON cannot carry.
+fn encode_sketch(sketch: &DDSketch) -> String {
+    if sketch.count() == 0 {
+        String::new()
+    } else {
+        serde_json::to_string(sketch).unwrap_or_default()
+    }
+}
+
+/// The inverse of [`encode_sketch`].
+pub(crate) fn decode_sketch(text: &str) -> Result<DDSketch, serde_json::Error> {
+    if text.is_empty() {
+        Ok(DDSketch::new(Config::defaults()))
+    } else {
+        serde_json::from_str(text)
+    }
 }
 
 async fn load_stats<'m>(
@@ -374,9 +613,9 @@ async fn load_stats<'m>(
                 errors: r.try_get(5)?,
                 timeouts: r.try_get(6)?,
                 fallbacks: r.try_get(7)?,
-                latency: serde_json::from_str(&r.try_get::<String, _>(8)?)
+                latency: decode_sketch(&r.try_get::<String, _>(8)?)
                     .map_err(|e| ApplyError::Rejected(format!("corrupt latency sketch: {e}")))?,
-                ttft: serde_json::from_str(&r.try_get::<String, _>(9)?)
+                ttft: decode_sketch(&r.try_get::<String, _>(9)?)
                     .map_err(|e| ApplyError::Rejected(format!("corrupt ttft sketch: {e}")))?,
             },
         };

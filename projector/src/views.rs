@@ -6,7 +6,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::ReadModel;
-use crate::requests::RouteStats;
+use crate::requests::{RouteStats, decode_sketch};
 
 /// One per-minute usage rollup row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -398,9 +398,8 @@ impl ReadModel {
                 errors: r.try_get(8)?,
                 timeouts: r.try_get(9)?,
                 fallbacks: r.try_get(10)?,
-                latency: serde_json::from_str(&latency)
-                    .unwrap_or_else(|_| RouteStats::default().latency),
-                ttft: serde_json::from_str(&ttft).unwrap_or_else(|_| RouteStats::default().ttft),
+                latency: decode_sketch(&latency).unwrap_or_else(|_| RouteStats::default().latency),
+                ttft: decode_sketch(&ttft).unwrap_or_else(|_| RouteStats::default().ttft),
             };
             let rate = |n: i64| {
                 if stats.attempts > 0 {

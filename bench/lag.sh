@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Lag from a request's settlement to its balance: lumina serve (release, simulated upstream,
-# zero latency) under a fixed 1,000 requests/s; afterwards, for every settlement the ledger
-# journaled, the time between the RequestSettled event (occurred_at) and the ledger's
-# transaction that applied it (consumer_applied_events.applied_at). Prints p50/p99/max.
+# Lag from a request's settlement to a consumer's view of it: lumina serve (release, simulated
+# upstream, zero latency) under a fixed 1,000 requests/s; afterwards, for every settlement,
+# the time between the RequestSettled event (occurred_at) and the transaction in which the
+# consumer applied it (consumer_applied_events.applied_at) — for `ledger` that is the
+# settlement reaching the balance, for `projector` reaching /v1/usage and /v1/requests.
+# Prints p50/p99/max.
 #
-# Usage: bench/ledger-lag.sh [seconds, default 20]
+# Usage: bench/lag.sh ledger|projector [seconds, default 20]
 # With LUMINA_DATABASE_URL=postgres://… the read models and ledger live in PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SECONDS_PER_RUN="${1:-20}"
+CONSUMER="${1:?usage: bench/lag.sh ledger|projector [seconds]}"
+case "$CONSUMER" in ledger|projector) ;; *) echo "unknown consumer: $CONSUMER" >&2; exit 2 ;; esac
+SECONDS_PER_RUN="${2:-20}"
 CACHE="${LUMINA_CACHE:-$HOME/.cache/lumina}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 OHA="$CACHE/tools/bin/oha"
@@ -37,7 +41,7 @@ KEY=$(curl -sf "http://127.0.0.1:$PORT/admin/keys" -H "Authorization: Bearer $LU
   "http://127.0.0.1:$PORT/v1/chat/completions" | grep -E "Success rate|Requests/sec" >&2
 sleep 2
 QUERY="SELECT a.applied_at - e.occurred_at FROM ledger_entries e
-       JOIN consumer_applied_events a ON a.event_id = e.event_id AND a.consumer = 'ledger'
+       JOIN consumer_applied_events a ON a.event_id = e.event_id AND a.consumer = '$CONSUMER'
        WHERE e.kind = 'settle'"
 if [ -n "${LUMINA_DATABASE_URL:-}" ]; then
   psql "$LUMINA_DATABASE_URL" -qAtc "$QUERY" > "$WORK/lags"
@@ -48,12 +52,12 @@ for (lag,) in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]):
     print(lag)
 PY
 fi
-python3 - "$WORK/lags" <<'PY'
+python3 - "$WORK/lags" "$CONSUMER" <<'PY'
 import sys
 lags = sorted(int(l) for l in open(sys.argv[1]) if l.strip())
 if not lags:
     sys.exit("no settlements journaled")
 pct = lambda p: lags[min(len(lags) - 1, int(round(p * (len(lags) - 1))))] / 1000
-print(f"settlements journaled: {len(lags)}")
-print(f"settlement → balance lag: p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {lags[-1] / 1000:.1f} ms")
+print(f"settlements applied by {sys.argv[2]}: {len(lags)}")
+print(f"settlement → {sys.argv[2]} lag: p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {lags[-1] / 1000:.1f} ms")
 PY
