@@ -1,0 +1,3 @@
+-- PostgreSQL only: its per-statement balance check became one lateral aggregate per entry.
+-- SQLite checks each entry in a row trigger; nothing changes here.
+SELECT 1;
