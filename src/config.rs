@@ -50,6 +50,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[pricing]`: the versioned price table and hold lifetime.
     pub pricing: PricingConfig,
+    /// `[kafka]`: distributed mode's broker and topics.
+    pub kafka: Option<lumina_kafka::KafkaConfig>,
     /// Providers and routes resolved and checked at load.
     #[serde(skip)]
     pub gateway: GatewayConfig,
@@ -173,6 +175,9 @@ impl Config {
         if let Some(url) = &self.database.url {
             lumina_eventlog::Backend::of_url(url)
                 .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+        }
+        if let Some(kafka) = &self.kafka {
+            kafka.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         if let Some(key) = &self.auth.admin_key
             && key.len() < 16

@@ -1,43 +1,66 @@
-//! `lumina projector` and `lumina ledger`: one consumer on its own over a data dir's local log,
-//! and their `rebuild`, which empties the consumer's tables and replays the whole log.
+//! `lumina projector` and `lumina ledger`: one consumer on its own — on the Kafka topic as a
+//! member of its consumer group when the configuration has `[kafka]`, else over a data dir's
+//! local log — and their `rebuild`, which empties the consumer's tables and replays.
 
 use std::time::Duration;
 
 use lumina_eventlog::{
-    Consumer, ConsumerOptions, LocalLogSource, LogReader, Projection, handled_types,
+    Consumer, ConsumerOptions, EventSource, LocalLogSource, LogReader, Projection, handled_types,
 };
+use lumina_kafka::KafkaSource;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::serve::connect_database;
 
-/// Runs `projection` until a signal, or with `once` until it applied the log as it was at start.
+/// Runs `projection` until a signal, or with `once` until it applied the log as it was at start
+/// (local log only: a topic has no end).
 pub async fn run<P: Projection>(config: &Config, projection: P, once: bool) -> anyhow::Result<()> {
+    let db = connect_database(config).await?;
+    let options = ConsumerOptions {
+        batch_size: config.consumers.batch_size,
+        idle_wait: Duration::from_millis(200),
+        ..ConsumerOptions::default()
+    };
+    if let Some(kafka) = &config.kafka {
+        if once {
+            anyhow::bail!("--once reads a local log; with [kafka] the consumer runs until stopped");
+        }
+        kafka
+            .ensure_topics()
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let source = KafkaSource::new(kafka, db.clone(), projection.name())?;
+        let consumer = Consumer::new(db, source, projection, options);
+        return drive(consumer, None).await;
+    }
     let reader = LogReader::open(config.log_path())?;
     let end = i64::try_from(reader.end_position().await?).unwrap_or(i64::MAX);
-    let db = connect_database(config).await?;
-    let name = projection.name();
-    let consumer = Consumer::new(
-        db,
-        LocalLogSource::new(reader).only(&handled_types(&projection)),
-        projection,
-        ConsumerOptions {
-            batch_size: config.consumers.batch_size,
-            idle_wait: Duration::from_millis(200),
-            ..ConsumerOptions::default()
-        },
-    );
+    let source = LocalLogSource::new(reader).only(&handled_types(&projection));
+    let consumer = Consumer::new(db, source, projection, options);
+    drive(consumer, once.then_some(end)).await
+}
+
+/// Runs `consumer` until a signal, or until it passed position `until` of partition 0.
+async fn drive<S, P>(consumer: Consumer<S, P>, until: Option<i64>) -> anyhow::Result<()>
+where
+    S: EventSource + Sync + 'static,
+    P: Projection,
+{
+    let name = consumer.watch().name;
     let mut progress = consumer.progress();
     let cancel = CancellationToken::new();
     let task = tokio::spawn(consumer.run(cancel.clone()));
-    if once {
-        let caught_up = progress.wait_for(|p| p.next_offsets.get(&0).copied().unwrap_or(1) > end);
-        tokio::select! {
-            _ = caught_up => {}
-            _ = tokio::signal::ctrl_c() => {}
+    match until {
+        Some(end) => {
+            let caught_up =
+                progress.wait_for(|p| p.next_offsets.get(&0).copied().unwrap_or(1) > end);
+            tokio::select! {
+                _ = caught_up => {}
+                _ = shutdown() => {}
+            }
         }
-    } else {
-        let _ = tokio::signal::ctrl_c().await;
+        None => shutdown().await,
     }
     cancel.cancel();
     task.await??;
@@ -50,4 +73,20 @@ pub async fn run<P: Projection>(config: &Config, projection: P, once: bool) -> a
         "consumer stopped"
     );
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

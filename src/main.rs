@@ -37,7 +37,10 @@ struct Cli {
 enum Command {
     /// Run the embedded mode: gateway, local log, read models and consumers in one process.
     Serve(ServeArgs),
-    /// Run the read-model projector on its own over a data dir's local log.
+    /// Distributed mode's gateway: serves the API, ships its local log to Kafka.
+    Gateway(ServeArgs),
+    /// Run the read-model projector on its own: on the Kafka topic when the configuration has
+    /// `[kafka]`, else over a data dir's local log.
     Projector(ProjectorCommand),
     /// Run the ledger on its own, rebuild it, or print a statement.
     Ledger(LedgerCommand),
@@ -577,7 +580,14 @@ async fn main() -> anyhow::Result<()> {
             if let Some(listen) = args.listen {
                 config.listen = Some(listen);
             }
-            serve::serve(config).await
+            serve::serve(config, serve::Mode::Embedded).await
+        }
+        Command::Gateway(args) => {
+            let mut config = load_config(args.config.as_deref(), args.data_dir)?;
+            if let Some(listen) = args.listen {
+                config.listen = Some(listen);
+            }
+            serve::serve(config, serve::Mode::Gateway).await
         }
         Command::Projector(cmd) => match cmd.action {
             Some(ProjectorAction::Rebuild(args)) => run_projector(args, true).await,

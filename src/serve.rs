@@ -53,7 +53,18 @@ pub async fn connect_database(config: &Config) -> anyhow::Result<Database> {
 }
 
 /// Runs the embedded mode until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// How `serve` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `lumina serve`: the projector and the ledger consume the local log in this process.
+    Embedded,
+    /// `lumina gateway`: the shipper drains the local log to Kafka; the projector and the
+    /// ledger run as their own processes on the topic, and admin writes wait on the database.
+    Gateway,
+}
+
+/// Runs the gateway (with, in embedded mode, its consumers) until a signal.
+pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -87,11 +98,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         LedgerProjection,
         options,
     );
-    let consumers = vec![projector.watch(), ledger.watch()];
-    let tasks = vec![
-        tokio::spawn(projector.run(cancel.clone())),
-        tokio::spawn(ledger.run(cancel.clone())),
-    ];
+    let (consumers, tasks) = if mode == Mode::Embedded {
+        (
+            vec![projector.watch(), ledger.watch()],
+            vec![
+                tokio::spawn(projector.run(cancel.clone())),
+                tokio::spawn(ledger.run(cancel.clone())),
+            ],
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let shipper = match (mode, &config.kafka) {
+        (Mode::Embedded, _) => None,
+        (Mode::Gateway, None) => anyhow::bail!("lumina gateway needs a [kafka] section"),
+        (Mode::Gateway, Some(kafka)) => {
+            kafka
+                .ensure_topics()
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let shipper = lumina_kafka::Shipper::new(kafka, log.clone(), &data_dir)?;
+            Some(tokio::spawn(shipper.run(cancel.clone())))
+        }
+    };
     let readiness = Readiness {
         consumers: consumers.clone(),
         log_end_at_start: log.committed_position(),
@@ -118,7 +147,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.instance(),
         cancel.clone(),
     ));
-    let admin = Admin::new(
+    let mut admin = Admin::new(
         log.clone(),
         read_model.clone(),
         Ledger::new(db.clone()),
@@ -127,7 +156,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         consumers,
         config.instance(),
     );
-    let demo_key = if fresh && config.demo.enabled && read_model.account_count().await? == 0 {
+    if mode == Mode::Gateway {
+        admin = admin.with_remote_consumers();
+    }
+    let demo_key = if mode == Mode::Embedded
+        && fresh
+        && config.demo.enabled
+        && read_model.account_count().await? == 0
+    {
         Some(create_demo(&admin, &config).await?)
     } else {
         None
@@ -172,6 +208,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = refresher.await;
     let _ = credit_refresher.await;
     let _ = sweeper.await;
+    if let Some(shipper) = shipper {
+        match shipper.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "shipper stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "shipper task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     for task in tasks {
         match task.await {
             Ok(Err(e)) => tracing::error!(error = %e, "consumer stopped with an error"),

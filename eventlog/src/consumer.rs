@@ -171,6 +171,9 @@ pub struct Consumer<S, P> {
     projection: P,
     options: ConsumerOptions,
     progress: watch::Sender<Progress>,
+    /// (partition, offset, reason) of messages the current batch dead-lettered, handed to the
+    /// source once the batch committed.
+    dead_lettered: std::sync::Mutex<Vec<(i32, i64, String)>>,
 }
 
 #[derive(Default)]
@@ -287,6 +290,7 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             projection,
             options,
             progress: watch::Sender::new(Progress::default()),
+            dead_lettered: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -367,6 +371,16 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             else {
                 return Ok(());
             };
+            let dead = std::mem::take(&mut *self.dead_lettered_list());
+            for (partition, offset, reason) in dead {
+                if let Some(m) = polled
+                    .messages
+                    .iter()
+                    .find(|m| m.partition == partition && m.offset == offset)
+                {
+                    self.source.dead_lettered(m, &reason).await;
+                }
+            }
             committed = next;
             backoff = Duration::from_millis(50);
             let now = now_micros();
@@ -402,6 +416,7 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
         let name = self.projection.name();
         let mut backoff = Duration::from_millis(50);
         loop {
+            self.dead_lettered_list().clear();
             let result = match self.apply_batch(batch, positions).await {
                 Err(e) if !e.is_transient() => {
                     tracing::warn!(consumer = name, error = %e, "batch failed; applying one event at a time");
@@ -420,6 +435,12 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
                 }
             }
         }
+    }
+
+    fn dead_lettered_list(&self) -> std::sync::MutexGuard<'_, Vec<(i32, i64, String)>> {
+        self.dead_lettered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn apply_batch(
@@ -580,6 +601,8 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             reason,
             "message dead-lettered"
         );
+        self.dead_lettered_list()
+            .push((message.partition, message.offset, reason.to_string()));
         sqlx::query(
             "INSERT INTO dead_letters
                  (consumer, stream, partition_id, msg_offset, reason, payload, recorded_at)
@@ -609,7 +632,9 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
                      (consumer, stream, partition_id, next_offset, updated_at)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (consumer, stream, partition_id)
-                 DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at",
+                 DO UPDATE SET updated_at = excluded.updated_at,
+                     next_offset = CASE WHEN excluded.next_offset > consumer_positions.next_offset
+                         THEN excluded.next_offset ELSE consumer_positions.next_offset END",
             )
             .bind(self.projection.name())
             .bind(self.source.stream())

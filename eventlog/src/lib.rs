@@ -13,5 +13,6 @@ pub use consumer::{
 pub use db::{Backend, Database, DbError};
 pub use log::{
     EventLog, FsyncMode, LogEntry, LogError, LogOptions, LogReader, LogRecord, TypeFilter,
+    prune_blocking,
 };
-pub use source::{EventSource, LOCAL_STREAM, LocalLogSource, Polled, SourceMessage};
+pub use source::{EventSource, LOCAL_STREAM, LocalLogSource, Polled, SourceError, SourceMessage};

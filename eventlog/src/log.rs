@@ -452,6 +452,32 @@ impl Writer {
     }
 }
 
+/// Deletes entries at positions `..=upto` appended before `before_us` (µs since the epoch), at
+/// most `max` of them, oldest first, and never the newest entry, from which positions continue.
+/// Returns how many went. Blocking; the writer waits for it, so keep `max` small.
+pub fn prune_blocking(
+    path: &Path,
+    upto: u64,
+    before_us: i64,
+    max: usize,
+) -> Result<usize, LogError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let deleted = conn.execute(
+        "DELETE FROM events WHERE position IN (
+             SELECT position FROM events
+             WHERE position <= ?1 AND appended_at < ?2
+               AND position < (SELECT MAX(position) FROM events)
+             ORDER BY position LIMIT ?3)",
+        params![
+            i64::try_from(upto).unwrap_or(i64::MAX),
+            before_us,
+            i64::try_from(max).unwrap_or(i64::MAX)
+        ],
+    )?;
+    Ok(deleted)
+}
+
 fn entry_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
     let id: Vec<u8> = row.get(1)?;
     Ok(LogEntry {

@@ -63,6 +63,17 @@ pub trait EventSource: Send {
         max: usize,
         wait: Duration,
     ) -> impl Future<Output = Result<Polled, SourceError>> + Send;
+
+    /// Told, after the batch committed, of a message the consumer dead-lettered and why (the
+    /// Kafka source copies it to the dead-letter topic). Nothing by default.
+    fn dead_lettered(
+        &mut self,
+        message: &SourceMessage,
+        reason: &str,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (message, reason);
+        async {}
+    }
 }
 
 /// Stream name of the local log.

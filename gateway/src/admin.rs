@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lumina_eventlog::{ConsumerWatch, EventLog, LogError};
+use lumina_eventlog::{ConsumerWatch, EventLog, LogError, Projection};
 use lumina_ledger::{Balance, Ledger};
 use lumina_projector::{AccountRow, KeyRow, ReadModel};
 use lumina_schemas::ids::new_id;
@@ -81,6 +81,7 @@ pub struct Admin {
     keys: Arc<KeyCache>,
     credits: Arc<CreditBook>,
     consumers: Vec<ConsumerWatch>,
+    remote_consumers: bool,
     instance: String,
     apply_timeout: Duration,
 }
@@ -127,9 +128,17 @@ impl Admin {
             keys,
             credits,
             consumers,
+            remote_consumers: false,
             instance: instance.into(),
             apply_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// Distributed mode: the projector and the ledger run elsewhere, reading the shipped topic;
+    /// a write waits until the shared database shows each of them applied its events.
+    pub fn with_remote_consumers(mut self) -> Admin {
+        self.remote_consumers = true;
+        self
     }
 
     /// How long a write waits for the consumers before answering 503 (default 10 s).
@@ -154,10 +163,55 @@ impl Admin {
             last = self.log.append_event(event).await?;
         }
         let deadline = tokio::time::Instant::now() + self.apply_timeout;
+        if self.remote_consumers {
+            return self.wait_remote(events, deadline).await;
+        }
         for consumer in &self.consumers {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if !consumer.wait_applied(last, left).await {
                 return Err(AdminError::NotApplied(self.apply_timeout));
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls the shared database until the projector and the ledger (each for the events it
+    /// handles) recorded every one of `events` as applied.
+    async fn wait_remote(
+        &self,
+        events: &[Event],
+        deadline: tokio::time::Instant,
+    ) -> Result<(), AdminError> {
+        let projector = lumina_projector::ReadModelProjection;
+        let ledger = lumina_ledger::LedgerProjection;
+        let db = &self.read_model.database().pool;
+        for event in events {
+            let id = event.envelope.event_id.to_string();
+            let kind = event.event_type();
+            let wanted = [
+                (projector.name(), projector.handles(kind)),
+                (ledger.name(), ledger.handles(kind)),
+            ];
+            for (consumer, handles) in wanted {
+                if !handles {
+                    continue;
+                }
+                loop {
+                    let applied = sqlx::query(
+                        "SELECT 1 FROM consumer_applied_events WHERE consumer = $1 AND event_id = $2",
+                    )
+                    .bind(consumer)
+                    .bind(id.as_str())
+                    .fetch_optional(db)
+                    .await?;
+                    if applied.is_some() {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(AdminError::NotApplied(self.apply_timeout));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
         }
         Ok(())

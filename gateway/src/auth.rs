@@ -133,6 +133,7 @@ pub enum AuthFailure {
     Revoked,
 }
 
+#[derive(Clone)]
 struct CachedKey {
     hash: [u8; 32],
     active: bool,
@@ -140,6 +141,27 @@ struct CachedKey {
 }
 
 type KeyMap = HashMap<String, Vec<CachedKey>>;
+
+fn add_row(map: &mut KeyMap, row: KeyRow) {
+    let mut hash = [0u8; 32];
+    if hex::decode_to_slice(&row.key_hash, &mut hash).is_err() {
+        tracing::warn!(key_id = %row.id, "skipping key with a malformed hash");
+        return;
+    }
+    let active = row.is_active();
+    map.entry(row.key_prefix).or_default().push(CachedKey {
+        hash,
+        active,
+        identity: Arc::new(KeyIdentity {
+            key_id: row.id,
+            account_id: row.account_id,
+            project_id: row.project_id,
+            rpm: row.rpm,
+            tpm: row.tpm,
+            store_content: row.store_content,
+        }),
+    });
+}
 
 /// The in-memory key table; reads are lock-free.
 pub struct KeyCache {
@@ -165,26 +187,45 @@ impl KeyCache {
     pub fn replace(&self, rows: Vec<KeyRow>) {
         let mut map: KeyMap = HashMap::with_capacity(rows.len());
         for row in rows {
-            let mut hash = [0u8; 32];
-            if hex::decode_to_slice(&row.key_hash, &mut hash).is_err() {
-                tracing::warn!(key_id = %row.id, "skipping key with a malformed hash");
-                continue;
-            }
-            let active = row.is_active();
-            map.entry(row.key_prefix).or_default().push(CachedKey {
-                hash,
-                active,
-                identity: Arc::new(KeyIdentity {
-                    key_id: row.id,
-                    account_id: row.account_id,
-                    project_id: row.project_id,
-                    rpm: row.rpm,
-                    tpm: row.tpm,
-                    store_content: row.store_content,
-                }),
-            });
+            add_row(&mut map, row);
         }
         self.keys.store(Arc::new(map));
+    }
+
+    /// Authenticates a presented key; a well-formed key the cache does not know is looked up
+    /// in the read model by its hash, so a key issued through another gateway works on its
+    /// very first request here.
+    pub async fn authenticate_or_load(
+        &self,
+        presented: &str,
+        read_model: &ReadModel,
+    ) -> Result<Arc<KeyIdentity>, AuthFailure> {
+        match self.authenticate(presented) {
+            Err(AuthFailure::Unknown)
+                if presented.starts_with(KEY_PREFIX) && presented.len() >= PUBLIC_PREFIX_LEN =>
+            {
+                let hash = hex::encode(self.secret.hash(presented));
+                match read_model.key_by_hash(&hash).await {
+                    Ok(Some(row)) => {
+                        self.keys.rcu(|current| {
+                            let mut map = KeyMap::clone(current);
+                            if let Some(list) = map.get_mut(&row.key_prefix) {
+                                list.retain(|k| k.identity.key_id != row.id);
+                            }
+                            add_row(&mut map, row.clone());
+                            map
+                        });
+                        self.authenticate(presented)
+                    }
+                    Ok(None) => Err(AuthFailure::Unknown),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look up an uncached key");
+                        Err(AuthFailure::Unknown)
+                    }
+                }
+            }
+            other => other,
+        }
     }
 
     /// Reloads every key from the read model.

@@ -313,6 +313,18 @@ impl ReadModel {
         rows.iter().map(key_row).collect()
     }
 
+    /// The key whose HMAC is `key_hash` (hex), if any.
+    pub async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
+        ));
+        let row = sqlx::query(sql)
+            .bind(key_hash)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.as_ref().map(key_row).transpose()
+    }
+
     /// One key by id.
     pub async fn key(&self, id: &str) -> Result<Option<KeyRow>, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"));

@@ -1,0 +1,11 @@
+//! Distributed mode on a Kafka-protocol broker: `[kafka]` configuration and topic creation,
+//! the shipper that drains each gateway's local log to the event topic, and the event source
+//! ledger and projector processes read the topic with.
+
+pub mod config;
+pub mod shipper;
+pub mod source;
+
+pub use config::KafkaConfig;
+pub use shipper::{ShipError, Shipper, ShipperStatus};
+pub use source::KafkaSource;

@@ -1,0 +1,283 @@
+//! The shipper: drains a gateway's local log to the event topic, in log order, with the
+//! idempotent producer (`acks=all`), keyed by `account_id` so one account's events stay in one
+//! partition in order. The request path never waits for it: requests commit to the local log
+//! and the shipper follows. The highest acknowledged position is kept in `shipper.position`
+//! in the data dir; after a crash the shipper resumes there and may send a window again, which
+//! consumers drop by `event_id`. Shipped entries older than the retention are pruned.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lumina_eventlog::{EventLog, LogEntry, LogReader};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+
+/// Entries produced before waiting for their acknowledgements.
+const WINDOW: usize = 4096;
+/// Entries pruned per statement.
+const PRUNE_CHUNK: usize = 10_000;
+/// How often shipped entries are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// Why the shipper could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// The Kafka client failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The local log or the position file failed.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// What the shipper reports: its acknowledged position, the backlog behind it, and errors.
+#[derive(Debug, Clone, Default)]
+pub struct ShipperStatus {
+    /// Highest log position the broker acknowledged.
+    pub acked: u64,
+    /// Committed entries not yet acknowledged.
+    pub backlog: u64,
+    /// Age of the oldest unshipped entry, ms (0 when none).
+    pub oldest_unshipped_age_ms: u64,
+    /// Windows that failed and were sent again.
+    pub produce_errors: u64,
+}
+
+/// Ships one local log to the event topic.
+pub struct Shipper {
+    topic: String,
+    retention: Duration,
+    log: EventLog,
+    reader: LogReader,
+    producer: FutureProducer,
+    position_file: PathBuf,
+    status: watch::Sender<ShipperStatus>,
+}
+
+impl Shipper {
+    /// A shipper for `log`, keeping its position in `data_dir`.
+    pub fn new(config: &KafkaConfig, log: EventLog, data_dir: &Path) -> Result<Shipper, ShipError> {
+        let mut client = rdkafka::ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Never give up on a message: while the broker is away the log keeps it and the
+            // producer keeps retrying; a timeout would only reorder a resend.
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "5")
+            .set("partitioner", "murmur2_random");
+        for (k, v) in &config.settings {
+            client.set(k, v);
+        }
+        let producer: FutureProducer = client.create()?;
+        let reader = log.reader().map_err(|e| ShipError::Local(e.to_string()))?;
+        let position_file = data_dir.join("shipper.position");
+        let acked = read_position(&position_file)?;
+        let (status, _) = watch::channel(ShipperStatus {
+            acked,
+            ..ShipperStatus::default()
+        });
+        Ok(Shipper {
+            topic: config.topic.clone(),
+            retention: config.retention(),
+            log,
+            reader,
+            producer,
+            position_file,
+            status,
+        })
+    }
+
+    /// Watches the shipper's status.
+    pub fn status(&self) -> watch::Receiver<ShipperStatus> {
+        self.status.subscribe()
+    }
+
+    /// Ships until `cancel` fires; then waits briefly for what is in flight.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), ShipError> {
+        let mut acked = self.status.borrow().acked;
+        let mut commits = self.log.subscribe();
+        let mut last_prune = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        tracing::info!(topic = %self.topic, position = acked, "shipper started");
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let entries = match self.reader.read_after(acked, WINDOW).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(error = %e, "shipper cannot read the local log");
+                    if sleep_or_cancel(&cancel, Duration::from_secs(1)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            self.report(acked, entries.first());
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                self.prune(acked).await;
+            }
+            let Some(last) = entries.last().map(|e| e.position) else {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = commits.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            };
+            match self.ship(&entries, &cancel).await {
+                Ok(true) => {
+                    acked = last;
+                    write_position(&self.position_file, acked).await?;
+                    metrics::counter!("lumina_shipper_shipped_events_total")
+                        .increment(entries.len() as u64);
+                    backoff = Duration::from_millis(100);
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    metrics::counter!("lumina_shipper_produce_errors_total").increment(1);
+                    self.status.send_modify(|s| s.produce_errors += 1);
+                    tracing::warn!(error = %e, position = acked, "shipping failed; sending the window again");
+                    if sleep_or_cancel(&cancel, backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let _ = self.producer.flush(Duration::from_secs(2));
+        tracing::info!(position = acked, "shipper stopped");
+        Ok(())
+    }
+
+    /// Produces `entries` and waits for every acknowledgement: `Ok(true)` when all were
+    /// acknowledged, `Ok(false)` when cancelled first.
+    async fn ship(
+        &self,
+        entries: &[LogEntry],
+        cancel: &CancellationToken,
+    ) -> Result<bool, KafkaError> {
+        let mut deliveries = Vec::with_capacity(entries.len());
+        for e in entries {
+            let event_id = e.event_id.to_string();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: "event_type",
+                    value: Some(e.event_type.as_str()),
+                })
+                .insert(Header {
+                    key: "event_id",
+                    value: Some(event_id.as_str()),
+                });
+            let mut record = FutureRecord::to(&self.topic)
+                .key(e.account_id.as_str())
+                .payload(e.bytes.as_slice())
+                .headers(headers);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        if sleep_or_cancel(cancel, Duration::from_millis(5)).await {
+                            return Ok(false);
+                        }
+                    }
+                    Err((e, _)) => return Err(e),
+                }
+            }
+        }
+        for delivery in deliveries {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(false),
+                result = delivery => match result {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(e),
+                    Err(_) => return Err(KafkaError::Canceled),
+                },
+            }
+        }
+        Ok(true)
+    }
+
+    fn report(&self, acked: u64, oldest: Option<&LogEntry>) {
+        let committed = self.log.committed_position();
+        let backlog = committed.saturating_sub(acked);
+        let age_ms = match oldest {
+            Some(e) if backlog > 0 => {
+                u64::try_from((now_micros() - e.appended_at).max(0) / 1000).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        metrics::gauge!("lumina_shipper_backlog_events").set(backlog as f64);
+        metrics::gauge!("lumina_shipper_oldest_unshipped_age_seconds").set(age_ms as f64 / 1000.0);
+        metrics::gauge!("lumina_shipper_acked_position").set(acked as f64);
+        self.status.send_modify(|s| {
+            s.acked = acked;
+            s.backlog = backlog;
+            s.oldest_unshipped_age_ms = age_ms;
+        });
+    }
+
+    async fn prune(&self, acked: u64) {
+        let path = self.log.path().to_path_buf();
+        let before = now_micros() - i64::try_from(self.retention.as_micros()).unwrap_or(i64::MAX);
+        let result = tokio::task::spawn_blocking(move || {
+            lumina_eventlog::prune_blocking(&path, acked, before, PRUNE_CHUNK)
+        })
+        .await;
+        match result {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(pruned = n, "pruned shipped log entries"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune shipped log entries"),
+            Err(e) => tracing::warn!(error = %e, "prune task failed"),
+        }
+    }
+}
+
+fn read_position(path: &Path) -> Result<u64, ShipError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            ShipError::Local(format!("{} does not hold a log position", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(ShipError::Local(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+async fn write_position(path: &Path, position: u64) -> Result<(), ShipError> {
+    let tmp = path.with_extension("position.tmp");
+    tokio::fs::write(&tmp, position.to_string())
+        .await
+        .map_err(|e| ShipError::Local(format!("cannot write {}: {e}", tmp.display())))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| ShipError::Local(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Sleeps for `d`; `true` when cancelled first.
+pub(crate) async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

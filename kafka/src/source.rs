@@ -1,0 +1,264 @@
+//! The Kafka event source: a consumer-group member that never commits offsets to the broker.
+//! On each assignment it reads the consumer's stored positions from the database — written in
+//! the same transactions as the effects — and starts every assigned partition there; messages
+//! below that position or of partitions it no longer owns are dropped. Cooperative rebalancing
+//! (`cooperative-sticky`) moves only the partitions that change owner. Dead-lettered messages
+//! are copied to `<topic>.dlq` with the reason.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use lumina_eventlog::consumer::load_positions;
+use lumina_eventlog::{Database, EventSource, Polled, SourceError, SourceMessage};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+
+/// Assigned partitions and the first offset accepted from each.
+type Floors = Arc<Mutex<HashMap<i32, i64>>>;
+
+fn floors(f: &Floors) -> std::sync::MutexGuard<'_, HashMap<i32, i64>> {
+    f.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Seeks newly assigned partitions to the stored positions.
+struct Context {
+    db: Database,
+    consumer: &'static str,
+    topic: String,
+    runtime: tokio::runtime::Handle,
+    floors: Floors,
+}
+
+impl ClientContext for Context {}
+
+impl Context {
+    /// The stored positions, read on the runtime from librdkafka's polling thread (a blocking
+    /// thread, never a runtime worker). Partitions without one start at the beginning.
+    fn stored(&self) -> HashMap<i32, i64> {
+        for attempt in 1..=5 {
+            match self
+                .runtime
+                .block_on(load_positions(&self.db, self.consumer, &self.topic))
+            {
+                Ok(positions) => return positions.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(consumer = self.consumer, error = %e, attempt, "cannot load positions on assignment");
+                    std::thread::sleep(Duration::from_millis(200 * attempt));
+                }
+            }
+        }
+        // Starting from the beginning is safe: every applied event_id is skipped.
+        HashMap::new()
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let stored = self.stored();
+                {
+                    let mut f = floors(&self.floors);
+                    for &p in &partitions {
+                        let offset = stored.get(&p).copied();
+                        let at = offset.map_or(Offset::Beginning, Offset::Offset);
+                        if let Err(e) = tpl.set_partition_offset(&self.topic, p, at) {
+                            tracing::warn!(partition = p, error = %e, "cannot set the start offset");
+                        }
+                        f.insert(p, offset.unwrap_or(0));
+                    }
+                }
+                tracing::info!(consumer = self.consumer, ?partitions, "partitions assigned");
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "assignment failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                {
+                    let mut f = floors(&self.floors);
+                    for p in &partitions {
+                        f.remove(p);
+                    }
+                }
+                tracing::info!(consumer = self.consumer, ?partitions, "partitions revoked");
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "unassignment failed");
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                floors(&self.floors).clear();
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Reads the event topic as one member of the consumer's group.
+pub struct KafkaSource {
+    topic: String,
+    dlq_topic: String,
+    consumer: Arc<BaseConsumer<Context>>,
+    floors: Floors,
+    dlq: FutureProducer,
+}
+
+impl KafkaSource {
+    /// Joins group `lumina-<consumer>` (or `group.id` from the settings) on the event topic.
+    /// Must be called on a Tokio runtime.
+    pub fn new(
+        config: &KafkaConfig,
+        db: Database,
+        consumer: &'static str,
+    ) -> Result<KafkaSource, SourceError> {
+        let err = |e: rdkafka::error::KafkaError| SourceError::Other(e.to_string());
+        let floors: Floors = Arc::default();
+        let context = Context {
+            db,
+            consumer,
+            topic: config.topic.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            floors: floors.clone(),
+        };
+        let mut client = rdkafka::ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", format!("lumina-{consumer}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        for (k, v) in &config.settings {
+            client.set(k, v);
+        }
+        let kafka: BaseConsumer<Context> = client.create_with_context(context).map_err(err)?;
+        kafka.subscribe(&[config.topic.as_str()]).map_err(err)?;
+        let dlq: FutureProducer = config
+            .client()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .map_err(err)?;
+        Ok(KafkaSource {
+            topic: config.topic.clone(),
+            dlq_topic: config.dlq_topic(),
+            consumer: Arc::new(kafka),
+            floors,
+            dlq,
+        })
+    }
+}
+
+impl EventSource for KafkaSource {
+    fn stream(&self) -> &str {
+        &self.topic
+    }
+
+    /// Positions are applied per assignment, in the rebalance callback.
+    async fn seek(&mut self, _next_offsets: &[(i32, i64)]) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
+        let consumer = self.consumer.clone();
+        let floors = self.floors.clone();
+        let messages = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut timeout = wait;
+            while out.len() < max {
+                match consumer.poll(timeout) {
+                    None => break,
+                    Some(Err(e)) if out.is_empty() => {
+                        return Err(SourceError::Other(e.to_string()));
+                    }
+                    Some(Err(_)) => break,
+                    Some(Ok(m)) => {
+                        timeout = Duration::ZERO;
+                        let wanted =
+                            floors_of(&floors, m.partition()).is_some_and(|f| m.offset() >= f);
+                        if wanted {
+                            out.push(SourceMessage {
+                                partition: m.partition(),
+                                offset: m.offset(),
+                                bytes: m.payload().unwrap_or_default().to_vec(),
+                            });
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| SourceError::Other(format!("poll task failed: {e}")))??;
+        Ok(Polled {
+            messages,
+            next_offsets: Vec::new(),
+        })
+    }
+
+    async fn dead_lettered(&mut self, message: &SourceMessage, reason: &str) {
+        let partition = message.partition.to_string();
+        let offset = message.offset.to_string();
+        let headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: "reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "source_topic",
+                value: Some(self.topic.as_str()),
+            })
+            .insert(Header {
+                key: "source_partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "source_offset",
+                value: Some(offset.as_str()),
+            });
+        let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&self.dlq_topic)
+            .payload(message.bytes.as_slice())
+            .headers(headers);
+        if let Err((e, _)) = self.dlq.send(record, Duration::from_secs(10)).await {
+            tracing::error!(error = %e, partition = message.partition, offset = message.offset,
+                "cannot copy a dead letter to the dead-letter topic (it is in dead_letters)");
+        }
+    }
+}
+
+fn floors_of(f: &Floors, partition: i32) -> Option<i64> {
+    floors(f).get(&partition).copied()
+}
