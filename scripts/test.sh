@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh Debian machine that has Rust: starts
-# PostgreSQL (installing it when missing), creates the role the tests use, then runs
+# PostgreSQL (installing it when missing), creates the role the tests use, builds a venv with
+# the OpenAI SDK and installs Tansu (the Kafka-protocol broker) once, then runs
 # `cargo test --workspace`. Build output goes to a cache outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,7 +74,19 @@ setup_python() {
   export LUMINA_TEST_PYTHON="$venv/bin/python"
 }
 
+# Tansu, the Kafka-protocol broker the distributed-mode tests start (each on its own port and
+# storage). Built once into the cache (about ten minutes), reused after.
+setup_tansu() {
+  local root="$CACHE/tansu"
+  if [ ! -x "$root/bin/tansu" ]; then
+    echo "installing Tansu into $root (once)" >&2
+    CARGO_TARGET_DIR="$CACHE/tansu-target" cargo install tansu --locked --features libsql --root "$root"
+  fi
+  export LUMINA_TEST_TANSU="$root/bin/tansu"
+}
+
 start_postgres
 echo "PostgreSQL ready at 127.0.0.1:$PG_PORT" >&2
 setup_python
+setup_tansu
 cargo test --workspace --locked "$@"

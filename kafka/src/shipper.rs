@@ -133,7 +133,7 @@ impl Shipper {
                 }
                 continue;
             };
-            match self.ship(&entries, &cancel).await {
+            match self.ship(&entries, acked, &cancel).await {
                 Ok(true) => {
                     acked = last;
                     write_position(&self.position_file, acked).await?;
@@ -163,6 +163,7 @@ impl Shipper {
     async fn ship(
         &self,
         entries: &[LogEntry],
+        acked: u64,
         cancel: &CancellationToken,
     ) -> Result<bool, KafkaError> {
         let mut deliveries = Vec::with_capacity(entries.len());
@@ -198,13 +199,18 @@ impl Shipper {
             }
         }
         for delivery in deliveries {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(false),
-                result = delivery => match result {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(e),
-                    Err(_) => return Err(KafkaError::Canceled),
-                },
+            tokio::pin!(delivery);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(false),
+                    result = &mut delivery => match result {
+                        Ok(Ok(_)) => break,
+                        Ok(Err((e, _))) => return Err(e),
+                        Err(_) => return Err(KafkaError::Canceled),
+                    },
+                    // While the broker is away the backlog and its age keep being reported.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => self.report(acked, entries.first()),
+                }
             }
         }
         Ok(true)

@@ -160,7 +160,10 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            // The rebalance timeout: how long a join waits for members that died without
+            // leaving. The loop polls every few hundred milliseconds, so 15 s is plenty.
+            .set("max.poll.interval.ms", "15000");
         for (k, v) in &config.settings {
             client.set(k, v);
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod dist;
 pub mod upstream;
 
 /// Path of the binary under test.
@@ -40,6 +41,8 @@ pub struct Lumina {
     config: Option<PathBuf>,
     port: u16,
     starts: u32,
+    /// `serve`, or `gateway` in distributed mode.
+    command: &'static str,
     /// The admin key.
     pub admin_key: String,
     http: reqwest::Client,
@@ -77,6 +80,37 @@ impl Lumina {
                 .collect(),
             port: free_port(),
             starts: 0,
+            command: "serve",
+            admin_key: String::new(),
+            http: reqwest::Client::new(),
+        };
+        lumina.spawn().await;
+        lumina
+    }
+
+    /// Starts `lumina gateway` (distributed mode) with a configuration file holding `config`.
+    pub async fn start_gateway(
+        data_dir: &Path,
+        output_dir: &Path,
+        env: &[(&str, &str)],
+        config: &str,
+    ) -> Lumina {
+        std::fs::create_dir_all(output_dir).unwrap();
+        let path = output_dir.join("lumina.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut lumina = Lumina {
+            child: None,
+            url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            output_dir: output_dir.to_path_buf(),
+            config: Some(path),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            port: free_port(),
+            starts: 0,
+            command: "gateway",
             admin_key: String::new(),
             http: reqwest::Client::new(),
         };
@@ -94,7 +128,7 @@ impl Lumina {
         let mut command = Command::new(bin());
         command
             .args([
-                "serve",
+                self.command,
                 "--listen",
                 &format!("127.0.0.1:{}", self.port),
                 "--data-dir",

@@ -1,0 +1,163 @@
+//! Distributed-mode helpers: a Tansu broker on a free port with SQLite storage in a temp dir,
+//! and `lumina ledger` / `lumina projector` processes that can be killed and restarted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{bin, free_port, signal};
+
+/// The Tansu binary `scripts/test.sh` installs; a test needing it fails loudly without it.
+fn tansu_bin() -> String {
+    std::env::var("LUMINA_TEST_TANSU").unwrap_or_else(|_| {
+        panic!("LUMINA_TEST_TANSU is not set: run the tests through scripts/test.sh, which installs Tansu")
+    })
+}
+
+/// A Tansu broker.
+pub struct Tansu {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+    dir: PathBuf,
+    starts: u32,
+}
+
+impl Tansu {
+    /// Starts a broker storing in `dir`.
+    pub async fn start(dir: &Path) -> Tansu {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut tansu = Tansu {
+            child: None,
+            address: format!("127.0.0.1:{}", free_port()),
+            dir: dir.to_path_buf(),
+            starts: 0,
+        };
+        tansu.spawn().await;
+        tansu
+    }
+
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        let url = format!("tcp://{}", self.address);
+        let log =
+            std::fs::File::create(self.dir.join(format!("tansu.{}.log", self.starts))).unwrap();
+        let child = Command::new(tansu_bin())
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&self.address).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {}",
+                self.address
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the broker with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "-KILL");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same address and storage.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A `lumina ledger` or `lumina projector` process on the topic.
+pub struct ConsumerProc {
+    child: Option<Child>,
+    which: &'static str,
+    config: PathBuf,
+    output_dir: PathBuf,
+    starts: u32,
+}
+
+impl ConsumerProc {
+    /// Starts `lumina <which> --config <config>`.
+    pub fn start(which: &'static str, config: &Path, output_dir: &Path) -> ConsumerProc {
+        let mut p = ConsumerProc {
+            child: None,
+            which,
+            config: config.to_path_buf(),
+            output_dir: output_dir.to_path_buf(),
+            starts: 0,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        std::fs::create_dir_all(&self.output_dir).unwrap();
+        let out = std::fs::File::create(
+            self.output_dir
+                .join(format!("{}.{}.log", self.which, self.starts)),
+        )
+        .unwrap();
+        let child = Command::new(bin())
+            .args([self.which, "--config"])
+            .arg(&self.config)
+            .env_remove("LUMINA_DATABASE_URL")
+            .env("LUMINA_LOG", "info")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "-KILL");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// Everything it printed, all starts included.
+    pub fn output(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.output_dir.join(format!("{}.{i}.log", self.which)))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl Drop for ConsumerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

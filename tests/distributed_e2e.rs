@@ -1,0 +1,383 @@
+//! Distributed mode against real services: Tansu (a Kafka-protocol broker) and PostgreSQL, two
+//! `lumina gateway`s, one `lumina ledger` and one `lumina projector`, each its own process.
+//!
+//! One scripted run: a key issued through one gateway works on the other at once; both
+//! gateways serve paid requests; a corrupted message is put on the topic. At the end every
+//! event of both gateways' logs is
+//! applied exactly once by each consumer, every client's `usage.cost` equals its ledger charge,
+//! usage and balances agree, one account's events kept their order on the topic, and the
+//! corrupted message is in the dead letters and on the DLQ topic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use common::dist::{ConsumerProc, Tansu};
+use common::{Lumina, run};
+use lumina_eventlog::Backend;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+const ADMIN_KEY: &str = "dist-admin-key-0123456789abcdef";
+const TOPIC: &str = "lumina.events";
+const PARTITIONS: i32 = 3;
+
+/// `"0.0000392"` → 39_200 nano-credits.
+fn nano(decimal: &str) -> i64 {
+    let (whole, frac) = decimal.split_once('.').unwrap_or((decimal, ""));
+    let frac = format!("{frac:0<9}");
+    whole.parse::<i64>().unwrap() * 1_000_000_000 + frac[..9].parse::<i64>().unwrap()
+}
+
+struct Paid {
+    request_id: String,
+    cost_nano: i64,
+}
+
+/// `n` non-streaming requests (and one stream) on `gateway`; every one must succeed.
+async fn burst(gateway: &Lumina, key: &str, n: usize, tag: &str) -> Vec<Paid> {
+    let mut paid = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = json!({"model": "lumina-fast", "max_tokens": 16,
+            "messages": [{"role": "user", "content": format!("{tag} {i}")}]});
+        let (code, headers, text) = gateway.chat(key, &body).await;
+        assert_eq!(code, 200, "{tag} {i}: {text}");
+        paid.push(Paid {
+            request_id: headers["x-request-id"].to_str().unwrap().to_string(),
+            cost_nano: nano(headers["x-lumina-cost"].to_str().unwrap()),
+        });
+    }
+    let stream = json!({"model": "lumina-balanced", "stream": true, "max_tokens": 16,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": format!("{tag} stream")}]});
+    let (code, _, text) = gateway.chat(key, &stream).await;
+    assert_eq!(code, 200, "{tag} stream: {text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    paid
+}
+
+/// Both gateways' local logs, as JSON lines (with `position`).
+fn local_log(gateway: &Lumina) -> Vec<Value> {
+    let dir = gateway.data_dir.to_str().unwrap();
+    let (ok, out, err) = run(&["replay", "--data-dir", dir], &[]);
+    assert!(ok, "replay failed: {err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ledger_handles(t: &str) -> bool {
+    matches!(
+        t,
+        "CreditsGranted" | "RequestRouted" | "RequestSettled" | "HoldExpired"
+    )
+}
+
+async fn scalar(pool: &sqlx::AnyPool, sql: &str) -> i64 {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get::<i64, _>(0)
+}
+
+/// A message read back: partition, payload, headers.
+type TopicMessage = (i32, Vec<u8>, Vec<(String, String)>);
+
+/// Every message on `topic`, read from the beginning of each partition until `expected` came
+/// (or 30 s passed).
+fn read_topic(brokers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<TopicMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    use rdkafka::message::Headers;
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.partition(),
+                m.payload().unwrap_or_default().to_vec(),
+                headers,
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_mode_delivers_every_event_once_with_two_gateways() {
+    lumina_gateway::providers::install_crypto_provider();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let tmp = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(&tmp.path().join("tansu")).await;
+    let db = lumina_testkit::fresh_database(Backend::Postgres).await;
+    let config = format!(
+        "[database]\nurl = \"{}\"\n\n[kafka]\nbrokers = \"{}\"\npartitions = {PARTITIONS}\n\n[kafka.settings]\n\"partition.assignment.strategy\" = \"range\"\n",
+        db.url, tansu.address
+    );
+    let config_path = tmp.path().join("lumina.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let secret = "cd".repeat(32);
+    let env = [
+        ("LUMINA_ADMIN_KEY", ADMIN_KEY),
+        ("LUMINA_KEY_SECRET", secret.as_str()),
+    ];
+    let ledger = ConsumerProc::start("ledger", &config_path, &tmp.path().join("ledger"));
+    let projector = ConsumerProc::start("projector", &config_path, &tmp.path().join("projector"));
+    let g1 = Lumina::start_gateway(
+        &tmp.path().join("g1"),
+        &tmp.path().join("g1-out"),
+        &env,
+        &config,
+    )
+    .await;
+    let g2 = Lumina::start_gateway(
+        &tmp.path().join("g2"),
+        &tmp.path().join("g2-out"),
+        &env,
+        &config,
+    )
+    .await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+
+    // A key issued through the first gateway works on the second at once.
+    let account = g1.account("Distributed Co", "1000").await;
+    let (_, key) = g1.key(&account).await;
+    let mut paid = burst(&g2, &key, 3, "first").await;
+
+    paid.extend(burst(&g1, &key, 20, "g1").await);
+    paid.extend(burst(&g2, &key, 20, "g2").await);
+
+    // A corrupted message on the topic, then more traffic behind it.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &tansu.address)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to(TOPIC)
+                .key(account.as_str())
+                .payload(&b"\xC3\x01not an event"[..]),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    paid.extend(burst(&g1, &key, 3, "after-corrupt").await);
+
+    // Every event of both local logs, by id.
+    let mut events: Vec<Value> = local_log(&g1);
+    events.extend(local_log(&g2));
+    let ids: BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        events.len(),
+        "event ids are unique across gateways"
+    );
+    let ledger_ids: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| ledger_handles(e["event_type"].as_str().unwrap()))
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let settlements = events
+        .iter()
+        .filter(|e| e["event_type"] == "RequestSettled")
+        .count() as i64;
+
+    // Wait for both consumers to apply everything.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let l = scalar(
+            &pool,
+            "SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = 'ledger'",
+        )
+        .await;
+        let p = scalar(
+            &pool,
+            "SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = 'projector'",
+        )
+        .await;
+        let settled = scalar(
+            &pool,
+            "SELECT COUNT(*) FROM requests WHERE outcome IS NOT NULL",
+        )
+        .await;
+        if l == ledger_ids.len() as i64 && p == ids.len() as i64 && settled == settlements {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not everything arrived: ledger {l}/{}, projector {p}/{}, settled {settled}/{settlements}\n--- ledger\n{}\n--- projector\n{}",
+            ledger_ids.len(),
+            ids.len(),
+            ledger.output(),
+            projector.output()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Exactly the gateways' events, each once, in each consumer.
+    for (consumer, wanted) in [("ledger", &ledger_ids), ("projector", &ids)] {
+        let applied: Vec<String> =
+            sqlx::query("SELECT event_id FROM consumer_applied_events WHERE consumer = $1")
+                .bind(consumer)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect();
+        let applied_set: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
+        assert_eq!(
+            applied_set.len(),
+            applied.len(),
+            "{consumer}: an event applied twice"
+        );
+        assert_eq!(
+            &applied_set, wanted,
+            "{consumer}: applied events differ from the gateways' logs"
+        );
+    }
+
+    // Every client's cost is its ledger charge.
+    let charges: HashMap<String, i64> =
+        sqlx::query("SELECT request_id, charged_nano FROM ledger_entries WHERE kind = 'settle'")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+            .collect();
+    assert_eq!(charges.len() as i64, settlements);
+    for p in &paid {
+        assert_eq!(
+            charges.get(&p.request_id),
+            Some(&p.cost_nano),
+            "request {} was told {} nano",
+            p.request_id,
+            p.cost_nano
+        );
+    }
+    let charged: i64 = charges.values().sum();
+
+    // Balances, usage and the account agree.
+    let acct = g2
+        .admin(
+            Method::GET,
+            &format!("/admin/accounts/{account}"),
+            None,
+            200,
+        )
+        .await;
+    let b = &acct["balance"];
+    assert_eq!(b["spent_nano"], json!(charged));
+    assert_eq!(b["held_nano"], json!(0));
+    assert_eq!(
+        b["available_nano"].as_i64().unwrap() + charged,
+        b["granted_nano"].as_i64().unwrap()
+    );
+    let (code, _, usage) = g1
+        .request(
+            Method::GET,
+            &format!("/v1/usage?start_time={}&bucket_width=1h", started - 60),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{usage}");
+    let usage_nano: i64 = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["results"].as_array().unwrap().clone())
+        .map(|r| r["credits_nano"].as_i64().unwrap())
+        .sum();
+    assert_eq!(usage_nano, charged, "usage credits equal the ledger's");
+
+    // The corrupted message: dead-lettered by both consumers, copied to the DLQ topic.
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM dead_letters WHERE stream = 'lumina.events'"
+        )
+        .await,
+        2
+    );
+    let dlq = read_topic(&tansu.address, "lumina.events.dlq", 1, 2);
+    assert_eq!(dlq.len(), 2, "both consumers copy the message to the DLQ");
+    for (_, payload, headers) in &dlq {
+        assert_eq!(payload.as_slice(), &b"\xC3\x01not an event"[..]);
+        assert!(headers.iter().any(|(k, v)| k == "reason" && !v.is_empty()));
+    }
+
+    // One account's events keep each gateway's order on the topic (resends aside).
+    let on_topic = read_topic(&tansu.address, TOPIC, PARTITIONS, events.len() + 1);
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut order: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (_, payload, _) in &on_topic {
+        let Ok(decoded) = lumina_schemas::decode(payload) else {
+            continue;
+        };
+        let env = decoded.event.envelope;
+        let id = env.event_id.to_string();
+        if seen.insert(id.clone()) {
+            order
+                .entry((env.account_id, env.gateway_instance))
+                .or_default()
+                .push(id);
+        }
+    }
+    assert_eq!(seen.len(), ids.len(), "every event reached the topic");
+    for gateway_events in [local_log(&g1), local_log(&g2)] {
+        let mut expected: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for e in gateway_events {
+            expected
+                .entry((
+                    e["account_id"].as_str().unwrap().to_string(),
+                    e["gateway_instance"].as_str().unwrap().to_string(),
+                ))
+                .or_default()
+                .push(e["event_id"].as_str().unwrap().to_string());
+        }
+        for (k, ids) in expected {
+            assert_eq!(order.get(&k), Some(&ids), "order of {k:?} on the topic");
+        }
+    }
+    drop(g1);
+    drop(g2);
+}
