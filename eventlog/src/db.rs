@@ -170,6 +170,31 @@ pub fn values_sql(
     sql
 }
 
+/// A query being bound, as [`insert_rows`] hands it to its binder.
+pub type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Writes `rows` with multi-row statements of at most `per_statement` rows each:
+/// `prefix VALUES (…), (…) suffix`, every row's `cols` values bound by `bind`.
+pub async fn insert_rows<'r, T>(
+    conn: &mut sqlx::AnyConnection,
+    prefix: &str,
+    cols: usize,
+    suffix: &str,
+    per_statement: usize,
+    rows: &'r [T],
+    bind: impl Fn(AnyQuery<'r>, &'r T) -> AnyQuery<'r>,
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(per_statement.max(1)) {
+        let sql = values_sql(conn, prefix, cols, chunk.len(), suffix);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            query = bind(query, row);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// `(p1, p2, …)` for an `IN` list of `n` parameters, in `conn`'s fast placeholder style.
 pub fn in_list(conn: &sqlx::AnyConnection, n: usize) -> String {
     let numbered = !conn.backend_name().eq_ignore_ascii_case("sqlite");

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use lumina_eventlog::db::{in_list, values_sql};
+use lumina_eventlog::db::{in_list, insert_rows, values_sql};
 use lumina_eventlog::{ApplyError, Database};
 use lumina_schemas::{Event, EventType, Payload};
 use serde::Serialize;
@@ -207,70 +207,61 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
             })
         })
         .collect();
-    for chunk in postings.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            "INSERT INTO ledger_postings (entry_event_id, line, ledger_account, account_id, amount_nano)",
-            5,
-            chunk.len(),
-            "",
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, line, account, owner, amount) in chunk {
-            q = q
-                .bind(id.as_str())
+    insert_rows(
+        conn,
+        "INSERT INTO ledger_postings (entry_event_id, line, ledger_account, account_id, amount_nano)",
+        5,
+        "",
+        ROWS,
+        &postings,
+        |q, (id, line, account, owner, amount)| {
+            q.bind(id.as_str())
                 .bind(*line)
                 .bind(account.as_str())
                 .bind(owner.as_str())
-                .bind(*amount);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    for chunk in entries.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            "INSERT INTO ledger_entries (event_id, kind, account_id, request_id, occurred_at, charged_nano, released_nano)",
-            7,
-            chunk.len(),
-            "",
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
-            q = q
-                .bind(e.event_id.to_string())
+                .bind(*amount)
+        },
+    )
+    .await?;
+    insert_rows(
+        conn,
+        "INSERT INTO ledger_entries (event_id, kind, account_id, request_id, occurred_at, charged_nano, released_nano)",
+        7,
+        "",
+        ROWS,
+        &entries,
+        |q, e| {
+            q.bind(e.event_id.to_string())
                 .bind(e.kind.as_str())
                 .bind(e.account_id.as_str())
                 .bind(e.request_id.as_deref())
                 .bind(e.occurred_at)
                 .bind(e.charged.map(|c| c.0))
-                .bind(e.released.map(|r| r.0));
-        }
-        q.execute(&mut *conn).await?;
-    }
+                .bind(e.released.map(|r| r.0))
+        },
+    )
+    .await?;
 
     // Holds placed or closed by the batch.
     let changed: Vec<(&String, &HoldRow)> = holds.iter().filter(|(_, h)| h.changed).collect();
-    for chunk in changed.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            "INSERT INTO ledger_holds (request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at)",
-            7,
-            chunk.len(),
-            "ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, closed_at = excluded.closed_at",
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (request_id, h) in chunk {
-            q = q
-                .bind(request_id.as_str())
+    insert_rows(
+        conn,
+        "INSERT INTO ledger_holds (request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at)",
+        7,
+        "ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, closed_at = excluded.closed_at",
+        ROWS,
+        &changed,
+        |q, (request_id, h)| {
+            q.bind(request_id.as_str())
                 .bind(h.account_id.as_str())
                 .bind(h.amount)
                 .bind(h.placed_at)
                 .bind(h.ttl_ms)
                 .bind(h.status)
-                .bind(h.closed_at);
-        }
-        q.execute(&mut *conn).await?;
-    }
+                .bind(h.closed_at)
+        },
+    )
+    .await?;
 
     // Balances: one delta per account; then each day's closing balance.
     let mut order: Vec<String> = Vec::new();
@@ -344,28 +335,25 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
             daily.push((account.clone(), day, at));
         }
     }
-    for chunk in daily.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            "INSERT INTO ledger_daily (account_id, day, available_nano, held_nano, spent_nano, granted_nano)",
-            6,
-            chunk.len(),
-            "ON CONFLICT (account_id, day) DO UPDATE SET
-                 available_nano = excluded.available_nano, held_nano = excluded.held_nano,
-                 spent_nano = excluded.spent_nano, granted_nano = excluded.granted_nano",
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (account, day, b) in chunk {
-            q = q
-                .bind(account.as_str())
+    insert_rows(
+        conn,
+        "INSERT INTO ledger_daily (account_id, day, available_nano, held_nano, spent_nano, granted_nano)",
+        6,
+        "ON CONFLICT (account_id, day) DO UPDATE SET
+             available_nano = excluded.available_nano, held_nano = excluded.held_nano,
+             spent_nano = excluded.spent_nano, granted_nano = excluded.granted_nano",
+        ROWS,
+        &daily,
+        |q, (account, day, b)| {
+            q.bind(account.as_str())
                 .bind(day.as_str())
                 .bind(b[0])
                 .bind(b[1])
                 .bind(b[2])
-                .bind(b[3]);
-        }
-        q.execute(&mut *conn).await?;
-    }
+                .bind(b[3])
+        },
+    )
+    .await?;
     Ok(())
 }
 

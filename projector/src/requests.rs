@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use lumina_eventlog::ApplyError;
-use lumina_eventlog::db::{in_list, values_sql};
+use lumina_eventlog::db::{AnyQuery, in_list, insert_rows};
 use lumina_schemas::{Event, Payload};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
@@ -114,14 +114,13 @@ fn excluded(cols: &str) -> String {
         .join(", ")
 }
 
-fn key_columns(event: &Event) -> (&str, &str, Option<&str>, Option<&str>) {
+/// Binds a request row's key columns: request, account, project, API key.
+fn bind_key<'q>(q: AnyQuery<'q>, event: &'q Event) -> AnyQuery<'q> {
     let env = &event.envelope;
-    (
-        env.request_id.as_deref().unwrap_or_default(),
-        env.account_id.as_str(),
-        env.project_id.as_deref(),
-        env.api_key_id.as_deref(),
-    )
+    q.bind(env.request_id.as_deref().unwrap_or_default())
+        .bind(env.account_id.as_str())
+        .bind(env.project_id.as_deref())
+        .bind(env.api_key_id.as_deref())
 }
 
 async fn upsert_routed(
@@ -129,46 +128,32 @@ async fn upsert_routed(
     rows: &BTreeMap<&str, &Event>,
 ) -> Result<(), ApplyError> {
     let rows: Vec<&Event> = rows.values().copied().collect();
+    let prefix = format!(
+        "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {ROUTED_COLS})"
+    );
     let suffix = format!(
         "ON CONFLICT (request_id) DO UPDATE SET {}",
         excluded(ROUTED_COLS)
     );
-    for chunk in rows.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            &format!(
-                "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {ROUTED_COLS})"
-            ),
-            16,
-            chunk.len(),
-            &suffix,
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
-            let Payload::RequestRouted(r) = &e.payload else {
-                continue;
-            };
-            let (id, account, project, key) = key_columns(e);
-            q = q
-                .bind(id)
-                .bind(account)
-                .bind(project)
-                .bind(key)
-                .bind(r.requested_model.as_str())
-                .bind(r.path.as_str())
-                .bind(r.task_class.as_str())
-                .bind(i64::from(r.stream))
-                .bind(r.policy_version)
-                .bind(serde_json::to_string(&r.features).unwrap_or_default())
-                .bind(serde_json::to_string(&r.scores).unwrap_or_default())
-                .bind(serde_json::to_string(&r.candidates).unwrap_or_default())
-                .bind(r.hold.as_ref().map_or(0, |h| h.amount_nano))
-                .bind(r.prompt_tokens_estimate)
-                .bind(r.max_tokens)
-                .bind(e.envelope.occurred_at);
-        }
-        q.execute(&mut *conn).await?;
-    }
+    insert_rows(conn, &prefix, 16, &suffix, ROWS, &rows, |q, e| {
+        let Payload::RequestRouted(r) = &e.payload else {
+            return q;
+        };
+        bind_key(q, e)
+            .bind(r.requested_model.as_str())
+            .bind(r.path.as_str())
+            .bind(r.task_class.as_str())
+            .bind(i64::from(r.stream))
+            .bind(r.policy_version)
+            .bind(serde_json::to_string(&r.features).unwrap_or_default())
+            .bind(serde_json::to_string(&r.scores).unwrap_or_default())
+            .bind(serde_json::to_string(&r.candidates).unwrap_or_default())
+            .bind(r.hold.as_ref().map_or(0, |h| h.amount_nano))
+            .bind(r.prompt_tokens_estimate)
+            .bind(r.max_tokens)
+            .bind(e.envelope.occurred_at)
+    })
+    .await?;
     Ok(())
 }
 
@@ -178,42 +163,34 @@ async fn ensure_rows(
     rows: &BTreeMap<&str, &Event>,
 ) -> Result<(), ApplyError> {
     let rows: Vec<&Event> = rows.values().copied().collect();
-    for chunk in rows.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            "INSERT INTO requests (request_id, account_id, project_id, api_key_id)",
-            4,
-            chunk.len(),
-            "ON CONFLICT (request_id) DO NOTHING",
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
-            let (id, account, project, key) = key_columns(e);
-            q = q.bind(id).bind(account).bind(project).bind(key);
-        }
-        q.execute(&mut *conn).await?;
-    }
+    insert_rows(
+        conn,
+        "INSERT INTO requests (request_id, account_id, project_id, api_key_id)",
+        4,
+        "ON CONFLICT (request_id) DO NOTHING",
+        ROWS,
+        &rows,
+        |q, e| bind_key(q, e),
+    )
+    .await?;
     Ok(())
 }
 
 async fn insert_attempts(conn: &mut AnyConnection, rows: &[&Event]) -> Result<(), ApplyError> {
-    for chunk in rows.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            "INSERT INTO request_attempts (request_id, attempt, event_id, provider, deployment,
-                 upstream_model, started_at, ttfb_us, duration_us, outcome, error_class,
-                 http_status, fell_back)",
-            13,
-            chunk.len(),
-            "ON CONFLICT (request_id, attempt) DO NOTHING",
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
+    insert_rows(
+        conn,
+        "INSERT INTO request_attempts (request_id, attempt, event_id, provider, deployment,
+             upstream_model, started_at, ttfb_us, duration_us, outcome, error_class,
+             http_status, fell_back)",
+        13,
+        "ON CONFLICT (request_id, attempt) DO NOTHING",
+        ROWS,
+        rows,
+        |q, e| {
             let Payload::UpstreamAttempted(a) = &e.payload else {
-                continue;
+                return q;
             };
-            q = q
-                .bind(e.envelope.request_id.as_deref().unwrap_or_default())
+            q.bind(e.envelope.request_id.as_deref().unwrap_or_default())
                 .bind(i64::from(a.attempt))
                 .bind(e.envelope.event_id.to_string())
                 .bind(a.provider.as_str())
@@ -225,10 +202,10 @@ async fn insert_attempts(conn: &mut AnyConnection, rows: &[&Event]) -> Result<()
                 .bind(a.outcome.as_str())
                 .bind(a.error_class.as_deref())
                 .bind(a.http_status.map(i64::from))
-                .bind(i64::from(a.fell_back));
-        }
-        q.execute(&mut *conn).await?;
-    }
+                .bind(i64::from(a.fell_back))
+        },
+    )
+    .await?;
     Ok(())
 }
 
@@ -237,49 +214,35 @@ async fn upsert_settled(
     rows: &BTreeMap<&str, &Event>,
 ) -> Result<(), ApplyError> {
     let rows: Vec<&Event> = rows.values().copied().collect();
+    let prefix = format!(
+        "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {SETTLED_COLS})"
+    );
     let suffix = format!(
         "ON CONFLICT (request_id) DO UPDATE SET {}",
         excluded(SETTLED_COLS)
     );
-    for chunk in rows.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            &format!(
-                "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {SETTLED_COLS})"
-            ),
-            19,
-            chunk.len(),
-            &suffix,
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
-            let Payload::RequestSettled(s) = &e.payload else {
-                continue;
-            };
-            let (id, account, project, key) = key_columns(e);
-            q = q
-                .bind(id)
-                .bind(account)
-                .bind(project)
-                .bind(key)
-                .bind(s.outcome.as_str())
-                .bind(s.provider.as_deref())
-                .bind(s.deployment.as_deref())
-                .bind(s.usage.prompt_tokens)
-                .bind(s.usage.completion_tokens)
-                .bind(s.usage.cached_tokens)
-                .bind(s.usage.reasoning_tokens)
-                .bind(i64::from(s.usage.estimated))
-                .bind(s.charge_nano)
-                .bind(s.price_table_version.as_str())
-                .bind(s.latency_us)
-                .bind(s.ttft_us)
-                .bind(i64::from(s.attempts))
-                .bind(s.error_class.as_deref())
-                .bind(e.envelope.occurred_at);
-        }
-        q.execute(&mut *conn).await?;
-    }
+    insert_rows(conn, &prefix, 19, &suffix, ROWS, &rows, |q, e| {
+        let Payload::RequestSettled(s) = &e.payload else {
+            return q;
+        };
+        bind_key(q, e)
+            .bind(s.outcome.as_str())
+            .bind(s.provider.as_deref())
+            .bind(s.deployment.as_deref())
+            .bind(s.usage.prompt_tokens)
+            .bind(s.usage.completion_tokens)
+            .bind(s.usage.cached_tokens)
+            .bind(s.usage.reasoning_tokens)
+            .bind(i64::from(s.usage.estimated))
+            .bind(s.charge_nano)
+            .bind(s.price_table_version.as_str())
+            .bind(s.latency_us)
+            .bind(s.ttft_us)
+            .bind(i64::from(s.attempts))
+            .bind(s.error_class.as_deref())
+            .bind(e.envelope.occurred_at)
+    })
+    .await?;
     Ok(())
 }
 
@@ -288,64 +251,47 @@ async fn upsert_feedback(
     rows: &BTreeMap<&str, &Event>,
 ) -> Result<(), ApplyError> {
     let rows: Vec<&Event> = rows.values().copied().collect();
+    let prefix = format!(
+        "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {FEEDBACK_COLS})"
+    );
     let suffix = format!(
         "ON CONFLICT (request_id) DO UPDATE SET {}",
         excluded(FEEDBACK_COLS)
     );
-    for chunk in rows.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            &format!(
-                "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {FEEDBACK_COLS})"
-            ),
-            8,
-            chunk.len(),
-            &suffix,
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
-            let Payload::FeedbackReceived(f) = &e.payload else {
-                continue;
-            };
-            let (id, account, project, key) = key_columns(e);
-            q = q
-                .bind(id)
-                .bind(account)
-                .bind(project)
-                .bind(key)
-                .bind(f.score)
-                .bind(f.label.as_deref())
-                .bind(f.comment.as_deref())
-                .bind(e.envelope.occurred_at);
-        }
-        q.execute(&mut *conn).await?;
-    }
+    insert_rows(conn, &prefix, 8, &suffix, ROWS, &rows, |q, e| {
+        let Payload::FeedbackReceived(f) = &e.payload else {
+            return q;
+        };
+        bind_key(q, e)
+            .bind(f.score)
+            .bind(f.label.as_deref())
+            .bind(f.comment.as_deref())
+            .bind(e.envelope.occurred_at)
+    })
+    .await?;
     Ok(())
 }
 
 async fn insert_content(conn: &mut AnyConnection, rows: &[&Event]) -> Result<(), ApplyError> {
-    for chunk in rows.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            "INSERT INTO request_content (request_id, account_id, messages_json, answer, tool_calls_json)",
-            5,
-            chunk.len(),
-            "ON CONFLICT (request_id) DO NOTHING",
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
+    insert_rows(
+        conn,
+        "INSERT INTO request_content (request_id, account_id, messages_json, answer, tool_calls_json)",
+        5,
+        "ON CONFLICT (request_id) DO NOTHING",
+        ROWS,
+        rows,
+        |q, e| {
             let Payload::RequestContentRecorded(c) = &e.payload else {
-                continue;
+                return q;
             };
-            q = q
-                .bind(e.envelope.request_id.as_deref().unwrap_or_default())
+            q.bind(e.envelope.request_id.as_deref().unwrap_or_default())
                 .bind(e.envelope.account_id.as_str())
                 .bind(c.messages_json.as_str())
                 .bind(c.answer.as_deref())
-                .bind(c.tool_calls_json.as_deref());
-        }
-        q.execute(&mut *conn).await?;
-    }
+                .bind(c.tool_calls_json.as_deref())
+        },
+    )
+    .await?;
     Ok(())
 }
 
@@ -354,25 +300,22 @@ async fn add_usage(
     minutes: &BTreeMap<UsageKey<'_>, UsageSums>,
 ) -> Result<(), ApplyError> {
     let rows: Vec<(&UsageKey<'_>, &UsageSums)> = minutes.iter().collect();
-    for chunk in rows.chunks(ROWS) {
-        let sql = values_sql(
-            conn,
-            "INSERT INTO usage_minutes (account_id, minute, project_id, api_key_id, path, provider,
-                 input_tokens, output_tokens, cached_tokens, reasoning_tokens, requests, credits_nano)",
-            12,
-            chunk.len(),
-            "ON CONFLICT (account_id, minute, project_id, api_key_id, path, provider) DO UPDATE SET
-                 input_tokens = usage_minutes.input_tokens + excluded.input_tokens,
-                 output_tokens = usage_minutes.output_tokens + excluded.output_tokens,
-                 cached_tokens = usage_minutes.cached_tokens + excluded.cached_tokens,
-                 reasoning_tokens = usage_minutes.reasoning_tokens + excluded.reasoning_tokens,
-                 requests = usage_minutes.requests + excluded.requests,
-                 credits_nano = usage_minutes.credits_nano + excluded.credits_nano",
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (k, v) in chunk {
-            q = q
-                .bind(k.account_id)
+    insert_rows(
+        conn,
+        "INSERT INTO usage_minutes (account_id, minute, project_id, api_key_id, path, provider,
+             input_tokens, output_tokens, cached_tokens, reasoning_tokens, requests, credits_nano)",
+        12,
+        "ON CONFLICT (account_id, minute, project_id, api_key_id, path, provider) DO UPDATE SET
+             input_tokens = usage_minutes.input_tokens + excluded.input_tokens,
+             output_tokens = usage_minutes.output_tokens + excluded.output_tokens,
+             cached_tokens = usage_minutes.cached_tokens + excluded.cached_tokens,
+             reasoning_tokens = usage_minutes.reasoning_tokens + excluded.reasoning_tokens,
+             requests = usage_minutes.requests + excluded.requests,
+             credits_nano = usage_minutes.credits_nano + excluded.credits_nano",
+        ROWS,
+        &rows,
+        |q, (k, v)| {
+            q.bind(k.account_id)
                 .bind(k.minute)
                 .bind(k.project_id)
                 .bind(k.api_key_id)
@@ -383,10 +326,10 @@ async fn add_usage(
                 .bind(v.cached)
                 .bind(v.reasoning)
                 .bind(v.requests)
-                .bind(v.credits);
-        }
-        q.execute(&mut *conn).await?;
-    }
+                .bind(v.credits)
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -1,20 +1,18 @@
 //! The read models follow the admin events and rebuild to identical rows, on both databases.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use std::time::Duration;
+mod common;
 
-use lumina_eventlog::{
-    Backend, Consumer, ConsumerOptions, Database, EventLog, LocalLogSource, LogOptions,
-};
-use lumina_projector::read_model::{TABLES, rebuild};
-use lumina_projector::{ReadModel, ReadModelProjection};
+use common::{dump, project};
+
+use lumina_eventlog::{Backend, EventLog, LogOptions};
+use lumina_projector::ReadModel;
+use lumina_projector::read_model::rebuild;
 use lumina_schemas::payloads::{
     AccountOpened, ApiKeyCreated, ApiKeyRevoked, CreditsGranted, LimitsChanged,
 };
 use lumina_schemas::{Envelope, Event};
 use lumina_testkit::{BACKENDS, migrated_database};
-use sqlx::Row;
-use tokio_util::sync::CancellationToken;
 
 fn envelope(account: &str) -> Envelope {
     Envelope::new(account, "test")
@@ -80,56 +78,6 @@ fn admin_history() -> Vec<Event> {
     events
 }
 
-async fn project_all(db: &Database, log: &EventLog) {
-    let source =
-        LocalLogSource::new(log.reader().unwrap()).with_commit_notifications(log.subscribe());
-    let consumer = Consumer::new(
-        db.clone(),
-        source,
-        ReadModelProjection,
-        ConsumerOptions {
-            batch_size: 5,
-            idle_wait: Duration::from_millis(20),
-            ..ConsumerOptions::default()
-        },
-    );
-    let mut progress = consumer.progress();
-    let cancel = CancellationToken::new();
-    let token = cancel.clone();
-    let task = tokio::spawn(consumer.run(token));
-    let end = log.committed_position() as i64;
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        progress.wait_for(|p| p.next_offsets.get(&0).copied().unwrap_or(0) > end),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    cancel.cancel();
-    task.await.unwrap().unwrap();
-}
-
-/// Every read-model row, rendered as text, table by table.
-async fn dump(db: &Database) -> Vec<String> {
-    let mut out = Vec::new();
-    for table in TABLES {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT * FROM {table} ORDER BY 1"));
-        for row in sqlx::query(sql).fetch_all(&db.pool).await.unwrap() {
-            let mut line = format!("{table}:");
-            for i in 0..row.len() {
-                let text = row
-                    .try_get::<Option<String>, _>(i)
-                    .map(|v| format!("{v:?}"))
-                    .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
-                    .unwrap();
-                line.push_str(&format!(" {text}"));
-            }
-            out.push(line);
-        }
-    }
-    out
-}
-
 async fn scenario(backend: Backend) {
     let (_t, db) = migrated_database(backend).await;
     let dir = tempfile::tempdir().unwrap();
@@ -137,7 +85,7 @@ async fn scenario(backend: Backend) {
     for event in admin_history() {
         log.append_event(&event).await.unwrap();
     }
-    project_all(&db, &log).await;
+    project(&db, &log, 5).await;
 
     let rm = ReadModel::new(db.clone());
     let account = rm
@@ -167,7 +115,7 @@ async fn scenario(backend: Backend) {
         dump(&db).await.is_empty(),
         "rebuild must empty the read models"
     );
-    project_all(&db, &log).await;
+    project(&db, &log, 5).await;
     assert_eq!(
         dump(&db).await,
         live,
