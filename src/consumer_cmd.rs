@@ -30,7 +30,7 @@ pub async fn run<P: Projection>(config: &Config, projection: P, once: bool) -> a
             .ensure_topics()
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        let source = KafkaSource::new(kafka, db.clone(), projection.name())?;
+        let source = KafkaSource::connect(kafka, db.clone(), projection.name()).await?;
         let consumer = Consumer::new(db, source, projection, options);
         return drive(consumer, None).await;
     }

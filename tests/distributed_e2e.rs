@@ -1,9 +1,10 @@
 //! Distributed mode against real services: Tansu (a Kafka-protocol broker) and PostgreSQL, two
 //! `lumina gateway`s, one `lumina ledger` and one `lumina projector`, each its own process.
 //!
-//! One scripted run: a key issued through one gateway works on the other at once; both
-//! gateways serve paid requests; a corrupted message is put on the topic. At the end every
-//! event of both gateways' logs is
+//! One scripted run: a key issued through one gateway works on the other at once; the broker is
+//! killed while both gateways keep serving paid requests, then restarted; a gateway is killed
+//! with unshipped events in its local log; the ledger and the projector are killed under load;
+//! a corrupted message is put on the topic. At the end every event of both gateways' logs is
 //! applied exactly once by each consumer, every client's `usage.cost` equals its ledger charge,
 //! usage and balances agree, one account's events kept their order on the topic, and the
 //! corrupted message is in the dead letters and on the DLQ topic.
@@ -134,17 +135,17 @@ fn read_topic(brokers: &str, topic: &str, partitions: i32, expected: usize) -> V
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn distributed_mode_delivers_every_event_once_with_two_gateways() {
+async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() {
     lumina_gateway::providers::install_crypto_provider();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let tmp = tempfile::tempdir().unwrap();
-    let tansu = Tansu::start(&tmp.path().join("tansu")).await;
+    let mut tansu = Tansu::start(&tmp.path().join("tansu")).await;
     let db = lumina_testkit::fresh_database(Backend::Postgres).await;
     let config = format!(
-        "[database]\nurl = \"{}\"\n\n[kafka]\nbrokers = \"{}\"\npartitions = {PARTITIONS}\n\n[kafka.settings]\n\"partition.assignment.strategy\" = \"range\"\n",
+        "[database]\nurl = \"{}\"\n\n[kafka]\nbrokers = \"{}\"\npartitions = {PARTITIONS}\nassignment = \"all\"\n",
         db.url, tansu.address
     );
     let config_path = tmp.path().join("lumina.toml");
@@ -154,9 +155,10 @@ async fn distributed_mode_delivers_every_event_once_with_two_gateways() {
         ("LUMINA_ADMIN_KEY", ADMIN_KEY),
         ("LUMINA_KEY_SECRET", secret.as_str()),
     ];
-    let ledger = ConsumerProc::start("ledger", &config_path, &tmp.path().join("ledger"));
-    let projector = ConsumerProc::start("projector", &config_path, &tmp.path().join("projector"));
-    let g1 = Lumina::start_gateway(
+    let mut ledger = ConsumerProc::start("ledger", &config_path, &tmp.path().join("ledger"));
+    let mut projector =
+        ConsumerProc::start("projector", &config_path, &tmp.path().join("projector"));
+    let mut g1 = Lumina::start_gateway(
         &tmp.path().join("g1"),
         &tmp.path().join("g1-out"),
         &env,
@@ -181,9 +183,57 @@ async fn distributed_mode_delivers_every_event_once_with_two_gateways() {
     paid.extend(burst(&g1, &key, 20, "g1").await);
     paid.extend(burst(&g2, &key, 20, "g2").await);
 
+    // Broker outage: both gateways keep serving paid requests; the backlog shows it.
+    tansu.kill9();
+    paid.extend(burst(&g1, &key, 15, "outage-1").await);
+    paid.extend(burst(&g2, &key, 15, "outage-2").await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = reqwest::get(format!("{}/metrics", g1.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let backlog: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lumina_shipper_backlog_events "))
+        .unwrap_or_else(|| panic!("no shipper backlog in /metrics:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        backlog >= 15.0,
+        "the backlog shows the unshipped events: {backlog}"
+    );
+    tansu.restart().await;
+
+    // A gateway killed while its local log holds events the broker never got.
+    tansu.kill9();
+    paid.extend(burst(&g1, &key, 10, "unshipped").await);
+    g1.kill9();
+    tansu.restart().await;
+    g1.restart().await;
+
+    // The ledger and the projector killed under load at random moments, one after the other.
+    for round in 0..4 {
+        let pause = Duration::from_millis(rand::random_range(20..400));
+        let tag = format!("load-{round}");
+        let (batch, ()) = tokio::join!(burst(&g2, &key, 12, &tag), async {
+            tokio::time::sleep(pause).await;
+            match round {
+                0 => ledger.kill9(),
+                1 => ledger.restart(),
+                2 => projector.kill9(),
+                _ => projector.restart(),
+            }
+        });
+        paid.extend(batch);
+    }
+
     // A corrupted message on the topic, then more traffic behind it.
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &tansu.address)
+        .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
     producer
@@ -237,12 +287,21 @@ async fn distributed_mode_delivers_every_event_once_with_two_gateways() {
             "SELECT COUNT(*) FROM requests WHERE outcome IS NOT NULL",
         )
         .await;
-        if l == ledger_ids.len() as i64 && p == ids.len() as i64 && settled == settlements {
+        let dead = scalar(
+            &pool,
+            "SELECT COUNT(*) FROM dead_letters WHERE stream = 'lumina.events'",
+        )
+        .await;
+        if l == ledger_ids.len() as i64
+            && p == ids.len() as i64
+            && settled == settlements
+            && dead == 2
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "not everything arrived: ledger {l}/{}, projector {p}/{}, settled {settled}/{settlements}\n--- ledger\n{}\n--- projector\n{}",
+            "not everything arrived: ledger {l}/{}, projector {p}/{}, settled {settled}/{settlements}, dead letters {dead}/2\n--- ledger\n{}\n--- projector\n{}",
             ledger_ids.len(),
             ids.len(),
             ledger.output(),

@@ -27,6 +27,12 @@ pub struct KafkaConfig {
     /// Replication factor of topics Lumina creates.
     #[serde(default = "default_replication")]
     pub replication_factor: i32,
+    /// How ledger and projector processes split the partitions: `group` (a consumer group,
+    /// cooperative rebalancing) or `all` (each process takes every partition; several run as
+    /// hot standbys, the database keeps effects exactly once). `all` suits brokers whose group
+    /// coordinator does not expire dead members (Tansu).
+    #[serde(default)]
+    pub assignment: Assignment,
     /// How long shipped entries stay in a gateway's local log, in seconds.
     #[serde(default = "default_retention")]
     pub shipped_retention_seconds: u64,
@@ -34,6 +40,17 @@ pub struct KafkaConfig {
     /// `"security.protocol" = "SASL_SSL"`.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+}
+
+/// How consumers get their partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Assignment {
+    /// A consumer group with cooperative-sticky rebalancing.
+    #[default]
+    Group,
+    /// Every partition, without a group.
+    All,
 }
 
 fn default_topic() -> String {
@@ -65,6 +82,7 @@ impl KafkaConfig {
             policy_topic: default_policy_topic(),
             partitions: default_partitions(),
             replication_factor: default_replication(),
+            assignment: Assignment::Group,
             shipped_retention_seconds: default_retention(),
             settings: BTreeMap::new(),
         }

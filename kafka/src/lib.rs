@@ -6,6 +6,6 @@ pub mod config;
 pub mod shipper;
 pub mod source;
 
-pub use config::KafkaConfig;
+pub use config::{Assignment, KafkaConfig};
 pub use shipper::{ShipError, Shipper, ShipperStatus};
 pub use source::KafkaSource;

@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::config::KafkaConfig;
+use crate::config::{Assignment, KafkaConfig};
 
 /// Assigned partitions and the first offset accepted from each.
 type Floors = Arc<Mutex<HashMap<i32, i64>>>;
@@ -59,6 +59,23 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Sets each of `partitions`' start in `tpl` to the stored position (or the beginning)
+    /// and accepts its messages from there on.
+    fn start_partitions(&self, tpl: &mut TopicPartitionList, partitions: &[i32]) {
+        let stored = self.stored();
+        let mut f = floors(&self.floors);
+        for &p in partitions {
+            let offset = stored.get(&p).copied();
+            let at = offset.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = tpl.set_partition_offset(&self.topic, p, at) {
+                tracing::warn!(partition = p, error = %e, "cannot set the start offset");
+            }
+            f.insert(p, offset.unwrap_or(0));
+        }
+    }
+}
+
 impl ConsumerContext for Context {
     fn rebalance(
         &self,
@@ -77,18 +94,7 @@ impl ConsumerContext for Context {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let stored = self.stored();
-                {
-                    let mut f = floors(&self.floors);
-                    for &p in &partitions {
-                        let offset = stored.get(&p).copied();
-                        let at = offset.map_or(Offset::Beginning, Offset::Offset);
-                        if let Err(e) = tpl.set_partition_offset(&self.topic, p, at) {
-                            tracing::warn!(partition = p, error = %e, "cannot set the start offset");
-                        }
-                        f.insert(p, offset.unwrap_or(0));
-                    }
-                }
+                self.start_partitions(tpl, &partitions);
                 tracing::info!(consumer = self.consumer, ?partitions, "partitions assigned");
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
@@ -125,7 +131,8 @@ impl ConsumerContext for Context {
     }
 }
 
-/// Reads the event topic as one member of the consumer's group.
+/// Reads the event topic: as one member of the consumer's group, or (`assignment = "all"`)
+/// every partition on its own.
 pub struct KafkaSource {
     topic: String,
     dlq_topic: String,
@@ -135,9 +142,9 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Joins group `lumina-<consumer>` (or `group.id` from the settings) on the event topic.
-    /// Must be called on a Tokio runtime.
-    pub fn new(
+    /// Joins group `lumina-<consumer>` (or `group.id` from the settings) on the event topic,
+    /// or with `assignment = "all"` takes every partition of the topic itself.
+    pub async fn connect(
         config: &KafkaConfig,
         db: Database,
         consumer: &'static str,
@@ -168,7 +175,17 @@ impl KafkaSource {
             client.set(k, v);
         }
         let kafka: BaseConsumer<Context> = client.create_with_context(context).map_err(err)?;
-        kafka.subscribe(&[config.topic.as_str()]).map_err(err)?;
+        let kafka = Arc::new(kafka);
+        match config.assignment {
+            Assignment::Group => kafka.subscribe(&[config.topic.as_str()]).map_err(err)?,
+            Assignment::All => {
+                let k = kafka.clone();
+                let topic = config.topic.clone();
+                tokio::task::spawn_blocking(move || assign_all(&k, &topic))
+                    .await
+                    .map_err(|e| SourceError::Other(format!("assignment task failed: {e}")))??;
+            }
+        }
         let dlq: FutureProducer = config
             .client()
             .set("enable.idempotence", "true")
@@ -178,7 +195,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             topic: config.topic.clone(),
             dlq_topic: config.dlq_topic(),
-            consumer: Arc::new(kafka),
+            consumer: kafka,
             floors,
             dlq,
         })
@@ -260,6 +277,38 @@ impl EventSource for KafkaSource {
                 "cannot copy a dead letter to the dead-letter topic (it is in dead_letters)");
         }
     }
+}
+
+/// Takes every partition of `topic`, each from its stored position; waits for the broker.
+fn assign_all(consumer: &BaseConsumer<Context>, topic: &str) -> Result<(), SourceError> {
+    let partitions: Vec<i32> = loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(m) => {
+                let found: Vec<i32> = m
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic)
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if !found.is_empty() {
+                    break found;
+                }
+                tracing::warn!(topic, "topic has no partitions yet; retrying");
+            }
+            Err(e) => tracing::warn!(topic, error = %e, "cannot read topic metadata; retrying"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition(topic, p);
+    }
+    consumer.context().start_partitions(&mut tpl, &partitions);
+    consumer
+        .assign(&tpl)
+        .map_err(|e| SourceError::Other(e.to_string()))?;
+    tracing::info!(topic, ?partitions, "took every partition");
+    Ok(())
 }
 
 fn floors_of(f: &Floors, partition: i32) -> Option<i64> {
