@@ -8,6 +8,10 @@
 #
 # Usage: bench/lag.sh ledger|projector [seconds, default 20]
 # With LUMINA_DATABASE_URL=postgres://… the read models and ledger live in PostgreSQL.
+# With DISTRIBUTED=1 as well (and LUMINA_TEST_TANSU, the Tansu binary): distributed mode —
+# Tansu on a free port, `lumina gateway` shipping to it, `lumina ledger` and `lumina projector`
+# on the topic — so the lag is produce-to-apply through the broker. oha's latency percentiles
+# are printed too, to compare the gateway with and without the shipper.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +32,23 @@ cat > "$WORK/lumina.toml" <<TOML
 [demo]
 enabled = false
 TOML
-LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" serve --config "$WORK/lumina.toml" \
+MODE=serve
+if [ "${DISTRIBUTED:-0}" = 1 ]; then
+  : "${LUMINA_DATABASE_URL:?DISTRIBUTED=1 needs LUMINA_DATABASE_URL (PostgreSQL)}"
+  KPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  (cd "$WORK" && "${LUMINA_TEST_TANSU:?DISTRIBUTED=1 needs LUMINA_TEST_TANSU}" broker \
+    --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
+    --storage-engine sqlite://tansu.db > "$WORK/tansu.out" 2>&1) &
+  sleep 1
+  printf '[database]\nurl = "%s"\n[kafka]\nbrokers = "127.0.0.1:%s"\nassignment = "all"\n' \
+    "$LUMINA_DATABASE_URL" "$KPORT" >> "$WORK/lumina.toml"
+  for c in ledger projector; do
+    LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" $c --config "$WORK/lumina.toml" > "$WORK/$c.out" 2>&1 &
+  done
+  export LUMINA_KEY_SECRET=$(python3 -c 'print("ab" * 32)')
+  MODE=gateway
+fi
+LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" $MODE --config "$WORK/lumina.toml" \
   --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" > "$WORK/lumina.out" 2>&1 &
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
 ACCOUNT=$(curl -sf "http://127.0.0.1:$PORT/admin/accounts" -H "Authorization: Bearer $LUMINA_ADMIN_KEY" \
@@ -38,8 +58,20 @@ KEY=$(curl -sf "http://127.0.0.1:$PORT/admin/keys" -H "Authorization: Bearer $LU
 "$OHA" --no-tui -z "${SECONDS_PER_RUN}s" -q 1000 -c 16 -m POST -H "Authorization: Bearer $KEY" \
   -H "content-type: application/json" \
   -d '{"model":"lumina-fast","max_tokens":32,"messages":[{"role":"user","content":"hello there"}]}' \
-  "http://127.0.0.1:$PORT/v1/chat/completions" | grep -E "Success rate|Requests/sec" >&2
-sleep 2
+  "http://127.0.0.1:$PORT/v1/chat/completions" | grep -E "Success rate|Requests/sec|50.00%|99.00%" >&2
+COUNT="SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = '$CONSUMER'"
+count() {
+  if [ -n "${LUMINA_DATABASE_URL:-}" ]; then psql "$LUMINA_DATABASE_URL" -qAtc "$COUNT"
+  else python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])' "$WORK/data/lumina.db" "$COUNT"; fi
+}
+# Wait until the consumer stops advancing (it caught up).
+LAST=-1
+for _ in $(seq 1 300); do
+  sleep 2
+  NOW=$(count)
+  [ "$NOW" = "$LAST" ] && break
+  LAST=$NOW
+done
 QUERY="SELECT a.applied_at - e.occurred_at FROM ledger_entries e
        JOIN consumer_applied_events a ON a.event_id = e.event_id AND a.consumer = '$CONSUMER'
        WHERE e.kind = 'settle'"
