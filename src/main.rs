@@ -46,8 +46,12 @@ enum Command {
     Ledger(LedgerCommand),
     /// Check the journal against the event log; exit 0 when clean.
     Reconcile(ReconcileArgs),
-    /// Print the local log as JSON lines.
+    /// Print events as JSON lines: a data dir's local log, or with a `[kafka]` configuration
+    /// the topic.
     Replay(ReplayArgs),
+    /// Live events.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Eval datasets from production traffic.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -187,18 +191,46 @@ struct EvalExportArgs {
 
 #[derive(Args)]
 struct ReplayArgs {
+    /// Configuration file; with a `[kafka]` section the topic is read instead of a local log.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Data directory holding the local log.
     #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
-    /// First position to print.
+    /// First local-log position to print.
     #[arg(long, default_value_t = 1)]
     from: u64,
+    /// Topic: first offset read in every partition.
+    #[arg(long, conflicts_with = "since")]
+    from_offset: Option<i64>,
+    /// Topic: first message at or after this time (RFC 3339, YYYY-MM-DD or Unix seconds).
+    #[arg(long)]
+    since: Option<String>,
+    /// Topic: stop before this time (default: the end of the topic when reading started).
+    #[arg(long)]
+    until: Option<String>,
     /// Only events of this type (e.g. ApiKeyCreated).
     #[arg(long = "type")]
     event_type: Option<String>,
     /// Only events of this account.
     #[arg(long)]
     account: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Follow new events on the topic as JSON lines.
+    Tail {
+        /// Configuration file with a `[kafka]` section.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only events of this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only events of this account.
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -448,6 +480,51 @@ async fn run_reconcile(args: ReconcileArgs) -> anyhow::Result<bool> {
     Ok(report.is_clean())
 }
 
+async fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let filter = replay::ReplayFilter {
+        from: args.from,
+        event_type: args.event_type,
+        account: args.account,
+    };
+    let kafka = match &args.config {
+        Some(path) => load_config(Some(path), None)?.kafka,
+        None => None,
+    };
+    let Some(kafka) = kafka else {
+        if args.from_offset.is_some() || args.since.is_some() || args.until.is_some() {
+            anyhow::bail!(
+                "--from-offset, --since and --until read the topic: pass a --config with [kafka]"
+            );
+        }
+        replay::replay(
+            &args.data_dir.join("events.db"),
+            &filter,
+            &mut std::io::stdout().lock(),
+        )?;
+        return Ok(());
+    };
+    let ms = |text: &str, param: &str| {
+        lumina_gateway::api::ledger::parse_time(text, param)
+            .map(|us| us.div_euclid(1000))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    use lumina_kafka::reader::{Start, Stop};
+    let start = match (args.from_offset, &args.since) {
+        (Some(o), _) => Start::Offset(o),
+        (None, Some(t)) => Start::Time(ms(t, "since")?),
+        (None, None) => Start::Beginning,
+    };
+    let stop = match &args.until {
+        Some(t) => Stop::Time(ms(t, "until")?),
+        None => Stop::End,
+    };
+    tokio::task::spawn_blocking(move || {
+        replay::replay_topic(&kafka, &filter, start, stop, &mut std::io::stdout().lock())
+    })
+    .await??;
+    Ok(())
+}
+
 async fn run_eval_export(args: EvalExportArgs) -> anyhow::Result<()> {
     let mut config = load_config(args.config.as_deref(), args.data_dir)?;
     if let Some(url) = args.database_url {
@@ -601,18 +678,30 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
-        Command::Replay(args) => {
+        Command::Replay(args) => run_replay(args).await,
+        Command::Events(EventsCommand::Tail {
+            config,
+            event_type,
+            account,
+        }) => {
+            let kafka = load_config(Some(&config), None)?
+                .kafka
+                .ok_or_else(|| anyhow::anyhow!("{} has no [kafka] section", config.display()))?;
             let filter = replay::ReplayFilter {
-                from: args.from,
-                event_type: args.event_type,
-                account: args.account,
+                from: 1,
+                event_type,
+                account,
             };
-            let stdout = std::io::stdout();
-            replay::replay(
-                &args.data_dir.join("events.db"),
-                &filter,
-                &mut stdout.lock(),
-            )?;
+            tokio::task::spawn_blocking(move || {
+                replay::replay_topic(
+                    &kafka,
+                    &filter,
+                    lumina_kafka::reader::Start::End,
+                    lumina_kafka::reader::Stop::Follow,
+                    &mut std::io::stdout().lock(),
+                )
+            })
+            .await??;
             Ok(())
         }
         Command::Eval(EvalCommand::Export(args)) => run_eval_export(args).await,

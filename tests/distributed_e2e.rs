@@ -437,6 +437,71 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
             assert_eq!(order.get(&k), Some(&ids), "order of {k:?} on the topic");
         }
     }
+
+    // For data teams: the topic replayed as JSON lines, one per event; and a live tail.
+    let (ok, out, err) = run(&["replay", "--config", config_path.to_str().unwrap()], &[]);
+    assert!(ok, "replay failed: {err}");
+    let replayed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let replayed_ids: BTreeSet<&str> = replayed
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(replayed.len(), ids.len(), "one line per event");
+    assert_eq!(replayed_ids, ids);
+    let (ok, out, _) = run(
+        &[
+            "replay",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--type",
+            "RequestSettled",
+            "--account",
+            &account,
+        ],
+        &[],
+    );
+    assert!(ok);
+    assert_eq!(out.lines().count() as i64, settlements);
+
+    let mut tail = std::process::Command::new(common::bin())
+        .args(["events", "tail", "--config", config_path.to_str().unwrap()])
+        .args(["--type", "RequestSettled"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut live = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while live.is_none() && Instant::now() < deadline {
+        let fresh = burst(&g2, &key, 1, "tail").await;
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["request_id"] == json!(fresh[0].request_id) {
+                live = Some(v);
+                break;
+            }
+        }
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let live = live.expect("events tail never printed a fresh settlement");
+    assert_eq!(live["event_type"], "RequestSettled");
     drop(g1);
     drop(g2);
 }
