@@ -44,7 +44,7 @@ enum Command {
     Projector(ProjectorCommand),
     /// Run the ledger on its own, rebuild it, or print a statement.
     Ledger(LedgerCommand),
-    /// Check the journal against the event log; exit 0 when clean.
+    /// Check the journal against the event log (the topic with `[kafka]`); exit 0 when clean.
     Reconcile(ReconcileArgs),
     /// Print events as JSON lines: a data dir's local log, or with a `[kafka]` configuration
     /// the topic.
@@ -425,14 +425,36 @@ async fn run_reconcile(args: ReconcileArgs) -> anyhow::Result<bool> {
     if let Some(url) = args.database_url {
         config.database.url = Some(url);
     }
-    let reader = lumina_eventlog::LogReader::open(config.log_path())?;
     let db = serve::connect_database(&config).await?;
-    let report = lumina_ledger::reconcile::reconcile(
-        &db,
-        &reader,
-        std::time::Duration::from_secs(args.wait),
-    )
-    .await
+    let wait = std::time::Duration::from_secs(args.wait);
+    let report = match config.kafka.clone() {
+        // Distributed mode: the topic is the log.
+        Some(kafka) => {
+            let topic = kafka.topic.clone();
+            let (ends, events) = tokio::task::spawn_blocking(move || {
+                let mut events = Vec::new();
+                let ends = lumina_kafka::reader::read(
+                    &kafka,
+                    lumina_kafka::reader::Start::Beginning,
+                    lumina_kafka::reader::Stop::End,
+                    |m| {
+                        if let Ok(decoded) = lumina_schemas::decode(m.payload) {
+                            events.push(decoded.event);
+                        }
+                        Ok(true)
+                    },
+                )?;
+                Ok::<_, String>((ends, events))
+            })
+            .await?
+            .map_err(|e| anyhow::anyhow!("reading {topic}: {e}"))?;
+            lumina_ledger::reconcile::reconcile_stream(&db, &topic, &ends, events, wait).await
+        }
+        None => {
+            let reader = lumina_eventlog::LogReader::open(config.log_path())?;
+            lumina_ledger::reconcile::reconcile(&db, &reader, wait).await
+        }
+    }
     .map_err(|e| anyhow::anyhow!("reconcile failed: {e}"))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

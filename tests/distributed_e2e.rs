@@ -438,6 +438,20 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
         }
     }
 
+    // The journal reconciles against the topic.
+    let (ok, out, err) = run(
+        &[
+            "reconcile",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--wait",
+            "30",
+        ],
+        &[],
+    );
+    assert!(ok, "reconcile failed:\n{out}\n{err}");
+    assert!(out.contains("reconcile: clean"), "{out}");
+
     // For data teams: the topic replayed as JSON lines, one per event; and a live tail.
     let (ok, out, err) = run(&["replay", "--config", config_path.to_str().unwrap()], &[]);
     assert!(ok, "replay failed: {err}");

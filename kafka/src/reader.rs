@@ -51,13 +51,13 @@ fn err(e: rdkafka::error::KafkaError) -> String {
 }
 
 /// Reads `config.topic` from `start` to `stop`, handing each message to `each` (which returns
-/// `false` to stop early). Blocking.
+/// `false` to stop early). Returns each partition's end offset as of the start. Blocking.
 pub fn read(
     config: &KafkaConfig,
     start: Start,
     stop: Stop,
     mut each: impl FnMut(TopicMessage<'_>) -> Result<bool, String>,
-) -> Result<(), String> {
+) -> Result<BTreeMap<i32, i64>, String> {
     let consumer: BaseConsumer = config
         .client()
         .set("group.id", "lumina-reader")
@@ -79,6 +79,7 @@ pub fn read(
         return Err(format!("topic {} has no partitions", config.topic));
     }
     // Where each partition ends now; partitions with nothing left to read are done.
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
@@ -90,6 +91,7 @@ pub fn read(
             Start::Offset(o) => Offset::Offset(o.max(low)),
             Start::End => Offset::End,
         };
+        ends.insert(p, high);
         let first = match (start, from) {
             (Start::End, _) => high,
             (_, Offset::Offset(o)) => o,
@@ -112,7 +114,7 @@ pub fn read(
         tpl = consumer.offsets_for_times(times, timeout).map_err(err)?;
     }
     if remaining.is_empty() {
-        return Ok(());
+        return Ok(ends);
     }
     consumer.assign(&tpl).map_err(err)?;
     while matches!(stop, Stop::Follow) || !remaining.is_empty() {
@@ -137,12 +139,12 @@ pub fn read(
                 payload: m.payload().unwrap_or_default(),
             })?;
             if !go_on {
-                return Ok(());
+                return Ok(ends);
             }
         }
         if past_time || m.offset() + 1 >= end {
             remaining.remove(&partition);
         }
     }
-    Ok(())
+    Ok(ends)
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use lumina_eventlog::{Database, LogReader};
-use lumina_schemas::{Payload, decode};
+use lumina_schemas::{Event, Payload, decode};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -51,47 +51,60 @@ impl Report {
 
 type Postings = Vec<(String, i64)>;
 
-/// Waits up to `wait` for the ledger to apply the log as it is now, then reconciles.
+/// Waits until the ledger's stored positions on `stream` reach `ends` (next offset per
+/// partition) or `wait` passes; says which partition lags when it does not.
+async fn wait_for_ledger(
+    db: &Database,
+    stream: &str,
+    ends: &BTreeMap<i32, i64>,
+    wait: Duration,
+) -> Result<Option<String>, String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let rows = sqlx::query(
+            "SELECT partition_id, next_offset FROM consumer_positions WHERE consumer = $1 AND stream = $2",
+        )
+        .bind(CONSUMER)
+        .bind(stream)
+        .fetch_all(&db.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut at: HashMap<i64, i64> = HashMap::new();
+        for r in rows {
+            at.insert(
+                r.try_get(0).map_err(|e| e.to_string())?,
+                r.try_get(1).map_err(|e| e.to_string())?,
+            );
+        }
+        let behind = ends.iter().find(|(p, end)| {
+            let next = at.get(&i64::from(**p)).copied().unwrap_or(0);
+            **end > 0 && next < **end
+        });
+        let Some((p, end)) = behind else {
+            return Ok(None);
+        };
+        if Instant::now() >= deadline {
+            let next = at.get(&i64::from(*p)).copied().unwrap_or(0);
+            return Ok(Some(format!(
+                "the ledger has not applied {stream} partition {p} up to offset {end} (its next is {next})"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits up to `wait` for the ledger to apply the local log as it is now, then reconciles.
 pub async fn reconcile(
     db: &Database,
     reader: &LogReader,
     wait: Duration,
 ) -> Result<Report, String> {
-    let mut report = Report {
-        log_end: reader.end_position().await.map_err(|e| e.to_string())?,
-        ..Report::default()
-    };
-    let deadline = Instant::now() + wait;
-    loop {
-        let next: Option<i64> = sqlx::query(
-            "SELECT next_offset FROM consumer_positions WHERE consumer = $1 AND stream = 'local' AND partition_id = 0",
-        )
-        .bind(CONSUMER)
-        .fetch_optional(&db.pool)
-        .await
-        .map_err(|e| e.to_string())?
-        .map(|r| r.try_get(0))
-        .transpose()
-        .map_err(|e| e.to_string())?;
-        if next.unwrap_or(1) > i64::try_from(report.log_end).unwrap_or(i64::MAX) {
-            report.caught_up = true;
-            break;
-        }
-        if Instant::now() >= deadline {
-            report.problems.push(format!(
-                "the ledger has not applied the log up to position {} (it is at {})",
-                report.log_end,
-                next.unwrap_or(1) - 1
-            ));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // The entries the log implies.
-    let mut expected: BTreeMap<String, Postings> = BTreeMap::new();
-    let mut seen = HashSet::new();
-    let mut holds: HashMap<String, HoldState> = HashMap::new();
+    let log_end = reader.end_position().await.map_err(|e| e.to_string())?;
+    let end = i64::try_from(log_end).unwrap_or(i64::MAX);
+    // The local log's next position to apply is stored as partition 0's next offset.
+    let ends = BTreeMap::from([(0, if end > 0 { end + 1 } else { 0 })]);
+    let lag = wait_for_ledger(db, lumina_eventlog::LOCAL_STREAM, &ends, wait).await?;
+    let mut events = Vec::new();
     let mut after = 0;
     loop {
         let batch = reader
@@ -100,19 +113,60 @@ pub async fn reconcile(
             .map_err(|e| e.to_string())?;
         let Some(last) = batch.last() else { break };
         after = last.position;
-        if after > report.log_end {
-            break;
-        }
         for entry in batch {
-            if entry.position > report.log_end
+            if entry.position > log_end
                 || !MONEY_EVENTS.iter().any(|t| t.as_str() == entry.event_type)
             {
                 continue;
             }
-            let Ok(decoded) = decode(&entry.bytes) else {
+            if let Ok(decoded) = decode(&entry.bytes) {
+                events.push(decoded.event);
+            }
+        }
+        if after >= log_end {
+            break;
+        }
+    }
+    compare(db, log_end, lag, events).await
+}
+
+/// Reconciles against events read from the topic `stream` (each partition in order) up to
+/// `ends`, after waiting up to `wait` for the ledger to apply them.
+pub async fn reconcile_stream(
+    db: &Database,
+    stream: &str,
+    ends: &BTreeMap<i32, i64>,
+    events: Vec<Event>,
+    wait: Duration,
+) -> Result<Report, String> {
+    let lag = wait_for_ledger(db, stream, ends, wait).await?;
+    let total = ends.values().map(|e| u64::try_from(*e).unwrap_or(0)).sum();
+    compare(db, total, lag, events).await
+}
+
+/// The comparison itself: `events` (money events in order per account) against the journal.
+async fn compare(
+    db: &Database,
+    log_end: u64,
+    lag: Option<String>,
+    events: Vec<Event>,
+) -> Result<Report, String> {
+    let mut report = Report {
+        log_end,
+        caught_up: lag.is_none(),
+        problems: lag.into_iter().collect(),
+        ..Report::default()
+    };
+
+    // The entries the log implies.
+    let mut expected: BTreeMap<String, Postings> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    let mut holds: HashMap<String, HoldState> = HashMap::new();
+    {
+        for event in events {
+            if !MONEY_EVENTS.contains(&event.event_type()) {
                 continue;
-            };
-            let event = decoded.event;
+            }
             if !seen.insert(event.envelope.event_id) {
                 continue;
             }
