@@ -5,6 +5,8 @@ COPY . .
 RUN cargo build --release --locked --bin lumina
 
 FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends libssl3 ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/lumina /usr/local/bin/lumina
 ENV LUMINA_LOG=info
 EXPOSE 8080

@@ -85,6 +85,11 @@ setup_tansu() {
   export LUMINA_TEST_TANSU="$root/bin/tansu"
 }
 
+# librdkafka is built with OpenSSL (TLS and SASL to managed Kafka).
+if [ ! -f /usr/include/openssl/ssl.h ] || ! command -v pkg-config >/dev/null; then
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y libssl-dev pkg-config >/dev/null
+fi
+
 start_postgres
 echo "PostgreSQL ready at 127.0.0.1:$PG_PORT" >&2
 setup_python
