@@ -209,6 +209,12 @@ struct ReplayArgs {
     /// Topic: stop before this time (default: the end of the topic when reading started).
     #[arg(long)]
     until: Option<String>,
+    /// Topic: `json` lines on standard output, or `avro` container files (one per event type).
+    #[arg(long, default_value = "json", value_parser = ["json", "avro"])]
+    format: String,
+    /// Directory of the Avro files (with `--format avro`).
+    #[arg(long, required_if_eq("format", "avro"))]
+    out: Option<PathBuf>,
     /// Only events of this type (e.g. ApiKeyCreated).
     #[arg(long = "type")]
     event_type: Option<String>,
@@ -541,7 +547,12 @@ async fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
         None => Stop::End,
     };
     tokio::task::spawn_blocking(move || {
-        replay::replay_topic(&kafka, &filter, start, stop, &mut std::io::stdout().lock())
+        let mut stdout = std::io::stdout().lock();
+        let sink = match &args.out {
+            Some(dir) if args.format == "avro" => replay::Sink::Avro(replay::AvroFiles::new(dir)?),
+            _ => replay::Sink::Json(&mut stdout),
+        };
+        replay::replay_topic(&kafka, &filter, start, stop, sink)
     })
     .await??;
     Ok(())
@@ -720,7 +731,7 @@ async fn main() -> anyhow::Result<()> {
                     &filter,
                     lumina_kafka::reader::Start::End,
                     lumina_kafka::reader::Stop::Follow,
-                    &mut std::io::stdout().lock(),
+                    replay::Sink::Json(&mut std::io::stdout().lock()),
                 )
             })
             .await??;

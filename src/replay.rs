@@ -55,14 +55,73 @@ fn write_line(
     Ok(())
 }
 
+/// Avro object-container files, one per event type (`<dir>/<EventType>.avro`), each written with
+/// the current schema of its type from `schemas/avro` — readable by any Avro tool.
+pub struct AvroFiles {
+    dir: std::path::PathBuf,
+    writers: std::collections::HashMap<
+        EventType,
+        apache_avro::Writer<'static, std::io::BufWriter<std::fs::File>>,
+    >,
+}
+
+impl AvroFiles {
+    /// Files in `dir` (created when missing).
+    pub fn new(dir: &std::path::Path) -> anyhow::Result<AvroFiles> {
+        std::fs::create_dir_all(dir)?;
+        Ok(AvroFiles {
+            dir: dir.to_path_buf(),
+            writers: std::collections::HashMap::new(),
+        })
+    }
+
+    /// Appends `event`, upgraded to the current version of its type's schema.
+    pub fn append(&mut self, event: &lumina_schemas::Event) -> anyhow::Result<()> {
+        let event_type = event.event_type();
+        let schema = lumina_schemas::codec::schema(event_type, event_type.current_version())
+            .ok_or_else(|| anyhow::anyhow!("no schema for {}", event_type.as_str()))?;
+        let bytes = lumina_schemas::encode(event)?;
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(schema)
+            .build()?
+            .read_value(&mut &bytes[lumina_schemas::codec::HEADER_LEN..])?;
+        let writer = match self.writers.entry(event_type) {
+            std::collections::hash_map::Entry::Occupied(w) => w.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let path = self.dir.join(format!("{}.avro", event_type.as_str()));
+                let file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                slot.insert(apache_avro::Writer::new(schema, file)?)
+            }
+        };
+        writer.append_value(value)?;
+        Ok(())
+    }
+
+    /// Flushes every file.
+    pub fn finish(self) -> anyhow::Result<()> {
+        for (_, writer) in self.writers {
+            let mut file = writer.into_inner()?;
+            std::io::Write::flush(&mut file)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where replayed events go.
+pub enum Sink<'a, W: Write> {
+    /// JSON lines.
+    Json(&'a mut W),
+    /// Avro container files.
+    Avro(AvroFiles),
+}
+
 /// Writes matching events of the topic as JSON lines (with `partition` and `offset`), each
 /// `event_id` once; returns how many. Blocking.
-pub fn replay_topic(
+pub fn replay_topic<W: Write>(
     config: &lumina_kafka::KafkaConfig,
     filter: &ReplayFilter,
     start: lumina_kafka::reader::Start,
     stop: lumina_kafka::reader::Stop,
-    out: &mut impl Write,
+    mut sink: Sink<'_, W>,
 ) -> anyhow::Result<u64> {
     filter.check()?;
     let mut printed = 0;
@@ -82,24 +141,32 @@ pub fn replay_topic(
             return Ok(true);
         }
         if filter.wants(event.event_type().as_str(), &event.envelope.account_id) {
-            let extra = [
-                ("partition", m.partition.into()),
-                ("offset", m.offset.into()),
-            ];
-            write_line(out, event, &extra)
-                .and_then(|()| {
-                    if follow {
-                        out.flush()?;
-                    }
-                    Ok(())
-                })
-                .map_err(|e| e.to_string())?;
+            match &mut sink {
+                Sink::Json(out) => {
+                    let extra = [
+                        ("partition", m.partition.into()),
+                        ("offset", m.offset.into()),
+                    ];
+                    write_line(*out, event, &extra)
+                        .and_then(|()| {
+                            if follow {
+                                out.flush()?;
+                            }
+                            Ok(())
+                        })
+                        .map_err(|e| e.to_string())?;
+                }
+                Sink::Avro(files) => files.append(event).map_err(|e| e.to_string())?,
+            }
             printed += 1;
         }
         Ok(true)
     })
     .map_err(|e| anyhow::anyhow!("reading {}: {e}", config.topic))?;
-    out.flush()?;
+    match sink {
+        Sink::Json(out) => out.flush()?,
+        Sink::Avro(files) => files.finish()?,
+    }
     Ok(printed)
 }
 

@@ -480,6 +480,70 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
     assert!(ok);
     assert_eq!(out.lines().count() as i64, settlements);
 
+    // The same as Avro container files, read back with nothing but the schemas in schemas/.
+    let avro_dir = tmp.path().join("avro");
+    let (ok, _, err) = run(
+        &[
+            "replay",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--format",
+            "avro",
+            "--out",
+            avro_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "avro replay failed: {err}");
+    let mut avro_ids: BTreeSet<String> = BTreeSet::new();
+    for file in std::fs::read_dir(&avro_dir).unwrap() {
+        let path = file.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        let snake: String = name
+            .chars()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let lower = c.to_ascii_lowercase();
+                if c.is_ascii_uppercase() && i > 0 {
+                    vec!['_', lower]
+                } else {
+                    vec![lower]
+                }
+            })
+            .collect();
+        let schema_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("schemas/avro")
+            .join(&snake);
+        let newest = std::fs::read_dir(&schema_dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", schema_dir.display()))
+            .map(|f| f.unwrap().path())
+            .max()
+            .unwrap();
+        let schema =
+            apache_avro::Schema::parse_str(&std::fs::read_to_string(&newest).unwrap()).unwrap();
+        let reader = apache_avro::Reader::builder(std::fs::File::open(&path).unwrap())
+            .reader_schema(&schema)
+            .build()
+            .unwrap();
+        for record in reader {
+            let apache_avro::types::Value::Record(fields) = record.unwrap() else {
+                panic!("{name}: not a record");
+            };
+            let id = fields
+                .iter()
+                .find(|(k, _)| k == "event_id")
+                .map(|(_, v)| match v {
+                    apache_avro::types::Value::String(s) => s.clone(),
+                    apache_avro::types::Value::Uuid(u) => u.to_string(),
+                    other => panic!("event_id is {other:?}"),
+                })
+                .unwrap();
+            assert!(avro_ids.insert(id), "{name}: an event twice");
+        }
+    }
+    let avro_ids: BTreeSet<&str> = avro_ids.iter().map(String::as_str).collect();
+    assert_eq!(avro_ids, ids, "the Avro files hold every event once");
+
     let mut tail = std::process::Command::new(common::bin())
         .args(["events", "tail", "--config", config_path.to_str().unwrap()])
         .args(["--type", "RequestSettled"])
