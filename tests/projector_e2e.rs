@@ -10,6 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::dist::{ConsumerProc, Tansu};
 use common::upstream::{GATEWAY_ENV, MockUpstream, gateway_config};
 use common::{Lumina, assert_openai_error, run};
 use lumina_eventlog::Backend;
@@ -67,6 +68,8 @@ struct World {
     other_key: String,
     expected: Vec<Expect>,
     started: i64,
+    /// Distributed mode: the broker and the ledger and projector processes.
+    _distributed: Option<(Tansu, ConsumerProc, ConsumerProc)>,
 }
 
 fn user(model: &str, text: &str) -> Value {
@@ -79,24 +82,62 @@ fn header(h: &reqwest::header::HeaderMap, name: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn start(backend: Backend) -> World {
+/// How the system under test runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `lumina serve` on this database.
+    Embedded(Backend),
+    /// `lumina gateway` shipping to Tansu, `lumina ledger` and `lumina projector` on the topic,
+    /// PostgreSQL.
+    Distributed,
+}
+
+async fn start(mode: Mode) -> World {
     let mock = MockUpstream::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let url = match backend {
-        Backend::Sqlite => {
+    let url = match mode {
+        Mode::Embedded(Backend::Sqlite) => {
             lumina_eventlog::db::sqlite_url(&tmp.path().join("data").join("lumina.db"))
         }
-        Backend::Postgres => lumina_testkit::fresh_database(Backend::Postgres).await.url,
+        _ => lumina_testkit::fresh_database(Backend::Postgres).await.url,
     };
     let mut env: Vec<(&str, &str)> = GATEWAY_ENV.to_vec();
     env.push(("LUMINA_DATABASE_URL", url.as_str()));
-    let lumina = Lumina::start_with_config(
-        &tmp.path().join("data"),
-        &tmp.path().join("out"),
-        &env,
-        Some(&gateway_config(&mock, PRICES)),
-    )
-    .await;
+    let mut config = gateway_config(&mock, PRICES);
+    let (lumina, distributed) = if mode == Mode::Distributed {
+        let tansu = Tansu::start(&tmp.path().join("tansu")).await;
+        config.push_str(&format!(
+            "\n[database]\nurl = \"{url}\"\n\n[kafka]\nbrokers = \"{}\"\npartitions = 3\nassignment = \"all\"\n",
+            tansu.address
+        ));
+        let path = tmp.path().join("lumina.toml");
+        std::fs::write(&path, &config).unwrap();
+        let ledger =
+            ConsumerProc::start_with_env("ledger", &path, &tmp.path().join("ledger"), &GATEWAY_ENV);
+        let projector = ConsumerProc::start_with_env(
+            "projector",
+            &path,
+            &tmp.path().join("projector"),
+            &GATEWAY_ENV,
+        );
+        let lumina = Lumina::start_gateway(
+            &tmp.path().join("data"),
+            &tmp.path().join("out"),
+            &env,
+            &config,
+        )
+        .await;
+        (lumina, Some((tansu, ledger, projector)))
+    } else {
+        let lumina = Lumina::start_with_config(
+            &tmp.path().join("data"),
+            &tmp.path().join("out"),
+            &env,
+            Some(&config),
+        )
+        .await;
+        (lumina, None)
+    };
     let started = chrono_now() - 1;
     let account = lumina.account("Views Co", "50").await;
     let acct = lumina
@@ -130,6 +171,7 @@ async fn start(backend: Backend) -> World {
         other_key,
         expected: Vec::new(),
         started,
+        _distributed: distributed,
     }
 }
 
@@ -857,7 +899,7 @@ async fn rebuild_equals_live(w: &mut World) {
 }
 
 async fn whole_story(backend: Backend) {
-    let mut w = start(backend).await;
+    let mut w = start(Mode::Embedded(backend)).await;
     the_views_show_exactly_what_happened(&mut w).await;
     no_account_reads_another(&w).await;
     feedback_lands_in_the_trace(&w).await;
@@ -892,6 +934,17 @@ async fn freshness_is_exported(w: &World) {
     }
 }
 
+/// The same story in distributed mode, through the broker, up to what needs the embedded
+/// process (its `/readyz` consumer detail and `lumina projector rebuild` over a data dir).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projector_views_in_distributed_mode() {
+    let mut w = start(Mode::Distributed).await;
+    the_views_show_exactly_what_happened(&mut w).await;
+    no_account_reads_another(&w).await;
+    feedback_lands_in_the_trace(&w).await;
+    eval_export_is_valid_and_private(&w);
+}
+
 #[tokio::test]
 async fn projector_views_on_sqlite() {
     whole_story(Backend::Sqlite).await;
@@ -907,7 +960,7 @@ async fn the_openai_sdk_reads_usage() {
     let python = std::env::var("LUMINA_TEST_PYTHON").unwrap_or_else(|_| {
         panic!("LUMINA_TEST_PYTHON is not set: run ./scripts/test.sh, which creates a venv with the openai package")
     });
-    let mut w = start(Backend::Sqlite).await;
+    let mut w = start(Mode::Embedded(Backend::Sqlite)).await;
     let (code, _, _) = w
         .lumina
         .chat(&w.key.clone(), &user("lumina-fast", "count me"))

@@ -95,17 +95,32 @@ pub struct ConsumerProc {
     which: &'static str,
     config: PathBuf,
     output_dir: PathBuf,
+    env: Vec<(String, String)>,
     starts: u32,
 }
 
 impl ConsumerProc {
     /// Starts `lumina <which> --config <config>`.
     pub fn start(which: &'static str, config: &Path, output_dir: &Path) -> ConsumerProc {
+        ConsumerProc::start_with_env(which, config, output_dir, &[])
+    }
+
+    /// Starts `lumina <which> --config <config>` with extra environment.
+    pub fn start_with_env(
+        which: &'static str,
+        config: &Path,
+        output_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> ConsumerProc {
         let mut p = ConsumerProc {
             child: None,
             which,
             config: config.to_path_buf(),
             output_dir: output_dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             starts: 0,
         };
         p.spawn();
@@ -125,6 +140,7 @@ impl ConsumerProc {
             .arg(&self.config)
             .env_remove("LUMINA_DATABASE_URL")
             .env("LUMINA_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
