@@ -10,7 +10,7 @@ use lumina_eventlog::{
 };
 use lumina_gateway::admin::{Admin, KeyRequest};
 use lumina_gateway::auth::KeyCache;
-use lumina_gateway::metering::credit::CreditBook;
+use lumina_gateway::metering::credit::{CreditBook, Reflection};
 use lumina_gateway::metering::limits::Limits;
 use lumina_gateway::routing::catalog::Catalog;
 use lumina_gateway::routing::table::RouteTable;
@@ -135,7 +135,10 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         cancel.clone(),
     ));
 
-    let credits = Arc::new(CreditBook::new());
+    let credits = Arc::new(CreditBook::with_reflection(match mode {
+        Mode::Embedded => Reflection::LogPosition,
+        Mode::Gateway => Reflection::AppliedEvent,
+    }));
     credits.refresh(&db).await?;
     let credit_refresher =
         tokio::spawn(refresh_credits(credits.clone(), db.clone(), cancel.clone()));

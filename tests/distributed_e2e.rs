@@ -134,46 +134,100 @@ fn read_topic(brokers: &str, topic: &str, partitions: i32, expected: usize) -> V
     out
 }
 
+/// Tansu, PostgreSQL, a ledger, a projector and `gateways` gateways, all on one configuration.
+struct Cluster {
+    tmp: tempfile::TempDir,
+    tansu: Tansu,
+    db: lumina_testkit::TestDb,
+    config_path: std::path::PathBuf,
+    ledger: ConsumerProc,
+    projector: ConsumerProc,
+    gateways: Vec<Lumina>,
+    pool: sqlx::AnyPool,
+}
+
+impl Cluster {
+    async fn start(gateways: usize, assignment: &str) -> Cluster {
+        lumina_gateway::providers::install_crypto_provider();
+        let tmp = tempfile::tempdir().unwrap();
+        let tansu = Tansu::start(&tmp.path().join("tansu")).await;
+        let db = lumina_testkit::fresh_database(Backend::Postgres).await;
+        let config = format!(
+            "[database]\nurl = \"{}\"\n\n[kafka]\nbrokers = \"{}\"\npartitions = {PARTITIONS}\nassignment = \"{assignment}\"\n",
+            db.url, tansu.address
+        );
+        let config_path = tmp.path().join("lumina.toml");
+        std::fs::write(&config_path, &config).unwrap();
+        let ledger = ConsumerProc::start("ledger", &config_path, &tmp.path().join("ledger"));
+        let projector =
+            ConsumerProc::start("projector", &config_path, &tmp.path().join("projector"));
+        let secret = "cd".repeat(32);
+        let env = [
+            ("LUMINA_ADMIN_KEY", ADMIN_KEY),
+            ("LUMINA_KEY_SECRET", secret.as_str()),
+        ];
+        let mut started = Vec::with_capacity(gateways);
+        for g in 1..=gateways {
+            started.push(
+                Lumina::start_gateway(
+                    &tmp.path().join(format!("g{g}")),
+                    &tmp.path().join(format!("g{g}-out")),
+                    &env,
+                    &config,
+                )
+                .await,
+            );
+        }
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+        Cluster {
+            tmp,
+            tansu,
+            db,
+            config_path,
+            ledger,
+            projector,
+            gateways: started,
+            pool,
+        }
+    }
+}
+
+/// A gauge's value in `gateway`'s `/metrics`.
+async fn gauge(gateway: &Lumina, name: &str) -> f64 {
+    let metrics = reqwest::get(format!("{}/metrics", gateway.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() {
-    lumina_gateway::providers::install_crypto_provider();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut tansu = Tansu::start(&tmp.path().join("tansu")).await;
-    let db = lumina_testkit::fresh_database(Backend::Postgres).await;
-    let config = format!(
-        "[database]\nurl = \"{}\"\n\n[kafka]\nbrokers = \"{}\"\npartitions = {PARTITIONS}\nassignment = \"all\"\n",
-        db.url, tansu.address
-    );
-    let config_path = tmp.path().join("lumina.toml");
-    std::fs::write(&config_path, &config).unwrap();
-    let secret = "cd".repeat(32);
-    let env = [
-        ("LUMINA_ADMIN_KEY", ADMIN_KEY),
-        ("LUMINA_KEY_SECRET", secret.as_str()),
-    ];
-    let mut ledger = ConsumerProc::start("ledger", &config_path, &tmp.path().join("ledger"));
-    let mut projector =
-        ConsumerProc::start("projector", &config_path, &tmp.path().join("projector"));
-    let mut g1 = Lumina::start_gateway(
-        &tmp.path().join("g1"),
-        &tmp.path().join("g1-out"),
-        &env,
-        &config,
-    )
-    .await;
-    let g2 = Lumina::start_gateway(
-        &tmp.path().join("g2"),
-        &tmp.path().join("g2-out"),
-        &env,
-        &config,
-    )
-    .await;
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let Cluster {
+        tmp,
+        mut tansu,
+        db: _db,
+        config_path,
+        mut ledger,
+        mut projector,
+        mut gateways,
+        pool,
+    } = Cluster::start(2, "all").await;
+    let g2 = gateways.pop().unwrap();
+    let mut g1 = gateways.pop().unwrap();
 
     // A key issued through the first gateway works on the second at once.
     let account = g1.account("Distributed Co", "1000").await;
@@ -188,19 +242,7 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
     paid.extend(burst(&g1, &key, 15, "outage-1").await);
     paid.extend(burst(&g2, &key, 15, "outage-2").await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let metrics = reqwest::get(format!("{}/metrics", g1.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let backlog: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("lumina_shipper_backlog_events "))
-        .unwrap_or_else(|| panic!("no shipper backlog in /metrics:\n{metrics}"))
-        .trim()
-        .parse()
-        .unwrap();
+    let backlog = gauge(&g1, "lumina_shipper_backlog_events").await;
     assert!(
         backlog >= 15.0,
         "the backlog shows the unshipped events: {backlog}"
@@ -582,4 +624,51 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
     assert_eq!(live["event_type"], "RequestSettled");
     drop(g1);
     drop(g2);
+}
+
+/// In distributed mode the ledger's positions are topic offsets; a gateway must still learn
+/// that the ledger's balances carry its holds, or every hold it ever placed would stay counted
+/// against the account (false 402s, and a book that grows forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_releases_its_holds_once_the_ledger_applied_them() {
+    let Cluster { gateways, pool, .. } = Cluster::start(1, "all").await;
+    let gateway = &gateways[0];
+    // Room for three holds of ~0.00072 credits (900 tokens at 0.8 per million), not four.
+    let account = gateway.account("Holds Co", "0.0025").await;
+    let (_, key) = gateway.key(&account).await;
+    let body = |i: usize| {
+        json!({"model": "lumina-fast", "max_tokens": 900,
+            "messages": [{"role": "user", "content": format!("round {i}")}]})
+    };
+
+    // Five rounds of three requests: fifteen holds, five times what the account could hold at
+    // once, while the charges stay far below it.
+    let mut spent = 0;
+    for round in 0..5 {
+        for i in 0..3 {
+            let (code, headers, text) = gateway.chat(&key, &body(round * 3 + i)).await;
+            assert_eq!(code, 200, "round {round}, request {i}: {text}");
+            spent += nano(headers["x-lumina-cost"].to_str().unwrap());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while gauge(gateway, "lumina_credit_pending_holds").await > 0.0 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the gateway still counts holds the ledger applied"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let held = scalar(
+        &pool,
+        &format!("SELECT held_nano FROM ledger_balances WHERE account_id = '{account}'"),
+    )
+    .await;
+    let available = scalar(
+        &pool,
+        &format!("SELECT available_nano FROM ledger_balances WHERE account_id = '{account}'"),
+    )
+    .await;
+    assert_eq!(held, 0);
+    assert_eq!(available, 2_500_000 - spent);
 }

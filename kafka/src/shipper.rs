@@ -5,20 +5,29 @@
 //! in the data dir; after a crash the shipper resumes there and may send a window again, which
 //! consumers drop by `event_id`. Shipped entries older than the retention are pruned.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use futures::FutureExt;
 
 use lumina_eventlog::{EventLog, LogEntry, LogReader};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 
-/// Entries produced before waiting for their acknowledgements.
-const WINDOW: usize = 4096;
+/// Entries produced and not yet acknowledged, at most: the producer keeps this many in flight
+/// and reads on as the oldest are acknowledged, so the broker is never left waiting for the
+/// shipper.
+const MAX_IN_FLIGHT: usize = 16_384;
+/// Entries read from the local log at a time.
+const READ_CHUNK: usize = 4096;
+/// How often the acknowledged position is written while acknowledgements stream in.
+const POSITION_EVERY: Duration = Duration::from_millis(100);
 /// Entries pruned per statement.
 const PRUNE_CHUNK: usize = 10_000;
 /// How often shipped entries are pruned.
@@ -56,6 +65,7 @@ pub struct Shipper {
     reader: LogReader,
     producer: FutureProducer,
     position_file: PathBuf,
+    headers: bool,
     status: watch::Sender<ShipperStatus>,
 }
 
@@ -93,6 +103,7 @@ impl Shipper {
             reader,
             producer,
             position_file,
+            headers: config.headers,
             status,
         })
     }
@@ -105,90 +116,132 @@ impl Shipper {
     /// Ships until `cancel` fires; then waits briefly for what is in flight.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), ShipError> {
         let mut acked = self.status.borrow().acked;
+        let mut written = acked;
+        let mut in_flight = InFlight::default();
         let mut commits = self.log.subscribe();
         let mut last_prune = Instant::now();
+        let mut last_write = Instant::now();
         let mut backoff = Duration::from_millis(100);
         tracing::info!(topic = %self.topic, position = acked, "shipper started");
-        loop {
-            if cancel.is_cancelled() {
-                break;
-            }
-            let entries = match self.reader.read_after(acked, WINDOW).await {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::warn!(error = %e, "shipper cannot read the local log");
-                    if sleep_or_cancel(&cancel, Duration::from_secs(1)).await {
-                        break;
+        while !cancel.is_cancelled() {
+            // Produce what the log holds beyond what is in flight, as far as the window allows.
+            let room = MAX_IN_FLIGHT - in_flight.len();
+            let mut more = false;
+            if room > 0 {
+                let after = in_flight.sent().unwrap_or(acked);
+                match self.reader.read_after(after, room.min(READ_CHUNK)).await {
+                    Ok(entries) => {
+                        more = entries.len() == room.min(READ_CHUNK);
+                        if !self.produce(&entries, &mut in_flight, &cancel).await? {
+                            break;
+                        }
                     }
-                    continue;
+                    Err(e) => {
+                        tracing::warn!(error = %e, "shipper cannot read the local log");
+                        if sleep_or_cancel(&cancel, Duration::from_secs(1)).await {
+                            break;
+                        }
+                        continue;
+                    }
                 }
-            };
-            self.report(acked, entries.first());
-            if last_prune.elapsed() >= PRUNE_EVERY {
-                last_prune = Instant::now();
-                self.prune(acked).await;
             }
-            let Some(last) = entries.last().map(|e| e.position) else {
+            // Take every acknowledgement that has come; wait for one only when nothing else
+            // is to be done.
+            let waited = if more && in_flight.len() < MAX_IN_FLIGHT {
+                in_flight.take_acknowledged()
+            } else if in_flight.is_empty() {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = commits.changed() => {}
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
-                continue;
+                Ok(None)
+            } else {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    result = in_flight.next_acknowledged() => result,
+                    _ = commits.changed(), if in_flight.len() < MAX_IN_FLIGHT => Ok(None),
+                    // While the broker is away the backlog and its age keep being reported.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => Ok(None),
+                }
             };
-            match self.ship(&entries, acked, &cancel).await {
-                Ok(true) => {
-                    acked = last;
-                    write_position(&self.position_file, acked).await?;
+            match waited {
+                Ok(Some(position)) => {
+                    let newer = in_flight.take_acknowledged().unwrap_or(None);
+                    let position = newer.unwrap_or(position);
                     metrics::counter!("lumina_shipper_shipped_events_total")
-                        .increment(entries.len() as u64);
+                        .increment(position - acked);
+                    acked = position;
                     backoff = Duration::from_millis(100);
                 }
-                Ok(false) => break,
+                Ok(None) => {}
                 Err(e) => {
                     metrics::counter!("lumina_shipper_produce_errors_total").increment(1);
                     self.status.send_modify(|s| s.produce_errors += 1);
-                    tracing::warn!(error = %e, position = acked, "shipping failed; sending the window again");
+                    tracing::warn!(error = %e, position = acked, "shipping failed; sending again from the acknowledged position");
+                    // What is still queued in the producer may arrive too: consumers drop the
+                    // repeats by event_id.
+                    in_flight.clear();
                     if sleep_or_cancel(&cancel, backoff).await {
                         break;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+            if acked != written && (in_flight.is_empty() || last_write.elapsed() >= POSITION_EVERY)
+            {
+                write_position(&self.position_file, acked).await?;
+                written = acked;
+                last_write = Instant::now();
+            }
+            self.report(acked, in_flight.oldest_appended_at());
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                self.prune(written).await;
+            }
         }
-        let _ = self.producer.flush(Duration::from_secs(2));
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
+        if let Ok(Some(position)) = in_flight.take_acknowledged() {
+            acked = position;
+        }
+        if acked != written {
+            write_position(&self.position_file, acked).await?;
+        }
         tracing::info!(position = acked, "shipper stopped");
         Ok(())
     }
 
-    /// Produces `entries` and waits for every acknowledgement: `Ok(true)` when all were
-    /// acknowledged, `Ok(false)` when cancelled first.
-    async fn ship(
+    /// Hands `entries` to the producer; `Ok(false)` when cancelled while its queue was full.
+    async fn produce(
         &self,
         entries: &[LogEntry],
-        acked: u64,
+        in_flight: &mut InFlight,
         cancel: &CancellationToken,
-    ) -> Result<bool, KafkaError> {
-        let mut deliveries = Vec::with_capacity(entries.len());
+    ) -> Result<bool, ShipError> {
         for e in entries {
             let event_id = e.event_id.to_string();
-            let headers = OwnedHeaders::new_with_capacity(2)
-                .insert(Header {
-                    key: "event_type",
-                    value: Some(e.event_type.as_str()),
-                })
-                .insert(Header {
-                    key: "event_id",
-                    value: Some(event_id.as_str()),
-                });
+            let headers = self.headers.then(|| {
+                OwnedHeaders::new_with_capacity(2)
+                    .insert(Header {
+                        key: "event_type",
+                        value: Some(e.event_type.as_str()),
+                    })
+                    .insert(Header {
+                        key: "event_id",
+                        value: Some(event_id.as_str()),
+                    })
+            });
             let mut record = FutureRecord::to(&self.topic)
                 .key(e.account_id.as_str())
-                .payload(e.bytes.as_slice())
-                .headers(headers);
+                .payload(e.bytes.as_slice());
+            if let Some(headers) = headers {
+                record = record.headers(headers);
+            }
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
-                        deliveries.push(delivery);
+                        in_flight.push(e.position, e.appended_at, delivery);
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -197,34 +250,21 @@ impl Shipper {
                             return Ok(false);
                         }
                     }
-                    Err((e, _)) => return Err(e),
-                }
-            }
-        }
-        for delivery in deliveries {
-            tokio::pin!(delivery);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(false),
-                    result = &mut delivery => match result {
-                        Ok(Ok(_)) => break,
-                        Ok(Err((e, _))) => return Err(e),
-                        Err(_) => return Err(KafkaError::Canceled),
-                    },
-                    // While the broker is away the backlog and its age keep being reported.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => self.report(acked, entries.first()),
+                    Err((e, _)) => return Err(ShipError::Kafka(e)),
                 }
             }
         }
         Ok(true)
     }
 
-    fn report(&self, acked: u64, oldest: Option<&LogEntry>) {
+    /// Publishes the position, the backlog behind it and the age of the oldest entry in flight
+    /// (appended at `oldest`, µs).
+    fn report(&self, acked: u64, oldest: Option<i64>) {
         let committed = self.log.committed_position();
         let backlog = committed.saturating_sub(acked);
         let age_ms = match oldest {
-            Some(e) if backlog > 0 => {
-                u64::try_from((now_micros() - e.appended_at).max(0) / 1000).unwrap_or(0)
+            Some(appended_at) if backlog > 0 => {
+                u64::try_from((now_micros() - appended_at).max(0) / 1000).unwrap_or(0)
             }
             _ => 0,
         };
@@ -251,6 +291,80 @@ impl Shipper {
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune shipped log entries"),
             Err(e) => tracing::warn!(error = %e, "prune task failed"),
         }
+    }
+}
+
+/// Entries handed to the producer and not yet acknowledged, oldest first.
+#[derive(Default)]
+struct InFlight {
+    entries: VecDeque<(u64, i64, DeliveryFuture)>,
+}
+
+impl InFlight {
+    fn push(&mut self, position: u64, appended_at: i64, delivery: DeliveryFuture) {
+        self.entries.push_back((position, appended_at, delivery));
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// The last position handed to the producer.
+    fn sent(&self) -> Option<u64> {
+        self.entries.back().map(|(p, _, _)| *p)
+    }
+
+    fn oldest_appended_at(&self) -> Option<i64> {
+        self.entries.front().map(|(_, at, _)| *at)
+    }
+
+    /// Waits for the oldest entry's acknowledgement and returns its position.
+    async fn next_acknowledged(&mut self) -> Result<Option<u64>, KafkaError> {
+        let Some((position, _, delivery)) = self.entries.front_mut() else {
+            return Ok(None);
+        };
+        let position = *position;
+        let result = delivery.await;
+        self.entries.pop_front();
+        delivered(result).map(|()| Some(position))
+    }
+
+    /// Pops the oldest entries already acknowledged, in order, and returns the newest of their
+    /// positions; stops at the first still waiting.
+    fn take_acknowledged(&mut self) -> Result<Option<u64>, KafkaError> {
+        let mut newest = None;
+        while let Some((position, _, delivery)) = self.entries.front_mut() {
+            let position = *position;
+            let Some(result) = delivery.now_or_never() else {
+                break;
+            };
+            self.entries.pop_front();
+            delivered(result)?;
+            newest = Some(position);
+        }
+        Ok(newest)
+    }
+}
+
+/// A delivery report as a result.
+fn delivered(
+    result: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+) -> Result<(), KafkaError> {
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e),
+        Err(_) => Err(KafkaError::Canceled),
     }
 }
 

@@ -446,7 +446,11 @@ pub async fn create(
         state.log.append_deferred(record).await
     };
     match queued.await {
-        Ok(position) => state.credits.queued(&meta.request_id, position),
+        Ok(position) => {
+            state
+                .credits
+                .queued(&meta.request_id, routed.envelope.event_id, position);
+        }
         Err(e) => {
             state.credits.cancel(&meta.request_id);
             return Err(ApiError::Unavailable(format!(

@@ -1,7 +1,8 @@
 //! `GET /metrics`: Prometheus text exposition. Consumers record their own series (events
 //! applied, duplicates, dead letters, and `lumina_event_to_view_lag_seconds`, the time from an
-//! event's `occurred_at` to the commit that made it visible); the gauges of the local log and
-//! of each consumer's backlog are set here, at scrape time.
+//! event's `occurred_at` to the commit that made it visible); the gauges of the local log, of
+//! the credit book's holds not yet in the ledger's balances and of each consumer's backlog are
+//! set here, at scrape time.
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -30,6 +31,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("lumina_log_queue_length").set(state.log.queue_len() as f64);
     metrics::gauge!("lumina_log_healthy").set(f64::from(u8::from(state.log.is_healthy())));
     metrics::gauge!("lumina_keys_cached").set(state.keys.len() as f64);
+    metrics::gauge!("lumina_credit_pending_holds").set(state.credits.pending_holds() as f64);
     for c in &state.readiness.consumers {
         let next = c.next_position();
         let last_lag = c.progress.borrow().last_batch_lag_us;

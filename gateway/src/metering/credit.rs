@@ -7,18 +7,25 @@
 //! position is past the hold's `RequestRouted` event: from then on the snapshot itself carries
 //! it (and, later, its settlement).
 //!
+//! In distributed mode the ledger's positions are topic offsets, which say nothing about a
+//! gateway's local log; there a hold leaves the book once a snapshot shows the ledger applied
+//! its `RequestRouted` event (`consumer_applied_events`, read in the same statement as the
+//! balances, so the two agree).
+//!
 //! Several gateways: each sees the others' holds only once the ledger applied them and its next
 //! snapshot is read, so the overspend bound is (the holds other gateways place within one
 //! refresh interval plus the ledger's lag) plus any charge above its hold (usage beyond the
 //! estimate). With one gateway, concurrent requests can never overspend: holds are taken under
 //! one lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use lumina_eventlog::{Database, LogError};
 use sqlx::Row;
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
 /// Where a hold's `RequestRouted` landed in the log.
 enum Position {
@@ -34,12 +41,13 @@ struct Pending {
     account_id: String,
     amount: i64,
     position: Position,
+    /// The hold's `RequestRouted` event, once queued.
+    event_id: Option<Uuid>,
 }
 
 #[derive(Default)]
 struct Book {
     available: HashMap<String, i64>,
-    ledger_next: u64,
     pending: HashMap<String, Pending>,
     pending_by_account: HashMap<String, i64>,
 }
@@ -73,19 +81,40 @@ pub struct Insufficient {
     pub needed: i64,
 }
 
+/// How the book learns that the ledger's balances include one of its holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reflection {
+    /// The ledger consumes this gateway's local log: compare log positions (embedded mode).
+    #[default]
+    LogPosition,
+    /// The ledger consumes a topic: look the hold's event up among the ledger's applied events
+    /// (distributed mode).
+    AppliedEvent,
+}
+
 /// The gateway's view of available credit.
 #[derive(Default)]
 pub struct CreditBook {
     book: Mutex<Book>,
+    reflection: Reflection,
 }
 
 /// Consumer name the ledger stores its positions under.
 const LEDGER: &str = "ledger";
 
 impl CreditBook {
-    /// An empty book; [`CreditBook::refresh`] loads the ledger's balances.
+    /// An empty book for a ledger on this gateway's local log; [`CreditBook::refresh`] loads
+    /// the ledger's balances.
     pub fn new() -> CreditBook {
         CreditBook::default()
+    }
+
+    /// An empty book whose holds are matched to the ledger's applied events.
+    pub fn with_reflection(reflection: Reflection) -> CreditBook {
+        CreditBook {
+            book: Mutex::default(),
+            reflection,
+        }
     }
 
     /// Available credit of `account_id` as this gateway sees it.
@@ -122,6 +151,7 @@ impl CreditBook {
                 account_id: account_id.to_string(),
                 amount,
                 position: Position::Unknown,
+                event_id: None,
             },
         );
         *book
@@ -131,12 +161,18 @@ impl CreditBook {
         Ok(())
     }
 
-    /// Records where the hold's `RequestRouted` will land.
-    pub fn queued(&self, request_id: &str, position: oneshot::Receiver<Result<u64, LogError>>) {
+    /// Records the hold's `RequestRouted` event and where it will land in the log.
+    pub fn queued(
+        &self,
+        request_id: &str,
+        event_id: Uuid,
+        position: oneshot::Receiver<Result<u64, LogError>>,
+    ) {
         if let Ok(mut book) = self.book.lock()
             && let Some(p) = book.pending.get_mut(request_id)
         {
             p.position = Position::Waiting(position);
+            p.event_id = Some(event_id);
         }
     }
 
@@ -147,8 +183,16 @@ impl CreditBook {
         }
     }
 
-    /// Reads every balance and the ledger's position, then drops the holds they include.
+    /// Reads every balance and what the ledger applied of this gateway's holds, then drops
+    /// the holds the balances include.
     pub async fn refresh(&self, db: &Database) -> Result<(), sqlx::Error> {
+        match self.reflection {
+            Reflection::LogPosition => self.refresh_by_position(db).await,
+            Reflection::AppliedEvent => self.refresh_by_applied_events(db).await,
+        }
+    }
+
+    async fn refresh_by_position(&self, db: &Database) -> Result<(), sqlx::Error> {
         let rows = sqlx::query(
             "SELECT '' AS account_id, next_offset FROM consumer_positions
                WHERE consumer = $1 AND stream = 'local' AND partition_id = 0
@@ -173,14 +217,65 @@ impl CreditBook {
         Ok(())
     }
 
+    /// One statement reads the balances and which pending holds' events the ledger applied:
+    /// both come from the same snapshot, so a hold leaves the book exactly when the balances
+    /// carry it.
+    async fn refresh_by_applied_events(&self, db: &Database) -> Result<(), sqlx::Error> {
+        let mut sql =
+            String::from("SELECT 0 AS kind, account_id, available_nano FROM ledger_balances");
+        if let Ok(book) = self.book.lock() {
+            let mut ids = book.pending.values().filter_map(|p| p.event_id).peekable();
+            if ids.peek().is_some() {
+                // Uuids render as hex and dashes only, so they are safe as literals; one
+                // parameter per id would run into PostgreSQL's limit of 65,535.
+                let _ = write!(
+                    sql,
+                    " UNION ALL SELECT 1, event_id, 0 FROM consumer_applied_events \
+                     WHERE consumer = '{LEDGER}' AND event_id IN ("
+                );
+                for (i, id) in ids.enumerate() {
+                    let sep = if i == 0 { "" } else { "," };
+                    let _ = write!(sql, "{sep}'{id}'");
+                }
+                sql.push(')');
+            }
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&db.pool)
+            .await?;
+        let mut available = HashMap::with_capacity(rows.len());
+        let mut applied = HashSet::new();
+        for row in &rows {
+            let kind: i32 = row.try_get(0)?;
+            let name: String = row.try_get(1)?;
+            if kind == 0 {
+                available.insert(name, row.try_get::<i64, _>(2)?);
+            } else if let Ok(id) = Uuid::parse_str(&name) {
+                applied.insert(id);
+            }
+        }
+        self.install(available, |p| {
+            p.event_id.is_some_and(|id| applied.contains(&id))
+        });
+        Ok(())
+    }
+
     /// Installs a snapshot of available balances taken at ledger position `ledger_next`, and
     /// drops the holds it includes.
     pub fn apply_snapshot(&self, available: HashMap<String, i64>, ledger_next: u64) {
+        self.install(
+            available,
+            |p| matches!(p.position, Position::Known(position) if position < ledger_next),
+        );
+    }
+
+    /// Installs `available` and drops the holds it `includes`, and those that never reached
+    /// the log.
+    fn install(&self, available: HashMap<String, i64>, includes: impl Fn(&Pending) -> bool) {
         let Ok(mut book) = self.book.lock() else {
             return;
         };
         book.available = available;
-        book.ledger_next = ledger_next;
         let mut reflected = Vec::new();
         for (request_id, p) in book.pending.iter_mut() {
             if let Position::Waiting(rx) = &mut p.position {
@@ -194,9 +289,7 @@ impl CreditBook {
                     Err(oneshot::error::TryRecvError::Empty) => {}
                 }
             }
-            if let Position::Known(position) = p.position
-                && position < ledger_next
-            {
+            if includes(p) {
                 reflected.push(request_id.clone());
             }
         }
@@ -253,7 +346,7 @@ mod tests {
         let book = book_with("a", 100);
         book.try_hold("a", "r1", 30).unwrap();
         let (tx, rx) = oneshot::channel();
-        book.queued("r1", rx);
+        book.queued("r1", Uuid::now_v7(), rx);
         tx.send(Ok(7)).unwrap();
         // A snapshot taken before the ledger applied position 7 does not include the hold.
         book.apply_snapshot(HashMap::from([("a".to_string(), 100)]), 7);
@@ -270,7 +363,7 @@ mod tests {
         let book = book_with("a", 100);
         book.try_hold("a", "r1", 30).unwrap();
         let (tx, rx) = oneshot::channel::<Result<u64, LogError>>();
-        book.queued("r1", rx);
+        book.queued("r1", Uuid::now_v7(), rx);
         drop(tx);
         book.apply_snapshot(HashMap::from([("a".to_string(), 100)]), 1);
         assert_eq!(book.available("a"), 100);
