@@ -7,14 +7,16 @@ use std::time::Duration;
 use lumina_eventlog::{
     Consumer, ConsumerOptions, EventSource, LocalLogSource, LogReader, Projection, handled_types,
 };
-use lumina_kafka::KafkaSource;
+use lumina_kafka::{Assignment, KafkaSource};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::serve::connect_database;
 
-/// Runs `projection` until a signal, or with `once` until it applied the log as it was at start
-/// (local log only: a topic has no end).
+/// Runs `projection` until a signal, or with `once` until it applied the log (or every
+/// partition of the topic) as it was at start. A one-shot run on the topic takes every partition
+/// itself rather than joining the consumer group, so it never moves partitions away from the
+/// running members.
 pub async fn run<P: Projection>(config: &Config, projection: P, once: bool) -> anyhow::Result<()> {
     let db = connect_database(config).await?;
     let options = ConsumerOptions {
@@ -23,26 +25,34 @@ pub async fn run<P: Projection>(config: &Config, projection: P, once: bool) -> a
         ..ConsumerOptions::default()
     };
     if let Some(kafka) = &config.kafka {
-        if once {
-            anyhow::bail!("--once reads a local log; with [kafka] the consumer runs until stopped");
-        }
         kafka
             .ensure_topics()
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        let source = KafkaSource::connect(kafka, db.clone(), projection.name()).await?;
+        let mut kafka = kafka.clone();
+        if once {
+            kafka.assignment = Assignment::All;
+        }
+        let source = KafkaSource::connect(&kafka, db.clone(), projection.name()).await?;
+        let until = if once {
+            Some(source.ends().await?)
+        } else {
+            None
+        };
         let consumer = Consumer::new(db, source, projection, options);
-        return drive(consumer, None).await;
+        return drive(consumer, until).await;
     }
     let reader = LogReader::open(config.log_path())?;
     let end = i64::try_from(reader.end_position().await?).unwrap_or(i64::MAX);
     let source = LocalLogSource::new(reader).only(&handled_types(&projection));
     let consumer = Consumer::new(db, source, projection, options);
-    drive(consumer, once.then_some(end)).await
+    let until = (end > 0).then(|| vec![(0, end + 1)]);
+    drive(consumer, once.then(|| until.unwrap_or_default())).await
 }
 
-/// Runs `consumer` until a signal, or until it passed position `until` of partition 0.
-async fn drive<S, P>(consumer: Consumer<S, P>, until: Option<i64>) -> anyhow::Result<()>
+/// Runs `consumer` until a signal, or until its next offset in each partition of `until`
+/// reached the one given there.
+async fn drive<S, P>(consumer: Consumer<S, P>, until: Option<Vec<(i32, i64)>>) -> anyhow::Result<()>
 where
     S: EventSource + Sync + 'static,
     P: Projection,
@@ -52,9 +62,11 @@ where
     let cancel = CancellationToken::new();
     let task = tokio::spawn(consumer.run(cancel.clone()));
     match until {
-        Some(end) => {
-            let caught_up =
-                progress.wait_for(|p| p.next_offsets.get(&0).copied().unwrap_or(1) > end);
+        Some(ends) => {
+            let caught_up = progress.wait_for(|p| {
+                ends.iter()
+                    .all(|(partition, end)| p.next_offsets.get(partition).is_some_and(|n| n >= end))
+            });
             tokio::select! {
                 _ = caught_up => {}
                 _ = shutdown() => {}

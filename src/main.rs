@@ -153,7 +153,8 @@ struct ProjectorArgs {
     /// Database URL (overrides the configuration).
     #[arg(long, env = "LUMINA_DATABASE_URL")]
     database_url: Option<String>,
-    /// Stop once the log as it was at start has been applied.
+    /// Stop once the log (or with `[kafka]` every partition of the topic) as it was at start
+    /// has been applied.
     #[arg(long)]
     once: bool,
 }
@@ -350,6 +351,7 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

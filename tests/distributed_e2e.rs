@@ -672,3 +672,173 @@ async fn a_gateway_releases_its_holds_once_the_ledger_applied_them() {
     assert_eq!(held, 0);
     assert_eq!(available, 2_500_000 - spent);
 }
+
+/// Waits until `ledgers` hold every partition between them, each holding at least one when
+/// `each` is set, and returns what each holds.
+async fn wait_for_split(ledgers: &[&ConsumerProc], each: bool) -> Vec<BTreeSet<i32>> {
+    let all: BTreeSet<i32> = (0..PARTITIONS).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let held: Vec<BTreeSet<i32>> = ledgers.iter().map(|l| l.partitions()).collect();
+        let union: BTreeSet<i32> = held.iter().flatten().copied().collect();
+        let disjoint = held.iter().map(BTreeSet::len).sum::<usize>() == union.len();
+        if union == all && disjoint && (!each || held.iter().all(|h| !h.is_empty())) {
+            return held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never settled: {held:?}\n{}",
+            ledgers
+                .iter()
+                .map(|l| l.output())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Requests from every key on `gateway`; then waits until the ledger journaled every
+/// settlement the gateway's log holds.
+async fn pay_and_settle(gateway: &Lumina, keys: &[String], tag: &str, pool: &sqlx::AnyPool) {
+    for key in keys {
+        burst(gateway, key, 3, tag).await;
+    }
+    let settlements = local_log(gateway)
+        .iter()
+        .filter(|e| e["event_type"] == "RequestSettled")
+        .count() as i64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let journaled = scalar(
+            pool,
+            "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'settle'",
+        )
+        .await;
+        if journaled == settlements {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{tag}: {journaled} of {settlements} settlements journaled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `assignment = "group"`: two ledgers in one consumer group split the partitions, one that
+/// leaves hands its partitions to the other, one killed with SIGKILL loses them once its session
+/// times out, and every money event is journaled exactly once throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledgers_in_a_group_split_the_partitions_and_take_over_from_each_other() {
+    let Cluster {
+        tmp,
+        db,
+        config_path,
+        mut ledger,
+        gateways,
+        pool,
+        ..
+    } = Cluster::start(1, "group").await;
+    let gateway = &gateways[0];
+    let mut second = ConsumerProc::start("ledger", &config_path, &tmp.path().join("ledger-2"));
+    wait_for_split(&[&ledger, &second], true).await;
+
+    // Several accounts, so the traffic spreads over the partitions.
+    let mut keys = Vec::new();
+    for i in 0..6 {
+        let account = gateway.account(&format!("Group {i}"), "100").await;
+        keys.push(gateway.key(&account).await.1);
+    }
+    pay_and_settle(gateway, &keys, "split", &pool).await;
+
+    // A member that leaves hands its partitions over.
+    second.stop();
+    wait_for_split(&[&ledger], false).await;
+    pay_and_settle(gateway, &keys, "alone", &pool).await;
+
+    // It rejoins and takes its share again.
+    second.restart();
+    wait_for_split(&[&ledger, &second], true).await;
+    pay_and_settle(gateway, &keys, "rejoined", &pool).await;
+
+    // A member killed without leaving: the survivor takes everything after the session timeout.
+    ledger.kill9();
+    let traffic = pay_and_settle(gateway, &keys, "after-kill", &pool);
+    let survivor = [&second];
+    let (_, held) = tokio::join!(traffic, wait_for_split(&survivor, false));
+    assert_eq!(held[0].len(), PARTITIONS as usize);
+
+    // Every money event of the gateway's log journaled once.
+    let events = local_log(gateway);
+    let wanted: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| ledger_handles(e["event_type"].as_str().unwrap()))
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let applied: Vec<String> =
+        sqlx::query("SELECT event_id FROM consumer_applied_events WHERE consumer = 'ledger'")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+    let applied_set: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
+    assert_eq!(applied_set.len(), applied.len(), "an event applied twice");
+    assert_eq!(applied_set, wanted);
+    let (ok, out, err) = run(
+        &[
+            "reconcile",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--wait",
+            "30",
+        ],
+        &[],
+    );
+    assert!(ok, "reconcile failed:\n{out}\n{err}");
+    assert!(out.contains("reconcile: clean"), "{out}");
+    // `--once` on the topic: a ledger on an empty database reads every partition to its end as
+    // of its start, then exits, with the same balances.
+    second.stop();
+    let fresh = lumina_testkit::fresh_database(Backend::Postgres).await;
+    let once_config = tmp.path().join("once.toml");
+    std::fs::write(
+        &once_config,
+        std::fs::read_to_string(&config_path)
+            .unwrap()
+            .replace(&db.url, &fresh.url),
+    )
+    .unwrap();
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(common::bin())
+        .args([
+            "ledger",
+            "--once",
+            "--config",
+            once_config.to_str().unwrap(),
+        ])
+        .env_remove("LUMINA_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ledger --once: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let balances = "SELECT account_id || ' ' || available_nano || ' ' || held_nano || ' ' || spent_nano \
+                    FROM ledger_balances ORDER BY account_id";
+    let rows = |pool: sqlx::AnyPool| async move {
+        sqlx::query(balances)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect::<Vec<_>>()
+    };
+    let once_pool = sqlx::AnyPool::connect(&fresh.url).await.unwrap();
+    assert_eq!(rows(once_pool).await, rows(pool.clone()).await);
+}

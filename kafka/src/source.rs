@@ -202,6 +202,36 @@ impl KafkaSource {
     }
 }
 
+impl KafkaSource {
+    /// The end of every partition of the topic now: `(partition, high watermark)` for each
+    /// partition that holds messages.
+    pub async fn ends(&self) -> Result<Vec<(i32, i64)>, SourceError> {
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let err = |e: rdkafka::error::KafkaError| SourceError::Other(e.to_string());
+            let timeout = Duration::from_secs(10);
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(err)?;
+            let mut ends = Vec::new();
+            for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+                for p in t.partitions() {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&topic, p.id(), timeout)
+                        .map_err(err)?;
+                    if high > low {
+                        ends.push((p.id(), high));
+                    }
+                }
+            }
+            Ok(ends)
+        })
+        .await
+        .map_err(|e| SourceError::Other(format!("watermark task failed: {e}")))?
+    }
+}
+
 impl EventSource for KafkaSource {
     fn stream(&self) -> &str {
         &self.topic

@@ -156,6 +156,43 @@ impl ConsumerProc {
         }
     }
 
+    /// Stops it with SIGTERM and waits for it to exit (a group member leaves its group).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "-TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// The partitions its current run holds, from its "partitions assigned" and "partitions
+    /// revoked" log lines (incremental under cooperative rebalancing).
+    pub fn partitions(&self) -> std::collections::BTreeSet<i32> {
+        let log = std::fs::read_to_string(
+            self.output_dir
+                .join(format!("{}.{}.log", self.which, self.starts)),
+        )
+        .unwrap_or_default();
+        let mut held = std::collections::BTreeSet::new();
+        for line in log.lines() {
+            let assigned = line.contains("partitions assigned");
+            if !assigned && !line.contains("partitions revoked") {
+                continue;
+            }
+            let list = line
+                .rsplit_once('[')
+                .and_then(|(_, rest)| rest.split_once(']'))
+                .map_or("", |(list, _)| list);
+            for p in list.split(',').filter_map(|p| p.trim().parse::<i32>().ok()) {
+                if assigned {
+                    held.insert(p);
+                } else {
+                    held.remove(&p);
+                }
+            }
+        }
+        held
+    }
+
     /// Starts it again.
     pub fn restart(&mut self) {
         self.spawn();
