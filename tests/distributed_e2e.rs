@@ -147,13 +147,14 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(gateways: usize, assignment: &str) -> Cluster {
+    /// Starts everything; `extra` is appended to the shared configuration.
+    async fn start(gateways: usize, assignment: &str, extra: &str) -> Cluster {
         lumina_gateway::providers::install_crypto_provider();
         let tmp = tempfile::tempdir().unwrap();
         let tansu = Tansu::start(&tmp.path().join("tansu")).await;
         let db = lumina_testkit::fresh_database(Backend::Postgres).await;
         let config = format!(
-            "[database]\nurl = \"{}\"\n\n[kafka]\nbrokers = \"{}\"\npartitions = {PARTITIONS}\nassignment = \"{assignment}\"\n",
+            "[database]\nurl = \"{}\"\n\n[kafka]\nbrokers = \"{}\"\npartitions = {PARTITIONS}\nassignment = \"{assignment}\"\n{extra}",
             db.url, tansu.address
         );
         let config_path = tmp.path().join("lumina.toml");
@@ -225,7 +226,7 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
         mut projector,
         mut gateways,
         pool,
-    } = Cluster::start(2, "all").await;
+    } = Cluster::start(2, "all", "").await;
     let g2 = gateways.pop().unwrap();
     let mut g1 = gateways.pop().unwrap();
 
@@ -631,13 +632,14 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
 /// against the account (false 402s, and a book that grows forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_releases_its_holds_once_the_ledger_applied_them() {
-    let Cluster { gateways, pool, .. } = Cluster::start(1, "all").await;
-    let gateway = &gateways[0];
-    // Room for three holds of ~0.00072 credits (900 tokens at 0.8 per million), not four.
-    let account = gateway.account("Holds Co", "0.0025").await;
+    let cluster = Cluster::start(1, "all", "").await;
+    let (gateway, pool) = (&cluster.gateways[0], &cluster.pool);
+    // Room for three holds of ~0.00144 credits (1,800 tokens at 0.8 per million) and the
+    // fifteen charges of ~0.00004, not for six holds.
+    let account = gateway.account("Holds Co", "0.005").await;
     let (_, key) = gateway.key(&account).await;
     let body = |i: usize| {
-        json!({"model": "lumina-fast", "max_tokens": 900,
+        json!({"model": "lumina-fast", "max_tokens": 1800,
             "messages": [{"role": "user", "content": format!("round {i}")}]})
     };
 
@@ -660,17 +662,17 @@ async fn a_gateway_releases_its_holds_once_the_ledger_applied_them() {
         }
     }
     let held = scalar(
-        &pool,
+        pool,
         &format!("SELECT held_nano FROM ledger_balances WHERE account_id = '{account}'"),
     )
     .await;
     let available = scalar(
-        &pool,
+        pool,
         &format!("SELECT available_nano FROM ledger_balances WHERE account_id = '{account}'"),
     )
     .await;
     assert_eq!(held, 0);
-    assert_eq!(available, 2_500_000 - spent);
+    assert_eq!(available, 5_000_000 - spent);
 }
 
 /// Waits until `ledgers` hold every partition between them, each holding at least one when
@@ -733,13 +735,14 @@ async fn pay_and_settle(gateway: &Lumina, keys: &[String], tag: &str, pool: &sql
 async fn ledgers_in_a_group_split_the_partitions_and_take_over_from_each_other() {
     let Cluster {
         tmp,
+        tansu: _tansu,
         db,
         config_path,
         mut ledger,
+        projector: _projector,
         gateways,
         pool,
-        ..
-    } = Cluster::start(1, "group").await;
+    } = Cluster::start(1, "group", "").await;
     let gateway = &gateways[0];
     let mut second = ConsumerProc::start("ledger", &config_path, &tmp.path().join("ledger-2"));
     wait_for_split(&[&ledger, &second], true).await;
@@ -841,4 +844,99 @@ async fn ledgers_in_a_group_split_the_partitions_and_take_over_from_each_other()
     };
     let once_pool = sqlx::AnyPool::connect(&fresh.url).await.unwrap();
     assert_eq!(rows(once_pool).await, rows(pool.clone()).await);
+}
+
+/// Several gateways place holds against one balance, each seeing the others' holds only once
+/// the ledger applied them. Each gateway never holds more than the balance it sees, so the
+/// holds outstanding at once never exceed (gateways − 1) × the balance beyond it; once the
+/// balance is spent, every gateway refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_across_gateways_stay_within_the_overspend_bound() {
+    // Output at 1,000 credits per million tokens and free input: a 40-token answer is charged
+    // exactly its hold, 0.04 credits, so the balance holds ten of them.
+    let pricing = "[pricing.paths.fast]\ninput = \"0\"\noutput = \"1000\"\n";
+    let cluster = Cluster::start(2, "all", pricing).await;
+    let (gateways, pool) = (&cluster.gateways, &cluster.pool);
+    let granted: i64 = 400_000_000;
+    let account = gateways[0].account("Contended Co", "0.4").await;
+    let (_, key) = gateways[0].key(&account).await;
+    let body = json!({"model": "lumina-fast", "max_tokens": 40,
+        "messages": [{"role": "user", "content": "spend"}]});
+
+    // Three clients per gateway, each until its first 402.
+    let client = |g: usize| {
+        let (gateway, key, body) = (&gateways[g], &key, &body);
+        async move {
+            let (mut paid, mut refused) = (0, 0);
+            for _ in 0..40 {
+                let (code, _, text) = gateway.chat(key, body).await;
+                match code {
+                    200 => paid += 1,
+                    402 => {
+                        refused += 1;
+                        break;
+                    }
+                    _ => panic!("{code}: {text}"),
+                }
+            }
+            (paid, refused)
+        }
+    };
+    let results = futures::future::join_all((0..6).map(|i| client(i % 2))).await;
+    let paid: i64 = results.iter().map(|r| r.0).sum();
+    assert!(
+        results.iter().all(|r| r.1 == 1),
+        "every client ran out: {results:?}"
+    );
+
+    // Everything settled in the ledger.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let settled = scalar(
+            &pool,
+            &format!(
+                "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'settle' AND account_id = '{account}'"
+            ),
+        )
+        .await;
+        if settled == paid {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{settled} of {paid} settled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let spent = scalar(
+        &pool,
+        &format!("SELECT spent_nano FROM ledger_balances WHERE account_id = '{account}'"),
+    )
+    .await;
+    assert_eq!(spent, paid * 40_000_000, "each charge equals its hold");
+
+    // The deepest the balance went while holds were outstanding: never below −(gateways − 1)
+    // × the balance.
+    let lowest = scalar(
+        &pool,
+        &format!(
+            "SELECT MIN(running) FROM (
+               SELECT CAST(SUM(p.amount_nano) OVER (ORDER BY e.id) AS BIGINT) AS running
+               FROM ledger_entries e JOIN ledger_postings p ON p.entry_event_id = e.event_id
+               WHERE e.account_id = '{account}' AND p.ledger_account = '{account}:available'
+             ) t"
+        ),
+    )
+    .await;
+    let bound = (gateways.len() as i64 - 1) * granted;
+    assert!(
+        lowest >= -bound,
+        "holds outstanding reached {} nano beyond the balance; the bound is {bound}",
+        -lowest
+    );
+    assert!(spent <= granted + bound);
+
+    // Once spent, every gateway refuses.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for gateway in gateways {
+        let (code, _, text) = gateway.chat(&key, &body).await;
+        assert_eq!(code, 402, "{text}");
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! Starts Tansu (`LUMINA_TEST_TANSU`, installed by `scripts/test.sh`) on a free port with SQLite
 //! storage in a temp dir, fills a local log with 200,000 request events (three per request,
-//! 1,000 accounts), then ships it from position 0 three times, each into a fresh topic, timing
-//! from the shipper's start to the broker's acknowledgement of the last event.
+//! 1,000 accounts), then ships it from position 0 three times with the `event_type`/`event_id`
+//! headers and three times without, each into a fresh topic, timing from the shipper's start to
+//! the broker's acknowledgement of the last event.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -72,9 +73,11 @@ fn main() {
         while log.committed_position() < EVENTS {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        for run in 0..RUNS {
+        for run in 0..2 * RUNS {
+            let headers = run < RUNS;
             let mut config = KafkaConfig::new(address.clone());
             config.topic = format!("bench.ship.{run}");
+            config.headers = headers;
             config.partitions = 6;
             config.ensure_topics().await.unwrap();
             let data = dir.path().join(format!("run{run}"));
@@ -89,7 +92,7 @@ fn main() {
             cancel.cancel();
             task.await.unwrap().unwrap();
             println!(
-                "ship run {run}: {EVENTS} events in {:.2} s = {:.0} events/s",
+                "ship run {run} (headers {headers}): {EVENTS} events in {:.2} s = {:.0} events/s",
                 elapsed.as_secs_f64(),
                 EVENTS as f64 / elapsed.as_secs_f64()
             );
