@@ -929,7 +929,7 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let settled = scalar(
-            &pool,
+            pool,
             &format!(
                 "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'settle' AND account_id = '{account}'"
             ),
@@ -942,7 +942,7 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let spent = scalar(
-        &pool,
+        pool,
         &format!("SELECT spent_nano FROM ledger_balances WHERE account_id = '{account}'"),
     )
     .await;
@@ -951,7 +951,7 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
     // The deepest the balance went while holds were outstanding: never below −(gateways − 1)
     // × the balance.
     let lowest = scalar(
-        &pool,
+        pool,
         &format!(
             "SELECT MIN(running) FROM (
                SELECT CAST(SUM(p.amount_nano) OVER (ORDER BY e.id) AS BIGINT) AS running
