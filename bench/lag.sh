@@ -11,7 +11,8 @@
 # With DISTRIBUTED=1 as well (and LUMINA_TEST_TANSU, the Tansu binary): distributed mode —
 # Tansu on a free port, `lumina gateway` shipping to it, `lumina ledger` and `lumina projector`
 # on the topic — so the lag is produce-to-apply through the broker. oha's latency percentiles
-# are printed too, to compare the gateway with and without the shipper.
+# are printed too, to compare the gateway with and without the shipper. HEADERS=false ships
+# without the event_type/event_id message headers (kafka.headers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,8 +41,8 @@ if [ "${DISTRIBUTED:-0}" = 1 ]; then
     --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
     --storage-engine sqlite://tansu.db > "$WORK/tansu.out" 2>&1) &
   sleep 1
-  printf '[database]\nurl = "%s"\n[kafka]\nbrokers = "127.0.0.1:%s"\nassignment = "all"\n' \
-    "$LUMINA_DATABASE_URL" "$KPORT" >> "$WORK/lumina.toml"
+  printf '[database]\nurl = "%s"\n[kafka]\nbrokers = "127.0.0.1:%s"\nassignment = "all"\nheaders = %s\n' \
+    "$LUMINA_DATABASE_URL" "$KPORT" "${HEADERS:-true}" >> "$WORK/lumina.toml"
   for c in ledger projector; do
     LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" $c --config "$WORK/lumina.toml" > "$WORK/$c.out" 2>&1 &
   done

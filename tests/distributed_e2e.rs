@@ -890,7 +890,7 @@ async fn ledgers_in_a_group_split_the_partitions_and_take_over_from_each_other()
 async fn holds_across_gateways_stay_within_the_overspend_bound() {
     // Output at 1,000 credits per million tokens and free input: a 40-token answer is charged
     // exactly its hold, 0.04 credits, so the balance holds ten of them.
-    let pricing = "[pricing.paths.fast]\ninput = \"0\"\noutput = \"1000\"\n";
+    let pricing = "headers = true\n[pricing.paths.fast]\ninput = \"0\"\noutput = \"1000\"\n";
     let cluster = Cluster::start(2, "all", pricing).await;
     let (gateways, pool) = (&cluster.gateways, &cluster.pool);
     let granted: i64 = 400_000_000;
@@ -968,6 +968,25 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
         -lowest
     );
     assert!(spent <= granted + bound);
+
+    // With `kafka.headers`, each message names its type and id in headers too.
+    let on_topic = read_topic(&cluster.tansu.address, TOPIC, PARTITIONS, 1);
+    let (_, payload, headers) = &on_topic[0];
+    let event = lumina_schemas::decode(payload).unwrap().event;
+    let header = |k: &str| {
+        headers
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("event_type").as_deref(),
+        Some(event.event_type().as_str())
+    );
+    assert_eq!(
+        header("event_id"),
+        Some(event.envelope.event_id.to_string())
+    );
 
     // Once spent, every gateway refuses.
     tokio::time::sleep(Duration::from_millis(600)).await;

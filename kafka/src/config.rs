@@ -34,8 +34,9 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub assignment: Assignment,
     /// Whether each message carries `event_type` and `event_id` headers, for tools that route
-    /// on headers without decoding; the value is self-describing either way. Brokers that store
-    /// every header as a row of its own (Tansu) ship about twice as fast without them.
+    /// on headers without decoding. Off by default: the value is self-describing (its schema
+    /// fingerprint names the type, its envelope the id), and a broker that stores every header
+    /// as a row of its own (Tansu) ships and serves ~2.7× fewer events/s with them.
     #[serde(default = "default_headers")]
     pub headers: bool,
     /// How long shipped entries stay in a gateway's local log, in seconds.
@@ -75,7 +76,7 @@ fn default_replication() -> i32 {
 }
 
 fn default_headers() -> bool {
-    true
+    false
 }
 
 fn default_retention() -> u64 {
