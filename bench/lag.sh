@@ -11,8 +11,8 @@
 # With DISTRIBUTED=1 as well (and LUMINA_TEST_TANSU, the Tansu binary): distributed mode —
 # Tansu on a free port, `lumina gateway` shipping to it, `lumina ledger` and `lumina projector`
 # on the topic — so the lag is produce-to-apply through the broker. oha's latency percentiles
-# are printed too, to compare the gateway with and without the shipper. HEADERS=false ships
-# without the event_type/event_id message headers (kafka.headers).
+# are printed too, to compare the gateway with and without the shipper. HEADERS=true ships
+# with the event_type/event_id message headers (kafka.headers). KEEP=1 keeps the work dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +22,8 @@ SECONDS_PER_RUN="${2:-20}"
 CACHE="${LUMINA_CACHE:-$HOME/.cache/lumina}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 OHA="$CACHE/tools/bin/oha"
-WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+WORK="$(mktemp -d)"; [ -z "${KEEP:-}" ] || echo "work dir: $WORK" >&2
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 
 [ -x "$OHA" ] || cargo install oha --locked --root "$CACHE/tools" >&2
 cargo build --release --locked --bin lumina >&2
@@ -42,7 +42,7 @@ if [ "${DISTRIBUTED:-0}" = 1 ]; then
     --storage-engine sqlite://tansu.db > "$WORK/tansu.out" 2>&1) &
   sleep 1
   printf '[database]\nurl = "%s"\n[kafka]\nbrokers = "127.0.0.1:%s"\nassignment = "all"\nheaders = %s\n' \
-    "$LUMINA_DATABASE_URL" "$KPORT" "${HEADERS:-true}" >> "$WORK/lumina.toml"
+    "$LUMINA_DATABASE_URL" "$KPORT" "${HEADERS:-false}" >> "$WORK/lumina.toml"
   for c in ledger projector; do
     LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" $c --config "$WORK/lumina.toml" > "$WORK/$c.out" 2>&1 &
   done
@@ -60,12 +60,13 @@ KEY=$(curl -sf "http://127.0.0.1:$PORT/admin/keys" -H "Authorization: Bearer $LU
   -H "content-type: application/json" \
   -d '{"model":"lumina-fast","max_tokens":32,"messages":[{"role":"user","content":"hello there"}]}' \
   "http://127.0.0.1:$PORT/v1/chat/completions" | grep -E "Success rate|Requests/sec|50.00%|99.00%" >&2
-COUNT="SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = '$CONSUMER'"
+# Both consumers: settlements are found through the ledger's journal.
+COUNT="SELECT COUNT(*) FROM consumer_applied_events"
 count() {
   if [ -n "${LUMINA_DATABASE_URL:-}" ]; then psql "$LUMINA_DATABASE_URL" -qAtc "$COUNT"
   else python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])' "$WORK/data/lumina.db" "$COUNT"; fi
 }
-# Wait until the consumer stops advancing (it caught up).
+# Wait until the consumers stop advancing (they caught up).
 LAST=-1
 for _ in $(seq 1 300); do
   sleep 2
