@@ -37,7 +37,7 @@ MODE=serve
 if [ "${DISTRIBUTED:-0}" = 1 ]; then
   : "${LUMINA_DATABASE_URL:?DISTRIBUTED=1 needs LUMINA_DATABASE_URL (PostgreSQL)}"
   KPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  (cd "$WORK" && "${LUMINA_TEST_TANSU:?DISTRIBUTED=1 needs LUMINA_TEST_TANSU}" broker \
+  (cd "$WORK" && exec "${LUMINA_TEST_TANSU:?DISTRIBUTED=1 needs LUMINA_TEST_TANSU}" broker \
     --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
     --storage-engine sqlite://tansu.db > "$WORK/tansu.out" 2>&1) &
   sleep 1

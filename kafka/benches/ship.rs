@@ -4,7 +4,8 @@
 //! storage in a temp dir, fills a local log with 200,000 request events (three per request,
 //! 1,000 accounts), then ships it from position 0 three times with the `event_type`/`event_id`
 //! headers and three times without, each into a fresh topic, timing from the shipper's start to
-//! the broker's acknowledgement of the last event.
+//! the broker's acknowledgement of the last event. `LUMINA_BENCH_TANSU_STORAGE=null://` runs
+//! Tansu with its storage engine that keeps nothing: the shipper and the wire alone.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -27,6 +28,8 @@ const RUNS: usize = 3;
 fn main() {
     let tansu = std::env::var("LUMINA_TEST_TANSU")
         .expect("LUMINA_TEST_TANSU: the Tansu binary (scripts/test.sh installs it)");
+    let storage =
+        std::env::var("LUMINA_BENCH_TANSU_STORAGE").unwrap_or_else(|_| "sqlite://tansu.db".into());
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -44,7 +47,7 @@ fn main() {
             "--advertised-listener-url",
             &url,
         ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["--storage-engine", &storage])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -56,7 +59,15 @@ fn main() {
         .unwrap();
     let log = EventLog::open(dir.path().join("events.db"), LogOptions::default()).unwrap();
     rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(&address).await.is_err() {
+            if let Some(status) = broker.try_wait().unwrap() {
+                panic!("tansu exited ({status}) with --storage-engine {storage}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {address}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let kinds = [
