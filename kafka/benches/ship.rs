@@ -61,9 +61,11 @@ fn main() {
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(&address).await.is_err() {
-            if let Some(status) = broker.try_wait().unwrap() {
-                panic!("tansu exited ({status}) with --storage-engine {storage}");
-            }
+            let exited = broker.try_wait().unwrap();
+            assert!(
+                exited.is_none(),
+                "tansu exited ({exited:?}) with --storage-engine {storage}"
+            );
             assert!(
                 Instant::now() < deadline,
                 "tansu did not listen on {address}"
