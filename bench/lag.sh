@@ -12,7 +12,9 @@
 # Tansu on a free port, `lumina gateway` shipping to it, `lumina ledger` and `lumina projector`
 # on the topic — so the lag is produce-to-apply through the broker. oha's latency percentiles
 # are printed too, to compare the gateway with and without the shipper. HEADERS=true ships
-# with the event_type/event_id message headers (kafka.headers). KEEP=1 keeps the work dir.
+# with the event_type/event_id message headers (kafka.headers). SHIPPER_ONLY=1 stops both
+# consumers before the load: the gateway's latency with the shipper and broker alone. KEEP=1
+# keeps the work dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,8 +45,10 @@ if [ "${DISTRIBUTED:-0}" = 1 ]; then
   sleep 1
   printf '[database]\nurl = "%s"\n[kafka]\nbrokers = "127.0.0.1:%s"\nassignment = "all"\nheaders = %s\n' \
     "$LUMINA_DATABASE_URL" "$KPORT" "${HEADERS:-false}" >> "$WORK/lumina.toml"
+  CONSUMER_PIDS=""
   for c in ledger projector; do
     LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" $c --config "$WORK/lumina.toml" > "$WORK/$c.out" 2>&1 &
+    CONSUMER_PIDS="$CONSUMER_PIDS $!"
   done
   export LUMINA_KEY_SECRET=$(python3 -c 'print("ab" * 32)')
   MODE=gateway
@@ -56,11 +60,17 @@ ACCOUNT=$(curl -sf "http://127.0.0.1:$PORT/admin/accounts" -H "Authorization: Be
   -d '{"name":"lag","credits":"1000000"}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["id"])')
 KEY=$(curl -sf "http://127.0.0.1:$PORT/admin/keys" -H "Authorization: Bearer $LUMINA_ADMIN_KEY" \
   -d "{\"account_id\":\"$ACCOUNT\",\"name\":\"lag\"}" | python3 -c 'import sys,json; print(json.load(sys.stdin)["key"])')
+if [ -n "${SHIPPER_ONLY:-}" ]; then
+  # The gateway's latency with the shipper and the broker alone: no consumer competes for the
+  # cores during the load, so there is no lag to report afterwards.
+  kill $CONSUMER_PIDS
+fi
 "$OHA" --no-tui -z "${SECONDS_PER_RUN}s" -q 1000 -c 16 -m POST -H "Authorization: Bearer $KEY" \
   -H "content-type: application/json" \
   -d '{"model":"lumina-fast","max_tokens":32,"messages":[{"role":"user","content":"hello there"}]}' \
   "http://127.0.0.1:$PORT/v1/chat/completions" | grep -E "Success rate|Requests/sec|50.00%|99.00%" >&2
 # Both consumers: settlements are found through the ledger's journal.
+[ -z "${SHIPPER_ONLY:-}" ] || exit 0
 COUNT="SELECT COUNT(*) FROM consumer_applied_events"
 count() {
   if [ -n "${LUMINA_DATABASE_URL:-}" ]; then psql "$LUMINA_DATABASE_URL" -qAtc "$COUNT"

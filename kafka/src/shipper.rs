@@ -220,8 +220,8 @@ impl Shipper {
         cancel: &CancellationToken,
     ) -> Result<bool, ShipError> {
         for e in entries {
-            let event_id = e.event_id.to_string();
-            let headers = self.headers.then(|| {
+            let event_id = self.headers.then(|| e.event_id.to_string());
+            let headers = event_id.as_deref().map(|event_id| {
                 OwnedHeaders::new_with_capacity(2)
                     .insert(Header {
                         key: "event_type",
@@ -229,7 +229,7 @@ impl Shipper {
                     })
                     .insert(Header {
                         key: "event_id",
-                        value: Some(event_id.as_str()),
+                        value: Some(event_id),
                     })
             });
             let mut record = FutureRecord::to(&self.topic)
