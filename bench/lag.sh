@@ -13,8 +13,8 @@
 # on the topic — so the lag is produce-to-apply through the broker. oha's latency percentiles
 # are printed too, to compare the gateway with and without the shipper. HEADERS=true ships
 # with the event_type/event_id message headers (kafka.headers). SHIPPER_ONLY=1 stops both
-# consumers before the load: the gateway's latency with the shipper and broker alone. KEEP=1
-# keeps the work dir.
+# consumers before the load: the gateway's latency with the shipper and broker alone (with
+# NO_BROKER=1 the broker is stopped too). KEEP=1 keeps the work dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +42,7 @@ if [ "${DISTRIBUTED:-0}" = 1 ]; then
   (cd "$WORK" && exec "${LUMINA_TEST_TANSU:?DISTRIBUTED=1 needs LUMINA_TEST_TANSU}" broker \
     --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
     --storage-engine sqlite://tansu.db > "$WORK/tansu.out" 2>&1) &
+  TANSU_PID=$!
   sleep 1
   printf '[database]\nurl = "%s"\n[kafka]\nbrokers = "127.0.0.1:%s"\nassignment = "all"\nheaders = %s\n' \
     "$LUMINA_DATABASE_URL" "$KPORT" "${HEADERS:-false}" >> "$WORK/lumina.toml"
@@ -64,6 +65,8 @@ if [ -n "${SHIPPER_ONLY:-}" ]; then
   # The gateway's latency with the shipper and the broker alone: no consumer competes for the
   # cores during the load, so there is no lag to report afterwards.
   kill $CONSUMER_PIDS
+  # NO_BROKER=1 as well: the broker goes too, so the shipper only queues.
+  [ -z "${NO_BROKER:-}" ] || { kill -9 "$TANSU_PID"; wait "$TANSU_PID" 2>/dev/null || true; }
 fi
 "$OHA" --no-tui -z "${SECONDS_PER_RUN}s" -q 1000 -c 16 -m POST -H "Authorization: Bearer $KEY" \
   -H "content-type: application/json" \
