@@ -118,7 +118,14 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
             let shipper = lumina_kafka::Shipper::new(kafka, log.clone(), &data_dir)?;
-            Some(tokio::spawn(shipper.run(cancel.clone())))
+            let cancel = cancel.clone();
+            Some(tokio::spawn(async move {
+                let result = shipper.run(cancel).await;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "the shipper stopped; events stay in the local log until a restart");
+                }
+                result
+            }))
         }
     };
     let readiness = Readiness {
@@ -211,12 +218,10 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let _ = refresher.await;
     let _ = credit_refresher.await;
     let _ = sweeper.await;
-    if let Some(shipper) = shipper {
-        match shipper.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "shipper stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "shipper task failed"),
-            Ok(Ok(())) => {}
-        }
+    if let Some(shipper) = shipper
+        && let Err(e) = shipper.await
+    {
+        tracing::error!(error = %e, "shipper task failed");
     }
     for task in tasks {
         match task.await {

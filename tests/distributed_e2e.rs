@@ -995,3 +995,57 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
         assert_eq!(code, 402, "{text}");
     }
 }
+
+/// A request whose recorded content is larger than Kafka's default message limit (1 MB) is
+/// shipped like any other, and so is everything after it. With the producer limited to 1 MB
+/// (`message.max.bytes` passed through), that one event is passed over and counted, and the
+/// shipper goes on with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_a_megabyte_is_shipped_and_the_shipper_goes_on() {
+    for limited in [false, true] {
+        let extra = if limited {
+            "[kafka.settings]\n\"message.max.bytes\" = \"1000000\"\n"
+        } else {
+            ""
+        };
+        let cluster = Cluster::start(1, "all", extra).await;
+        let (gateway, pool) = (&cluster.gateways[0], &cluster.pool);
+        let account = gateway.account("Long Context Co", "1000").await;
+        let (_, key) = gateway
+            .key_with(&account, json!({"store_content": true}))
+            .await;
+        let prompt = "lorem ipsum ".repeat(150_000);
+        let body = json!({"model": "lumina-fast", "max_tokens": 16,
+            "messages": [{"role": "user", "content": prompt}]});
+        let (code, _, text) = gateway.chat(&key, &body).await;
+        assert_eq!(code, 200, "{text}");
+        burst(gateway, &key, 3, "after").await;
+
+        let events = local_log(gateway);
+        let content = events
+            .iter()
+            .find(|e| e["event_type"] == "RequestContentRecorded")
+            .expect("the content was recorded");
+        assert!(content.to_string().len() > 1_800_000);
+        let expected = events.len() as i64 - i64::from(limited);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let applied = scalar(
+                pool,
+                "SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = 'projector'",
+            )
+            .await;
+            if applied == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "limited {limited}: the projector applied {applied} of {expected} events\n{}",
+                gateway.output()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let passed_over = gauge(gateway, "lumina_shipper_oversized_events_total").await;
+        assert_eq!(passed_over, f64::from(u8::from(limited)));
+    }
+}

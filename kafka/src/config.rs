@@ -9,6 +9,11 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use serde::Deserialize;
 
+/// The largest message Lumina produces and asks of the topics it creates (64 MiB): an event
+/// recording a request's content can be as large as the request body (8 MiB by default), and
+/// Kafka's default of 1 MB would refuse it.
+pub const MAX_MESSAGE_BYTES: &str = "67108864";
+
 /// `[kafka]` in `lumina.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,13 +150,15 @@ impl KafkaConfig {
                 &self.topic,
                 self.partitions,
                 TopicReplication::Fixed(self.replication_factor),
-            ),
+            )
+            .set("max.message.bytes", MAX_MESSAGE_BYTES),
             NewTopic::new(
                 &self.policy_topic,
                 1,
                 TopicReplication::Fixed(self.replication_factor),
             ),
-            NewTopic::new(&dlq, 1, TopicReplication::Fixed(self.replication_factor)),
+            NewTopic::new(&dlq, 1, TopicReplication::Fixed(self.replication_factor))
+                .set("max.message.bytes", MAX_MESSAGE_BYTES),
         ];
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin

@@ -8,6 +8,6 @@ pub mod reader;
 pub mod shipper;
 pub mod source;
 
-pub use config::{Assignment, KafkaConfig};
+pub use config::{Assignment, KafkaConfig, MAX_MESSAGE_BYTES};
 pub use shipper::{ShipError, Shipper, ShipperStatus};
 pub use source::KafkaSource;

@@ -18,7 +18,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, MAX_MESSAGE_BYTES};
 
 /// Entries produced and not yet acknowledged, at most: the producer keeps this many in flight
 /// and reads on as the oldest are acknowledged, so the broker is never left waiting for the
@@ -63,6 +63,7 @@ pub struct Shipper {
     retention: Duration,
     log: EventLog,
     reader: LogReader,
+    client: rdkafka::ClientConfig,
     producer: FutureProducer,
     position_file: PathBuf,
     headers: bool,
@@ -84,6 +85,7 @@ impl Shipper {
             // broker held every in-flight request (profiled against Tansu: 5 ms spun at 100%,
             // 20 ms at 60%); 50 ms does not.
             .set("linger.ms", "50")
+            .set("message.max.bytes", MAX_MESSAGE_BYTES)
             .set("partitioner", "murmur2_random");
         for (k, v) in &config.settings {
             client.set(k, v);
@@ -101,6 +103,7 @@ impl Shipper {
             retention: config.retention(),
             log,
             reader,
+            client,
             producer,
             position_file,
             headers: config.headers,
@@ -113,8 +116,9 @@ impl Shipper {
         self.status.subscribe()
     }
 
-    /// Ships until `cancel` fires; then waits briefly for what is in flight.
-    pub async fn run(self, cancel: CancellationToken) -> Result<(), ShipError> {
+    /// Ships until `cancel` fires; then waits briefly for what is in flight. Returns an error
+    /// only when the position file cannot be written; broker trouble is retried.
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), ShipError> {
         let mut acked = self.status.borrow().acked;
         let mut written = acked;
         let mut in_flight = InFlight::default();
@@ -122,18 +126,29 @@ impl Shipper {
         let mut last_prune = Instant::now();
         let mut last_write = Instant::now();
         let mut backoff = Duration::from_millis(100);
+        for counter in [
+            "lumina_shipper_produce_errors_total",
+            "lumina_shipper_oversized_events_total",
+            "lumina_shipper_producer_restarts_total",
+        ] {
+            // Exported from the start, so a dashboard sees 0 rather than nothing.
+            metrics::counter!(counter).increment(0);
+        }
         tracing::info!(topic = %self.topic, position = acked, "shipper started");
         while !cancel.is_cancelled() {
             // Produce what the log holds beyond what is in flight, as far as the window allows.
             let room = MAX_IN_FLIGHT - in_flight.len();
             let mut more = false;
+            let mut failed = None;
             if room > 0 {
                 let after = in_flight.sent().unwrap_or(acked);
                 match self.reader.read_after(after, room.min(READ_CHUNK)).await {
                     Ok(entries) => {
                         more = entries.len() == room.min(READ_CHUNK);
-                        if !self.produce(&entries, &mut in_flight, &cancel).await? {
-                            break;
+                        match self.produce(&entries, &mut in_flight, &cancel).await {
+                            Ok(true) => {}
+                            Ok(false) => break,
+                            Err(e) => failed = Some(e),
                         }
                     }
                     Err(e) => {
@@ -147,46 +162,55 @@ impl Shipper {
             }
             // Take every acknowledgement that has come; wait for one only when nothing else
             // is to be done.
-            let waited = if more && in_flight.len() < MAX_IN_FLIGHT {
-                in_flight.take_acknowledged()
+            let mut acks = Acks::default();
+            if failed.is_some() || (more && in_flight.len() < MAX_IN_FLIGHT) {
+                in_flight.take_acknowledged(&mut acks);
             } else if in_flight.is_empty() {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = commits.changed() => {}
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
-                Ok(None)
             } else {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    result = in_flight.next_acknowledged() => result,
-                    _ = commits.changed(), if in_flight.len() < MAX_IN_FLIGHT => Ok(None),
-                    // While the broker is away the backlog and its age keep being reported.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => Ok(None),
-                }
-            };
-            match waited {
-                Ok(Some(position)) => {
-                    let newer = in_flight.take_acknowledged().unwrap_or(None);
-                    let position = newer.unwrap_or(position);
-                    metrics::counter!("lumina_shipper_shipped_events_total")
-                        .increment(position - acked);
-                    acked = position;
-                    backoff = Duration::from_millis(100);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    metrics::counter!("lumina_shipper_produce_errors_total").increment(1);
-                    self.status.send_modify(|s| s.produce_errors += 1);
-                    tracing::warn!(error = %e, position = acked, "shipping failed; sending again from the acknowledged position");
-                    // What is still queued in the producer may arrive too: consumers drop the
-                    // repeats by event_id.
-                    in_flight.clear();
-                    if sleep_or_cancel(&cancel, backoff).await {
-                        break;
+                    () = in_flight.next_acknowledged(&mut acks) => {
+                        in_flight.take_acknowledged(&mut acks);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    _ = commits.changed(), if in_flight.len() < MAX_IN_FLIGHT => {}
+                    // While the broker is away the backlog and its age keep being reported.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
+            }
+            if let Some(position) = acks.delivered {
+                metrics::counter!("lumina_shipper_shipped_events_total")
+                    .increment(position - acked);
+                acked = position;
+                backoff = Duration::from_millis(100);
+            }
+            if let Some((position, e)) = acks.failed {
+                if is_too_large(&e) {
+                    // It can never be shipped; holding everything behind it would be worse.
+                    metrics::counter!("lumina_shipper_oversized_events_total").increment(1);
+                    tracing::error!(error = %e, position,
+                        "the broker refused an event as too large; it stays in the local log only (lumina replay --data-dir)");
+                    acked = position;
+                } else {
+                    failed = Some(e);
+                }
+            }
+            if let Some(e) = failed {
+                metrics::counter!("lumina_shipper_produce_errors_total").increment(1);
+                self.status.send_modify(|s| s.produce_errors += 1);
+                tracing::warn!(error = %e, position = acked, "shipping failed; sending again from the acknowledged position");
+                // What is still queued in the producer may arrive too: consumers drop the
+                // repeats by event_id.
+                in_flight.clear();
+                self.renew_producer_after_fatal_error();
+                if sleep_or_cancel(&cancel, backoff).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             if acked != written && (in_flight.is_empty() || last_write.elapsed() >= POSITION_EVERY)
             {
@@ -202,7 +226,9 @@ impl Shipper {
         }
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
-        if let Ok(Some(position)) = in_flight.take_acknowledged() {
+        let mut acks = Acks::default();
+        in_flight.take_acknowledged(&mut acks);
+        if let Some(position) = acks.delivered {
             acked = position;
         }
         if acked != written {
@@ -212,13 +238,35 @@ impl Shipper {
         Ok(())
     }
 
+    /// After a fatal error an idempotent producer refuses every message: start a new one (a new
+    /// producer id; consumers drop what the old one may still have delivered).
+    fn renew_producer_after_fatal_error(&mut self) {
+        let Some((code, reason)) = self.producer.client().fatal_error() else {
+            return;
+        };
+        tracing::error!(
+            ?code,
+            reason,
+            "the producer hit a fatal error; starting a new one"
+        );
+        match self.client.create() {
+            Ok(producer) => {
+                self.producer = producer;
+                metrics::counter!("lumina_shipper_producer_restarts_total").increment(1);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start a new producer; retrying"),
+        }
+    }
+
     /// Hands `entries` to the producer; `Ok(false)` when cancelled while its queue was full.
+    /// An entry the producer refuses as too large is passed over (and counted): no broker
+    /// would take it.
     async fn produce(
         &self,
         entries: &[LogEntry],
         in_flight: &mut InFlight,
         cancel: &CancellationToken,
-    ) -> Result<bool, ShipError> {
+    ) -> Result<bool, KafkaError> {
         for e in entries {
             let event_id = self.headers.then(|| e.event_id.to_string());
             let headers = event_id.as_deref().map(|event_id| {
@@ -241,7 +289,7 @@ impl Shipper {
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
-                        in_flight.push(e.position, e.appended_at, delivery);
+                        in_flight.push(e.position, e.appended_at, Some(delivery));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -250,7 +298,15 @@ impl Shipper {
                             return Ok(false);
                         }
                     }
-                    Err((e, _)) => return Err(ShipError::Kafka(e)),
+                    Err((err, _)) if is_too_large(&err) => {
+                        metrics::counter!("lumina_shipper_oversized_events_total").increment(1);
+                        tracing::error!(error = %err, position = e.position, event_id = %e.event_id,
+                            bytes = e.bytes.len(),
+                            "an event exceeds message.max.bytes; it stays in the local log only (lumina replay --data-dir)");
+                        in_flight.push(e.position, e.appended_at, None);
+                        break;
+                    }
+                    Err((err, _)) => return Err(err),
                 }
             }
         }
@@ -294,14 +350,23 @@ impl Shipper {
     }
 }
 
-/// Entries handed to the producer and not yet acknowledged, oldest first.
+/// Entries handed to the producer and not yet acknowledged, oldest first; `None` for an entry
+/// passed over.
 #[derive(Default)]
 struct InFlight {
-    entries: VecDeque<(u64, i64, DeliveryFuture)>,
+    entries: VecDeque<(u64, i64, Option<DeliveryFuture>)>,
+}
+
+/// What came back from the broker: the newest position delivered with everything before it,
+/// and the entry after it that failed, if one did.
+#[derive(Default)]
+struct Acks {
+    delivered: Option<u64>,
+    failed: Option<(u64, KafkaError)>,
 }
 
 impl InFlight {
-    fn push(&mut self, position: u64, appended_at: i64, delivery: DeliveryFuture) {
+    fn push(&mut self, position: u64, appended_at: i64, delivery: Option<DeliveryFuture>) {
         self.entries.push_back((position, appended_at, delivery));
     }
 
@@ -326,31 +391,43 @@ impl InFlight {
         self.entries.front().map(|(_, at, _)| *at)
     }
 
-    /// Waits for the oldest entry's acknowledgement and returns its position.
-    async fn next_acknowledged(&mut self) -> Result<Option<u64>, KafkaError> {
+    /// Waits until the oldest entry is acknowledged (or failed) and records it in `acks`.
+    async fn next_acknowledged(&mut self, acks: &mut Acks) {
         let Some((position, _, delivery)) = self.entries.front_mut() else {
-            return Ok(None);
+            return std::future::pending().await;
         };
         let position = *position;
-        let result = delivery.await;
+        let result = match delivery {
+            Some(delivery) => delivered(delivery.await),
+            None => Ok(()),
+        };
         self.entries.pop_front();
-        delivered(result).map(|()| Some(position))
+        match result {
+            Ok(()) => acks.delivered = Some(position),
+            Err(e) => acks.failed = Some((position, e)),
+        }
     }
 
-    /// Pops the oldest entries already acknowledged, in order, and returns the newest of their
-    /// positions; stops at the first still waiting.
-    fn take_acknowledged(&mut self) -> Result<Option<u64>, KafkaError> {
-        let mut newest = None;
-        while let Some((position, _, delivery)) = self.entries.front_mut() {
+    /// Pops the oldest entries already acknowledged, in order, into `acks`; stops at the first
+    /// still waiting, or after the first that failed.
+    fn take_acknowledged(&mut self, acks: &mut Acks) {
+        while acks.failed.is_none()
+            && let Some((position, _, delivery)) = self.entries.front_mut()
+        {
             let position = *position;
-            let Some(result) = delivery.now_or_never() else {
-                break;
+            let result = match delivery {
+                Some(delivery) => match delivery.now_or_never() {
+                    Some(result) => delivered(result),
+                    None => break,
+                },
+                None => Ok(()),
             };
             self.entries.pop_front();
-            delivered(result)?;
-            newest = Some(position);
+            match result {
+                Ok(()) => acks.delivered = Some(position),
+                Err(e) => acks.failed = Some((position, e)),
+            }
         }
-        Ok(newest)
     }
 }
 
@@ -366,6 +443,14 @@ fn delivered(
         Ok(Err((e, _))) => Err(e),
         Err(_) => Err(KafkaError::Canceled),
     }
+}
+
+/// The producer or the broker refused a message for its size.
+fn is_too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+    )
 }
 
 fn read_position(path: &Path) -> Result<u64, ShipError> {

@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::config::{Assignment, KafkaConfig};
+use crate::config::{Assignment, KafkaConfig, MAX_MESSAGE_BYTES};
 
 /// Assigned partitions and the first offset accepted from each.
 type Floors = Arc<Mutex<HashMap<i32, i64>>>;
@@ -194,6 +194,7 @@ impl KafkaSource {
             .client()
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            .set("message.max.bytes", MAX_MESSAGE_BYTES)
             .create()
             .map_err(err)?;
         Ok(KafkaSource {
