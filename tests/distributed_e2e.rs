@@ -88,6 +88,61 @@ async fn scalar(pool: &sqlx::AnyPool, sql: &str) -> i64 {
         .get::<i64, _>(0)
 }
 
+/// Polls `sql` (one integer) until it returns `expected`; fails after 60 s saying `what`.
+async fn wait_for_scalar(pool: &sqlx::AnyPool, sql: &str, expected: i64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let value = scalar(pool, sql).await;
+        if value == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {value} of {expected} after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Requires `consumer` to have applied exactly the events `wanted`, each once.
+async fn assert_applied_once(pool: &sqlx::AnyPool, consumer: &str, wanted: &BTreeSet<&str>) {
+    let applied: Vec<String> =
+        sqlx::query("SELECT event_id FROM consumer_applied_events WHERE consumer = $1")
+            .bind(consumer)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+    let applied_set: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
+    assert_eq!(
+        applied_set.len(),
+        applied.len(),
+        "{consumer}: an event applied twice"
+    );
+    assert_eq!(
+        &applied_set, wanted,
+        "{consumer}: applied events differ from the gateways' logs"
+    );
+}
+
+/// `lumina reconcile` against the topic reports a clean journal.
+fn assert_reconciles(config_path: &std::path::Path) {
+    let (ok, out, err) = run(
+        &[
+            "reconcile",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--wait",
+            "30",
+        ],
+        &[],
+    );
+    assert!(ok, "reconcile failed:\n{out}\n{err}");
+    assert!(out.contains("reconcile: clean"), "{out}");
+}
+
 /// A message read back: partition, payload, headers.
 type TopicMessage = (i32, Vec<u8>, Vec<(String, String)>);
 
@@ -355,25 +410,7 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
 
     // Exactly the gateways' events, each once, in each consumer.
     for (consumer, wanted) in [("ledger", &ledger_ids), ("projector", &ids)] {
-        let applied: Vec<String> =
-            sqlx::query("SELECT event_id FROM consumer_applied_events WHERE consumer = $1")
-                .bind(consumer)
-                .fetch_all(&pool)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>(0))
-                .collect();
-        let applied_set: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
-        assert_eq!(
-            applied_set.len(),
-            applied.len(),
-            "{consumer}: an event applied twice"
-        );
-        assert_eq!(
-            &applied_set, wanted,
-            "{consumer}: applied events differ from the gateways' logs"
-        );
+        assert_applied_once(&pool, consumer, wanted).await;
     }
 
     // Every client's cost is its ledger charge.
@@ -482,18 +519,7 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
     }
 
     // The journal reconciles against the topic.
-    let (ok, out, err) = run(
-        &[
-            "reconcile",
-            "--config",
-            config_path.to_str().unwrap(),
-            "--wait",
-            "30",
-        ],
-        &[],
-    );
-    assert!(ok, "reconcile failed:\n{out}\n{err}");
-    assert!(out.contains("reconcile: clean"), "{out}");
+    assert_reconciles(&config_path);
 
     // For data teams: the topic replayed as JSON lines, one per event; and a live tail.
     let (ok, out, err) = run(&["replay", "--config", config_path.to_str().unwrap()], &[]);
@@ -710,22 +736,13 @@ async fn pay_and_settle(gateway: &Lumina, keys: &[String], tag: &str, pool: &sql
         .iter()
         .filter(|e| e["event_type"] == "RequestSettled")
         .count() as i64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let journaled = scalar(
-            pool,
-            "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'settle'",
-        )
-        .await;
-        if journaled == settlements {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{tag}: {journaled} of {settlements} settlements journaled"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_scalar(
+        pool,
+        "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'settle'",
+        settlements,
+        &format!("{tag}: settlements journaled"),
+    )
+    .await;
 }
 
 /// Whether `member`'s latest join made it its group's leader (from librdkafka's `cgrp` debug
@@ -814,29 +831,8 @@ async fn ledgers_in_a_group_split_the_partitions_and_take_over_from_each_other()
         .filter(|e| ledger_handles(e["event_type"].as_str().unwrap()))
         .map(|e| e["event_id"].as_str().unwrap())
         .collect();
-    let applied: Vec<String> =
-        sqlx::query("SELECT event_id FROM consumer_applied_events WHERE consumer = 'ledger'")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<String, _>(0))
-            .collect();
-    let applied_set: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
-    assert_eq!(applied_set.len(), applied.len(), "an event applied twice");
-    assert_eq!(applied_set, wanted);
-    let (ok, out, err) = run(
-        &[
-            "reconcile",
-            "--config",
-            config_path.to_str().unwrap(),
-            "--wait",
-            "30",
-        ],
-        &[],
-    );
-    assert!(ok, "reconcile failed:\n{out}\n{err}");
-    assert!(out.contains("reconcile: clean"), "{out}");
+    assert_applied_once(&pool, "ledger", &wanted).await;
+    assert_reconciles(&config_path);
     // `--once` on the topic: a ledger on an empty database reads every partition to its end as
     // of its start, then exits, with the same balances.
     first.stop();
@@ -926,21 +922,15 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
     );
 
     // Everything settled in the ledger.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let settled = scalar(
-            pool,
-            &format!(
-                "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'settle' AND account_id = '{account}'"
-            ),
-        )
-        .await;
-        if settled == paid {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{settled} of {paid} settled");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_scalar(
+        pool,
+        &format!(
+            "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'settle' AND account_id = '{account}'"
+        ),
+        paid,
+        "settlements journaled",
+    )
+    .await;
     let spent = scalar(
         pool,
         &format!("SELECT spent_nano FROM ledger_balances WHERE account_id = '{account}'"),
@@ -1028,23 +1018,13 @@ async fn an_event_over_a_megabyte_is_shipped_and_the_shipper_goes_on() {
             .expect("the content was recorded");
         assert!(content.to_string().len() > 1_800_000);
         let expected = events.len() as i64 - i64::from(limited);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let applied = scalar(
-                pool,
-                "SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = 'projector'",
-            )
-            .await;
-            if applied == expected {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "limited {limited}: the projector applied {applied} of {expected} events\n{}",
-                gateway.output()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        wait_for_scalar(
+            pool,
+            "SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = 'projector'",
+            expected,
+            &format!("limited {limited}: events the projector applied"),
+        )
+        .await;
         let passed_over = gauge(gateway, "lumina_shipper_oversized_events_total").await;
         assert_eq!(passed_over, f64::from(u8::from(limited)));
     }
