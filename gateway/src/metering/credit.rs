@@ -109,7 +109,7 @@ impl CreditBook {
         CreditBook::default()
     }
 
-    /// An empty book whose holds are matched to the ledger's applied events.
+    /// An empty book that learns the ledger carries a hold as `reflection` says.
     pub fn with_reflection(reflection: Reflection) -> CreditBook {
         CreditBook {
             book: Mutex::default(),
