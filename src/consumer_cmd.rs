@@ -46,8 +46,13 @@ pub async fn run<P: Projection>(config: &Config, projection: P, once: bool) -> a
     let end = i64::try_from(reader.end_position().await?).unwrap_or(i64::MAX);
     let source = LocalLogSource::new(reader).only(&handled_types(&projection));
     let consumer = Consumer::new(db, source, projection, options);
-    let until = (end > 0).then(|| vec![(0, end + 1)]);
-    drive(consumer, once.then(|| until.unwrap_or_default())).await
+    // Positions are dense from 1: the log as it is now is applied once the next one is end + 1.
+    let ends = if end > 0 {
+        vec![(0, end + 1)]
+    } else {
+        Vec::new()
+    };
+    drive(consumer, once.then_some(ends)).await
 }
 
 /// Runs `consumer` until a signal, or until its next offset in each partition of `until`
