@@ -889,6 +889,17 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
     let pricing = "headers = true\n[pricing.paths.fast]\ninput = \"0\"\noutput = \"1000\"\n";
     let cluster = Cluster::start(2, "all", pricing).await;
     let (gateways, pool) = (&cluster.gateways, &cluster.pool);
+    // An account opened through one gateway has its credit on the other at once, not only
+    // after that gateway's next refresh.
+    for i in 0..5 {
+        let account = gateways[0].account(&format!("Fresh {i}"), "1").await;
+        let (_, key) = gateways[0].key(&account).await;
+        let body = json!({"model": "lumina-fast", "max_tokens": 40,
+            "messages": [{"role": "user", "content": "first"}]});
+        let (code, _, text) = gateways[1].chat(&key, &body).await;
+        assert_eq!(code, 200, "fresh account {i} on the other gateway: {text}");
+    }
+
     let granted: i64 = 400_000_000;
     let account = gateways[0].account("Contended Co", "0.4").await;
     let (_, key) = gateways[0].key(&account).await;

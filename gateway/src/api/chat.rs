@@ -420,9 +420,11 @@ pub async fn create(
         request.max_tokens,
     );
     if hold.is_positive() {
+        let db = state.admin.read_model().database();
         state
             .credits
-            .try_hold(&meta.key.account_id, &meta.request_id, hold.0)
+            .hold(db, &meta.key.account_id, &meta.request_id, hold.0)
+            .await
             .map_err(|e| ApiError::InsufficientQuota {
                 available: NanoCredits(e.available),
                 needed: NanoCredits(e.needed),

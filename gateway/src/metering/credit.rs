@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use lumina_eventlog::{Database, LogError};
 use sqlx::Row;
@@ -48,6 +49,8 @@ struct Pending {
 #[derive(Default)]
 struct Book {
     available: HashMap<String, i64>,
+    /// When the last snapshot was installed.
+    refreshed_at: Option<Instant>,
     pending: HashMap<String, Pending>,
     pending_by_account: HashMap<String, i64>,
 }
@@ -101,6 +104,9 @@ pub struct CreditBook {
 
 /// Consumer name the ledger stores its positions under.
 const LEDGER: &str = "ledger";
+
+/// The least time between two snapshots read on demand for an account the book does not know.
+const UNKNOWN_ACCOUNT_REFRESH: Duration = Duration::from_millis(50);
 
 impl CreditBook {
     /// An empty book for a ledger on this gateway's local log; [`CreditBook::refresh`] loads
@@ -159,6 +165,36 @@ impl CreditBook {
             .entry(account_id.to_string())
             .or_insert(0) += amount;
         Ok(())
+    }
+
+    /// [`CreditBook::try_hold`], but an account missing from the snapshot (opened through
+    /// another gateway since the last refresh) gets a fresh snapshot first: its key already
+    /// works here, so its credit must too. Snapshots read this way are at least
+    /// `UNKNOWN_ACCOUNT_REFRESH` apart, so unknown accounts cannot turn requests into queries.
+    pub async fn hold(
+        &self,
+        db: &Database,
+        account_id: &str,
+        request_id: &str,
+        amount: i64,
+    ) -> Result<(), Insufficient> {
+        let refused = match self.try_hold(account_id, request_id, amount) {
+            Ok(()) => return Ok(()),
+            Err(refused) => refused,
+        };
+        let stale = self.book.lock().is_ok_and(|b| {
+            !b.available.contains_key(account_id)
+                && b.refreshed_at
+                    .is_none_or(|at| at.elapsed() >= UNKNOWN_ACCOUNT_REFRESH)
+        });
+        if !stale {
+            return Err(refused);
+        }
+        if let Err(e) = self.refresh(db).await {
+            tracing::warn!(error = %e, "credit refresh for an unknown account failed");
+            return Err(refused);
+        }
+        self.try_hold(account_id, request_id, amount)
     }
 
     /// Records the hold's `RequestRouted` event and where it will land in the log.
@@ -276,6 +312,7 @@ impl CreditBook {
             return;
         };
         book.available = available;
+        book.refreshed_at = Some(Instant::now());
         let mut reflected = Vec::new();
         for (request_id, p) in book.pending.iter_mut() {
             if let Position::Waiting(rx) = &mut p.position {
