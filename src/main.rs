@@ -3,6 +3,7 @@
 mod client;
 mod config;
 mod consumer_cmd;
+mod data_dir;
 mod eval_export;
 mod http;
 mod replay;

@@ -66,14 +66,14 @@ pub enum Mode {
 /// Runs the gateway (with, in embedded mode, its consumers) until a signal.
 pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    crate::data_dir::prepare(&data_dir)?;
     let secrets = Secrets::load_or_create(&config)?;
     let metrics = lumina_gateway::api::metrics::install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     let log = open_log(&config).await?;
     let fresh = log.committed_position() == 0;
     let db = connect_database(&config).await?;
+    crate::data_dir::tighten(&data_dir)?;
     let read_model = ReadModel::new(db.clone());
 
     let cancel = CancellationToken::new();

@@ -11,6 +11,7 @@ use lumina_eventlog::{ConsumerWatch, EventLog, LogError, Projection};
 use lumina_ledger::{Balance, Ledger};
 use lumina_projector::{AccountRow, KeyRow, ReadModel};
 use lumina_schemas::ids::new_id;
+use lumina_schemas::money::MAX_ACCOUNT_CREDITS;
 use lumina_schemas::payloads::{
     AccountOpened, ApiKeyCreated, ApiKeyRevoked, CreditsGranted, LimitsChanged,
 };
@@ -105,7 +106,29 @@ fn valid_limit(limit: Option<i64>, param: &'static str) -> Result<Option<i64>, A
             message: format!("'{param}' must be a positive integer"),
             param,
         }),
+        Some(n) if n > i64::from(u32::MAX) => Err(AdminError::Invalid {
+            message: format!("'{param}' must be at most {} per minute", u32::MAX),
+            param,
+        }),
         other => Ok(other),
+    }
+}
+
+/// Refuses a grant that would take an account's granted credits past
+/// [`MAX_ACCOUNT_CREDITS`], the bound that keeps every balance far inside an `i64`.
+fn within_account_limit(
+    granted: NanoCredits,
+    amount: NanoCredits,
+    param: &'static str,
+) -> Result<(), AdminError> {
+    match granted.checked_add(amount) {
+        Some(total) if total <= MAX_ACCOUNT_CREDITS => Ok(()),
+        _ => Err(AdminError::Invalid {
+            message: format!(
+                "'{param}' would take the account's granted credits to more than {MAX_ACCOUNT_CREDITS}, the most an account can hold (it has {granted})."
+            ),
+            param,
+        }),
     }
 }
 
@@ -240,6 +263,7 @@ impl Admin {
         granted_by: &str,
     ) -> Result<AccountRow, AdminError> {
         let name = valid_name(name, "name")?;
+        within_account_limit(NanoCredits::ZERO, credits, "credits")?;
         let account_id = new_id("acct");
         let mut envelope = self.envelope(&account_id);
         let project_id = new_id("proj");
@@ -298,7 +322,8 @@ impl Admin {
                 param: "amount",
             });
         }
-        self.account(account_id).await?;
+        let account = self.account(account_id).await?;
+        within_account_limit(NanoCredits(account.granted_nano), amount, "amount")?;
         let event = Event::new(
             self.envelope(account_id),
             CreditsGranted {

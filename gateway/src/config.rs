@@ -163,6 +163,11 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// Deadline for a client to send its body (408 beyond).
     pub body_timeout_ms: u64,
+    /// Most choices (`n`) one request may ask for (400 beyond).
+    pub max_n: u32,
+    /// Most connections open at once; the effective bound is also kept below the process's
+    /// file-descriptor limit.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -172,6 +177,8 @@ impl Default for ServerConfig {
             max_headers: 100,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
+            max_n: 8,
+            max_connections: 10_000,
         }
     }
 }
@@ -334,6 +341,17 @@ impl GatewayConfig {
         }
         if self.server.max_body_bytes == 0 || self.server.max_headers == 0 {
             return Err("server.max_body_bytes and server.max_headers must be positive".into());
+        }
+        if !(1..=128).contains(&self.server.max_n) {
+            return Err("server.max_n: expected 1..=128 (OpenAI's own limit is 128)".into());
+        }
+        if self.server.max_connections == 0 {
+            return Err("server.max_connections must be positive".into());
+        }
+        if self.server.header_timeout_ms == 0 || self.server.body_timeout_ms == 0 {
+            return Err(
+                "server.header_timeout_ms and server.body_timeout_ms must be positive".into(),
+            );
         }
         Ok(self)
     }

@@ -10,6 +10,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::json_keys::{self, DuplicateKey, KeyCheck};
+
 /// A JSON object key, borrowed from the input unless it holds escapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key<'a>(pub Cow<'a, str>);
@@ -80,6 +82,21 @@ impl<'a> RawObject<'a> {
 /// Whether a raw value is JSON `null`.
 pub fn is_null(raw: &RawValue) -> bool {
     raw.get() == "null"
+}
+
+/// The largest `max_tokens` (or `max_completion_tokens`) a request may ask for: far above any
+/// model's output, low enough that every count derived from it stays exact.
+pub const MAX_OUTPUT_TOKENS: u64 = 100_000_000;
+
+/// The refusal of a body that names a member twice.
+pub fn duplicate_member(d: DuplicateKey) -> InvalidRequest {
+    InvalidRequest {
+        message: format!(
+            "The request body has the member '{}' more than once. Send each member once.",
+            d.path
+        ),
+        param: Some(d.path),
+    }
 }
 
 /// Why a request body was refused: what is wrong and which parameter.
@@ -311,6 +328,9 @@ impl<'a> ChatRequest<'a> {
                 param: None,
             });
         }
+        if let KeyCheck::Duplicate(d) = json_keys::check(body) {
+            return Err(duplicate_member(d));
+        }
         let fields: RawObject<'a> = serde_json::from_str(text).map_err(|e| InvalidRequest {
             message: format!("We could not parse the JSON body of your request ({e})."),
             param: None,
@@ -346,9 +366,18 @@ impl<'a> ChatRequest<'a> {
             }
         };
         let max_tokens = match opt_u64("max_completion_tokens")? {
-            Some(n) => Some(n),
-            None => opt_u64("max_tokens")?,
+            Some(n) => Some(("max_completion_tokens", n)),
+            None => opt_u64("max_tokens")?.map(|n| ("max_tokens", n)),
         };
+        if let Some((name, n)) = max_tokens
+            && n > MAX_OUTPUT_TOKENS
+        {
+            return Err(invalid(
+                format!("'{name}' is too large: at most {MAX_OUTPUT_TOKENS} tokens."),
+                name,
+            ));
+        }
+        let max_tokens = max_tokens.map(|(_, n)| n);
         let n = match opt_u64("n")? {
             Some(0) => return Err(invalid("'n' must be at least 1.", "n")),
             Some(n) => u32::try_from(n).map_err(|_| invalid("'n' is too large.", "n"))?,
@@ -689,7 +718,7 @@ impl From<TokenUsage> for UsageOut {
         UsageOut {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
-            total_tokens: u.prompt_tokens + u.completion_tokens,
+            total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
             prompt_tokens_details: PromptDetailsOut {
                 cached_tokens: u.cached_tokens,
             },

@@ -1,6 +1,7 @@
 //! The pure core: which journal entry an event makes. No I/O; every function here is a plain
 //! function of its input, unit-tested without a database.
 
+use lumina_schemas::money::MAX_ACCOUNT_CREDITS;
 use lumina_schemas::{Event, EventType, NanoCredits, Payload};
 use uuid::Uuid;
 
@@ -172,6 +173,12 @@ pub fn entry_for(event: &Event, hold: HoldState) -> Result<Option<JournalEntry>,
         Option<i64>,
     ) = match &event.payload {
         Payload::CreditsGranted(g) => {
+            if g.amount_nano > MAX_ACCOUNT_CREDITS.0 {
+                return Err(Unjournalable(format!(
+                    "grant of {} nano-credits is more than an account can hold",
+                    g.amount_nano
+                )));
+            }
             if g.amount_nano <= 0 {
                 return Err(Unjournalable(format!(
                     "grant of {} nano-credits is not positive",
@@ -192,6 +199,12 @@ pub fn entry_for(event: &Event, hold: HoldState) -> Result<Option<JournalEntry>,
             let Some(h) = r.hold.as_ref().filter(|h| h.amount_nano != 0) else {
                 return Ok(None);
             };
+            if h.amount_nano > MAX_ACCOUNT_CREDITS.0 {
+                return Err(Unjournalable(format!(
+                    "hold of {} nano-credits is more than an account can hold",
+                    h.amount_nano
+                )));
+            }
             if h.amount_nano < 0 {
                 return Err(Unjournalable(format!(
                     "hold of {} nano-credits is negative",
@@ -215,6 +228,11 @@ pub fn entry_for(event: &Event, hold: HoldState) -> Result<Option<JournalEntry>,
         }
         Payload::RequestSettled(s) => {
             let charge = s.charge_nano;
+            if charge > MAX_ACCOUNT_CREDITS.0 {
+                return Err(Unjournalable(format!(
+                    "charge of {charge} nano-credits is more than an account can hold"
+                )));
+            }
             if charge < 0 {
                 return Err(Unjournalable(format!(
                     "charge of {charge} nano-credits is negative"

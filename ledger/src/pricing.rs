@@ -134,11 +134,20 @@ fn default_path(path: &str) -> PathPrice {
     }
 }
 
+/// The highest price accepted, in credits per million tokens: with token counts bounded as
+/// the gateway bounds them, no charge or hold can then leave an `i64` of nano-credits.
+pub const MAX_PRICE: u32 = 100_000;
+
 fn parse_price(text: &str, key: &str) -> Result<Decimal, String> {
     let d = Decimal::from_str_exact(text.trim())
         .map_err(|_| format!("{key}: `{text}` is not a decimal number"))?;
     if d.is_sign_negative() {
         return Err(format!("{key}: prices cannot be negative"));
+    }
+    if d > Decimal::from(MAX_PRICE) {
+        return Err(format!(
+            "{key}: at most {MAX_PRICE} credits per million tokens"
+        ));
     }
     Ok(d)
 }
@@ -258,13 +267,14 @@ impl PriceTable {
         deployments: &[&str],
         prompt_tokens: u64,
         max_tokens: Option<u64>,
+        choices: u32,
     ) -> NanoCredits {
         let p = self.path(path);
         let price = deployments
             .iter()
             .filter_map(|d| self.deployments.get(*d))
             .fold(p.price, |acc, d| acc.max(*d));
-        let completion = max_tokens.unwrap_or(p.max_output_tokens);
+        let completion = self.output_allowance(path, max_tokens, choices);
         let worst = Price {
             input: price.input.max(price.cached_input),
             cached_input: price.input.max(price.cached_input),
@@ -287,6 +297,14 @@ impl PriceTable {
     /// Output tokens a hold assumes on `path` without `max_tokens`.
     pub fn max_output_tokens(&self, path: &str) -> u64 {
         self.path(path).max_output_tokens
+    }
+
+    /// The completion tokens a request may be billed for: `max_tokens` (or the path's
+    /// default maximum) for each of its `choices`. Its hold covers exactly this much output.
+    pub fn output_allowance(&self, path: &str, max_tokens: Option<u64>, choices: u32) -> u64 {
+        max_tokens
+            .unwrap_or_else(|| self.max_output_tokens(path))
+            .saturating_mul(u64::from(choices.max(1)))
     }
 }
 
@@ -436,13 +454,19 @@ mod tests {
         .unwrap();
         assert_eq!(t.version, "v7");
         // 10 prompt × max(1, 2) + 100 output × max(3, 1) = 20 + 300 = 320 ×1000 nano.
-        assert_eq!(t.hold("fast", &["a/m"], 10, None), NanoCredits(320_000));
+        assert_eq!(t.hold("fast", &["a/m"], 10, None, 1), NanoCredits(320_000));
         assert_eq!(
-            t.hold("fast", &[], 10, Some(5)),
+            t.hold("fast", &[], 10, Some(5), 1),
             NanoCredits(10_000 + 15_000)
         );
+        // Each of n choices may write max_tokens: the hold covers all of them.
+        assert_eq!(
+            t.hold("fast", &[], 10, Some(5), 3),
+            NanoCredits(10_000 + 3 * 15_000)
+        );
+        assert_eq!(t.output_allowance("fast", None, 4), 400);
         let tiny = table("[paths.fast]\ninput = \"0.0000001\"\noutput = \"0\"\n").unwrap();
-        assert_eq!(tiny.hold("fast", &[], 1, Some(0)), NanoCredits(1)); // 0.0001 → 1
+        assert_eq!(tiny.hold("fast", &[], 1, Some(0), 1), NanoCredits(1)); // 0.0001 → 1
         let charge = PriceTable::charge(
             &t.price("fast", Some("a/m")),
             Tokens {
@@ -452,7 +476,7 @@ mod tests {
                 reasoning: 0,
             },
         );
-        assert!(charge <= t.hold("fast", &["a/m"], 10, None));
+        assert!(charge <= t.hold("fast", &["a/m"], 10, None, 1));
     }
 
     #[test]
@@ -474,6 +498,10 @@ mod tests {
             ),
             ("[deployments.\"a/b\"]\ninput = \"1\"\n", "input and output"),
             ("version = \"\"\n", "pricing.version"),
+            (
+                "[paths.fast]\noutput = \"100000.000000001\"\n",
+                "pricing.paths.fast.output: at most 100000",
+            ),
         ] {
             let e = table(text).unwrap_err();
             assert!(e.contains(key), "{text}: {e}");

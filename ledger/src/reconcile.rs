@@ -173,7 +173,13 @@ async fn compare(
             report.money_events += 1;
             if let Payload::RequestSettled(s) = &event.payload {
                 report.settlements += 1;
-                report.charged_nano += s.charge_nano;
+                match report.charged_nano.checked_add(s.charge_nano) {
+                    Some(total) => report.charged_nano = total,
+                    None => report.problems.push(format!(
+                        "the charges in the log overflow at event {} ({} nano-credits)",
+                        event.envelope.event_id, s.charge_nano
+                    )),
+                }
             }
             let request = event.envelope.request_id.clone();
             let state = match (&event.payload, &request) {
@@ -293,13 +299,13 @@ async fn compare(
         let sum: i64 = r.try_get(2).map_err(|e| e.to_string())?;
         let slot = posted.entry(account).or_default();
         if code.ends_with(":available") {
-            slot[0] += sum;
+            slot[0] = slot[0].saturating_add(sum);
         } else if code.ends_with(":held") {
-            slot[1] += sum;
+            slot[1] = slot[1].saturating_add(sum);
         } else if code == "system:revenue" {
-            slot[2] += sum;
+            slot[2] = slot[2].saturating_add(sum);
         } else if code == "system:grants" {
-            slot[3] -= sum;
+            slot[3] = slot[3].saturating_sub(sum);
         }
     }
     for r in balances {

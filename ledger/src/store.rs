@@ -30,23 +30,7 @@ impl lumina_eventlog::Projection for LedgerProjection {
     }
 
     async fn apply(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyError> {
-        let hold = match (&event.payload, event.envelope.request_id.as_deref()) {
-            (Payload::CreditsGranted(_), _) | (_, None) => HoldState::Missing,
-            (_, Some(request_id)) => hold_state(conn, request_id).await?,
-        };
-        let entry = match entry_for(event, hold) {
-            Ok(Some(entry)) => entry,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(ApplyError::Rejected(e.0)),
-        };
-        if !entry.is_balanced() {
-            return Err(ApplyError::Rejected(format!(
-                "entry for {} does not balance",
-                entry.event_id
-            )));
-        }
-        record_entry(conn, &entry).await?;
-        update_hold(conn, event, &entry).await
+        apply_batch(conn, &[event]).await
     }
 
     async fn apply_batch(
@@ -60,6 +44,41 @@ impl lumina_eventlog::Projection for LedgerProjection {
 
 /// Rows per multi-row statement: far below both databases' parameter limits.
 const ROWS: usize = 500;
+
+/// The largest magnitude any balance may reach. Grants are bounded far below it
+/// (`MAX_ACCOUNT_CREDITS`), so only an impossible amount gets here, and the entry carrying it
+/// is refused as poison rather than wrapping a balance; the margin to `i64::MAX` keeps
+/// concurrent batches of two ledgers from overflowing between them.
+const BALANCE_BOUND: u64 = (i64::MAX / 2) as u64;
+
+/// The balance columns in the order the batch computes them.
+const BALANCE_NAMES: [&str; 4] = ["available", "held", "spent", "granted"];
+
+/// The balances of `accounts` before the batch (absent: no entries yet).
+async fn load_balances(
+    conn: &mut AnyConnection,
+    accounts: &[&str],
+) -> Result<HashMap<String, [i64; 4]>, sqlx::Error> {
+    let mut balances = HashMap::with_capacity(accounts.len());
+    for chunk in accounts.chunks(ROWS) {
+        let sql = format!(
+            "SELECT account_id, available_nano, held_nano, spent_nano, granted_nano
+             FROM ledger_balances WHERE account_id IN {}",
+            in_list(conn, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            balances.insert(
+                r.try_get::<String, _>(0)?,
+                [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?],
+            );
+        }
+    }
+    Ok(balances)
+}
 
 /// A hold as the batch sees it, loaded or placed within the batch.
 struct HoldRow {
@@ -267,16 +286,35 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
     let mut order: Vec<String> = Vec::new();
     let mut totals: HashMap<String, [i64; 5]> = HashMap::new();
     let mut days: HashMap<String, Vec<(String, [i64; 4])>> = HashMap::new();
+    let mut accounts: Vec<&str> = entries.iter().map(|e| e.account_id.as_str()).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    let before = load_balances(conn, &accounts).await?;
     for e in &entries {
         let d = e.balance_delta();
         let t = totals.entry(e.account_id.clone()).or_insert_with(|| {
             order.push(e.account_id.clone());
             [0; 5]
         });
-        t[0] += d.available;
-        t[1] += d.held;
-        t[2] += d.spent;
-        t[3] += d.granted;
+        let base = before.get(&e.account_id).copied().unwrap_or_default();
+        for (i, delta) in [d.available, d.held, d.spent, d.granted]
+            .into_iter()
+            .enumerate()
+        {
+            t[i] = t[i]
+                .checked_add(delta)
+                .filter(|sum| {
+                    base[i]
+                        .checked_add(*sum)
+                        .is_some_and(|after| after.unsigned_abs() <= BALANCE_BOUND)
+                })
+                .ok_or_else(|| {
+                    ApplyError::Rejected(format!(
+                        "entry {} would take the {} balance of {} out of range",
+                        e.event_id, BALANCE_NAMES[i], e.account_id
+                    ))
+                })?;
+        }
         t[4] = t[4].max(e.occurred_at);
         let cumulative = [t[0], t[1], t[2], t[3]];
         let day = day_of(e.occurred_at);
@@ -357,153 +395,11 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
     Ok(())
 }
 
-async fn hold_state(conn: &mut AnyConnection, request_id: &str) -> Result<HoldState, ApplyError> {
-    let row = sqlx::query("SELECT amount_nano, status FROM ledger_holds WHERE request_id = $1")
-        .bind(request_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(match row {
-        None => HoldState::Missing,
-        Some(r) => {
-            let status: String = r.try_get(1)?;
-            if status == "open" {
-                HoldState::Open(r.try_get(0)?)
-            } else {
-                HoldState::Closed
-            }
-        }
-    })
-}
-
-/// Moves the request's hold through its life: placed by a hold entry, closed by a settlement
-/// or an expiry that released it.
-async fn update_hold(
-    conn: &mut AnyConnection,
-    event: &Event,
-    entry: &JournalEntry,
-) -> Result<(), ApplyError> {
-    let Some(request_id) = entry.request_id.as_deref() else {
-        return Ok(());
-    };
-    match (&event.payload, entry.kind) {
-        (Payload::RequestRouted(r), EntryKind::Hold) => {
-            let (amount, ttl) = r
-                .hold
-                .as_ref()
-                .map_or((0, 0), |h| (h.amount_nano, h.ttl_ms));
-            sqlx::query(
-                "INSERT INTO ledger_holds (request_id, account_id, amount_nano, placed_at, ttl_ms, status)
-                 VALUES ($1, $2, $3, $4, $5, 'open')",
-            )
-            .bind(request_id)
-            .bind(&entry.account_id)
-            .bind(amount)
-            .bind(entry.occurred_at)
-            .bind(ttl)
-            .execute(&mut *conn)
-            .await?;
-        }
-        (_, EntryKind::Settle | EntryKind::Expire) if entry.released.is_some_and(|r| r.0 > 0) => {
-            let status = if entry.kind == EntryKind::Settle {
-                "settled"
-            } else {
-                "expired"
-            };
-            sqlx::query(
-                "UPDATE ledger_holds SET status = $1, closed_at = $2
-                 WHERE request_id = $3 AND status = 'open'",
-            )
-            .bind(status)
-            .bind(entry.occurred_at)
-            .bind(request_id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 fn account_of(posting_account: &LedgerAccount) -> Option<&str> {
     match posting_account {
         LedgerAccount::Available(a) | LedgerAccount::Held(a) => Some(a),
         LedgerAccount::Revenue | LedgerAccount::Grants => None,
     }
-}
-
-async fn record_entry(conn: &mut AnyConnection, entry: &JournalEntry) -> Result<(), ApplyError> {
-    let event_id = entry.event_id.to_string();
-    for (line, posting) in (1i64..).zip(&entry.postings) {
-        sqlx::query(
-            "INSERT INTO ledger_postings (entry_event_id, line, ledger_account, account_id, amount_nano)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&event_id)
-        .bind(line)
-        .bind(posting.account.code())
-        .bind(account_of(&posting.account).unwrap_or(&entry.account_id))
-        .bind(posting.amount.0)
-        .execute(&mut *conn)
-        .await?;
-    }
-    sqlx::query(
-        "INSERT INTO ledger_entries
-             (event_id, kind, account_id, request_id, occurred_at, charged_nano, released_nano)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&event_id)
-    .bind(entry.kind.as_str())
-    .bind(&entry.account_id)
-    .bind(entry.request_id.as_deref())
-    .bind(entry.occurred_at)
-    .bind(entry.charged.map(|c| c.0))
-    .bind(entry.released.map(|r| r.0))
-    .execute(&mut *conn)
-    .await?;
-    let d = entry.balance_delta();
-    let after = sqlx::query(
-        "INSERT INTO ledger_balances
-             (account_id, available_nano, held_nano, spent_nano, granted_nano, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (account_id) DO UPDATE SET
-             available_nano = ledger_balances.available_nano + excluded.available_nano,
-             held_nano = ledger_balances.held_nano + excluded.held_nano,
-             spent_nano = ledger_balances.spent_nano + excluded.spent_nano,
-             granted_nano = ledger_balances.granted_nano + excluded.granted_nano,
-             updated_at = excluded.updated_at
-         RETURNING available_nano, held_nano, spent_nano, granted_nano",
-    )
-    .bind(&entry.account_id)
-    .bind(d.available)
-    .bind(d.held)
-    .bind(d.spent)
-    .bind(d.granted)
-    .bind(entry.occurred_at)
-    .fetch_one(&mut *conn)
-    .await?;
-    let closing: [i64; 4] = [
-        after.try_get(0)?,
-        after.try_get(1)?,
-        after.try_get(2)?,
-        after.try_get(3)?,
-    ];
-    sqlx::query(
-        "INSERT INTO ledger_daily
-             (account_id, day, available_nano, held_nano, spent_nano, granted_nano)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (account_id, day) DO UPDATE SET
-             available_nano = excluded.available_nano, held_nano = excluded.held_nano,
-             spent_nano = excluded.spent_nano, granted_nano = excluded.granted_nano",
-    )
-    .bind(&entry.account_id)
-    .bind(day_of(entry.occurred_at))
-    .bind(closing[0])
-    .bind(closing[1])
-    .bind(closing[2])
-    .bind(closing[3])
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// The UTC day (`YYYY-MM-DD`) of a µs timestamp.

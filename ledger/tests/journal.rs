@@ -1,5 +1,6 @@
-//! The ledger journals grants exactly once, balances equal their postings, and the database
-//! itself refuses unbalanced or edited postings — on SQLite and PostgreSQL.
+//! The ledger journals grants exactly once, balances equal their postings, no balance can be
+//! pushed out of range, and the database itself refuses unbalanced or edited postings — on
+//! SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::time::Duration;
@@ -8,6 +9,7 @@ use lumina_eventlog::{
     Backend, Consumer, ConsumerOptions, Database, EventLog, LocalLogSource, LogOptions, LogRecord,
 };
 use lumina_ledger::{Ledger, LedgerProjection};
+use lumina_schemas::money::MAX_ACCOUNT_CREDITS;
 use lumina_schemas::payloads::CreditsGranted;
 use lumina_schemas::{Envelope, Event, EventType};
 use lumina_testkit::{BACKENDS, migrated_database};
@@ -115,6 +117,38 @@ async fn journals_grants_once(backend: Backend) {
     assert_eq!(dead, 1);
 }
 
+async fn no_balance_leaves_its_range(backend: Backend) {
+    let (_t, db) = migrated_database(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path().join("events.db"), LogOptions::default()).unwrap();
+    let max = MAX_ACCOUNT_CREDITS.0;
+    // Grants beyond what an account can hold, one at a time or added up: each one past the
+    // bound is dead-lettered; nothing wraps or turns into a float.
+    for amount in [max + 1, max, max, max, max, max, 7] {
+        log.append_event(&grant("acct_big", amount)).await.unwrap();
+    }
+    consume(&db, &log).await;
+    let balance = Ledger::new(db.clone()).balance("acct_big").await.unwrap();
+    assert_eq!(balance.granted_nano, 4 * max + 7, "{backend:?}");
+    assert_eq!(balance.available_nano, 4 * max + 7, "{backend:?}");
+    let dead: i64 = sqlx::query("SELECT COUNT(*) FROM dead_letters WHERE consumer = 'ledger'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        dead, 2,
+        "{backend:?}: the too-large grant and the one past the bound"
+    );
+    let typed: i64 =
+        sqlx::query("SELECT granted_nano FROM ledger_balances WHERE account_id = 'acct_big'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(typed, 4 * max + 7);
+}
+
 async fn database_refuses_unbalanced_entries(backend: Backend) {
     let (_t, db) = migrated_database(backend).await;
     let exec = |sql: &'static str| {
@@ -160,6 +194,13 @@ async fn database_refuses_unbalanced_entries(backend: Backend) {
 async fn grants_are_journaled_once_and_balances_equal_postings() {
     for backend in BACKENDS {
         journals_grants_once(backend).await;
+    }
+}
+
+#[tokio::test]
+async fn an_amount_that_would_overflow_a_balance_is_dead_lettered() {
+    for backend in BACKENDS {
+        no_balance_leaves_its_range(backend).await;
     }
 }
 

@@ -7,6 +7,7 @@
 
 use lumina_eventlog::consumer::reset_consumer;
 use lumina_eventlog::{ApplyError, Database};
+use lumina_schemas::money::MAX_ACCOUNT_CREDITS;
 use lumina_schemas::{Event, EventType, Payload};
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -85,6 +86,12 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                 .await?;
             }
             Payload::CreditsGranted(p) => {
+                if p.amount_nano <= 0 || p.amount_nano > MAX_ACCOUNT_CREDITS.0 {
+                    return Err(ApplyError::Rejected(format!(
+                        "a grant of {} nano-credits is out of range",
+                        p.amount_nano
+                    )));
+                }
                 let inserted = sqlx::query(
                     "INSERT INTO credit_grants
                          (event_id, account_id, amount_nano, reason, granted_by, granted_at)
@@ -100,13 +107,7 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                 .await?
                 .rows_affected();
                 if inserted == 1 {
-                    sqlx::query(
-                        "UPDATE accounts SET granted_nano = granted_nano + $1 WHERE id = $2",
-                    )
-                    .bind(p.amount_nano)
-                    .bind(&env.account_id)
-                    .execute(&mut *conn)
-                    .await?;
+                    add_grant(conn, &env.account_id, p.amount_nano).await?;
                 }
             }
             Payload::ApiKeyCreated(p) => {
@@ -164,6 +165,38 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
         }
         Ok(())
     }
+}
+
+/// Adds a grant to its account's total, refusing one that would take the total past
+/// [`MAX_ACCOUNT_CREDITS`] (the check and the addition are one statement, so concurrent grants
+/// cannot pass it together).
+async fn add_grant(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    amount_nano: i64,
+) -> Result<(), ApplyError> {
+    let updated = sqlx::query(
+        "UPDATE accounts SET granted_nano = granted_nano + $1 WHERE id = $2 AND granted_nano <= $3",
+    )
+    .bind(amount_nano)
+    .bind(account_id)
+    .bind(MAX_ACCOUNT_CREDITS.0 - amount_nano)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        let exists = sqlx::query("SELECT 1 FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some();
+        if exists {
+            return Err(ApplyError::Rejected(format!(
+                "a grant of {amount_nano} nano-credits would take account {account_id} past {MAX_ACCOUNT_CREDITS} granted credits"
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn default_project(

@@ -333,19 +333,27 @@ impl ReadModel {
         rows.iter().map(request_row).collect()
     }
 
-    /// One request and its attempts.
+    /// One request and its attempts; with `account`, only if the request is that account's.
+    /// The account is part of the lookup, so another account's request costs exactly what an
+    /// unknown id costs (nothing tells the two apart, not even the time to answer).
     pub async fn request(
         &self,
         request_id: &str,
+        account: Option<&str>,
     ) -> Result<Option<(RequestRow, Vec<AttemptRow>)>, sqlx::Error> {
+        let scope = if account.is_some() {
+            " AND account_id = $2"
+        } else {
+            ""
+        };
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = $1"
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = $1{scope}"
         ));
-        let Some(row) = sqlx::query(sql)
-            .bind(request_id)
-            .fetch_optional(&self.database().pool)
-            .await?
-        else {
+        let mut query = sqlx::query(sql).bind(request_id);
+        if let Some(account) = account {
+            query = query.bind(account);
+        }
+        let Some(row) = query.fetch_optional(&self.database().pool).await? else {
             return Ok(None);
         };
         let attempts = sqlx::query(

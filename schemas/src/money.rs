@@ -15,6 +15,10 @@ pub const NANOS_PER_CREDIT: i64 = 1_000_000_000;
 /// Decimal places a credit amount may have: one nano-credit is the smallest unit.
 pub const CREDIT_SCALE: u32 = 9;
 
+/// The most credits an account can be granted in all (10^9 credits, 10^18 nano-credits):
+/// every balance, charge and sum of an account then stays far inside an `i64`.
+pub const MAX_ACCOUNT_CREDITS: NanoCredits = NanoCredits(1_000_000_000 * NANOS_PER_CREDIT);
+
 /// An amount of money in nano-credits.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
-use http_body_util::BodyExt;
 use lumina_eventlog::EventLog;
 use tokio::sync::mpsc;
 
@@ -30,7 +29,8 @@ use lumina_schemas::payloads::CreditHold;
 
 use crate::api::RequestId;
 use crate::api::error::{ApiError, rate_limit_headers};
-use crate::api::extract::CustomerKey;
+use crate::api::extract::{CustomerKey, RawBody};
+use crate::metering::credit::CreditBook;
 use crate::metering::events::{AttemptRecord, Outcome, RequestMeta, Routing, SettleInfo};
 use crate::metering::limits::LimitStatus;
 use crate::metering::{content, cost, usage};
@@ -43,8 +43,8 @@ use crate::routing::table::Deployment;
 use crate::state::AppState;
 use crate::wire::{ChatChunk, ChatRequest, TokenUsage, UsageOut};
 
-/// Completion tokens a request without `max_tokens` is assumed to use, for the TPM limit
-/// (counted when the request starts; the actual output is not known yet).
+/// Completion tokens each choice of a request without `max_tokens` is assumed to use, for the
+/// TPM limit (counted when the request starts; the actual output is not known yet).
 const ASSUMED_COMPLETION_TOKENS: u64 = 256;
 
 static X_LUMINA_ROUTE: HeaderName = HeaderName::from_static("x-lumina-route");
@@ -52,33 +52,6 @@ static X_LUMINA_PROVIDER: HeaderName = HeaderName::from_static("x-lumina-provide
 static X_LUMINA_ATTEMPTS: HeaderName = HeaderName::from_static("x-lumina-attempts");
 static X_LUMINA_DEPLOYMENT: HeaderName = HeaderName::from_static("x-lumina-deployment");
 static X_LUMINA_COST: HeaderName = HeaderName::from_static("x-lumina-cost");
-
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let limit = state.server.max_body_bytes;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge(limit));
-    }
-    let limited = http_body_util::Limited::new(body, limit);
-    let timeout = Duration::from_millis(state.server.body_timeout_ms);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(ApiError::RequestTimeout(state.server.body_timeout_ms)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::PayloadTooLarge(limit))
-        }
-        Ok(Err(e)) => Err(ApiError::invalid(
-            format!("Could not read the request body: {e}"),
-            None,
-        )),
-    }
-}
 
 fn trace_id(headers: &HeaderMap) -> Option<String> {
     let tp = headers.get("traceparent")?.to_str().ok()?;
@@ -124,6 +97,7 @@ impl Drop for ProbeGuard<'_> {
 /// cancelled from a spawned task, so no request ends unaccounted.
 struct Settlement {
     log: EventLog,
+    credits: Arc<CreditBook>,
     meta: Arc<RequestMeta>,
     hold: NanoCredits,
     price_version: Arc<str>,
@@ -134,16 +108,17 @@ struct Settlement {
 
 impl Settlement {
     fn new(
-        log: EventLog,
+        state: &AppState,
         meta: Arc<RequestMeta>,
         hold: NanoCredits,
-        price_version: Arc<str>,
         body: &Bytes,
     ) -> Settlement {
         let content_body = meta.key.store_content.then(|| body.clone());
+        let price_version = state.price_version.clone();
         Settlement {
             content_body,
-            log,
+            log: state.log.clone(),
+            credits: state.credits.clone(),
             meta,
             hold,
             price_version,
@@ -185,12 +160,29 @@ impl Settlement {
             }
         }
         let event = self.meta.settled(&info, &self.price_version);
-        self.log
-            .append_event(&event)
+        commit_settlement(&self.log, &self.credits, &self.meta, &event, info.charge)
             .await
-            .map(|_| ())
             .map_err(|e| ApiError::Unavailable(format!("The request could not be recorded: {e}")))
     }
+}
+
+/// Commits a `RequestSettled` and tells the credit book, which from then on counts the
+/// request's charge instead of its hold.
+async fn commit_settlement(
+    log: &EventLog,
+    credits: &CreditBook,
+    meta: &RequestMeta,
+    event: &lumina_schemas::Event,
+    charge: NanoCredits,
+) -> Result<(), lumina_eventlog::LogError> {
+    let position = log.append_event(event).await?;
+    credits.settled(
+        &meta.request_id,
+        charge.0,
+        event.envelope.event_id,
+        position,
+    );
+    Ok(())
 }
 
 impl Drop for Settlement {
@@ -198,9 +190,13 @@ impl Drop for Settlement {
         if let Some(info) = self.pending.take() {
             let event = self.meta.settled(&info, &self.price_version);
             let log = self.log.clone();
+            let credits = self.credits.clone();
+            let meta = self.meta.clone();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    if let Err(e) = log.append_event(&event).await {
+                    if let Err(e) =
+                        commit_settlement(&log, &credits, &meta, &event, info.charge).await
+                    {
                         tracing::error!(error = %e, "could not settle an abandoned request");
                     }
                 });
@@ -375,7 +371,7 @@ pub async fn create(
     CustomerKey(key): CustomerKey,
     Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
-    body: Body,
+    RawBody(bytes): RawBody,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let started_at = lumina_schemas::now_micros();
@@ -384,8 +380,16 @@ pub async fn create(
             "The event log cannot take writes (disk full or I/O error), so no paid request can be recorded. Retry later.".into(),
         ));
     }
-    let bytes = read_body(&state, &headers, body).await?;
     let request = ChatRequest::parse(&bytes)?;
+    if request.n > state.server.max_n {
+        return Err(ApiError::invalid(
+            format!(
+                "'n' must be at most {} on this gateway (got {}).",
+                state.server.max_n, request.n
+            ),
+            Some("n"),
+        ));
+    }
     let Some(choice) = state.catalog.resolve(request.model.as_str()) else {
         return Err(ApiError::ModelNotFound(request.model.as_str().to_string()));
     };
@@ -398,7 +402,12 @@ pub async fn create(
         .limits
         .check(
             &key,
-            prompt_estimate + request.max_tokens.unwrap_or(ASSUMED_COMPLETION_TOKENS),
+            prompt_estimate.saturating_add(
+                request
+                    .max_tokens
+                    .unwrap_or(ASSUMED_COMPLETION_TOKENS)
+                    .saturating_mul(u64::from(request.n)),
+            ),
         )
         .map_err(|e| ApiError::RateLimited(Box::new(e)))?;
     let deployments = state.routes.deployments(decision.path);
@@ -418,6 +427,7 @@ pub async fn create(
         &deployment_ids,
         prompt_estimate,
         request.max_tokens,
+        request.n,
     );
     if hold.is_positive() {
         let db = state.admin.read_model().database();
@@ -460,13 +470,7 @@ pub async fn create(
             )));
         }
     }
-    let settlement = Settlement::new(
-        state.log.clone(),
-        meta.clone(),
-        hold,
-        state.price_version.clone(),
-        &bytes,
-    );
+    let settlement = Settlement::new(&state, meta.clone(), hold, &bytes);
     if request.stream {
         stream(
             &state,

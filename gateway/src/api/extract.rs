@@ -1,34 +1,90 @@
-//! Extractors that turn requests into typed values or OpenAI-shaped errors: JSON bodies and
-//! query strings (a bad field names itself in `param`), customer keys and the admin key.
+//! Extractors that turn requests into typed values or OpenAI-shaped errors: bodies (one size
+//! and time policy for every route), JSON bodies and query strings (a bad field names itself in
+//! `param`), customer keys and the admin key.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::http::request::Parts;
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use crate::api::error::ApiError;
 use crate::auth::{KeyIdentity, secrets_equal};
+use crate::config::ServerConfig;
+use crate::json_keys::{self, KeyCheck};
 use crate::state::AppState;
+use crate::wire::duplicate_member;
 
-/// A JSON body parsed into `T`; any problem is a 400 naming the offending field.
-pub struct ApiJson<T>(pub T);
+/// A request body read under the one body policy of every route: at most
+/// `server.max_body_bytes` (413 beyond, refused up front when `content-length` says so) and
+/// within `server.body_timeout_ms` from the first read to the last byte (408 beyond).
+pub struct RawBody(pub Bytes);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            ApiError::invalid(format!("Could not read the request body: {e}"), None)
-        })?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        read_body(&state.server, &parts.headers, body)
+            .await
+            .map(RawBody)
+    }
+}
+
+/// Reads `body` whole under the size and time limits of `server`.
+pub async fn read_body(
+    server: &ServerConfig,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    let limit = server.max_body_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    let timeout = Duration::from_millis(server.body_timeout_ms);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::RequestTimeout(server.body_timeout_ms)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::PayloadTooLarge(limit))
+        }
+        Ok(Err(e)) => Err(ApiError::invalid(
+            format!("Could not read the request body: {e}"),
+            None,
+        )),
+    }
+}
+
+/// A JSON body parsed into `T`, read under the body policy of [`RawBody`]; any problem is a
+/// 400 naming the offending field.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
 }
 
-/// Parses a JSON object, mapping serde's complaint to the field it is about.
+/// Parses a JSON object, mapping serde's complaint to the field it is about. A member named
+/// twice in any object is refused, naming it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|&b| b != b'{') {
@@ -36,6 +92,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "The request body must be a JSON object.",
             None,
         ));
+    }
+    if let KeyCheck::Duplicate(d) = json_keys::check(bytes) {
+        return Err(ApiError::from(duplicate_member(d)));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {

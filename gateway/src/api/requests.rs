@@ -270,13 +270,10 @@ async fn load(
     let found = state
         .admin
         .read_model()
-        .request(id)
+        .request(id, account)
         .await
         .map_err(|e| ApiError::Unavailable(format!("request views unavailable: {e}")))?;
-    match found {
-        Some((row, attempts)) if account.is_none_or(|a| a == row.account_id) => Ok((row, attempts)),
-        _ => Err(not_found(id)),
-    }
+    found.ok_or_else(|| not_found(id))
 }
 
 /// `GET /v1/requests/{id}`: the trace, if the request is the calling account's.

@@ -121,6 +121,10 @@ pub struct UsagePage {
     next_page: Option<String>,
 }
 
+/// The latest time a usage query may name: the end of the year 9999, so no bucket bound can
+/// overflow.
+const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
+
 /// `GET /v1/usage`
 pub async fn usage(
     State(state): State<AppState>,
@@ -136,6 +140,16 @@ pub async fn usage(
     })?;
     let now = lumina_schemas::now_micros() / 1_000_000;
     let end = int(&q, "end_time")?.unwrap_or(now + 1);
+    for (name, value) in [("start_time", start), ("end_time", end)] {
+        if !(0..=MAX_UNIX_SECONDS).contains(&value) {
+            return Err(ApiError::invalid(
+                format!(
+                    "'{name}' must be Unix seconds between 0 and {MAX_UNIX_SECONDS} (year 9999), got {value}"
+                ),
+                Some(name),
+            ));
+        }
+    }
     if end <= start {
         return Err(ApiError::invalid(
             "'end_time' must be after 'start_time'",
@@ -244,14 +258,16 @@ pub async fn usage(
                     provider: group[3].clone(),
                     ..UsageResult::default()
                 });
-                e.input_tokens += r.input_tokens;
-                e.output_tokens += r.output_tokens;
-                e.input_cached_tokens += r.cached_tokens;
-                e.reasoning_tokens += r.reasoning_tokens;
-                e.num_model_requests += r.requests;
-                e.credits_nano += r.credits_nano;
+                e.input_tokens = e.input_tokens.saturating_add(r.input_tokens);
+                e.output_tokens = e.output_tokens.saturating_add(r.output_tokens);
+                e.input_cached_tokens = e.input_cached_tokens.saturating_add(r.cached_tokens);
+                e.reasoning_tokens = e.reasoning_tokens.saturating_add(r.reasoning_tokens);
+                e.num_model_requests = e.num_model_requests.saturating_add(r.requests);
+                e.credits_nano = e.credits_nano.checked_add(r.credits_nano).ok_or_else(|| {
+                    ApiError::Unavailable("the credits of a usage bucket overflow".into())
+                })?;
             }
-            Bucket {
+            Ok(Bucket {
                 object: "bucket",
                 start_time: bucket,
                 end_time: bucket + width,
@@ -262,9 +278,9 @@ pub async fn usage(
                         r
                     })
                     .collect(),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<Bucket>, ApiError>>()?;
     Ok(Json(UsagePage {
         object: "page",
         data,

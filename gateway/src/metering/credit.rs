@@ -3,9 +3,10 @@
 //! The book holds a snapshot of every account's available balance as the ledger has it, read
 //! together with the ledger's position in the local log (one statement, so the two agree), and
 //! the holds this gateway placed that the snapshot may not include yet. Available to a request
-//! = snapshot − those holds. A hold leaves the book once a snapshot is read whose ledger
-//! position is past the hold's `RequestRouted` event: from then on the snapshot itself carries
-//! it (and, later, its settlement).
+//! = snapshot − what each of those requests takes: its hold, or once it settled its charge (so
+//! the unused part of a hold is spendable the moment the settlement is committed, not when the
+//! ledger applies it). A request leaves the book once a snapshot is read whose ledger position
+//! is past its `RequestSettled`: from then on the snapshot itself carries it.
 //!
 //! In distributed mode the ledger's positions are topic offsets, which say nothing about a
 //! gateway's local log; there a hold leaves the book once a snapshot shows the ledger applied
@@ -38,19 +39,65 @@ enum Position {
     Unknown,
 }
 
+/// Whether the last snapshot includes an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// It does not.
+    No,
+    /// Nobody asked (the event was recorded after the snapshot's query was built).
+    Unknown,
+}
+
+/// A request's committed settlement.
+struct Settled {
+    charge: i64,
+    event_id: Uuid,
+    position: u64,
+    seen: Seen,
+}
+
 struct Pending {
     account_id: String,
     amount: i64,
     position: Position,
     /// The hold's `RequestRouted` event, once queued.
     event_id: Option<Uuid>,
+    /// Whether a snapshot included the hold (its `RequestRouted`).
+    reflected: bool,
+    /// The settlement, once committed.
+    settled: Option<Settled>,
+    /// When the hold was placed.
+    placed: Instant,
 }
+
+impl Pending {
+    /// What this request takes off the snapshot's available balance: the hold until it
+    /// settles, then its charge; once the snapshot carries the hold, nothing until it settles,
+    /// then the difference between charge and hold (negative: the unused part comes back).
+    /// A settlement the snapshot may already carry counts as carried only when that is the
+    /// cautious reading.
+    fn contribution(&self) -> i64 {
+        match (&self.settled, self.reflected) {
+            (None, false) => self.amount,
+            (Some(s), false) => s.charge,
+            (None, true) => 0,
+            (Some(s), true) if s.seen == Seen::No => s.charge - self.amount,
+            (Some(s), true) => (s.charge - self.amount).max(0),
+        }
+    }
+}
+
+/// Entries whose hold the ledger carries but whose settlement never came are forgotten after
+/// this long (they take nothing off the balance by then; forgetting them only bounds memory).
+const FORGET_UNSETTLED: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Book {
     available: HashMap<String, i64>,
     /// When the last snapshot was installed.
     refreshed_at: Option<Instant>,
+    /// The ledger's next log position in the last snapshot (embedded mode).
+    ledger_next: u64,
     pending: HashMap<String, Pending>,
     pending_by_account: HashMap<String, i64>,
 }
@@ -64,14 +111,32 @@ impl Book {
     }
 
     fn remove(&mut self, request_id: &str) {
-        if let Some(p) = self.pending.remove(request_id)
-            && let Some(total) = self.pending_by_account.get_mut(&p.account_id)
-        {
-            *total -= p.amount;
-            if *total == 0 {
-                self.pending_by_account.remove(&p.account_id);
-            }
+        if let Some(p) = self.pending.remove(request_id) {
+            self.add_to_account(&p.account_id, -p.contribution());
         }
+    }
+
+    fn add_to_account(&mut self, account_id: &str, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let total = self
+            .pending_by_account
+            .entry(account_id.to_string())
+            .or_insert(0);
+        *total += delta;
+        if *total == 0 {
+            self.pending_by_account.remove(account_id);
+        }
+    }
+
+    fn recount(&mut self) {
+        let mut totals: HashMap<String, i64> = HashMap::new();
+        for p in self.pending.values() {
+            *totals.entry(p.account_id.clone()).or_insert(0) += p.contribution();
+        }
+        totals.retain(|_, v| *v != 0);
+        self.pending_by_account = totals;
     }
 }
 
@@ -107,6 +172,14 @@ const LEDGER: &str = "ledger";
 
 /// The least time between two snapshots read on demand for an account the book does not know.
 const UNKNOWN_ACCOUNT_REFRESH: Duration = Duration::from_millis(50);
+
+/// What a snapshot says about the book's events (distributed mode).
+struct Applied {
+    /// Events the ledger applied.
+    ids: HashSet<Uuid>,
+    /// Settlement events the query asked about.
+    asked: HashSet<Uuid>,
+}
 
 impl CreditBook {
     /// An empty book for a ledger on this gateway's local log; [`CreditBook::refresh`] loads
@@ -158,12 +231,12 @@ impl CreditBook {
                 amount,
                 position: Position::Unknown,
                 event_id: None,
+                reflected: false,
+                settled: None,
+                placed: Instant::now(),
             },
         );
-        *book
-            .pending_by_account
-            .entry(account_id.to_string())
-            .or_insert(0) += amount;
+        book.add_to_account(account_id, amount);
         Ok(())
     }
 
@@ -212,6 +285,35 @@ impl CreditBook {
         }
     }
 
+    /// The request settled: its `RequestSettled` (event `event_id`, charging `charge`) was
+    /// committed at `position`. From now on the request takes its charge off the balance
+    /// instead of its hold, until a snapshot carries the settlement.
+    pub fn settled(&self, request_id: &str, charge: i64, event_id: Uuid, position: u64) {
+        let Ok(mut book) = self.book.lock() else {
+            return;
+        };
+        let by_position = self.reflection == Reflection::LogPosition;
+        let carried = by_position && position < book.ledger_next;
+        let Some(p) = book.pending.get_mut(request_id) else {
+            return;
+        };
+        let before = p.contribution();
+        let account_id = p.account_id.clone();
+        if carried {
+            book.pending.remove(request_id);
+            book.add_to_account(&account_id, -before);
+            return;
+        }
+        p.settled = Some(Settled {
+            charge,
+            event_id,
+            position,
+            seen: if by_position { Seen::No } else { Seen::Unknown },
+        });
+        let after = p.contribution();
+        book.add_to_account(&account_id, after - before);
+    }
+
     /// Forgets a hold that never reached the log.
     pub fn cancel(&self, request_id: &str) {
         if let Ok(mut book) = self.book.lock() {
@@ -253,15 +355,27 @@ impl CreditBook {
         Ok(())
     }
 
-    /// One statement reads the balances and which pending holds' events the ledger applied:
-    /// both come from the same snapshot, so a hold leaves the book exactly when the balances
-    /// carry it.
+    /// One statement reads the balances and which pending holds' and settlements' events the
+    /// ledger applied: both come from the same snapshot, so an entry leaves the book exactly
+    /// when the balances carry it.
     async fn refresh_by_applied_events(&self, db: &Database) -> Result<(), sqlx::Error> {
         let mut sql =
             String::from("SELECT 0 AS kind, account_id, available_nano FROM ledger_balances");
+        let mut asked = HashSet::new();
         if let Ok(book) = self.book.lock() {
-            let mut ids = book.pending.values().filter_map(|p| p.event_id).peekable();
-            if ids.peek().is_some() {
+            let mut ids = Vec::new();
+            for p in book.pending.values() {
+                if let Some(s) = &p.settled {
+                    ids.push(s.event_id);
+                    asked.insert(s.event_id);
+                }
+                if !p.reflected
+                    && let Some(id) = p.event_id
+                {
+                    ids.push(id);
+                }
+            }
+            if !ids.is_empty() {
                 // Uuids render as hex and dashes only, so they are safe as literals; one
                 // parameter per id would run into PostgreSQL's limit of 65,535.
                 let _ = write!(
@@ -269,7 +383,7 @@ impl CreditBook {
                     " UNION ALL SELECT 1, event_id, 0 FROM consumer_applied_events \
                      WHERE consumer = '{LEDGER}' AND event_id IN ("
                 );
-                for (i, id) in ids.enumerate() {
+                for (i, id) in ids.iter().enumerate() {
                     let sep = if i == 0 { "" } else { "," };
                     let _ = write!(sql, "{sep}'{id}'");
                 }
@@ -290,52 +404,88 @@ impl CreditBook {
                 applied.insert(id);
             }
         }
-        self.install(available, |p| {
-            p.event_id.is_some_and(|id| applied.contains(&id))
-        });
+        self.install_applied(
+            available,
+            &Applied {
+                ids: applied,
+                asked,
+            },
+        );
         Ok(())
     }
 
-    /// Installs a snapshot of available balances taken at ledger position `ledger_next`, and
-    /// drops the holds it includes.
-    pub fn apply_snapshot(&self, available: HashMap<String, i64>, ledger_next: u64) {
+    fn install_applied(&self, available: HashMap<String, i64>, applied: &Applied) {
         self.install(
             available,
-            |p| matches!(p.position, Position::Known(position) if position < ledger_next),
+            None,
+            |p| p.event_id.is_some_and(|id| applied.ids.contains(&id)),
+            |s| {
+                if applied.ids.contains(&s.event_id) {
+                    None
+                } else if applied.asked.contains(&s.event_id) {
+                    Some(Seen::No)
+                } else {
+                    Some(Seen::Unknown)
+                }
+            },
         );
     }
 
-    /// Installs `available` and drops the holds it `includes`, and those that never reached
-    /// the log.
-    fn install(&self, available: HashMap<String, i64>, includes: impl Fn(&Pending) -> bool) {
+    /// Installs a snapshot of available balances taken at ledger position `ledger_next`, and
+    /// drops the holds and settlements it includes.
+    pub fn apply_snapshot(&self, available: HashMap<String, i64>, ledger_next: u64) {
+        self.install(
+            available,
+            Some(ledger_next),
+            |p| matches!(p.position, Position::Known(position) if position < ledger_next),
+            |s| (s.position >= ledger_next).then_some(Seen::No),
+        );
+    }
+
+    /// Installs `available`; marks the holds it `includes_hold`, drops the requests whose
+    /// settlement it includes (`settlement` answers `None`) and those that never reached the
+    /// log.
+    fn install(
+        &self,
+        available: HashMap<String, i64>,
+        ledger_next: Option<u64>,
+        includes_hold: impl Fn(&Pending) -> bool,
+        settlement: impl Fn(&Settled) -> Option<Seen>,
+    ) {
         let Ok(mut book) = self.book.lock() else {
             return;
         };
         book.available = available;
         book.refreshed_at = Some(Instant::now());
-        let mut reflected = Vec::new();
-        for (request_id, p) in book.pending.iter_mut() {
+        if let Some(next) = ledger_next {
+            book.ledger_next = next;
+        }
+        book.pending.retain(|_, p| {
             if let Position::Waiting(rx) = &mut p.position {
                 match rx.try_recv() {
                     Ok(Ok(position)) => p.position = Position::Known(position),
-                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {
-                        // The hold never reached the log; nothing will reflect it.
-                        reflected.push(request_id.clone());
-                        continue;
-                    }
+                    // The hold never reached the log; nothing will reflect it.
+                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => return false,
                     Err(oneshot::error::TryRecvError::Empty) => {}
                 }
             }
-            if includes(p) {
-                reflected.push(request_id.clone());
+            if !p.reflected && includes_hold(p) {
+                p.reflected = true;
             }
-        }
-        for request_id in reflected {
-            book.remove(&request_id);
-        }
+            match p.settled.as_mut() {
+                Some(s) => match settlement(s) {
+                    None => return false,
+                    Some(seen) => s.seen = seen,
+                },
+                None if p.reflected && p.placed.elapsed() > FORGET_UNSETTLED => return false,
+                None => {}
+            }
+            true
+        });
+        book.recount();
     }
 
-    /// Holds this gateway placed that no snapshot includes yet.
+    /// Requests whose hold or settlement no snapshot includes yet.
     pub fn pending_holds(&self) -> usize {
         self.book.lock().map_or(0, |b| b.pending.len())
     }
@@ -389,10 +539,96 @@ mod tests {
         book.apply_snapshot(HashMap::from([("a".to_string(), 100)]), 7);
         assert_eq!(book.available("a"), 70);
         assert_eq!(book.pending_holds(), 1);
-        // One taken after it does: the hold leaves the book, the snapshot carries it.
+        // One taken after it does: the snapshot carries the hold, the book adds nothing (it
+        // keeps the request until its settlement, to give back the unused part then).
         book.apply_snapshot(HashMap::from([("a".to_string(), 70)]), 8);
-        assert_eq!(book.pending_holds(), 0);
         assert_eq!(book.available("a"), 70);
+        assert_eq!(book.pending_holds(), 1);
+    }
+
+    #[test]
+    fn a_settled_request_takes_its_charge_not_its_hold() {
+        let book = book_with("a", 100);
+        book.try_hold("a", "r1", 60).unwrap();
+        let (tx, rx) = oneshot::channel();
+        book.queued("r1", Uuid::now_v7(), rx);
+        tx.send(Ok(7)).unwrap();
+        assert_eq!(book.available("a"), 40);
+        // Settled at position 9 for 10: the unused 50 is spendable at once.
+        book.settled("r1", 10, Uuid::now_v7(), 9);
+        assert_eq!(book.available("a"), 90);
+        book.try_hold("a", "r2", 90).unwrap();
+        book.cancel("r2");
+        // The ledger applied the hold but not the settlement: the snapshot holds back 60.
+        book.apply_snapshot(HashMap::from([("a".to_string(), 40)]), 8);
+        assert_eq!(book.available("a"), 90);
+        assert_eq!(book.pending_holds(), 1);
+        // Both applied: the snapshot carries everything and the request leaves the book.
+        book.apply_snapshot(HashMap::from([("a".to_string(), 90)]), 10);
+        assert_eq!(book.available("a"), 90);
+        assert_eq!(book.pending_holds(), 0);
+    }
+
+    #[test]
+    fn a_settlement_the_last_snapshot_already_carries_leaves_at_once() {
+        let book = book_with("a", 100);
+        book.try_hold("a", "r1", 60).unwrap();
+        let (tx, rx) = oneshot::channel();
+        book.queued("r1", Uuid::now_v7(), rx);
+        tx.send(Ok(3)).unwrap();
+        // A snapshot read after the ledger applied both events, before the book heard of the
+        // settlement.
+        book.apply_snapshot(HashMap::from([("a".to_string(), 90)]), 5);
+        assert_eq!(book.available("a"), 90);
+        book.settled("r1", 10, Uuid::now_v7(), 4);
+        assert_eq!(book.available("a"), 90);
+        assert_eq!(book.pending_holds(), 0);
+    }
+
+    #[test]
+    fn applied_events_release_only_what_the_snapshot_was_asked_about() {
+        let book = CreditBook::with_reflection(Reflection::AppliedEvent);
+        let routed = Uuid::now_v7();
+        let settled = Uuid::now_v7();
+        book.install_applied(
+            HashMap::from([("a".to_string(), 100)]),
+            &Applied {
+                ids: HashSet::new(),
+                asked: HashSet::new(),
+            },
+        );
+        book.try_hold("a", "r1", 60).unwrap();
+        let (_tx, rx) = oneshot::channel();
+        book.queued("r1", routed, rx);
+        book.settled("r1", 10, settled, 0);
+        assert_eq!(book.available("a"), 90);
+        // The hold applied; the settlement was not asked about: counted cautiously.
+        book.install_applied(
+            HashMap::from([("a".to_string(), 40)]),
+            &Applied {
+                ids: HashSet::from([routed]),
+                asked: HashSet::new(),
+            },
+        );
+        assert_eq!(book.available("a"), 40);
+        // Asked and not applied: the unused part of the hold comes back.
+        book.install_applied(
+            HashMap::from([("a".to_string(), 40)]),
+            &Applied {
+                ids: HashSet::new(),
+                asked: HashSet::from([settled]),
+            },
+        );
+        assert_eq!(book.available("a"), 90);
+        book.install_applied(
+            HashMap::from([("a".to_string(), 90)]),
+            &Applied {
+                ids: HashSet::from([settled]),
+                asked: HashSet::from([settled]),
+            },
+        );
+        assert_eq!(book.available("a"), 90);
+        assert_eq!(book.pending_holds(), 0);
     }
 
     #[test]
