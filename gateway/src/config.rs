@@ -62,6 +62,13 @@ pub struct ProviderConfig {
     /// Longest silence between two streamed chunks; defaults to `timeout_ms`.
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
+    /// Largest non-streamed response body accepted from this upstream; a larger one fails
+    /// the attempt.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Most bytes one streamed answer may carry; past it the stream ends with an error event.
+    #[serde(default = "default_max_stream_bytes")]
+    pub max_stream_bytes: usize,
     /// `max_tokens` sent to Anthropic when the client gave none (it is required there).
     #[serde(default = "default_anthropic_max_tokens")]
     pub default_max_tokens: u32,
@@ -75,6 +82,12 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_connect_timeout_ms() -> u64 {
     5_000
+}
+fn default_max_response_bytes() -> usize {
+    32 * 1024 * 1024
+}
+fn default_max_stream_bytes() -> usize {
+    64 * 1024 * 1024
 }
 fn default_anthropic_max_tokens() -> u32 {
     4096
@@ -212,6 +225,8 @@ pub fn default_simulated_provider() -> ProviderConfig {
         connect_timeout_ms: default_connect_timeout_ms(),
         first_byte_timeout_ms: None,
         idle_timeout_ms: None,
+        max_response_bytes: default_max_response_bytes(),
+        max_stream_bytes: default_max_stream_bytes(),
         default_max_tokens: default_anthropic_max_tokens(),
         simulated: SimulatedConfig::default(),
     }
@@ -262,6 +277,11 @@ impl GatewayConfig {
             {
                 return Err(format!(
                     "{key}.base_url: expected an http:// or https:// URL"
+                ));
+            }
+            if p.max_response_bytes == 0 || p.max_stream_bytes == 0 {
+                return Err(format!(
+                    "{key}.max_response_bytes and max_stream_bytes must be positive"
                 ));
             }
             if p.timeout_ms == 0 || p.connect_timeout_ms == 0 {

@@ -642,48 +642,6 @@ pub struct TokenUsage {
     pub reasoning_tokens: u64,
 }
 
-/// `usage` as OpenAI-compatible servers report it.
-#[derive(Debug, Deserialize)]
-pub struct UsageWire {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    prompt_tokens_details: Option<PromptDetails>,
-    #[serde(default)]
-    completion_tokens_details: Option<CompletionDetails>,
-}
-
-#[derive(Debug, Deserialize)]
-struct PromptDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CompletionDetails {
-    #[serde(default)]
-    reasoning_tokens: Option<u64>,
-}
-
-impl From<UsageWire> for TokenUsage {
-    fn from(u: UsageWire) -> Self {
-        TokenUsage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            cached_tokens: u
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-            reasoning_tokens: u
-                .completion_tokens_details
-                .and_then(|d| d.reasoning_tokens)
-                .unwrap_or(0),
-        }
-    }
-}
-
 /// `usage` as Lumina writes it.
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageOut {
@@ -742,8 +700,9 @@ pub struct ChatCompletion {
     pub model: String,
     /// The answers.
     pub choices: Vec<Choice>,
-    /// Token counts.
-    pub usage: UsageOut,
+    /// Token counts, when the upstream reported them (else Lumina adds its own count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageOut>,
     /// `default`.
     pub service_tier: &'static str,
     /// Backend fingerprint.

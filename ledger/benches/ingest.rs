@@ -88,6 +88,8 @@ fn history() -> Vec<Event> {
                 ttft_us: Some(100),
                 attempts: 1,
                 error_class: None,
+                usage_anomaly: None,
+                reported_completion_tokens: None,
             },
         ));
     }

@@ -128,6 +128,8 @@ fn events(ops: &[Op]) -> (Vec<Event>, i64) {
                         ttft_us: None,
                         attempts: 1,
                         error_class: None,
+                        usage_anomaly: None,
+                        reported_completion_tokens: None,
                     },
                 );
                 let expire = Event::new(

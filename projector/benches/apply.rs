@@ -123,6 +123,8 @@ fn traffic() -> Vec<Event> {
                 ttft_us: Some(95_000 + (r as i64 % 1000)),
                 attempts: 1,
                 error_class: None,
+                usage_anomaly: None,
+                reported_completion_tokens: None,
             },
         ));
     }

@@ -66,6 +66,8 @@ fn settled(
         ttft_us: ttft.then_some(30_000 + 100 * tokens),
         attempts: 1,
         error_class: (outcome == "failed").then(|| "server_error".into()),
+        usage_anomaly: None,
+        reported_completion_tokens: None,
     }
 }
 

@@ -33,6 +33,8 @@ fn settled() -> Event {
             ttft_us: Some(95_000),
             attempts: 1,
             error_class: None,
+            usage_anomaly: None,
+            reported_completion_tokens: None,
         },
     )
 }

@@ -192,6 +192,14 @@ pub struct RequestSettled {
     pub attempts: i32,
     /// Error class when the request failed.
     pub error_class: Option<String>,
+    /// Why the billed usage differs from the upstream's report (`completion_clamped`,
+    /// `usage_out_of_range`, `usage_unrecognized`); v2.
+    #[serde(default)]
+    pub usage_anomaly: Option<String>,
+    /// The completion tokens the upstream reported when an anomaly made Lumina bill another
+    /// number; v2.
+    #[serde(default)]
+    pub reported_completion_tokens: Option<i64>,
 }
 
 /// A client rated a request's answer.

@@ -112,6 +112,8 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             ttft_us: Some(95_000),
             attempts: 1,
             error_class: Some("none".into()),
+            usage_anomaly: Some("completion_clamped".into()),
+            reported_completion_tokens: Some(1_000_000 + n),
         }
         .into(),
         EventType::FeedbackReceived => FeedbackReceived {

@@ -45,6 +45,8 @@ pub struct Lumina {
     command: &'static str,
     /// The admin key.
     pub admin_key: String,
+    /// Shell commands run before the binary replaces the shell (`ulimit -n 1024`, `umask 022`).
+    shell: Option<String>,
     http: reqwest::Client,
 }
 
@@ -61,6 +63,31 @@ impl Lumina {
         env: &[(&str, &str)],
         config: Option<&str>,
     ) -> Lumina {
+        let mut lumina = Lumina::start_unspawned(data_dir, output_dir, env, config);
+        lumina.spawn().await;
+        lumina
+    }
+
+    /// Starts `lumina serve` from a shell that first runs `shell` (resource limits, umask).
+    pub async fn start_in_shell(
+        data_dir: &Path,
+        output_dir: &Path,
+        env: &[(&str, &str)],
+        config: Option<&str>,
+        shell: &str,
+    ) -> Lumina {
+        let mut lumina = Lumina::start_unspawned(data_dir, output_dir, env, config);
+        lumina.shell = Some(shell.to_string());
+        lumina.spawn().await;
+        lumina
+    }
+
+    fn start_unspawned(
+        data_dir: &Path,
+        output_dir: &Path,
+        env: &[(&str, &str)],
+        config: Option<&str>,
+    ) -> Lumina {
         lumina_gateway::providers::install_crypto_provider();
         std::fs::create_dir_all(output_dir).unwrap();
         let config = config.map(|text| {
@@ -68,7 +95,7 @@ impl Lumina {
             std::fs::write(&path, text).unwrap();
             path
         });
-        let mut lumina = Lumina {
+        Lumina {
             child: None,
             url: String::new(),
             data_dir: data_dir.to_path_buf(),
@@ -82,10 +109,25 @@ impl Lumina {
             starts: 0,
             command: "serve",
             admin_key: String::new(),
+            shell: None,
             http: reqwest::Client::new(),
-        };
-        lumina.spawn().await;
-        lumina
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory of the process in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().expect("lumina is not running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 
     /// Starts `lumina gateway` (distributed mode) with a configuration file holding `config`.
@@ -112,6 +154,7 @@ impl Lumina {
             starts: 0,
             command: "gateway",
             admin_key: String::new(),
+            shell: None,
             http: reqwest::Client::new(),
         };
         lumina.spawn().await;
@@ -125,7 +168,16 @@ impl Lumina {
             std::fs::File::create(self.output_dir.join(format!("stdout.{}", self.starts))).unwrap();
         let stderr =
             std::fs::File::create(self.output_dir.join(format!("stderr.{}", self.starts))).unwrap();
-        let mut command = Command::new(bin());
+        let mut command = match &self.shell {
+            Some(shell) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("{shell}\nexec \"$0\" \"$@\""))
+                    .arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         command
             .args([
                 self.command,

@@ -71,7 +71,13 @@ impl MockUpstream {
 
     /// Sets how `provider` behaves: `ok`, `tools`, `nousage`, `slow` (300 ms between chunks),
     /// `paced` (40 ms), `stall`, `cut`,
-    /// `fail400`, `fail429`, `fail500`, `fail503`, `fail529`.
+    /// `fail400`, `fail401` (with a masked key in its message), `fail429`, `fail500`,
+    /// `fail503`, `fail529`; and misbehaviours with a parameter: `completion=<N>` (reports N
+    /// completion tokens, N written as given), `usage=<JSON>` (reports this usage object),
+    /// `body=<JSON>` (answers 200 with this body), `redirect302=<URL>`, `redirect307=<URL>`,
+    /// `retry429=<seconds>` (429 with `retry-after`), `endless` (a body that never ends),
+    /// `endless_sse` (chunks without end or usage), `error_event` (an error object after a few
+    /// chunks).
     pub fn set(&self, provider: &str, mode: &str) {
         self.state
             .modes
@@ -212,7 +218,56 @@ async fn openai(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     state.record(&provider, "chat/completions", &headers, &body);
     let mode = state.mode(&provider);
-    match mode.as_str() {
+    let (mode_name, param) = mode.split_once('=').unwrap_or((mode.as_str(), ""));
+    match mode_name {
+        "fail401" => {
+            return error(
+                401,
+                "invalid_request_error",
+                "Incorrect API key provided: sk-pr****cret. You can find your API key at https://example.com.",
+            );
+        }
+        "retry429" => {
+            return Response::builder()
+                .status(429)
+                .header("retry-after", param)
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#,
+                ))
+                .unwrap();
+        }
+        "redirect302" | "redirect307" => {
+            let status = if mode_name == "redirect302" { 302 } else { 307 };
+            return Response::builder()
+                .status(status)
+                .header("location", param)
+                .body(Body::empty())
+                .unwrap();
+        }
+        "body" => {
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(param.to_string()))
+                .unwrap();
+        }
+        "endless" => {
+            let chunk = Bytes::from(vec![b' '; 1024 * 1024]);
+            let body = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from_stream(body))
+                .unwrap();
+        }
+        "endless_sse" => {
+            let chunk = Bytes::from(format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                    "model": "m", "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": null}]})
+            ));
+            let body = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+            return sse_response(Body::from_stream(body));
+        }
         "fail400" => {
             return error(
                 400,
@@ -235,8 +290,15 @@ async fn openai(
         .as_bool()
         .unwrap_or(false);
     let (p, c, cached, reasoning) = USAGE;
-    let usage = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-        "prompt_tokens_details": {"cached_tokens": cached}, "completion_tokens_details": {"reasoning_tokens": reasoning}});
+    let usage_text = match mode_name {
+        "completion" => format!(r#"{{"prompt_tokens": {p}, "completion_tokens": {param}}}"#),
+        "usage" => param.to_string(),
+        _ => json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+            "prompt_tokens_details": {"cached_tokens": cached}, "completion_tokens_details": {"reasoning_tokens": reasoning}})
+        .to_string(),
+    };
+    // Written as text: serde_json would turn 10^16 and beyond into other numbers.
+    let usage = serde_json::value::RawValue::from_string(usage_text).unwrap();
     let text = format!("Mock answer to: {}", last_user_text(&body));
     let tools = mode == "tools";
     let name = first_tool_name(&body);
@@ -258,13 +320,18 @@ async fn openai(
         } else {
             json!({"role": "assistant", "content": text, "refusal": null})
         };
-        let mut out = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        let out = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": if tools { "tool_calls" } else { "stop" }}],
             "system_fingerprint": "fp_mock"});
+        let mut text = out.to_string();
         if mode != "nousage" {
-            out["usage"] = usage;
+            text.pop();
+            text.push_str(&format!(r#","usage":{}}}"#, usage.get()));
         }
-        return axum::Json(out).into_response();
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(text))
+            .unwrap();
     }
     let chunk = |delta: Value, finish: Value| {
         json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
@@ -295,11 +362,19 @@ async fn openai(
             events.push(cut());
             return sse_response(sse_body(events, Duration::from_millis(20)));
         }
+        if mode == "error_event" {
+            events.truncate(3);
+            events.push(data(&json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})));
+            return sse_response(sse_body(events, Duration::from_millis(5)));
+        }
         events.push(data(&chunk(json!({}), json!("stop"))));
     }
     if want_usage && mode != "nousage" {
-        events.push(data(&json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
-            "model": model, "choices": [], "usage": usage})));
+        events.push(Ok(Bytes::from(format!(
+            "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":{},\"choices\":[],\"usage\":{}}}\n\n",
+            json!(model),
+            usage.get()
+        ))));
     }
     events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
     let gap = if mode == "slow" {

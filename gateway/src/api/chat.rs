@@ -33,9 +33,10 @@ use crate::api::extract::{CustomerKey, RawBody};
 use crate::metering::credit::CreditBook;
 use crate::metering::events::{AttemptRecord, Outcome, RequestMeta, Routing, SettleInfo};
 use crate::metering::limits::LimitStatus;
+use crate::metering::usage::{Billed, UsageAnomaly};
 use crate::metering::{content, cost, usage};
 use crate::providers::{
-    ChunkStream, Completion, ErrorClass, ProviderError, StreamChunk, UpstreamCall,
+    ChunkStream, Completion, ErrorClass, ProviderError, ReportedUsage, StreamChunk, UpstreamCall,
 };
 use crate::routing::catalog::ModelChoice;
 use crate::routing::classifier::{self, Decision};
@@ -128,6 +129,8 @@ impl Settlement {
                 deployment: None,
                 usage: TokenUsage::default(),
                 estimated: true,
+                anomaly: None,
+                reported_completion: None,
                 ttft: None,
                 attempts: 0,
                 error_class: None,
@@ -318,8 +321,15 @@ impl<'a> Attempts<'a> {
             .failures
             .iter()
             .all(|(_, e)| matches!(e.class, ErrorClass::Overload | ErrorClass::RateLimited));
+        let all_rate_limited = !self.failures.is_empty()
+            && self
+                .failures
+                .iter()
+                .all(|(_, e)| e.class == ErrorClass::RateLimited);
         let status = if all_timeouts {
             504
+        } else if all_rate_limited {
+            429
         } else if unavailable {
             503
         } else {
@@ -331,6 +341,11 @@ impl<'a> Attempts<'a> {
                 "All upstream attempts for the {path} path failed: {}",
                 parts.join("; ")
             ),
+            retry_after: self
+                .failures
+                .iter()
+                .filter_map(|(_, e)| e.retry_after)
+                .min(),
         }
     }
 
@@ -548,13 +563,15 @@ async fn complete(
         settle_failed(&mut settlement, &attempts, None).await?;
         return Err(attempts.exhausted(meta.path.as_str()));
     };
-    let (usage, estimated) = match completion.usage {
-        Some(u) => (u, false),
-        None => (
-            estimate_usage(body.clone(), vec![completion.body.clone()]).await,
-            true,
-        ),
-    };
+    let allowance =
+        state
+            .prices
+            .output_allowance(meta.path.as_str(), request.max_tokens, request.n);
+    let billed = bill(completion.usage, allowance, body, || {
+        vec![completion.body.clone()]
+    })
+    .await;
+    let usage = billed.usage;
     let charge = price(state, meta, &deployment, usage);
     settlement
         .settle(
@@ -563,7 +580,9 @@ async fn complete(
                 provider: Some(deployment.provider_name.clone()),
                 deployment: Some(deployment.id.clone()),
                 usage,
-                estimated,
+                estimated: billed.estimated,
+                anomaly: billed.anomaly,
+                reported_completion: billed.reported_completion,
                 ttft: Some(ttfb),
                 attempts: attempts.count(),
                 error_class: None,
@@ -573,7 +592,7 @@ async fn complete(
             std::slice::from_ref(&completion.body),
         )
         .await?;
-    let body = cost::with_cost(&completion.body, usage, charge);
+    let body = cost::with_cost(&completion.body, usage, charge, billed.anomaly.is_some());
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -611,6 +630,8 @@ async fn settle_failed(
                 deployment: deployment.map(|d| d.id.clone()),
                 usage: TokenUsage::default(),
                 estimated: false,
+                anomaly: None,
+                reported_completion: None,
                 ttft: None,
                 attempts: attempts.count(),
                 error_class: attempts.error_class(),
@@ -639,6 +660,25 @@ fn price(
             reasoning: usage.reasoning_tokens,
         },
     )
+}
+
+/// The usage to bill for an answer: the upstream's report when it is usable, else an estimate
+/// from the request `body` and the `answer`'s JSON pieces (flagged when the report was
+/// unusable rather than missing); completion tokens clamped to the request's `allowance`.
+async fn bill(
+    report: ReportedUsage,
+    allowance: u64,
+    body: &Bytes,
+    answer: impl FnOnce() -> Vec<Bytes>,
+) -> Billed {
+    let anomaly = match report {
+        ReportedUsage::Counted(usage) => return Billed::new(usage, false, None, allowance),
+        ReportedUsage::Missing => None,
+        ReportedUsage::Unrecognized => Some(UsageAnomaly::Unrecognized),
+        ReportedUsage::OutOfRange => Some(UsageAnomaly::OutOfRange),
+    };
+    let usage = estimate_usage(body.clone(), answer()).await;
+    Billed::new(usage, true, anomaly, allowance)
 }
 
 /// Estimates usage with the tokenizer, off the async runtime: the prompt from the request
@@ -761,6 +801,9 @@ async fn stream(
         ttfb,
         include_usage: request.include_usage,
         body: body.clone(),
+        allowance: state
+            .prices
+            .output_allowance(meta.path.as_str(), request.max_tokens, request.n),
         price: state.prices.price(meta.path.as_str(), Some(&deployment.id)),
         settlement,
         tx,
@@ -787,6 +830,8 @@ struct Pump {
     include_usage: bool,
     /// The request body, parsed again only if usage has to be estimated.
     body: Bytes,
+    /// The most completion tokens the request may be billed for.
+    allowance: u64,
     /// The answering deployment's price.
     price: Price,
     settlement: Settlement,
@@ -801,7 +846,7 @@ enum End {
 
 impl Pump {
     async fn run(mut self, mut chunks: ChunkStream, first: StreamChunk) {
-        let mut usage: Option<TokenUsage> = None;
+        let mut usage: Option<ReportedUsage> = None;
         let mut usage_chunk: Option<Bytes> = None;
         let mut sent: Vec<Bytes> = Vec::new();
         let keep_all = self.meta.key.store_content;
@@ -816,7 +861,7 @@ impl Pump {
                 usage_chunk = Some(chunk.data);
                 return;
             }
-            if usage.is_none() || keep_all {
+            if !matches!(usage, Some(ReportedUsage::Counted(_))) || keep_all {
                 sent.push(chunk.data.clone());
             }
             put_sse(out, &chunk.data);
@@ -875,10 +920,14 @@ impl Pump {
         {
             tracing::error!(error = %e, "could not record an upstream attempt");
         }
-        let (usage, estimated) = match usage {
-            Some(u) => (u, false),
-            None => (estimate_usage(self.body.clone(), sent.clone()).await, true),
-        };
+        let billed = bill(
+            usage.unwrap_or(ReportedUsage::Missing),
+            self.allowance,
+            &self.body,
+            || sent.clone(),
+        )
+        .await;
+        let usage = billed.usage;
         let answer = sent;
         let outcome = match &end {
             End::Completed => Outcome::Completed,
@@ -902,7 +951,9 @@ impl Pump {
                     provider: Some(self.deployment.provider_name.clone()),
                     deployment: Some(self.deployment.id.clone()),
                     usage,
-                    estimated,
+                    estimated: billed.estimated,
+                    anomaly: billed.anomaly,
+                    reported_completion: billed.reported_completion,
                     ttft: Some(self.ttfb),
                     attempts: self.attempts,
                     error_class: failure.map(|e| e.class.as_str().to_string()),
@@ -932,7 +983,10 @@ impl Pump {
                 let mut end = BytesMut::new();
                 if self.include_usage {
                     let chunk = usage_chunk.unwrap_or_else(|| self.usage_chunk(usage));
-                    put_sse(&mut end, &cost::with_cost(&chunk, usage, charge));
+                    put_sse(
+                        &mut end,
+                        &cost::with_cost(&chunk, usage, charge, billed.anomaly.is_some()),
+                    );
                 }
                 end.put_slice(DONE);
                 let _ = self.tx.send(end.freeze()).await;

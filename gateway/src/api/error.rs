@@ -93,13 +93,16 @@ pub enum ApiError {
     /// The upstream refused the request itself; returned as the upstream said it.
     #[error("{}", .0.message)]
     Upstream(Box<UpstreamClientError>),
-    /// Every attempt failed (502), timed out (504) or found no deployment available (503).
+    /// Every attempt failed (502), timed out (504), was rate-limited (429) or found no
+    /// deployment available (503).
     #[error("{message}")]
     UpstreamFailed {
-        /// 502, 503 or 504.
+        /// 429, 502, 503 or 504.
         status: u16,
         /// Each attempt's deployment and error class.
         message: String,
+        /// The shortest wait an upstream asked for, sent as `Retry-After`.
+        retry_after: Option<std::time::Duration>,
     },
     /// A bug or an unexpected failure; details are logged, not returned.
     #[error("The server had an error while processing your request. Request id: see x-request-id.")]
@@ -183,6 +186,9 @@ impl ApiError {
                 LimitKind::Tokens => ("tokens", Some("rate_limit_exceeded")),
             },
             ApiError::Upstream(_) => ("invalid_request_error", None),
+            ApiError::UpstreamFailed { status: 429, .. } => {
+                ("rate_limit_error", Some("upstream_rate_limited"))
+            }
             ApiError::UpstreamFailed { .. } => ("server_error", Some("upstream_error")),
         }
     }
@@ -222,6 +228,14 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::UpstreamFailed {
+            retry_after: Some(wait),
+            ..
+        } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_secs(*wait).to_string())
+        {
+            response.headers_mut().insert(RETRY_AFTER, v);
+        }
         if let ApiError::RateLimited(e) = &self {
             let headers = response.headers_mut();
             rate_limit_headers(headers, &e.status);

@@ -8,9 +8,15 @@ use lumina_schemas::NanoCredits;
 use crate::wire::{RawObject, TokenUsage, UsageOut, json_string};
 
 /// `json` (an OpenAI completion or chunk) with `usage.cost` set to `charge`; when it has no
-/// `usage`, the one Lumina counted is added. Unparseable input is returned unchanged.
-pub fn with_cost(json: &[u8], usage: TokenUsage, charge: NanoCredits) -> Bytes {
-    match rewrite(json, usage, charge) {
+/// `usage`, or `replace_usage` says the upstream's is not what was billed, `usage` is the one
+/// Lumina counted. Unparseable input is returned unchanged.
+pub fn with_cost(
+    json: &[u8],
+    usage: TokenUsage,
+    charge: NanoCredits,
+    replace_usage: bool,
+) -> Bytes {
+    match rewrite(json, usage, charge, replace_usage) {
         Some(out) => Bytes::from(out),
         None => Bytes::copy_from_slice(json),
     }
@@ -49,7 +55,12 @@ fn usage_with_cost(usage: Option<&str>, counted: TokenUsage, cost: &str) -> Opti
     String::from_utf8(out).ok()
 }
 
-fn rewrite(json: &[u8], counted: TokenUsage, charge: NanoCredits) -> Option<Vec<u8>> {
+fn rewrite(
+    json: &[u8],
+    counted: TokenUsage,
+    charge: NanoCredits,
+    replace_usage: bool,
+) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(json).ok()?;
     let members: RawObject<'_> = serde_json::from_str(text).ok()?;
     let cost = charge.to_string();
@@ -59,7 +70,8 @@ fn rewrite(json: &[u8], counted: TokenUsage, charge: NanoCredits) -> Option<Vec<
     let mut wrote_usage = false;
     for (k, v) in &members.0 {
         if k.as_str() == "usage" {
-            let usage = usage_with_cost(Some(v.get()), counted, &cost)?;
+            let reported = (!replace_usage).then(|| v.get());
+            let usage = usage_with_cost(reported, counted, &cost)?;
             push_member(&mut out, &mut first, "usage", &usage);
             wrote_usage = true;
         } else {
@@ -81,13 +93,18 @@ mod tests {
     #[test]
     fn cost_is_added_to_the_usage_object_as_an_exact_decimal() {
         let body = br#"{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7},"model":"m"}"#;
-        let out = with_cost(body, TokenUsage::default(), NanoCredits(1_234_567_891));
+        let out = with_cost(
+            body,
+            TokenUsage::default(),
+            NanoCredits(1_234_567_891),
+            false,
+        );
         let text = std::str::from_utf8(&out).unwrap();
         assert!(text.contains(r#""cost":1.234567891"#), "{text}");
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
         assert_eq!(v["usage"]["prompt_tokens"], 3);
         assert_eq!(v["model"], "m");
-        let tiny = with_cost(body, TokenUsage::default(), NanoCredits(1));
+        let tiny = with_cost(body, TokenUsage::default(), NanoCredits(1), false);
         assert!(
             std::str::from_utf8(&tiny)
                 .unwrap()
@@ -103,14 +120,28 @@ mod tests {
             cached_tokens: 0,
             reasoning_tokens: 0,
         };
-        let out = with_cost(br#"{"id":"x","choices":[]}"#, counted, NanoCredits(0));
+        let out = with_cost(
+            br#"{"id":"x","choices":[]}"#,
+            counted,
+            NanoCredits(0),
+            false,
+        );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["usage"]["total_tokens"], 7);
         assert_eq!(v["usage"]["cost"], 0);
-        let replaced = with_cost(br#"{"usage":{"cost":9}}"#, counted, NanoCredits(5));
+        let replaced = with_cost(br#"{"usage":{"cost":9}}"#, counted, NanoCredits(5), false);
         assert_eq!(
             std::str::from_utf8(&replaced).unwrap(),
             r#"{"usage":{"cost":0.000000005}}"#
         );
+        let clamped = with_cost(
+            br#"{"usage":{"completion_tokens":1000000000000}}"#,
+            counted,
+            NanoCredits(5),
+            true,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&clamped).unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 2);
+        assert_eq!(v["usage"]["total_tokens"], 7);
     }
 }

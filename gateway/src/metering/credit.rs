@@ -9,9 +9,10 @@
 //! is past its `RequestSettled`: from then on the snapshot itself carries it.
 //!
 //! In distributed mode the ledger's positions are topic offsets, which say nothing about a
-//! gateway's local log; there a hold leaves the book once a snapshot shows the ledger applied
-//! its `RequestRouted` event (`consumer_applied_events`, read in the same statement as the
-//! balances, so the two agree).
+//! gateway's local log; there the book asks which of its requests' `RequestRouted` and
+//! `RequestSettled` events the ledger applied (`consumer_applied_events`, read in the same
+//! statement as the balances, so the two agree). A settlement recorded after the question was
+//! asked counts cautiously until the next snapshot answers it.
 //!
 //! Several gateways: each sees the others' holds only once the ledger applied them and its next
 //! snapshot is read, so the overspend bound is (the holds other gateways place within one

@@ -12,6 +12,7 @@ use lumina_schemas::payloads::{
 use lumina_schemas::{Envelope, Event, NanoCredits};
 
 use crate::auth::KeyIdentity;
+use crate::metering::usage::UsageAnomaly;
 use crate::providers::ErrorClass;
 use crate::routing::catalog::RoutePath;
 use crate::routing::classifier::Decision;
@@ -118,6 +119,10 @@ pub struct SettleInfo {
     pub usage: TokenUsage,
     /// Whether the usage is an estimate.
     pub estimated: bool,
+    /// Why the usage differs from the upstream's report.
+    pub anomaly: Option<UsageAnomaly>,
+    /// The completion tokens reported, when billing clamped them.
+    pub reported_completion: Option<u64>,
     /// Time to the first token reaching the client.
     pub ttft: Option<Duration>,
     /// Attempts made.
@@ -212,6 +217,8 @@ impl RequestMeta {
                 ttft_us: s.ttft.map(micros),
                 attempts: s.attempts,
                 error_class: s.error_class.clone(),
+                usage_anomaly: s.anomaly.map(|a| a.as_str().to_string()),
+                reported_completion_tokens: s.reported_completion.map(tokens),
             },
         )
     }

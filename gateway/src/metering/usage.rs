@@ -41,6 +41,70 @@ pub fn prompt_tokens(request: &ChatRequest<'_>) -> u64 {
     count_tokens(&text) + 3 * request.messages.len() as u64 + 3
 }
 
+/// Why the usage Lumina bills differs from what the upstream reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageAnomaly {
+    /// More completion tokens than the request allowed (`max_tokens` × `n`, or the path's
+    /// default maximum): billed at the allowance, which is what the hold covers.
+    CompletionClamped,
+    /// A count beyond any sane bound: estimated instead.
+    OutOfRange,
+    /// Usage in an unknown shape: estimated instead.
+    Unrecognized,
+}
+
+impl UsageAnomaly {
+    /// Name recorded in `RequestSettled.usage_anomaly` and the metric's `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageAnomaly::CompletionClamped => "completion_clamped",
+            UsageAnomaly::OutOfRange => "usage_out_of_range",
+            UsageAnomaly::Unrecognized => "usage_unrecognized",
+        }
+    }
+}
+
+/// The usage a request is billed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Billed {
+    /// Token counts to price.
+    pub usage: TokenUsage,
+    /// Whether they were estimated with the tokenizer.
+    pub estimated: bool,
+    /// Why they differ from the upstream's report, if they do.
+    pub anomaly: Option<UsageAnomaly>,
+    /// The completion tokens reported, when billing clamped them.
+    pub reported_completion: Option<u64>,
+}
+
+impl Billed {
+    /// Bills `usage` (`estimated` or reported), flagged with `anomaly`, with completion tokens
+    /// clamped to `allowance`; counts every anomaly in `lumina_usage_anomalies_total`.
+    pub fn new(
+        usage: TokenUsage,
+        estimated: bool,
+        anomaly: Option<UsageAnomaly>,
+        allowance: u64,
+    ) -> Billed {
+        let mut billed = Billed {
+            usage,
+            estimated,
+            anomaly,
+            reported_completion: None,
+        };
+        if usage.completion_tokens > allowance {
+            billed.usage.completion_tokens = allowance;
+            billed.usage.reasoning_tokens = usage.reasoning_tokens.min(allowance);
+            billed.reported_completion = Some(usage.completion_tokens);
+            billed.anomaly = billed.anomaly.or(Some(UsageAnomaly::CompletionClamped));
+        }
+        if let Some(a) = billed.anomaly {
+            metrics::counter!("lumina_usage_anomalies_total", "kind" => a.as_str()).increment(1);
+        }
+        billed
+    }
+}
+
 /// A quick upper-bound-ish prompt estimate for limits, without the tokenizer.
 pub fn quick_prompt_estimate(request: &ChatRequest<'_>) -> u64 {
     (request.prompt_chars() as u64).div_ceil(4) + 3 * request.messages.len() as u64 + 3
@@ -97,6 +161,26 @@ mod tests {
         assert_eq!(count_tokens(""), 0);
         let n = count_tokens("Hello, world! This is a tokenizer test.");
         assert!((8..=12).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn completion_tokens_beyond_the_allowance_are_clamped_and_flagged() {
+        let reported = TokenUsage {
+            prompt_tokens: 10,
+            completion_tokens: 1_000_000_000_000,
+            cached_tokens: 0,
+            reasoning_tokens: 2_000_000_000_000,
+        };
+        let billed = Billed::new(reported, false, None, 30);
+        assert_eq!(billed.usage.completion_tokens, 30);
+        assert_eq!(billed.usage.reasoning_tokens, 30);
+        assert_eq!(billed.usage.prompt_tokens, 10);
+        assert_eq!(billed.anomaly, Some(UsageAnomaly::CompletionClamped));
+        assert_eq!(billed.reported_completion, Some(1_000_000_000_000));
+        let fine = Billed::new(reported, false, None, u64::MAX);
+        assert_eq!((fine.usage, fine.anomaly), (reported, None));
+        let estimated = Billed::new(reported, true, Some(UsageAnomaly::OutOfRange), 30);
+        assert_eq!(estimated.anomaly, Some(UsageAnomaly::OutOfRange));
     }
 
     #[test]

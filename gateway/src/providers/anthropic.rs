@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use crate::providers::sse::{SseEvent, events};
 use crate::providers::{
-    ChunkStream, Completion, ErrorClass, Provider, ProviderError, StreamChunk, Timeouts,
-    UpstreamCall, http_client,
+    BodyLimits, ChunkStream, Completion, ErrorClass, MAX_REPORTED_TOKENS, Provider, ProviderError,
+    ReportedUsage, StreamChunk, Timeouts, UpstreamCall, http_client, read_bounded, send,
 };
 use crate::wire::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta,
@@ -33,6 +33,7 @@ pub struct Anthropic {
     default_max_tokens: u32,
     client: reqwest::Client,
     timeouts: Timeouts,
+    limits: BodyLimits,
 }
 
 #[derive(Serialize)]
@@ -222,45 +223,61 @@ pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     }
 }
 
-#[derive(Debug, Default, Deserialize, Clone, Copy)]
-struct AUsage {
-    #[serde(default)]
-    input_tokens: u64,
-    #[serde(default)]
-    output_tokens: u64,
-    #[serde(default)]
-    cache_creation_input_tokens: Option<u64>,
-    #[serde(default)]
-    cache_read_input_tokens: Option<u64>,
-}
-
-impl AUsage {
-    fn tokens(&self) -> TokenUsage {
-        let cached = self.cache_read_input_tokens.unwrap_or(0);
-        TokenUsage {
-            prompt_tokens: self.input_tokens
-                + cached
-                + self.cache_creation_input_tokens.unwrap_or(0),
-            completion_tokens: self.output_tokens,
-            cached_tokens: cached,
-            reasoning_tokens: 0,
+/// Reads Anthropic's `usage`: `input_tokens` and `output_tokens` are required non-negative
+/// integers, the cache counts optional; every count and their sum must be in range.
+fn anthropic_usage(usage: Option<&Value>) -> ReportedUsage {
+    let Some(usage) = usage.filter(|u| !u.is_null()) else {
+        return ReportedUsage::Missing;
+    };
+    let Some(fields) = usage.as_object() else {
+        return ReportedUsage::Unrecognized;
+    };
+    let count = |name: &str, required: bool| -> Result<u64, ReportedUsage> {
+        match fields.get(name) {
+            None | Some(Value::Null) if !required => Ok(0),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(n) if n <= MAX_REPORTED_TOKENS => Ok(n),
+                Some(_) => Err(ReportedUsage::OutOfRange),
+                None if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f > 0.0) => {
+                    Err(ReportedUsage::OutOfRange)
+                }
+                None => Err(ReportedUsage::Unrecognized),
+            },
+            _ => Err(ReportedUsage::Unrecognized),
         }
+    };
+    let read = || -> Result<TokenUsage, ReportedUsage> {
+        let input = count("input_tokens", true)?;
+        let output = count("output_tokens", true)?;
+        let cache_read = count("cache_read_input_tokens", false)?;
+        let cache_creation = count("cache_creation_input_tokens", false)?;
+        Ok(TokenUsage {
+            prompt_tokens: input + cache_read + cache_creation,
+            completion_tokens: output,
+            cached_tokens: cache_read,
+            reasoning_tokens: 0,
+        })
+    };
+    match read() {
+        Ok(u) => ReportedUsage::Counted(u),
+        Err(report) => report,
     }
 }
 
 #[derive(Deserialize)]
 struct MessagesResponse {
+    #[serde(rename = "type")]
+    kind: String,
     id: String,
     model: String,
-    #[serde(default)]
     content: Vec<Value>,
     #[serde(default)]
     stop_reason: Option<String>,
     #[serde(default)]
-    usage: AUsage,
+    usage: Option<Value>,
 }
 
-fn completion_from(response: MessagesResponse) -> (ChatCompletion, TokenUsage, usize) {
+fn completion_from(response: MessagesResponse) -> (ChatCompletion, ReportedUsage) {
     let mut text = String::new();
     let mut tool_calls = Vec::new();
     for block in &response.content {
@@ -279,12 +296,7 @@ fn completion_from(response: MessagesResponse) -> (ChatCompletion, TokenUsage, u
             _ => {}
         }
     }
-    let chars = text.len()
-        + tool_calls
-            .iter()
-            .map(|c| c.function.arguments.len())
-            .sum::<usize>();
-    let usage = response.usage.tokens();
+    let usage = anthropic_usage(response.usage.as_ref());
     let completion = ChatCompletion {
         id: format!("chatcmpl-{}", response.id),
         object: "chat.completion",
@@ -301,11 +313,14 @@ fn completion_from(response: MessagesResponse) -> (ChatCompletion, TokenUsage, u
             logprobs: None,
             finish_reason: finish_reason(response.stop_reason.as_deref()).into(),
         }],
-        usage: UsageOut::from(usage),
+        usage: match usage {
+            ReportedUsage::Counted(u) => Some(UsageOut::from(u)),
+            _ => None,
+        },
         service_tier: "default",
         system_fingerprint: None,
     };
-    (completion, usage, chars)
+    (completion, usage)
 }
 
 impl Anthropic {
@@ -315,6 +330,7 @@ impl Anthropic {
         api_key: String,
         default_max_tokens: u32,
         timeouts: Timeouts,
+        limits: BodyLimits,
     ) -> Result<Anthropic, String> {
         let mut key = HeaderValue::from_str(&api_key)
             .map_err(|_| "the API key holds characters not allowed in a header".to_string())?;
@@ -326,6 +342,7 @@ impl Anthropic {
             default_max_tokens,
             client: http_client(&timeouts)?,
             timeouts,
+            limits,
         })
     }
 
@@ -350,27 +367,7 @@ impl Anthropic {
             .header("x-api-key", self.key.clone())
             .header("anthropic-version", ANTHROPIC_VERSION)
             .body(body);
-        let first_byte = (Instant::now() + self.timeouts.first_byte).min(deadline);
-        let response = match tokio::time::timeout_at(first_byte, request.send()).await {
-            Err(_) => {
-                return Err(ProviderError::new(
-                    ErrorClass::Timeout,
-                    "no answer before the first-byte deadline",
-                ));
-            }
-            Ok(Err(e)) => return Err(ProviderError::from_reqwest(&e)),
-            Ok(Ok(r)) => r,
-        };
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            let body = tokio::time::timeout_at(deadline, response.bytes())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            return Err(ProviderError::from_status(status, &body));
-        }
-        Ok(response)
+        send(request, &self.timeouts, deadline).await
     }
 }
 
@@ -381,7 +378,8 @@ struct StreamState {
     created: i64,
     /// Anthropic content-block index → OpenAI tool-call index.
     tools: HashMap<u64, u32>,
-    usage: AUsage,
+    /// Usage members as `message_start` and `message_delta` reported them, merged.
+    usage: serde_json::Map<String, Value>,
     finish: Option<&'static str>,
 }
 
@@ -442,8 +440,8 @@ impl StreamState {
                 if let Some(model) = m["model"].as_str() {
                     self.model = model.to_string();
                 }
-                if let Ok(u) = serde_json::from_value::<AUsage>(m["usage"].clone()) {
-                    self.usage = u;
+                if let Some(u) = m["usage"].as_object() {
+                    self.usage.extend(u.clone());
                 }
                 let delta = Delta {
                     role: Some("assistant"),
@@ -524,11 +522,12 @@ impl StreamState {
             }
             "message_delta" => {
                 self.finish = Some(finish_reason(v["delta"]["stop_reason"].as_str()));
-                if let Some(out) = v["usage"]["output_tokens"].as_u64() {
-                    self.usage.output_tokens = out;
-                }
-                if let Some(input) = v["usage"]["input_tokens"].as_u64() {
-                    self.usage.input_tokens = input;
+                if let Some(u) = v["usage"].as_object() {
+                    self.usage.extend(
+                        u.iter()
+                            .filter(|(_, v)| !v.is_null())
+                            .map(|(k, v)| (k.clone(), v.clone())),
+                    );
                 }
                 let finish = self.finish;
                 (
@@ -540,9 +539,13 @@ impl StreamState {
                 )
             }
             "message_stop" => {
-                let usage = self.usage.tokens();
+                let usage = anthropic_usage(Some(&Value::Object(std::mem::take(&mut self.usage))));
+                let counted = match usage {
+                    ReportedUsage::Counted(u) => Some(u),
+                    _ => None,
+                };
                 let chunk = StreamChunk {
-                    data: self.chunk(None, None, Some(usage)),
+                    data: self.chunk(None, None, counted),
                     content_chars: 0,
                     usage: Some(usage),
                     usage_only: true,
@@ -570,30 +573,27 @@ impl Provider for Anthropic {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
             let response = self.send(&call, false, deadline).await?;
-            let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Err(_) => {
-                    return Err(ProviderError::new(
-                        ErrorClass::Timeout,
-                        "the answer did not finish before the deadline",
-                    ));
-                }
-                Ok(Err(e)) => {
-                    let mut err = ProviderError::from_reqwest(&e);
-                    err.class = ErrorClass::Cut;
-                    return Err(err);
-                }
-                Ok(Ok(b)) => b,
-            };
+            let body = read_bounded(response, self.limits.response_bytes, deadline).await?;
             let parsed: MessagesResponse = serde_json::from_slice(&body).map_err(|_| {
-                ProviderError::new(ErrorClass::Cut, "the upstream answered with malformed JSON")
+                ProviderError::malformed("the upstream answered with something not a message")
             })?;
-            let (completion, usage, completion_chars) = completion_from(parsed);
+            if parsed.kind != "message" {
+                return Err(ProviderError::malformed(format!(
+                    "the upstream answered with a '{}' instead of a message",
+                    parsed.kind
+                )));
+            }
+            let (completion, usage) = completion_from(parsed);
+            if usage == ReportedUsage::OutOfRange {
+                return Err(ProviderError::malformed(
+                    "the upstream reported a token count beyond any sane bound",
+                ));
+            }
             let body = serde_json::to_vec(&completion)
                 .map_err(|e| ProviderError::new(ErrorClass::ServerError, e.to_string()))?;
             Ok(Completion {
                 body: Bytes::from(body),
-                usage: Some(usage),
-                completion_chars,
+                usage,
             })
         }
         .boxed()
@@ -611,10 +611,15 @@ impl Provider for Anthropic {
                 model: call.upstream_model.to_string(),
                 created: lumina_schemas::now_micros() / 1_000_000,
                 tools: HashMap::new(),
-                usage: AUsage::default(),
+                usage: serde_json::Map::new(),
                 finish: None,
             };
-            let events = Box::pin(events(response.bytes_stream(), self.timeouts, deadline));
+            let events = Box::pin(events(
+                response.bytes_stream(),
+                self.timeouts,
+                deadline,
+                self.limits.stream_bytes,
+            ));
             let chunks = futures::stream::try_unfold(
                 (events, state, false),
                 |(mut events, mut state, done)| async move {
@@ -681,7 +686,7 @@ mod tests {
         let response: MessagesResponse = serde_json::from_str(r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x",
             "content":[{"type":"text","text":"Let me look."},{"type":"tool_use","id":"toolu_1","name":"lookup","input":{"q":"x"}}],
             "stop_reason":"tool_use","usage":{"input_tokens":10,"output_tokens":7,"cache_creation_input_tokens":3,"cache_read_input_tokens":5}}"#).unwrap();
-        let (c, usage, _) = completion_from(response);
+        let (c, usage) = completion_from(response);
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(
@@ -690,13 +695,33 @@ mod tests {
         );
         assert_eq!(
             usage,
-            TokenUsage {
+            ReportedUsage::Counted(TokenUsage {
                 prompt_tokens: 18,
                 completion_tokens: 7,
                 cached_tokens: 5,
                 reasoning_tokens: 0
-            }
+            })
         );
         assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
+    }
+
+    #[test]
+    fn usage_out_of_range_or_in_another_shape_is_not_counted() {
+        let of = |text: &str| anthropic_usage(Some(&serde_json::from_str(text).unwrap()));
+        assert_eq!(
+            of(r#"{"input_tokens":1,"output_tokens":10000000000000000}"#),
+            ReportedUsage::OutOfRange
+        );
+        assert_eq!(
+            of(r#"{"input_tokens":1,"output_tokens":1e30}"#),
+            ReportedUsage::OutOfRange
+        );
+        assert_eq!(of(r#"{"output_tokens":5}"#), ReportedUsage::Unrecognized);
+        assert_eq!(of("[1, 2]"), ReportedUsage::Unrecognized);
+        assert_eq!(
+            of(r#"{"input_tokens":-1,"output_tokens":5}"#),
+            ReportedUsage::Unrecognized
+        );
+        assert_eq!(anthropic_usage(None), ReportedUsage::Missing);
     }
 }

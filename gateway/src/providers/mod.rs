@@ -35,9 +35,15 @@ pub enum ErrorClass {
     ServerError,
     /// The upstream said it is overloaded (503, 529).
     Overload,
-    /// The upstream refused the request itself (4xx other than 408/429): the client's fault.
+    /// The upstream refused the request itself (400, 413, 422…): the client's fault.
     ClientError,
-    /// The answer broke off or was malformed.
+    /// The upstream refused the deployment (401, 402, 403, 404, 405) or redirected it (3xx):
+    /// its key, account, model name or URL is wrong. Never the client's fault.
+    Misconfigured,
+    /// A success status whose body is not a completion (or a stream of chunks), a count
+    /// beyond any sane bound, or a body past its size bound.
+    Malformed,
+    /// The answer broke off.
     Cut,
 }
 
@@ -51,6 +57,8 @@ impl ErrorClass {
             ErrorClass::ServerError => "server_error",
             ErrorClass::Overload => "overload",
             ErrorClass::ClientError => "client_error",
+            ErrorClass::Misconfigured => "misconfigured",
+            ErrorClass::Malformed => "malformed",
             ErrorClass::Cut => "cut",
         }
     }
@@ -63,6 +71,7 @@ impl ErrorClass {
     /// The class of an upstream HTTP status that is not a success.
     pub fn of_status(status: u16) -> ErrorClass {
         match status {
+            300..=399 | 401..=405 => ErrorClass::Misconfigured,
             408 => ErrorClass::Timeout,
             429 => ErrorClass::RateLimited,
             503 | 529 => ErrorClass::Overload,
@@ -83,6 +92,8 @@ pub struct ProviderError {
     pub message: String,
     /// For client errors: the upstream's OpenAI-shaped `error` fields to return as they are.
     pub client_error: Option<Box<UpstreamClientError>>,
+    /// For rate limits: how long the upstream asked to wait (`retry-after`).
+    pub retry_after: Option<Duration>,
 }
 
 /// An upstream's refusal of the request, to return to the client unchanged.
@@ -108,6 +119,7 @@ impl ProviderError {
             status: None,
             message: message.into(),
             client_error: None,
+            retry_after: None,
         }
     }
 
@@ -126,10 +138,14 @@ impl ProviderError {
     }
 
     /// A non-success upstream answer, keeping an OpenAI-shaped error body for client errors.
+    /// What a misconfigured deployment's upstream said (about its key, say) is never kept.
     pub fn from_status(status: u16, body: &[u8]) -> ProviderError {
         let class = ErrorClass::of_status(status);
         let parsed = parse_error_body(body);
         let message = match &parsed {
+            _ if class == ErrorClass::Misconfigured => {
+                format!("HTTP {status}: the upstream refused this deployment")
+            }
             Some(e) if !e.message.is_empty() => {
                 format!("HTTP {status}: {}", truncate(&e.message, 300))
             }
@@ -154,8 +170,155 @@ impl ProviderError {
             status: Some(status),
             message,
             client_error,
+            retry_after: None,
         }
     }
+
+    /// A success status whose body is not what the protocol promises.
+    pub fn malformed(message: impl Into<String>) -> ProviderError {
+        ProviderError::new(ErrorClass::Malformed, message)
+    }
+}
+
+/// The most tokens any single usage count may report; a larger count is not a miscount but
+/// nonsense, and the attempt is treated as a malformed answer.
+pub const MAX_REPORTED_TOKENS: u64 = 1_000_000_000;
+
+/// Usage as an upstream reported it, checked before anything is billed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportedUsage {
+    /// Counts in a known shape and in range.
+    Counted(TokenUsage),
+    /// No usage reported (absent or null).
+    Missing,
+    /// Usage in a shape Lumina does not know (counts missing, not integers, not an object).
+    Unrecognized,
+    /// A count beyond [`MAX_REPORTED_TOKENS`].
+    OutOfRange,
+}
+
+/// Reads an OpenAI-shaped `usage` value: `prompt_tokens` and `completion_tokens` are
+/// required non-negative integers; `prompt_tokens_details.cached_tokens` and
+/// `completion_tokens_details.reasoning_tokens` are optional.
+pub fn openai_usage(raw: Option<&serde_json::value::RawValue>) -> ReportedUsage {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return ReportedUsage::Missing;
+    };
+    let Ok(serde_json::Value::Object(usage)) = serde_json::from_str(raw.get()) else {
+        return ReportedUsage::Unrecognized;
+    };
+    let count = |v: Option<&serde_json::Value>| -> Result<Option<u64>, ReportedUsage> {
+        match v {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Number(n)) => match n.as_u64() {
+                Some(n) if n <= MAX_REPORTED_TOKENS => Ok(Some(n)),
+                Some(_) => Err(ReportedUsage::OutOfRange),
+                // Past u64 or written with an exponent: a whole number too large is out of
+                // range, anything else (negative, fractional) is not a count.
+                None if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f > 0.0) => {
+                    Err(ReportedUsage::OutOfRange)
+                }
+                None => Err(ReportedUsage::Unrecognized),
+            },
+            Some(_) => Err(ReportedUsage::Unrecognized),
+        }
+    };
+    let detail = |section: &str, name: &str| -> Result<Option<u64>, ReportedUsage> {
+        match usage.get(section) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Object(d)) => count(d.get(name)),
+            Some(_) => Err(ReportedUsage::Unrecognized),
+        }
+    };
+    let read = || -> Result<TokenUsage, ReportedUsage> {
+        let prompt = count(usage.get("prompt_tokens"))?;
+        let completion = count(usage.get("completion_tokens"))?;
+        let (Some(prompt_tokens), Some(completion_tokens)) = (prompt, completion) else {
+            return Err(ReportedUsage::Unrecognized);
+        };
+        Ok(TokenUsage {
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens: detail("prompt_tokens_details", "cached_tokens")?.unwrap_or(0),
+            reasoning_tokens: detail("completion_tokens_details", "reasoning_tokens")?.unwrap_or(0),
+        })
+    };
+    match read() {
+        Ok(usage) => ReportedUsage::Counted(usage),
+        Err(report) => report,
+    }
+}
+
+/// The most bytes of an error body read (the rest is not needed to classify it).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Reads a response body whole, failing once it passes `limit` bytes or `deadline`.
+pub async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, ProviderError> {
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Err(_) => {
+                return Err(ProviderError::new(
+                    ErrorClass::Timeout,
+                    "the answer did not finish before the deadline",
+                ));
+            }
+            Ok(Err(e)) => {
+                let mut err = ProviderError::from_reqwest(&e);
+                err.class = ErrorClass::Cut;
+                return Err(err);
+            }
+            Ok(Ok(None)) => return Ok(body.freeze()),
+            Ok(Ok(Some(chunk))) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(ProviderError::malformed(format!(
+                        "the answer passed the {limit}-byte bound for a response"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Sends `request` under the attempt's first-byte deadline and turns a non-success status
+/// into its error (the body read up to a small bound; `retry-after` kept for rate limits).
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    timeouts: &Timeouts,
+    deadline: tokio::time::Instant,
+) -> Result<reqwest::Response, ProviderError> {
+    let first_byte = (tokio::time::Instant::now() + timeouts.first_byte).min(deadline);
+    let response = match tokio::time::timeout_at(first_byte, request.send()).await {
+        Err(_) => {
+            return Err(ProviderError::new(
+                ErrorClass::Timeout,
+                "no answer before the first-byte deadline",
+            ));
+        }
+        Ok(Err(e)) => return Err(ProviderError::from_reqwest(&e)),
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = read_bounded(response, MAX_ERROR_BODY, deadline)
+        .await
+        .unwrap_or_default();
+    let mut error = ProviderError::from_status(status, &body);
+    error.retry_after = retry_after;
+    Err(error)
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -204,9 +367,7 @@ pub struct Completion {
     /// The response body to send (OpenAI `chat.completion`).
     pub body: Bytes,
     /// Usage as the upstream reported it.
-    pub usage: Option<TokenUsage>,
-    /// Characters of generated text, for estimating usage when none was reported.
-    pub completion_chars: usize,
+    pub usage: ReportedUsage,
 }
 
 /// One streamed chunk, as OpenAI-shaped JSON (the text after `data: `).
@@ -216,8 +377,8 @@ pub struct StreamChunk {
     pub data: Bytes,
     /// Characters of generated text it carries.
     pub content_chars: usize,
-    /// Usage, when the chunk reports it.
-    pub usage: Option<TokenUsage>,
+    /// Usage, when the chunk carries a `usage` member.
+    pub usage: Option<ReportedUsage>,
     /// Whether this is the final usage-only chunk (no choices).
     pub usage_only: bool,
 }
@@ -248,6 +409,25 @@ pub trait Provider: Send + Sync {
         &'a self,
         call: UpstreamCall<'a>,
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>>;
+}
+
+/// Size bounds of one provider's answers.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// A whole (non-streamed) response body.
+    pub response_bytes: usize,
+    /// Everything a stream sends.
+    pub stream_bytes: usize,
+}
+
+impl BodyLimits {
+    /// The bounds configured for `config`.
+    pub fn of(config: &ProviderConfig) -> BodyLimits {
+        BodyLimits {
+            response_bytes: config.max_response_bytes,
+            stream_bytes: config.max_stream_bytes,
+        }
+    }
 }
 
 /// Deadlines of one provider.
@@ -288,6 +468,9 @@ pub fn install_crypto_provider() {
 pub fn http_client(timeouts: &Timeouts) -> Result<reqwest::Client, String> {
     install_crypto_provider();
     reqwest::Client::builder()
+        // A redirect is an upstream error: following one would send the client's prompt (and
+        // the provider's key) to another host.
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeouts.connect)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
@@ -303,6 +486,7 @@ pub fn build(
 ) -> Result<Arc<dyn Provider>, String> {
     let key = config.api_key_env.as_deref().and_then(&env);
     let timeouts = Timeouts::of(config);
+    let limits = BodyLimits::of(config);
     Ok(match config.kind {
         ProviderKind::Openai => Arc::new(openai::OpenAi::new(
             config
@@ -311,6 +495,7 @@ pub fn build(
                 .unwrap_or("https://api.openai.com/v1"),
             key,
             timeouts,
+            limits,
         )?),
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(
             config
@@ -320,7 +505,77 @@ pub fn build(
             key.unwrap_or_default(),
             config.default_max_tokens,
             timeouts,
+            limits,
         )?),
         ProviderKind::Simulated => Arc::new(simulated::Simulated::new(config.simulated.clone())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(text: &str) -> ReportedUsage {
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(text).unwrap();
+        openai_usage(Some(&raw))
+    }
+
+    #[test]
+    fn openai_usage_is_checked_before_it_is_billed() {
+        assert_eq!(
+            usage(
+                r#"{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1},"completion_tokens_details":{"reasoning_tokens":2}}"#
+            ),
+            ReportedUsage::Counted(TokenUsage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                cached_tokens: 1,
+                reasoning_tokens: 2,
+            })
+        );
+        for huge in [
+            "10000000000000000",
+            "9223372036854775807",
+            "18446744073709551616",
+            "1e16",
+        ] {
+            assert_eq!(
+                usage(&format!(
+                    r#"{{"prompt_tokens":3,"completion_tokens":{huge}}}"#
+                )),
+                ReportedUsage::OutOfRange,
+                "{huge}"
+            );
+        }
+        for odd in [
+            "{}",
+            r#"{"total_tokens":5000}"#,
+            r#"{"input_tokens":5,"output_tokens":6}"#,
+            "[1, 2]",
+            r#"{"prompt_tokens":-1,"completion_tokens":2}"#,
+            r#"{"prompt_tokens":1.5,"completion_tokens":2}"#,
+            r#"{"prompt_tokens":"3","completion_tokens":2}"#,
+        ] {
+            assert_eq!(usage(odd), ReportedUsage::Unrecognized, "{odd}");
+        }
+        assert_eq!(usage("null"), ReportedUsage::Missing);
+        assert_eq!(openai_usage(None), ReportedUsage::Missing);
+    }
+
+    #[test]
+    fn statuses_that_blame_the_deployment_fall_back() {
+        for status in [301, 302, 307, 308, 401, 402, 403, 404, 405] {
+            let class = ErrorClass::of_status(status);
+            assert_eq!(class, ErrorClass::Misconfigured, "{status}");
+            assert!(class.falls_back());
+        }
+        assert_eq!(ErrorClass::of_status(400), ErrorClass::ClientError);
+        assert_eq!(ErrorClass::of_status(422), ErrorClass::ClientError);
+        let e = ProviderError::from_status(
+            401,
+            br#"{"error":{"message":"Incorrect API key provided: sk-pr****cret"}}"#,
+        );
+        assert!(!e.message.contains("sk-"), "{}", e.message);
+        assert!(e.client_error.is_none());
+    }
 }

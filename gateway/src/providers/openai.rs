@@ -10,14 +10,14 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::providers::sse::events;
 use crate::providers::{
-    ChunkStream, Completion, ErrorClass, Provider, ProviderError, StreamChunk, Timeouts,
-    UpstreamCall, http_client,
+    BodyLimits, ChunkStream, Completion, ErrorClass, Provider, ProviderError, ReportedUsage,
+    StreamChunk, Timeouts, UpstreamCall, http_client, openai_usage, read_bounded, send,
 };
-use crate::wire::{TokenUsage, UsageWire};
 
 /// How long a stream's body is read past `[DONE]` to reuse its connection.
 const DRAIN_AFTER_DONE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -28,6 +28,7 @@ pub struct OpenAi {
     auth: Option<HeaderValue>,
     client: reqwest::Client,
     timeouts: Timeouts,
+    limits: BodyLimits,
 }
 
 impl OpenAi {
@@ -36,6 +37,7 @@ impl OpenAi {
         base_url: &str,
         api_key: Option<String>,
         timeouts: Timeouts,
+        limits: BodyLimits,
     ) -> Result<OpenAi, String> {
         let auth = match api_key {
             Some(key) => {
@@ -56,6 +58,7 @@ impl OpenAi {
             auth,
             client: http_client(&timeouts)?,
             timeouts,
+            limits,
         })
     }
 
@@ -72,38 +75,19 @@ impl OpenAi {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let first_byte = (Instant::now() + self.timeouts.first_byte).min(deadline);
-        let response = match tokio::time::timeout_at(first_byte, request.send()).await {
-            Err(_) => {
-                return Err(ProviderError::new(
-                    ErrorClass::Timeout,
-                    "no answer before the first-byte deadline",
-                ));
-            }
-            Ok(Err(e)) => return Err(ProviderError::from_reqwest(&e)),
-            Ok(Ok(r)) => r,
-        };
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            let body = tokio::time::timeout_at(deadline, response.bytes())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            return Err(ProviderError::from_status(status, &body));
-        }
-        Ok(response)
+        send(request, &self.timeouts, deadline).await
     }
 }
 
+/// The members of a completion or chunk that Lumina checks and meters.
 #[derive(Deserialize)]
 struct CompletionProbe<'a> {
     #[serde(default, borrow)]
-    choices: Vec<ChoiceProbe<'a>>,
-    #[serde(default)]
-    usage: Option<UsageWire>,
-    #[serde(default)]
-    error: Option<serde_json::Value>,
+    choices: Option<Vec<ChoiceProbe<'a>>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -155,27 +139,44 @@ impl MessageProbe<'_> {
     }
 }
 
-fn probe_chunk(data: Bytes) -> Result<StreamChunk, ProviderError> {
-    let probe: CompletionProbe<'_> = serde_json::from_slice(&data)
-        .map_err(|_| ProviderError::new(ErrorClass::Cut, "the upstream sent a malformed chunk"))?;
-    if let Some(e) = probe.error {
-        let message = e
-            .get("message")
-            .and_then(|m| m.as_str())
-            .unwrap_or("unspecified");
-        return Err(ProviderError::new(
-            ErrorClass::Cut,
-            format!("the upstream reported an error mid-stream: {message}"),
-        ));
+/// Parses `data` as a JSON object (what every completion and chunk is), or says what it is
+/// instead: an upstream that answers 200 with an error, an array or nothing useful is
+/// failing, not answering.
+fn probe<'a>(data: &'a [u8], what: &str) -> Result<CompletionProbe<'a>, ProviderError> {
+    let first = data.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ProviderError::malformed(format!(
+            "the upstream sent a {what} that is not a JSON object"
+        )));
     }
-    let content_chars = probe
-        .choices
+    let probe: CompletionProbe<'_> = serde_json::from_slice(data)
+        .map_err(|_| ProviderError::malformed(format!("the upstream sent a malformed {what}")))?;
+    if probe.error.is_some_and(|e| e.get() != "null") {
+        return Err(ProviderError::malformed(format!(
+            "the upstream sent an error instead of a {what}"
+        )));
+    }
+    if probe.choices.is_none() {
+        return Err(ProviderError::malformed(format!(
+            "the upstream sent a {what} without choices"
+        )));
+    }
+    Ok(probe)
+}
+
+fn probe_chunk(data: Bytes) -> Result<StreamChunk, ProviderError> {
+    let probe = probe(&data, "chunk")?;
+    let choices = probe.choices.as_deref().unwrap_or_default();
+    let content_chars = choices
         .iter()
         .filter_map(|c| c.delta.as_ref())
         .map(MessageProbe::chars)
         .sum();
-    let usage_only = probe.choices.is_empty() && probe.usage.is_some();
-    let usage = probe.usage.map(TokenUsage::from);
+    let usage = probe
+        .usage
+        .filter(|u| u.get() != "null")
+        .map(|u| openai_usage(Some(u)));
+    let usage_only = choices.is_empty() && usage.is_some();
     Ok(StreamChunk {
         data,
         content_chars,
@@ -192,35 +193,21 @@ impl Provider for OpenAi {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
             let response = self.send(&call, deadline).await?;
-            let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Err(_) => {
-                    return Err(ProviderError::new(
-                        ErrorClass::Timeout,
-                        "the answer did not finish before the deadline",
-                    ));
-                }
-                Ok(Err(e)) => {
-                    let mut err = ProviderError::from_reqwest(&e);
-                    err.class = ErrorClass::Cut;
-                    return Err(err);
-                }
-                Ok(Ok(b)) => b,
-            };
-            let probe: CompletionProbe<'_> = serde_json::from_slice(&body).map_err(|_| {
-                ProviderError::new(ErrorClass::Cut, "the upstream answered with malformed JSON")
-            })?;
-            let completion_chars = probe
-                .choices
-                .iter()
-                .filter_map(|c| c.message.as_ref())
-                .map(MessageProbe::chars)
-                .sum();
-            let usage = probe.usage.map(TokenUsage::from);
-            Ok(Completion {
-                body,
-                usage,
-                completion_chars,
-            })
+            let body = read_bounded(response, self.limits.response_bytes, deadline).await?;
+            let probe = probe(&body, "completion")?;
+            let choices = probe.choices.as_deref().unwrap_or_default();
+            if choices.is_empty() || choices.iter().any(|c| c.message.is_none()) {
+                return Err(ProviderError::malformed(
+                    "the upstream sent a completion without a message",
+                ));
+            }
+            let usage = openai_usage(probe.usage);
+            if usage == ReportedUsage::OutOfRange {
+                return Err(ProviderError::malformed(
+                    "the upstream reported a token count beyond any sane bound",
+                ));
+            }
+            Ok(Completion { body, usage })
         }
         .boxed()
     }
@@ -232,7 +219,12 @@ impl Provider for OpenAi {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
             let response = self.send(&call, deadline).await?;
-            let events = Box::pin(events(response.bytes_stream(), self.timeouts, deadline));
+            let events = Box::pin(events(
+                response.bytes_stream(),
+                self.timeouts,
+                deadline,
+                self.limits.stream_bytes,
+            ));
             let chunks = futures::stream::try_unfold(events, |mut events| async move {
                 match events.next().await {
                     None => Err(ProviderError::new(
@@ -247,6 +239,9 @@ impl Provider for OpenAi {
                         let _ = tokio::time::timeout(DRAIN_AFTER_DONE, drain).await;
                         Ok(None)
                     }
+                    Some(Ok(event)) if event.event.as_deref() == Some("error") => Err(
+                        ProviderError::malformed("the upstream reported an error mid-stream"),
+                    ),
                     Some(Ok(event)) => Ok(Some((probe_chunk(event.data)?, events))),
                 }
             });

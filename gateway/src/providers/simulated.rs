@@ -12,7 +12,8 @@ use serde_json::value::RawValue;
 
 use crate::config::SimulatedConfig;
 use crate::providers::{
-    ChunkStream, Completion, ErrorClass, Provider, ProviderError, StreamChunk, UpstreamCall,
+    ChunkStream, Completion, ErrorClass, Provider, ProviderError, ReportedUsage, StreamChunk,
+    UpstreamCall,
 };
 use crate::wire::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
@@ -289,17 +290,13 @@ impl Provider for Simulated {
                     finish_reason: answer.finish_reason.into(),
                 })
                 .collect();
-            let completion_chars = choices
-                .iter()
-                .map(|c| c.message.content.as_ref().map_or(0, String::len))
-                .sum();
             let body = ChatCompletion {
                 id: completion_id(call.request_id),
                 object: "chat.completion",
                 created: now_secs(),
                 model: call.upstream_model.to_string(),
                 choices,
-                usage: UsageOut::from(answer.usage),
+                usage: Some(UsageOut::from(answer.usage)),
                 service_tier: "default",
                 system_fingerprint: Some("lumina-sim".into()),
             };
@@ -307,8 +304,7 @@ impl Provider for Simulated {
                 .map_err(|e| ProviderError::new(ErrorClass::ServerError, e.to_string()))?;
             Ok(Completion {
                 body: Bytes::from(body),
-                usage: Some(answer.usage),
-                completion_chars,
+                usage: ReportedUsage::Counted(answer.usage),
             })
         }
         .boxed()
@@ -433,7 +429,7 @@ impl Provider for Simulated {
             items.push(StreamChunk {
                 data: chunk(Vec::new(), Some(UsageOut::from(answer.usage))),
                 content_chars: 0,
-                usage: Some(answer.usage),
+                usage: Some(ReportedUsage::Counted(answer.usage)),
                 usage_only: true,
             });
             let cut_after = failure.map(|_| items.len() / 2);

@@ -85,22 +85,24 @@ impl SseDecoder {
     }
 }
 
-/// Events of an upstream body under the attempt's idle and total deadlines. The stream ends
-/// when the body ends; a body that ends inside an event yields a `Cut` error.
+/// Events of an upstream body under the attempt's idle and total deadlines and a bound on
+/// the bytes it may send in all (past it: a `Malformed` error). The stream ends when the body
+/// ends; a body that ends inside an event yields a `Cut` error.
 pub fn events<S>(
     body: S,
     timeouts: Timeouts,
     deadline: Instant,
+    max_bytes: usize,
 ) -> impl Stream<Item = Result<SseEvent, ProviderError>> + Send
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
 {
     futures::stream::try_unfold(
-        (body, SseDecoder::default(), false),
-        move |(mut body, mut decoder, ended)| async move {
+        (body, SseDecoder::default(), false, 0usize),
+        move |(mut body, mut decoder, ended, mut read)| async move {
             loop {
                 if let Some(event) = decoder.next_event() {
-                    return Ok(Some((event, (body, decoder, ended))));
+                    return Ok(Some((event, (body, decoder, ended, read))));
                 }
                 if ended {
                     return Ok(None);
@@ -114,7 +116,15 @@ where
                             "the upstream stream went silent past its deadline",
                         ));
                     }
-                    Ok(Some(Ok(bytes))) => decoder.push(&bytes),
+                    Ok(Some(Ok(bytes))) => {
+                        read += bytes.len();
+                        if read > max_bytes {
+                            return Err(ProviderError::malformed(format!(
+                                "the stream passed the {max_bytes}-byte bound for an answer"
+                            )));
+                        }
+                        decoder.push(&bytes);
+                    }
                     Ok(Some(Err(e))) => {
                         let mut err = ProviderError::from_reqwest(&e);
                         err.class = ErrorClass::Cut;
@@ -125,7 +135,7 @@ where
                         if decoder.has_partial() {
                             decoder.push(b"\n\n");
                             if let Some(event) = decoder.next_event() {
-                                return Ok(Some((event, (body, decoder, true))));
+                                return Ok(Some((event, (body, decoder, true, read))));
                             }
                         }
                         return Ok(None);
