@@ -11,7 +11,7 @@ use lumina_eventlog::LogOptions;
 use lumina_gateway::config::{
     BreakerConfig, GatewayConfig, ProviderConfig, RouteConfig, ServerConfig,
 };
-use lumina_ledger::pricing::{PriceTable, PricingConfig};
+use lumina_gateway::metering::pricing::{PriceTable, PricingConfig};
 use lumina_schemas::NanoCredits;
 use serde::Deserialize;
 

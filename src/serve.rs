@@ -12,10 +12,10 @@ use lumina_gateway::admin::{Admin, KeyRequest};
 use lumina_gateway::auth::KeyCache;
 use lumina_gateway::metering::credit::{CreditBook, Reflection};
 use lumina_gateway::metering::limits::Limits;
+use lumina_gateway::metering::pricing::PriceTable;
 use lumina_gateway::routing::catalog::Catalog;
 use lumina_gateway::routing::table::RouteTable;
 use lumina_gateway::{AppInner, AppState, Readiness};
-use lumina_ledger::pricing::PriceTable;
 use lumina_ledger::{Ledger, LedgerProjection};
 use lumina_projector::{ReadModel, ReadModelProjection};
 use lumina_schemas::NanoCredits;
@@ -146,9 +146,13 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         Mode::Embedded => Reflection::LogPosition,
         Mode::Gateway => Reflection::AppliedEvent,
     }));
-    credits.refresh(&db).await?;
-    let credit_refresher =
-        tokio::spawn(refresh_credits(credits.clone(), db.clone(), cancel.clone()));
+    let ledger = Ledger::new(db.clone());
+    credits.refresh(&ledger).await?;
+    let credit_refresher = tokio::spawn(refresh_credits(
+        credits.clone(),
+        ledger.clone(),
+        cancel.clone(),
+    ));
     let prices = PriceTable::from_config(&config.pricing)
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let sweeper = tokio::spawn(lumina_ledger::sweeper::run(
@@ -160,7 +164,7 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let mut admin = Admin::new(
         log.clone(),
         read_model.clone(),
-        Ledger::new(db.clone()),
+        ledger.clone(),
         keys.clone(),
         credits.clone(),
         consumers,
@@ -184,6 +188,8 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let server = config.gateway.server.clone();
     let state = AppState::new(AppInner {
         admin,
+        read_model: read_model.clone(),
+        ledger: ledger.clone(),
         keys,
         admin_key: secrets.admin_key.clone(),
         catalog: Catalog::new(config.catalog.fusion),
@@ -272,14 +278,14 @@ async fn refresh_keys(keys: Arc<KeyCache>, read_model: ReadModel, cancel: Cancel
 /// How often the credit book reloads the ledger's balances.
 const CREDIT_REFRESH: Duration = Duration::from_millis(250);
 
-async fn refresh_credits(credits: Arc<CreditBook>, db: Database, cancel: CancellationToken) {
+async fn refresh_credits(credits: Arc<CreditBook>, ledger: Ledger, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(CREDIT_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {
-                if let Err(e) = credits.refresh(&db).await {
+                if let Err(e) = credits.refresh(&ledger).await {
                     tracing::warn!(error = %e, "credit refresh failed; keeping the previous balances");
                 }
             }

@@ -265,6 +265,21 @@ pub async fn load_positions(
         .collect()
 }
 
+/// Whether `consumer` has applied the event `event_id`.
+pub async fn has_applied(
+    db: &Database,
+    consumer: &str,
+    event_id: &uuid::Uuid,
+) -> Result<bool, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT 1 FROM consumer_applied_events WHERE consumer = $1 AND event_id = $2")
+            .bind(consumer)
+            .bind(event_id.to_string())
+            .fetch_optional(&db.pool)
+            .await?;
+    Ok(row.is_some())
+}
+
 /// Forgets everything `consumer` applied, so it replays its source from the start. Its
 /// projection's own tables must be cleared in the same breath by the caller.
 pub async fn reset_consumer(conn: &mut AnyConnection, consumer: &str) -> Result<(), sqlx::Error> {

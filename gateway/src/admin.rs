@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lumina_eventlog::consumer::has_applied;
 use lumina_eventlog::{ConsumerWatch, EventLog, LogError, Projection};
 use lumina_ledger::{Balance, Ledger};
 use lumina_projector::{AccountRow, KeyRow, ReadModel};
@@ -207,9 +208,9 @@ impl Admin {
     ) -> Result<(), AdminError> {
         let projector = lumina_projector::ReadModelProjection;
         let ledger = lumina_ledger::LedgerProjection;
-        let db = &self.read_model.database().pool;
+        let db = self.read_model.database();
         for event in events {
-            let id = event.envelope.event_id.to_string();
+            let id = &event.envelope.event_id;
             let kind = event.event_type();
             let wanted = [
                 (projector.name(), projector.handles(kind)),
@@ -220,14 +221,7 @@ impl Admin {
                     continue;
                 }
                 loop {
-                    let applied = sqlx::query(
-                        "SELECT 1 FROM consumer_applied_events WHERE consumer = $1 AND event_id = $2",
-                    )
-                    .bind(consumer)
-                    .bind(id.as_str())
-                    .fetch_optional(db)
-                    .await?;
-                    if applied.is_some() {
+                    if has_applied(db, consumer, id).await? {
                         break;
                     }
                     if tokio::time::Instant::now() >= deadline {
@@ -292,7 +286,7 @@ impl Admin {
     }
 
     async fn refresh_credits(&self) -> Result<(), AdminError> {
-        self.credits.refresh(self.read_model.database()).await?;
+        self.credits.refresh(&self.ledger).await?;
         Ok(())
     }
 

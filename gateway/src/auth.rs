@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use hmac::{Hmac, KeyInit, Mac};
 use lumina_projector::{KeyRow, ReadModel};
+use lumina_schemas::ids::{AccountId, KeyId, ProjectId};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -109,11 +110,11 @@ pub fn generate_admin_key() -> Result<String, SecretError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyIdentity {
     /// `key_…`
-    pub key_id: String,
+    pub key_id: KeyId,
     /// The key's account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// The key's project.
-    pub project_id: String,
+    pub project_id: ProjectId,
     /// Requests per minute, if limited.
     pub rpm: Option<i64>,
     /// Tokens per minute, if limited.
@@ -153,9 +154,9 @@ fn add_row(map: &mut KeyMap, row: KeyRow) {
         hash,
         active,
         identity: Arc::new(KeyIdentity {
-            key_id: row.id,
-            account_id: row.account_id,
-            project_id: row.project_id,
+            key_id: row.id.into(),
+            account_id: row.account_id.into(),
+            project_id: row.project_id.into(),
             rpm: row.rpm,
             tpm: row.tpm,
             store_content: row.store_content,
@@ -210,7 +211,7 @@ impl KeyCache {
                         self.keys.rcu(|current| {
                             let mut map = KeyMap::clone(current);
                             if let Some(list) = map.get_mut(&row.key_prefix) {
-                                list.retain(|k| k.identity.key_id != row.id);
+                                list.retain(|k| k.identity.key_id.as_str() != row.id);
                             }
                             add_row(&mut map, row.clone());
                             map

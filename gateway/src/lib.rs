@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod engine;
 pub mod json_keys;
 pub mod metering;
 pub mod providers;

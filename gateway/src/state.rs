@@ -4,14 +4,15 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use lumina_eventlog::{ConsumerWatch, EventLog};
+use lumina_ledger::Ledger;
+use lumina_projector::ReadModel;
 
 use crate::admin::Admin;
 use crate::auth::KeyCache;
 use crate::config::ServerConfig;
-use lumina_ledger::pricing::PriceTable;
-
 use crate::metering::credit::CreditBook;
 use crate::metering::limits::Limits;
+use crate::metering::pricing::PriceTable;
 use crate::routing::catalog::Catalog;
 use crate::routing::table::RouteTable;
 
@@ -21,8 +22,12 @@ pub struct AppState(Arc<AppInner>);
 
 /// What handlers reach through [`AppState`].
 pub struct AppInner {
-    /// Admin writes and reads.
+    /// Admin writes (and the admin API's reads of what it wrote).
     pub admin: Admin,
+    /// The projector's read model: keys, accounts, usage and request views.
+    pub read_model: ReadModel,
+    /// The ledger's balances and journal.
+    pub ledger: Ledger,
     /// Customer keys.
     pub keys: Arc<KeyCache>,
     /// The admin bearer token.

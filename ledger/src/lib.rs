@@ -7,13 +7,12 @@
 //! orphaned holds. It never calls the gateway or the projector.
 
 pub mod journal;
-pub mod pricing;
 pub mod reconcile;
 pub mod store;
 pub mod sweeper;
 
 pub use journal::{EntryKind, HoldState, JournalEntry, LedgerAccount, Posting, entry_for};
-pub use store::{Balance, Ledger, LedgerProjection};
+pub use store::{Available, Balance, Ledger, LedgerProjection};
 
 /// Consumer name of the ledger: the key of its positions and applied event ids.
 pub const CONSUMER: &str = "ledger";

@@ -5,13 +5,15 @@
 //! its postings exist and sum to zero, and postings cannot be changed afterwards — the database
 //! enforces balance as well as [`JournalEntry::is_balanced`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 
 use lumina_eventlog::db::{in_list, insert_rows, values_sql};
 use lumina_eventlog::{ApplyError, Database};
 use lumina_schemas::{Event, EventType, Payload};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
 
 use crate::CONSUMER;
 use crate::journal::{EntryKind, HoldState, JournalEntry, LedgerAccount, MONEY_EVENTS, entry_for};
@@ -428,10 +430,83 @@ pub struct Ledger {
     db: Database,
 }
 
+/// Every account's available balance, as one snapshot.
+pub type Available = HashMap<String, i64>;
+
 impl Ledger {
     /// The ledger in `db`.
     pub fn new(db: Database) -> Ledger {
         Ledger { db }
+    }
+
+    /// The database it reads.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Every account's available balance and the ledger's next position in a gateway's local
+    /// log (embedded mode), read in one statement so the two agree.
+    pub async fn available_at_position(&self) -> Result<(Available, u64), sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT '' AS account_id, next_offset FROM consumer_positions
+               WHERE consumer = $1 AND stream = 'local' AND partition_id = 0
+             UNION ALL
+             SELECT account_id, available_nano FROM ledger_balances",
+        )
+        .bind(CONSUMER)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut available = HashMap::with_capacity(rows.len());
+        let mut next = 0u64;
+        for row in &rows {
+            let account: String = row.try_get(0)?;
+            let value: i64 = row.try_get(1)?;
+            if account.is_empty() {
+                next = u64::try_from(value).unwrap_or(0);
+            } else {
+                available.insert(account, value);
+            }
+        }
+        Ok((available, next))
+    }
+
+    /// Every account's available balance and which of `events` the ledger applied (distributed
+    /// mode, where its positions are topic offsets), read in one statement so the two agree.
+    pub async fn available_with_applied(
+        &self,
+        events: &[Uuid],
+    ) -> Result<(Available, HashSet<Uuid>), sqlx::Error> {
+        let mut sql =
+            String::from("SELECT 0 AS kind, account_id, available_nano FROM ledger_balances");
+        if !events.is_empty() {
+            // Uuids render as hex and dashes only, so they are safe as literals; one parameter
+            // per id would run into PostgreSQL's limit of 65,535.
+            let _ = write!(
+                sql,
+                " UNION ALL SELECT 1, event_id, 0 FROM consumer_applied_events \
+                 WHERE consumer = '{CONSUMER}' AND event_id IN ("
+            );
+            for (i, id) in events.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(sql, "{sep}'{id}'");
+            }
+            sql.push(')');
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.db.pool)
+            .await?;
+        let mut available = HashMap::with_capacity(rows.len());
+        let mut applied = HashSet::new();
+        for row in &rows {
+            let kind: i32 = row.try_get(0)?;
+            let name: String = row.try_get(1)?;
+            if kind == 0 {
+                available.insert(name, row.try_get::<i64, _>(2)?);
+            } else if let Ok(id) = Uuid::parse_str(&name) {
+                applied.insert(id);
+            }
+        }
+        Ok((available, applied))
     }
 
     /// The balance of `account_id` (zero when it has no entries yet).
@@ -613,22 +688,6 @@ impl Ledger {
             (account_id, after, limit),
         )
         .await
-    }
-
-    /// The entry that journaled `request_id`'s settlement, if any.
-    pub async fn settlement_of(&self, request_id: &str) -> Result<Option<EntryRow>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT account_id, id FROM ledger_entries WHERE request_id = $1 AND kind = 'settle'",
-        )
-        .bind(request_id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let account: String = row.try_get(0)?;
-        let id: i64 = row.try_get(1)?;
-        Ok(self.entries(&account, id - 1, 1).await?.into_iter().next())
     }
 
     /// The statement of `account_id` over `[from, to)` (µs since the epoch).

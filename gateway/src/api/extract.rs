@@ -176,7 +176,7 @@ impl FromRequestParts<AppState> for CustomerKey {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         state
             .keys
-            .authenticate_or_load(bearer(parts), state.admin.read_model())
+            .authenticate_or_load(bearer(parts), &state.read_model)
             .await
             .map(CustomerKey)
             .map_err(ApiError::from)

@@ -48,8 +48,7 @@ pub async fn entries(
         ));
     }
     let mut data = state
-        .admin
-        .ledger()
+        .ledger
         .entries(&id, q.after.unwrap_or(0), limit + 1)
         .await
         .map_err(|e| ApiError::Unavailable(format!("ledger unavailable: {e}")))?;
@@ -192,8 +191,7 @@ pub async fn statement(
         return Err(ApiError::invalid("'to' must be after 'from'", Some("to")));
     }
     let st = state
-        .admin
-        .ledger()
+        .ledger
         .statement(&q.account_id, from, to)
         .await
         .map_err(|e| ApiError::Unavailable(format!("ledger unavailable: {e}")))?;

@@ -18,21 +18,17 @@ use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use lumina_schemas::ids::new_id;
+use lumina_schemas::ids::RequestId;
 
 use crate::api::error::ApiError;
 use crate::state::AppState;
 
-/// The request id of a request, as sent in `x-request-id`.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 async fn assign_request_id(mut req: Request, next: Next) -> Response {
-    let id = new_id("req");
-    let header = HeaderValue::from_str(&id).ok();
-    req.extensions_mut().insert(RequestId(id));
+    let id = RequestId::generate();
+    let header = HeaderValue::from_str(id.as_str()).ok();
+    req.extensions_mut().insert(id);
     let mut response = next.run(req).await;
     if let Some(header) = header {
         response.headers_mut().insert(X_REQUEST_ID.clone(), header);

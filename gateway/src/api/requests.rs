@@ -138,8 +138,7 @@ async fn page(
     limit: i64,
 ) -> Result<Json<RequestPage>, ApiError> {
     let mut rows = state
-        .admin
-        .read_model()
+        .read_model
         .requests(&filter, limit + 1)
         .await
         .map_err(|e| ApiError::Unavailable(format!("request views unavailable: {e}")))?;
@@ -160,9 +159,15 @@ pub async fn list(
     CustomerKey(key): CustomerKey,
     uri: Uri,
 ) -> Result<Json<RequestPage>, ApiError> {
-    let (filter, limit) = filter_from(&uri, Some(key.account_id.clone()))?;
+    let (filter, limit) = filter_from(&uri, Some(key.account_id.to_string()))?;
     if let Some(id) = &filter.api_key_id {
-        ensure_owned(&state, &key.account_id, std::slice::from_ref(id), &[]).await?;
+        ensure_owned(
+            &state,
+            key.account_id.as_str(),
+            std::slice::from_ref(id),
+            &[],
+        )
+        .await?;
     }
     page(&state, filter, limit).await
 }
@@ -268,8 +273,7 @@ async fn load(
     account: Option<&str>,
 ) -> Result<(RequestRow, Vec<AttemptRow>), ApiError> {
     let found = state
-        .admin
-        .read_model()
+        .read_model
         .request(id, account)
         .await
         .map_err(|e| ApiError::Unavailable(format!("request views unavailable: {e}")))?;
@@ -282,7 +286,7 @@ pub async fn get(
     CustomerKey(key): CustomerKey,
     Path(id): Path<String>,
 ) -> Result<Json<Trace>, ApiError> {
-    let (row, attempts) = load(&state, &id, Some(&key.account_id)).await?;
+    let (row, attempts) = load(&state, &id, Some(key.account_id.as_str())).await?;
     Ok(Json(trace(row, attempts)))
 }
 
@@ -309,8 +313,7 @@ pub async fn route_stats(
     _admin: AdminKey,
 ) -> Result<Json<StatsList>, ApiError> {
     let data = state
-        .admin
-        .read_model()
+        .read_model
         .route_stats()
         .await
         .map_err(|e| ApiError::Unavailable(format!("route statistics unavailable: {e}")))?;
@@ -350,11 +353,11 @@ pub async fn feedback(
             Some("score"),
         ));
     }
-    let (row, _) = load(&state, &body.request_id, Some(&key.account_id)).await?;
+    let (row, _) = load(&state, &body.request_id, Some(key.account_id.as_str())).await?;
     let mut envelope = Envelope::new(row.account_id.as_str(), &*state.instance);
     envelope.request_id = Some(row.request_id.clone());
     envelope.project_id = row.project_id.clone();
-    envelope.api_key_id = Some(key.key_id.clone());
+    envelope.api_key_id = Some(key.key_id.to_string());
     let event = Event::new(
         envelope,
         FeedbackReceived {

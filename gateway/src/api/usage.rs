@@ -56,7 +56,7 @@ pub async fn ensure_owned(
     key_ids: &[String],
     project_ids: &[String],
 ) -> Result<(), ApiError> {
-    let views = state.admin.read_model();
+    let views = &state.read_model;
     let unavailable =
         |e: sqlx::Error| ApiError::Unavailable(format!("read models unavailable: {e}"));
     for id in key_ids {
@@ -189,7 +189,7 @@ pub async fn usage(
     );
     ensure_owned(
         &state,
-        &key.account_id,
+        key.account_id.as_str(),
         keys.as_deref().unwrap_or_default(),
         projects.as_deref().unwrap_or_default(),
     )
@@ -217,9 +217,8 @@ pub async fn usage(
     let has_more = t < end;
     let rows = match (starts.first(), starts.last()) {
         (Some(&s), Some(&l)) => state
-            .admin
-            .read_model()
-            .usage(&key.account_id, s.min(start - 59), l + width)
+            .read_model
+            .usage(key.account_id.as_str(), s.min(start - 59), l + width)
             .await
             .map_err(|e| ApiError::Unavailable(format!("usage views unavailable: {e}")))?,
         _ => Vec::new(),

@@ -21,12 +21,12 @@
 //! one lock.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lumina_eventlog::{Database, LogError};
-use sqlx::Row;
+use lumina_eventlog::LogError;
+use lumina_ledger::Ledger;
+use lumina_schemas::ids::{AccountId, RequestId};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -168,9 +168,6 @@ pub struct CreditBook {
     reflection: Reflection,
 }
 
-/// Consumer name the ledger stores its positions under.
-const LEDGER: &str = "ledger";
-
 /// The least time between two snapshots read on demand for an account the book does not know.
 const UNKNOWN_ACCOUNT_REFRESH: Duration = Duration::from_millis(50);
 
@@ -198,7 +195,8 @@ impl CreditBook {
     }
 
     /// Available credit of `account_id` as this gateway sees it.
-    pub fn available(&self, account_id: &str) -> i64 {
+    pub fn available(&self, account_id: &AccountId) -> i64 {
+        let account_id = account_id.as_str();
         self.book.lock().map_or(0, |b| {
             b.available.get(account_id).copied().unwrap_or(0) - b.pending_of(account_id)
         })
@@ -207,10 +205,11 @@ impl CreditBook {
     /// Holds `amount` for `request_id` when the account can cover it.
     pub fn try_hold(
         &self,
-        account_id: &str,
-        request_id: &str,
+        account_id: &AccountId,
+        request_id: &RequestId,
         amount: i64,
     ) -> Result<(), Insufficient> {
+        let (account_id, request_id) = (account_id.as_str(), request_id.as_str());
         let Ok(mut book) = self.book.lock() else {
             return Err(Insufficient {
                 available: 0,
@@ -247,9 +246,9 @@ impl CreditBook {
     /// `UNKNOWN_ACCOUNT_REFRESH` apart, so unknown accounts cannot turn requests into queries.
     pub async fn hold(
         &self,
-        db: &Database,
-        account_id: &str,
-        request_id: &str,
+        ledger: &Ledger,
+        account_id: &AccountId,
+        request_id: &RequestId,
         amount: i64,
     ) -> Result<(), Insufficient> {
         let refused = match self.try_hold(account_id, request_id, amount) {
@@ -257,14 +256,14 @@ impl CreditBook {
             Err(refused) => refused,
         };
         let stale = self.book.lock().is_ok_and(|b| {
-            !b.available.contains_key(account_id)
+            !b.available.contains_key(account_id.as_str())
                 && b.refreshed_at
                     .is_none_or(|at| at.elapsed() >= UNKNOWN_ACCOUNT_REFRESH)
         });
         if !stale {
             return Err(refused);
         }
-        if let Err(e) = self.refresh(db).await {
+        if let Err(e) = self.refresh(ledger).await {
             tracing::warn!(error = %e, "credit refresh for an unknown account failed");
             return Err(refused);
         }
@@ -274,12 +273,12 @@ impl CreditBook {
     /// Records the hold's `RequestRouted` event and where it will land in the log.
     pub fn queued(
         &self,
-        request_id: &str,
+        request_id: &RequestId,
         event_id: Uuid,
         position: oneshot::Receiver<Result<u64, LogError>>,
     ) {
         if let Ok(mut book) = self.book.lock()
-            && let Some(p) = book.pending.get_mut(request_id)
+            && let Some(p) = book.pending.get_mut(request_id.as_str())
         {
             p.position = Position::Waiting(position);
             p.event_id = Some(event_id);
@@ -289,7 +288,8 @@ impl CreditBook {
     /// The request settled: its `RequestSettled` (event `event_id`, charging `charge`) was
     /// committed at `position`. From now on the request takes its charge off the balance
     /// instead of its hold, until a snapshot carries the settlement.
-    pub fn settled(&self, request_id: &str, charge: i64, event_id: Uuid, position: u64) {
+    pub fn settled(&self, request_id: &RequestId, charge: i64, event_id: Uuid, position: u64) {
+        let request_id = request_id.as_str();
         let Ok(mut book) = self.book.lock() else {
             return;
         };
@@ -316,102 +316,46 @@ impl CreditBook {
     }
 
     /// Forgets a hold that never reached the log.
-    pub fn cancel(&self, request_id: &str) {
+    pub fn cancel(&self, request_id: &RequestId) {
         if let Ok(mut book) = self.book.lock() {
-            book.remove(request_id);
+            book.remove(request_id.as_str());
         }
     }
 
     /// Reads every balance and what the ledger applied of this gateway's holds, then drops
     /// the holds the balances include.
-    pub async fn refresh(&self, db: &Database) -> Result<(), sqlx::Error> {
+    pub async fn refresh(&self, ledger: &Ledger) -> Result<(), sqlx::Error> {
         match self.reflection {
-            Reflection::LogPosition => self.refresh_by_position(db).await,
-            Reflection::AppliedEvent => self.refresh_by_applied_events(db).await,
-        }
-    }
-
-    async fn refresh_by_position(&self, db: &Database) -> Result<(), sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT '' AS account_id, next_offset FROM consumer_positions
-               WHERE consumer = $1 AND stream = 'local' AND partition_id = 0
-             UNION ALL
-             SELECT account_id, available_nano FROM ledger_balances",
-        )
-        .bind(LEDGER)
-        .fetch_all(&db.pool)
-        .await?;
-        let mut available = HashMap::with_capacity(rows.len());
-        let mut ledger_next = 0u64;
-        for row in &rows {
-            let account: String = row.try_get(0)?;
-            let value: i64 = row.try_get(1)?;
-            if account.is_empty() {
-                ledger_next = u64::try_from(value).unwrap_or(0);
-            } else {
-                available.insert(account, value);
+            Reflection::LogPosition => {
+                let (available, ledger_next) = ledger.available_at_position().await?;
+                self.apply_snapshot(available, ledger_next);
             }
-        }
-        self.apply_snapshot(available, ledger_next);
-        Ok(())
-    }
-
-    /// One statement reads the balances and which pending holds' and settlements' events the
-    /// ledger applied: both come from the same snapshot, so an entry leaves the book exactly
-    /// when the balances carry it.
-    async fn refresh_by_applied_events(&self, db: &Database) -> Result<(), sqlx::Error> {
-        let mut sql =
-            String::from("SELECT 0 AS kind, account_id, available_nano FROM ledger_balances");
-        let mut asked = HashSet::new();
-        if let Ok(book) = self.book.lock() {
-            let mut ids = Vec::new();
-            for p in book.pending.values() {
-                if let Some(s) = &p.settled {
-                    ids.push(s.event_id);
-                    asked.insert(s.event_id);
+            Reflection::AppliedEvent => {
+                let mut asked = HashSet::new();
+                let mut ids = Vec::new();
+                if let Ok(book) = self.book.lock() {
+                    for p in book.pending.values() {
+                        if let Some(s) = &p.settled {
+                            ids.push(s.event_id);
+                            asked.insert(s.event_id);
+                        }
+                        if !p.reflected
+                            && let Some(id) = p.event_id
+                        {
+                            ids.push(id);
+                        }
+                    }
                 }
-                if !p.reflected
-                    && let Some(id) = p.event_id
-                {
-                    ids.push(id);
-                }
-            }
-            if !ids.is_empty() {
-                // Uuids render as hex and dashes only, so they are safe as literals; one
-                // parameter per id would run into PostgreSQL's limit of 65,535.
-                let _ = write!(
-                    sql,
-                    " UNION ALL SELECT 1, event_id, 0 FROM consumer_applied_events \
-                     WHERE consumer = '{LEDGER}' AND event_id IN ("
+                let (available, applied) = ledger.available_with_applied(&ids).await?;
+                self.install_applied(
+                    available,
+                    &Applied {
+                        ids: applied,
+                        asked,
+                    },
                 );
-                for (i, id) in ids.iter().enumerate() {
-                    let sep = if i == 0 { "" } else { "," };
-                    let _ = write!(sql, "{sep}'{id}'");
-                }
-                sql.push(')');
             }
         }
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&db.pool)
-            .await?;
-        let mut available = HashMap::with_capacity(rows.len());
-        let mut applied = HashSet::new();
-        for row in &rows {
-            let kind: i32 = row.try_get(0)?;
-            let name: String = row.try_get(1)?;
-            if kind == 0 {
-                available.insert(name, row.try_get::<i64, _>(2)?);
-            } else if let Ok(id) = Uuid::parse_str(&name) {
-                applied.insert(id);
-            }
-        }
-        self.install_applied(
-            available,
-            &Applied {
-                ids: applied,
-                asked,
-            },
-        );
         Ok(())
     }
 
@@ -507,21 +451,21 @@ mod tests {
     #[test]
     fn holds_are_refused_once_the_available_credit_is_spoken_for() {
         let book = book_with("a", 100);
-        book.try_hold("a", "r1", 60).unwrap();
-        assert_eq!(book.available("a"), 40);
+        book.try_hold(&"a".into(), &"r1".into(), 60).unwrap();
+        assert_eq!(book.available(&"a".into()), 40);
         assert_eq!(
-            book.try_hold("a", "r2", 41),
+            book.try_hold(&"a".into(), &"r2".into(), 41),
             Err(Insufficient {
                 available: 40,
                 needed: 41
             })
         );
-        book.try_hold("a", "r3", 40).unwrap();
-        assert_eq!(book.available("a"), 0);
-        book.cancel("r1");
-        assert_eq!(book.available("a"), 60);
+        book.try_hold(&"a".into(), &"r3".into(), 40).unwrap();
+        assert_eq!(book.available(&"a".into()), 0);
+        book.cancel(&"r1".into());
+        assert_eq!(book.available(&"a".into()), 60);
         assert_eq!(
-            book.try_hold("b", "r4", 1),
+            book.try_hold(&"b".into(), &"r4".into(), 1),
             Err(Insufficient {
                 available: 0,
                 needed: 1
@@ -532,57 +476,57 @@ mod tests {
     #[test]
     fn a_snapshot_past_the_hold_replaces_it() {
         let book = book_with("a", 100);
-        book.try_hold("a", "r1", 30).unwrap();
+        book.try_hold(&"a".into(), &"r1".into(), 30).unwrap();
         let (tx, rx) = oneshot::channel();
-        book.queued("r1", Uuid::now_v7(), rx);
+        book.queued(&"r1".into(), Uuid::now_v7(), rx);
         tx.send(Ok(7)).unwrap();
         // A snapshot taken before the ledger applied position 7 does not include the hold.
         book.apply_snapshot(HashMap::from([("a".to_string(), 100)]), 7);
-        assert_eq!(book.available("a"), 70);
+        assert_eq!(book.available(&"a".into()), 70);
         assert_eq!(book.pending_holds(), 1);
         // One taken after it does: the snapshot carries the hold, the book adds nothing (it
         // keeps the request until its settlement, to give back the unused part then).
         book.apply_snapshot(HashMap::from([("a".to_string(), 70)]), 8);
-        assert_eq!(book.available("a"), 70);
+        assert_eq!(book.available(&"a".into()), 70);
         assert_eq!(book.pending_holds(), 1);
     }
 
     #[test]
     fn a_settled_request_takes_its_charge_not_its_hold() {
         let book = book_with("a", 100);
-        book.try_hold("a", "r1", 60).unwrap();
+        book.try_hold(&"a".into(), &"r1".into(), 60).unwrap();
         let (tx, rx) = oneshot::channel();
-        book.queued("r1", Uuid::now_v7(), rx);
+        book.queued(&"r1".into(), Uuid::now_v7(), rx);
         tx.send(Ok(7)).unwrap();
-        assert_eq!(book.available("a"), 40);
+        assert_eq!(book.available(&"a".into()), 40);
         // Settled at position 9 for 10: the unused 50 is spendable at once.
-        book.settled("r1", 10, Uuid::now_v7(), 9);
-        assert_eq!(book.available("a"), 90);
-        book.try_hold("a", "r2", 90).unwrap();
-        book.cancel("r2");
+        book.settled(&"r1".into(), 10, Uuid::now_v7(), 9);
+        assert_eq!(book.available(&"a".into()), 90);
+        book.try_hold(&"a".into(), &"r2".into(), 90).unwrap();
+        book.cancel(&"r2".into());
         // The ledger applied the hold but not the settlement: the snapshot holds back 60.
         book.apply_snapshot(HashMap::from([("a".to_string(), 40)]), 8);
-        assert_eq!(book.available("a"), 90);
+        assert_eq!(book.available(&"a".into()), 90);
         assert_eq!(book.pending_holds(), 1);
         // Both applied: the snapshot carries everything and the request leaves the book.
         book.apply_snapshot(HashMap::from([("a".to_string(), 90)]), 10);
-        assert_eq!(book.available("a"), 90);
+        assert_eq!(book.available(&"a".into()), 90);
         assert_eq!(book.pending_holds(), 0);
     }
 
     #[test]
     fn a_settlement_the_last_snapshot_already_carries_leaves_at_once() {
         let book = book_with("a", 100);
-        book.try_hold("a", "r1", 60).unwrap();
+        book.try_hold(&"a".into(), &"r1".into(), 60).unwrap();
         let (tx, rx) = oneshot::channel();
-        book.queued("r1", Uuid::now_v7(), rx);
+        book.queued(&"r1".into(), Uuid::now_v7(), rx);
         tx.send(Ok(3)).unwrap();
         // A snapshot read after the ledger applied both events, before the book heard of the
         // settlement.
         book.apply_snapshot(HashMap::from([("a".to_string(), 90)]), 5);
-        assert_eq!(book.available("a"), 90);
-        book.settled("r1", 10, Uuid::now_v7(), 4);
-        assert_eq!(book.available("a"), 90);
+        assert_eq!(book.available(&"a".into()), 90);
+        book.settled(&"r1".into(), 10, Uuid::now_v7(), 4);
+        assert_eq!(book.available(&"a".into()), 90);
         assert_eq!(book.pending_holds(), 0);
     }
 
@@ -598,11 +542,11 @@ mod tests {
                 asked: HashSet::new(),
             },
         );
-        book.try_hold("a", "r1", 60).unwrap();
+        book.try_hold(&"a".into(), &"r1".into(), 60).unwrap();
         let (_tx, rx) = oneshot::channel();
-        book.queued("r1", routed, rx);
-        book.settled("r1", 10, settled, 0);
-        assert_eq!(book.available("a"), 90);
+        book.queued(&"r1".into(), routed, rx);
+        book.settled(&"r1".into(), 10, settled, 0);
+        assert_eq!(book.available(&"a".into()), 90);
         // The hold applied; the settlement was not asked about: counted cautiously.
         book.install_applied(
             HashMap::from([("a".to_string(), 40)]),
@@ -611,7 +555,7 @@ mod tests {
                 asked: HashSet::new(),
             },
         );
-        assert_eq!(book.available("a"), 40);
+        assert_eq!(book.available(&"a".into()), 40);
         // Asked and not applied: the unused part of the hold comes back.
         book.install_applied(
             HashMap::from([("a".to_string(), 40)]),
@@ -620,7 +564,7 @@ mod tests {
                 asked: HashSet::from([settled]),
             },
         );
-        assert_eq!(book.available("a"), 90);
+        assert_eq!(book.available(&"a".into()), 90);
         book.install_applied(
             HashMap::from([("a".to_string(), 90)]),
             &Applied {
@@ -628,18 +572,18 @@ mod tests {
                 asked: HashSet::from([settled]),
             },
         );
-        assert_eq!(book.available("a"), 90);
+        assert_eq!(book.available(&"a".into()), 90);
         assert_eq!(book.pending_holds(), 0);
     }
 
     #[test]
     fn a_hold_that_never_reached_the_log_is_dropped() {
         let book = book_with("a", 100);
-        book.try_hold("a", "r1", 30).unwrap();
+        book.try_hold(&"a".into(), &"r1".into(), 30).unwrap();
         let (tx, rx) = oneshot::channel::<Result<u64, LogError>>();
-        book.queued("r1", Uuid::now_v7(), rx);
+        book.queued(&"r1".into(), Uuid::now_v7(), rx);
         drop(tx);
         book.apply_snapshot(HashMap::from([("a".to_string(), 100)]), 1);
-        assert_eq!(book.available("a"), 100);
+        assert_eq!(book.available(&"a".into()), 100);
     }
 }

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lumina_ledger::pricing::ROUNDING;
+use crate::metering::pricing::ROUNDING;
+use lumina_schemas::ids::RequestId;
 use lumina_schemas::payloads::{
     CreditHold, RequestContentRecorded, RequestRouted, RequestSettled, UpstreamAttempted, Usage,
 };
@@ -47,7 +48,7 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
     /// `req_…`
-    pub request_id: String,
+    pub request_id: RequestId,
     /// The key that authenticated it.
     pub key: Arc<KeyIdentity>,
     /// W3C trace id from `traceparent`, when sent.
@@ -146,9 +147,9 @@ fn tokens(n: u64) -> i64 {
 impl RequestMeta {
     fn envelope(&self) -> Envelope {
         let mut e = Envelope::new(self.key.account_id.as_str(), &*self.instance);
-        e.request_id = Some(self.request_id.clone());
-        e.project_id = Some(self.key.project_id.clone());
-        e.api_key_id = Some(self.key.key_id.clone());
+        e.request_id = Some(self.request_id.to_string());
+        e.project_id = Some(self.key.project_id.to_string());
+        e.api_key_id = Some(self.key.key_id.to_string());
         e.trace_id = self.trace_id.clone();
         e
     }

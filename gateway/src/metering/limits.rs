@@ -12,6 +12,8 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
+use lumina_schemas::ids::KeyId;
+
 use crate::auth::KeyIdentity;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
@@ -88,7 +90,7 @@ pub struct LimitExceeded {
 /// Limiters of every key that has limits.
 #[derive(Default)]
 pub struct Limits {
-    keys: Mutex<HashMap<String, Arc<Mutex<KeyWindows>>>>,
+    keys: Mutex<HashMap<KeyId, Arc<Mutex<KeyWindows>>>>,
 }
 
 fn state_after(window: &Window, remaining: u32) -> LimitState {

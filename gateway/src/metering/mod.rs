@@ -7,4 +7,5 @@ pub mod cost;
 pub mod credit;
 pub mod events;
 pub mod limits;
+pub mod pricing;
 pub mod usage;

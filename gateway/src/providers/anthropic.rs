@@ -389,7 +389,7 @@ impl StreamState {
         delta: Option<Delta>,
         finish: Option<&str>,
         usage: Option<TokenUsage>,
-    ) -> Bytes {
+    ) -> Result<Bytes, ProviderError> {
         let choices = match delta {
             Some(delta) => vec![ChunkChoice {
                 index: 0,
@@ -409,13 +409,15 @@ impl StreamState {
             service_tier: "default",
             system_fingerprint: None,
         };
-        Bytes::from(serde_json::to_vec(&chunk).unwrap_or_default())
+        serde_json::to_vec(&chunk)
+            .map(Bytes::from)
+            .map_err(|e| ProviderError::malformed(format!("a chunk did not serialise: {e}")))
     }
 
-    fn piece(data: Bytes, content_chars: usize) -> StreamChunk {
+    fn piece(data: Bytes, text: String) -> StreamChunk {
         StreamChunk {
             data,
-            content_chars,
+            text,
             usage: None,
             usage_only: false,
         }
@@ -449,7 +451,10 @@ impl StreamState {
                     ..Delta::default()
                 };
                 (
-                    Some(Self::piece(self.chunk(Some(delta), None, None), 0)),
+                    Some(Self::piece(
+                        self.chunk(Some(delta), None, None)?,
+                        String::new(),
+                    )),
                     false,
                 )
             }
@@ -473,7 +478,7 @@ impl StreamState {
                         ..Delta::default()
                     };
                     (
-                        Some(Self::piece(self.chunk(Some(delta), None, None), name.len())),
+                        Some(Self::piece(self.chunk(Some(delta), None, None)?, name)),
                         false,
                     )
                 } else {
@@ -485,13 +490,12 @@ impl StreamState {
                 match d["type"].as_str() {
                     Some("text_delta") => {
                         let text = d["text"].as_str().unwrap_or("").to_string();
-                        let n = text.len();
                         let delta = Delta {
-                            content: Some(text),
+                            content: Some(text.clone()),
                             ..Delta::default()
                         };
                         (
-                            Some(Self::piece(self.chunk(Some(delta), None, None), n)),
+                            Some(Self::piece(self.chunk(Some(delta), None, None)?, text)),
                             false,
                         )
                     }
@@ -499,7 +503,7 @@ impl StreamState {
                         let index = v["index"].as_u64().unwrap_or(0);
                         let tool_index = self.tools.get(&index).copied().unwrap_or(0);
                         let partial = d["partial_json"].as_str().unwrap_or("").to_string();
-                        let n = partial.len();
+                        let text = partial.clone();
                         let delta = Delta {
                             tool_calls: vec![ToolCallDelta {
                                 index: tool_index,
@@ -513,7 +517,7 @@ impl StreamState {
                             ..Delta::default()
                         };
                         (
-                            Some(Self::piece(self.chunk(Some(delta), None, None), n)),
+                            Some(Self::piece(self.chunk(Some(delta), None, None)?, text)),
                             false,
                         )
                     }
@@ -532,8 +536,8 @@ impl StreamState {
                 let finish = self.finish;
                 (
                     Some(Self::piece(
-                        self.chunk(Some(Delta::default()), finish, None),
-                        0,
+                        self.chunk(Some(Delta::default()), finish, None)?,
+                        String::new(),
                     )),
                     false,
                 )
@@ -545,8 +549,8 @@ impl StreamState {
                     _ => None,
                 };
                 let chunk = StreamChunk {
-                    data: self.chunk(None, None, counted),
-                    content_chars: 0,
+                    data: self.chunk(None, None, counted)?,
+                    text: String::new(),
                     usage: Some(usage),
                     usage_only: true,
                 };

@@ -375,8 +375,9 @@ pub struct Completion {
 pub struct StreamChunk {
     /// The chunk.
     pub data: Bytes,
-    /// Characters of generated text it carries.
-    pub content_chars: usize,
+    /// The generated text it carries (content, reasoning, tool names and arguments), for
+    /// estimating usage when none is reported.
+    pub text: String,
     /// Usage, when the chunk carries a `usage` member.
     pub usage: Option<ReportedUsage>,
     /// Whether this is the final usage-only chunk (no choices).

@@ -123,19 +123,24 @@ struct FunctionProbe<'a> {
 }
 
 impl MessageProbe<'_> {
-    fn chars(&self) -> usize {
-        let calls: usize = self
+    /// Appends the generated text (content, reasoning, tool names and arguments) to `out`.
+    fn push_text(&self, out: &mut String) {
+        for text in [&self.content, &self.reasoning_content]
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(text);
+        }
+        for f in self
             .tool_calls
             .iter()
             .flatten()
             .filter_map(|c| c.function.as_ref())
-            .map(|f| {
-                f.name.as_ref().map_or(0, |n| n.len()) + f.arguments.as_ref().map_or(0, |a| a.len())
-            })
-            .sum();
-        self.content.as_ref().map_or(0, |c| c.len())
-            + self.reasoning_content.as_ref().map_or(0, |c| c.len())
-            + calls
+        {
+            for text in [&f.name, &f.arguments].into_iter().flatten() {
+                out.push_str(text);
+            }
+        }
     }
 }
 
@@ -167,11 +172,10 @@ fn probe<'a>(data: &'a [u8], what: &str) -> Result<CompletionProbe<'a>, Provider
 fn probe_chunk(data: Bytes) -> Result<StreamChunk, ProviderError> {
     let probe = probe(&data, "chunk")?;
     let choices = probe.choices.as_deref().unwrap_or_default();
-    let content_chars = choices
-        .iter()
-        .filter_map(|c| c.delta.as_ref())
-        .map(MessageProbe::chars)
-        .sum();
+    let mut text = String::new();
+    for delta in choices.iter().filter_map(|c| c.delta.as_ref()) {
+        delta.push_text(&mut text);
+    }
     let usage = probe
         .usage
         .filter(|u| u.get() != "null")
@@ -179,7 +183,7 @@ fn probe_chunk(data: Bytes) -> Result<StreamChunk, ProviderError> {
     let usage_only = choices.is_empty() && usage.is_some();
     Ok(StreamChunk {
         data,
-        content_chars,
+        text,
         usage,
         usage_only,
     })

@@ -356,7 +356,7 @@ impl Provider for Simulated {
                         }],
                         None,
                     ),
-                    content_chars: 0,
+                    text: String::new(),
                     usage: None,
                     usage_only: false,
                 });
@@ -385,7 +385,7 @@ impl Provider for Simulated {
                             }],
                             None,
                         ),
-                        content_chars: name.len() + 2,
+                        text: format!("{name}{{}}"),
                         usage: None,
                         usage_only: false,
                     });
@@ -406,7 +406,7 @@ impl Provider for Simulated {
                             }],
                             None,
                         ),
-                        content_chars: piece.len(),
+                        text: piece.to_string(),
                         usage: None,
                         usage_only: false,
                     });
@@ -421,14 +421,14 @@ impl Provider for Simulated {
                         }],
                         None,
                     ),
-                    content_chars: 0,
+                    text: String::new(),
                     usage: None,
                     usage_only: false,
                 });
             }
             items.push(StreamChunk {
                 data: chunk(Vec::new(), Some(UsageOut::from(answer.usage))),
-                content_chars: 0,
+                text: String::new(),
                 usage: Some(ReportedUsage::Counted(answer.usage)),
                 usage_only: true,
             });
@@ -442,7 +442,7 @@ impl Provider for Simulated {
                 move |(i, item)| async move {
                     if i == 0 && !ttft.is_zero() {
                         tokio::time::sleep(ttft).await;
-                    } else if i > 0 && !gap.is_zero() && item.content_chars > 0 {
+                    } else if i > 0 && !gap.is_zero() && !item.text.is_empty() {
                         tokio::time::sleep(gap).await;
                     }
                     if cut_after == Some(i) {

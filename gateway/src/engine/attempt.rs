@@ -1,0 +1,254 @@
+//! Attempts: the path's deployments tried in order behind their breakers, the one fallback loop
+//! a whole answer and a stream share. Each attempt's `UpstreamAttempted` is queued once it is
+//! known whether another attempt followed it (`fell_back`); the answering attempt is handed
+//! back for its caller to record when it ends (at once for a whole answer, when the stream
+//! ends for a stream).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lumina_eventlog::EventLog;
+
+use crate::api::error::ApiError;
+use crate::metering::events::{AttemptRecord, RequestMeta};
+use crate::providers::breaker::{Admission, Breaker};
+use crate::providers::{ErrorClass, ProviderError};
+use crate::routing::table::Deployment;
+
+/// One attempt on one deployment.
+#[derive(Clone)]
+pub struct Attempt {
+    /// 1 for the first.
+    pub number: i32,
+    /// The deployment tried.
+    pub deployment: Arc<Deployment>,
+    /// When it started, µs since the epoch.
+    pub started_at: i64,
+    /// When it started, for durations.
+    pub started: Instant,
+}
+
+impl Attempt {
+    /// The attempt as `UpstreamAttempted` records it: answered after `ttfb`, or failed with
+    /// `error`.
+    pub fn record(&self, ttfb: Option<Duration>, error: Option<&ProviderError>) -> AttemptRecord {
+        let d = &self.deployment;
+        AttemptRecord {
+            attempt: self.number,
+            provider: d.provider_name.clone(),
+            deployment: d.id.clone(),
+            upstream_model: d.upstream_model.clone(),
+            started_at: self.started_at,
+            ttfb,
+            duration: self.started.elapsed(),
+            error: error.map(|e| (e.class, e.status)),
+            fell_back: false,
+        }
+    }
+}
+
+/// Gives a half-open breaker's probe back if the attempt is abandoned before its outcome is
+/// recorded (the client went away mid-attempt), so the breaker does not wait forever.
+pub struct ProbeGuard<'a> {
+    breaker: Option<&'a Breaker>,
+}
+
+impl<'a> ProbeGuard<'a> {
+    /// `None` when the deployment's breaker is open.
+    fn admit(d: &'a Deployment) -> Option<ProbeGuard<'a>> {
+        match d.breaker.admit() {
+            Admission::Rejected => None,
+            Admission::Allowed => Some(ProbeGuard { breaker: None }),
+            Admission::Probe => Some(ProbeGuard {
+                breaker: Some(&d.breaker),
+            }),
+        }
+    }
+
+    /// The attempt's outcome will be recorded elsewhere (by a stream's pump).
+    pub fn disarm(mut self) {
+        self.breaker = None;
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.breaker {
+            b.release_probe();
+        }
+    }
+}
+
+/// How the attempts ended.
+pub enum Tried<'a, T> {
+    /// A deployment answered with `value`.
+    Answered {
+        /// The answering attempt.
+        attempt: Attempt,
+        /// What it answered.
+        value: T,
+        /// Its breaker's probe, if it was one.
+        probe: ProbeGuard<'a>,
+    },
+    /// The upstream of this deployment refused the request itself (the client's fault): no
+    /// fallback.
+    Refused(&'a Deployment, ProviderError),
+    /// Every deployment failed or was skipped.
+    Exhausted,
+}
+
+/// Attempts so far, with the last failure's event held back until it is known whether another
+/// attempt follows it.
+pub struct Attempts<'a> {
+    meta: &'a RequestMeta,
+    log: &'a EventLog,
+    made: i32,
+    held: Option<AttemptRecord>,
+    failures: Vec<(String, ProviderError)>,
+    skipped: Vec<String>,
+}
+
+impl<'a> Attempts<'a> {
+    /// No attempt yet.
+    pub fn new(meta: &'a RequestMeta, log: &'a EventLog) -> Self {
+        Attempts {
+            meta,
+            log,
+            made: 0,
+            held: None,
+            failures: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Attempts made so far.
+    pub fn count(&self) -> i32 {
+        self.made
+    }
+
+    /// Queues an attempt's `UpstreamAttempted`.
+    pub async fn emit(&self, record: &AttemptRecord) {
+        if let Err(e) = self
+            .log
+            .append_event_nowait(&self.meta.attempted(record))
+            .await
+        {
+            tracing::error!(error = %e, "could not record an upstream attempt");
+        }
+    }
+
+    /// A new attempt on `deployment` begins: the held failure led to it.
+    async fn begin(&mut self, deployment: &Arc<Deployment>) -> Attempt {
+        self.release_held(true).await;
+        self.made += 1;
+        Attempt {
+            number: self.made,
+            deployment: deployment.clone(),
+            started_at: lumina_schemas::now_micros(),
+            started: Instant::now(),
+        }
+    }
+
+    async fn release_held(&mut self, fell_back: bool) {
+        if let Some(mut held) = self.held.take() {
+            held.fell_back = fell_back;
+            self.emit(&held).await;
+        }
+    }
+
+    /// Tries each of `deployments` in order with `call` until one answers, skipping those
+    /// whose breaker is open and falling back on every failure that is not the client's.
+    /// `started` hears of each attempt as it begins (for the settlement of a request the
+    /// client abandons mid-attempt).
+    pub async fn run<T, F, Fut>(
+        &mut self,
+        deployments: &'a [Arc<Deployment>],
+        mut started: impl FnMut(i32),
+        mut call: F,
+    ) -> Tried<'a, T>
+    where
+        F: FnMut(&'a Deployment) -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        for d in deployments {
+            let Some(probe) = ProbeGuard::admit(d) else {
+                self.skipped.push(d.id.clone());
+                continue;
+            };
+            let attempt = self.begin(d).await;
+            started(attempt.number);
+            match call(d).await {
+                Ok(value) => {
+                    return Tried::Answered {
+                        attempt,
+                        value,
+                        probe,
+                    };
+                }
+                Err(e) => {
+                    let falls_back = e.class.falls_back();
+                    d.breaker.record(!falls_back);
+                    self.held = Some(attempt.record(None, Some(&e)));
+                    self.failures.push((d.id.clone(), e.clone()));
+                    if !falls_back {
+                        self.release_held(false).await;
+                        return Tried::Refused(d, e);
+                    }
+                }
+            }
+        }
+        self.release_held(false).await;
+        Tried::Exhausted
+    }
+
+    /// The error for a request none of whose attempts succeeded.
+    pub fn exhausted(&self, path: &str) -> ApiError {
+        let mut parts: Vec<String> = self
+            .failures
+            .iter()
+            .enumerate()
+            .map(|(i, (d, e))| match e.status {
+                Some(s) => format!("[{}] {d}: {} (HTTP {s})", i + 1, e.class.as_str()),
+                None => format!("[{}] {d}: {}", i + 1, e.class.as_str()),
+            })
+            .collect();
+        parts.extend(self.skipped.iter().map(|d| format!("{d}: circuit open")));
+        let all = |class: ErrorClass| {
+            !self.failures.is_empty() && self.failures.iter().all(|(_, e)| e.class == class)
+        };
+        let unavailable = self
+            .failures
+            .iter()
+            .all(|(_, e)| matches!(e.class, ErrorClass::Overload | ErrorClass::RateLimited));
+        let status = if all(ErrorClass::Timeout) {
+            504
+        } else if all(ErrorClass::RateLimited) {
+            429
+        } else if unavailable {
+            503
+        } else {
+            502
+        };
+        ApiError::UpstreamFailed {
+            status,
+            message: format!(
+                "All upstream attempts for the {path} path failed: {}",
+                parts.join("; ")
+            ),
+            retry_after: self
+                .failures
+                .iter()
+                .filter_map(|(_, e)| e.retry_after)
+                .min(),
+        }
+    }
+
+    /// The class of the last failure (or `circuit_open` when every deployment was skipped).
+    pub fn error_class(&self) -> Option<String> {
+        self.failures
+            .last()
+            .map(|(_, e)| e.class.as_str().to_string())
+            .or_else(|| (!self.skipped.is_empty()).then(|| "circuit_open".to_string()))
+    }
+}

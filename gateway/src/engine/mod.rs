@@ -1,0 +1,398 @@
+//! The completion engine: a request's life, whatever API it came in on. An inbound surface (the
+//! OpenAI chat API in `api/chat.rs`; Anthropic Messages and Responses next) parses its protocol
+//! into a [`Call`] and renders what the engine answers; the engine resolves the model,
+//! classifies, checks the key's limits, holds credit and records `RequestRouted` ([`admit`]),
+//! tries the path's deployments in order behind their breakers (`attempt`), and settles
+//! (`settle`) — for a whole answer ([`complete`]) or a stream ([`stream`], pumped by
+//! `stream::Pump`) — committing `RequestSettled` before the answer's last byte.
+//!
+//! It never touches HTTP: failures are [`ApiError`] values each surface renders in its own
+//! shape, and a stream is written through the surface's [`StreamRenderer`].
+
+pub mod attempt;
+pub mod settle;
+pub mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use lumina_eventlog::LogRecord;
+use lumina_schemas::NanoCredits;
+use lumina_schemas::ids::RequestId;
+use lumina_schemas::payloads::CreditHold;
+use tokio::sync::mpsc;
+
+use crate::api::error::ApiError;
+use crate::auth::KeyIdentity;
+use crate::engine::attempt::{Attempts, Tried};
+use crate::engine::settle::{AnswerText, Settlement, bill};
+use crate::engine::stream::Pump;
+use crate::metering::events::{Outcome, RequestMeta, Routing};
+use crate::metering::limits::LimitStatus;
+use crate::metering::usage;
+use crate::providers::{ChunkStream, ErrorClass, ProviderError, StreamChunk, UpstreamCall};
+use crate::routing::catalog::ModelChoice;
+use crate::routing::classifier;
+use crate::routing::table::Deployment;
+use crate::state::AppState;
+use crate::wire::{ChatRequest, TokenUsage};
+
+pub use stream::{RenderError, StreamEnd, StreamRenderer};
+
+/// Completion tokens each choice of a request without `max_tokens` is assumed to use, for the
+/// TPM limit (counted when the request starts; the actual output is not known yet).
+const ASSUMED_COMPLETION_TOKENS: u64 = 256;
+
+/// One request as a surface hands it to the engine.
+pub struct Call<'a> {
+    /// The request, in the OpenAI chat view every surface translates into.
+    pub request: &'a ChatRequest<'a>,
+    /// The client's bytes: an OpenAI-compatible upstream receives them with only `model` and
+    /// `stream_options` rewritten; estimates and content capture read them too.
+    pub body: &'a Bytes,
+    /// The key that authenticated it.
+    pub key: Arc<KeyIdentity>,
+    /// Its id.
+    pub request_id: RequestId,
+    /// W3C trace id from `traceparent`, when sent.
+    pub trace_id: Option<String>,
+}
+
+/// A request past its limits and its hold, with `RequestRouted` queued.
+struct Admitted<'s> {
+    meta: Arc<RequestMeta>,
+    deployments: &'s [Arc<Deployment>],
+    limits: LimitStatus,
+    /// The most completion tokens it may be billed for.
+    allowance: u64,
+    settlement: Settlement,
+}
+
+/// How an answer reached the client, for its headers.
+pub struct Route {
+    /// The request.
+    pub meta: Arc<RequestMeta>,
+    /// The deployment that answered.
+    pub deployment: Arc<Deployment>,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The key's limits after this request.
+    pub limits: LimitStatus,
+}
+
+/// A whole answer, settled.
+pub struct Answer {
+    /// How it was routed.
+    pub route: Route,
+    /// The upstream's answer (OpenAI `chat.completion` JSON).
+    pub body: Bytes,
+    /// The usage billed.
+    pub usage: TokenUsage,
+    /// Its charge, as journaled.
+    pub charge: NanoCredits,
+    /// Whether the billed usage differs from the upstream's (its `usage` must be replaced).
+    pub replace_usage: bool,
+}
+
+/// A stream under way; its body ends once the request is settled.
+pub struct Streaming {
+    /// How it was routed.
+    pub route: Route,
+    /// The rendered stream.
+    pub body: mpsc::Receiver<Bytes>,
+}
+
+/// Checks everything that comes before an upstream is called: the log takes writes, `n` is
+/// within bounds, the model exists; classifies; counts the key's limits; holds credit; queues
+/// `RequestRouted`.
+async fn admit<'s>(state: &'s AppState, call: &Call<'_>) -> Result<Admitted<'s>, ApiError> {
+    let started = Instant::now();
+    let started_at = lumina_schemas::now_micros();
+    let request = call.request;
+    if !state.log.is_healthy() {
+        return Err(ApiError::Unavailable(
+            "The event log cannot take writes (disk full or I/O error), so no paid request can be recorded. Retry later.".into(),
+        ));
+    }
+    if request.n > state.server.max_n {
+        return Err(ApiError::invalid(
+            format!(
+                "'n' must be at most {} on this gateway (got {}).",
+                state.server.max_n, request.n
+            ),
+            Some("n"),
+        ));
+    }
+    let Some(choice) = state.catalog.resolve(request.model.as_str()) else {
+        return Err(ApiError::ModelNotFound(request.model.as_str().to_string()));
+    };
+    let mut decision = classifier::classify(request);
+    if let ModelChoice::Path(path) = choice {
+        decision.path = path;
+    }
+    let prompt_estimate = usage::quick_prompt_estimate(request);
+    let completion_estimate = request
+        .max_tokens
+        .unwrap_or(ASSUMED_COMPLETION_TOKENS)
+        .saturating_mul(u64::from(request.n));
+    let limits = state
+        .limits
+        .check(
+            &call.key,
+            prompt_estimate.saturating_add(completion_estimate),
+        )
+        .map_err(|e| ApiError::RateLimited(Box::new(e)))?;
+    let deployments = state.routes.deployments(decision.path);
+    let meta = Arc::new(RequestMeta {
+        request_id: call.request_id.clone(),
+        key: call.key.clone(),
+        trace_id: call.trace_id.clone(),
+        instance: state.instance.clone(),
+        requested_model: request.model.as_str().to_string(),
+        path: decision.path,
+        started,
+        started_at,
+    });
+    let path = decision.path.as_str();
+    let deployment_ids: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
+    let hold = state.prices.hold(
+        path,
+        &deployment_ids,
+        prompt_estimate,
+        request.max_tokens,
+        request.n,
+    );
+    if hold.is_positive() {
+        state
+            .credits
+            .hold(
+                &state.ledger,
+                &meta.key.account_id,
+                &meta.request_id,
+                hold.0,
+            )
+            .await
+            .map_err(|e| ApiError::InsufficientQuota {
+                available: NanoCredits(e.available),
+                needed: NanoCredits(e.needed),
+            })?;
+    }
+    let routed = meta.routed(Routing {
+        decision: &decision,
+        stream: request.stream,
+        policy_version: state.routes.policy_version,
+        candidates: deployments.iter().map(|d| d.id.clone()).collect(),
+        prompt_tokens_estimate: prompt_estimate,
+        max_tokens: request.max_tokens,
+        hold: hold.is_positive().then(|| CreditHold {
+            amount_nano: hold.0,
+            price_table_version: state.prices.version.clone(),
+            ttl_ms: i64::try_from(state.prices.hold_ttl_ms).unwrap_or(i64::MAX),
+        }),
+    });
+    let queued = async {
+        let record = LogRecord::from_event(&routed).map_err(lumina_eventlog::LogError::from)?;
+        state.log.append_deferred(record).await
+    };
+    match queued.await {
+        Ok(position) => {
+            state
+                .credits
+                .queued(&meta.request_id, routed.envelope.event_id, position);
+        }
+        Err(e) => {
+            state.credits.cancel(&meta.request_id);
+            return Err(ApiError::Unavailable(format!(
+                "The request could not be recorded: {e}"
+            )));
+        }
+    }
+    Ok(Admitted {
+        settlement: Settlement::new(state, meta.clone(), hold, call.body),
+        meta,
+        deployments,
+        limits,
+        allowance: state
+            .prices
+            .output_allowance(path, request.max_tokens, request.n),
+    })
+}
+
+/// The call an attempt on `d` makes.
+fn upstream_call<'a>(
+    call: &'a Call<'a>,
+    meta: &'a RequestMeta,
+    d: &'a Deployment,
+) -> UpstreamCall<'a> {
+    UpstreamCall {
+        request: call.request,
+        upstream_model: &d.upstream_model,
+        request_id: meta.request_id.as_str(),
+    }
+}
+
+/// The client error an upstream returned, to answer as it is.
+fn upstream_refusal(e: ProviderError) -> ApiError {
+    let client = e.client_error.unwrap_or_else(|| {
+        Box::new(crate::providers::UpstreamClientError {
+            status: e.status.unwrap_or(400),
+            message: e.message,
+            kind: None,
+            param: None,
+            code: None,
+        })
+    });
+    ApiError::Upstream(client)
+}
+
+/// A whole answer: attempts until a deployment answers, then bills and settles it.
+pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
+    let Admitted {
+        meta,
+        deployments,
+        limits,
+        allowance,
+        mut settlement,
+    } = admit(state, &call).await?;
+    let mut attempts = Attempts::new(&meta, &state.log);
+    let tried = attempts
+        .run(
+            deployments,
+            |n| settlement.attempt_started(n),
+            |d| d.provider.complete(upstream_call(&call, &meta, d)),
+        )
+        .await;
+    let (attempt, completion) = match tried {
+        Tried::Answered {
+            attempt,
+            value,
+            probe,
+        } => {
+            attempt.deployment.breaker.record(true);
+            let ttfb = attempt.started.elapsed();
+            attempts.emit(&attempt.record(Some(ttfb), None)).await;
+            drop(probe);
+            settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
+            (attempt, value)
+        }
+        Tried::Refused(deployment, e) => {
+            settlement.failed(&attempts, Some(deployment)).await?;
+            return Err(upstream_refusal(e));
+        }
+        Tried::Exhausted => {
+            settlement.failed(&attempts, None).await?;
+            return Err(attempts.exhausted(meta.path.as_str()));
+        }
+    };
+    let body = completion.body;
+    let billed = bill(completion.usage, allowance, call.body, || {
+        AnswerText::Json(body.clone())
+    })
+    .await;
+    let charge = settlement
+        .answered(
+            Outcome::Completed,
+            &billed,
+            attempts.count(),
+            None,
+            std::slice::from_ref(&body),
+        )
+        .await?;
+    Ok(Answer {
+        route: Route {
+            meta: meta.clone(),
+            deployment: attempt.deployment,
+            attempts: attempts.count(),
+            limits,
+        },
+        body,
+        usage: billed.usage,
+        charge,
+        replace_usage: billed.anomaly.is_some(),
+    })
+}
+
+/// Opens a stream on `d` and reads its first chunk: until then, another deployment can still
+/// take the request.
+async fn first_chunk(
+    d: &Deployment,
+    call: UpstreamCall<'_>,
+) -> Result<(ChunkStream, StreamChunk), ProviderError> {
+    let mut chunks = d.provider.stream(call).await?;
+    match chunks.next().await {
+        Some(Ok(first)) => Ok((chunks, first)),
+        Some(Err(e)) => Err(e),
+        None => Err(ProviderError::new(
+            ErrorClass::Cut,
+            "the upstream stream ended before its first chunk",
+        )),
+    }
+}
+
+/// A stream: attempts until a deployment's stream yields its first chunk, then pumps the rest
+/// through `renderer` from a task of its own, which settles the request before the stream's
+/// end.
+pub async fn stream(
+    state: &AppState,
+    call: Call<'_>,
+    renderer: Box<dyn StreamRenderer>,
+) -> Result<Streaming, ApiError> {
+    let Admitted {
+        meta,
+        deployments,
+        limits,
+        allowance,
+        mut settlement,
+    } = admit(state, &call).await?;
+    let mut attempts = Attempts::new(&meta, &state.log);
+    let tried = attempts
+        .run(
+            deployments,
+            |n| settlement.attempt_started(n),
+            |d| first_chunk(d, upstream_call(&call, &meta, d)),
+        )
+        .await;
+    let (attempt, (chunks, first)) = match tried {
+        Tried::Answered {
+            attempt,
+            value,
+            probe,
+        } => {
+            // The stream's outcome decides the probe; the pump records it.
+            probe.disarm();
+            (attempt, value)
+        }
+        Tried::Refused(deployment, e) => {
+            settlement.failed(&attempts, Some(deployment)).await?;
+            return Err(upstream_refusal(e));
+        }
+        Tried::Exhausted => {
+            settlement.failed(&attempts, None).await?;
+            return Err(attempts.exhausted(meta.path.as_str()));
+        }
+    };
+    let ttfb: Duration = attempt.started.elapsed();
+    settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let route = Route {
+        meta: meta.clone(),
+        deployment: attempt.deployment.clone(),
+        attempts: attempt.number,
+        limits,
+    };
+    let pump = Pump {
+        meta: meta.clone(),
+        log: state.log.clone(),
+        attempt,
+        ttfb,
+        body: call.body.clone(),
+        allowance,
+        settlement,
+        renderer,
+        tx,
+    };
+    tokio::spawn(pump.run(chunks, first));
+    Ok(Streaming { route, body: rx })
+}

@@ -1,0 +1,262 @@
+//! Settlement: what a request is billed and the `RequestSettled` that says so, committed before
+//! the client receives the end of its answer. The charge is computed here and nowhere else. A
+//! request the client abandons is still settled, as `cancelled`, by a guard that fires on drop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lumina_eventlog::{EventLog, LogError};
+use lumina_schemas::{Event, NanoCredits};
+
+use crate::api::error::ApiError;
+use crate::engine::attempt::Attempts;
+use crate::metering::content;
+use crate::metering::credit::CreditBook;
+use crate::metering::events::{Outcome, RequestMeta, SettleInfo};
+use crate::metering::pricing::{Price, PriceTable, Tokens};
+use crate::metering::usage::{self, Billed, UsageAnomaly};
+use crate::providers::ReportedUsage;
+use crate::routing::table::Deployment;
+use crate::state::AppState;
+use crate::wire::{ChatRequest, TokenUsage};
+
+/// What an answer is made of, for estimating its usage when the upstream reported none.
+pub enum AnswerText {
+    /// A whole completion's JSON.
+    Json(Bytes),
+    /// The text a stream delivered.
+    Text(String),
+}
+
+/// The usage to bill for an answer: the upstream's report when it is usable, else an estimate
+/// from the request `body` and the `answer` (flagged when the report was unusable rather than
+/// missing); completion tokens clamped to the request's `allowance`.
+pub async fn bill(
+    report: ReportedUsage,
+    allowance: u64,
+    body: &Bytes,
+    answer: impl FnOnce() -> AnswerText,
+) -> Billed {
+    let anomaly = match report {
+        ReportedUsage::Counted(usage) => return Billed::new(usage, false, None, allowance),
+        ReportedUsage::Missing => None,
+        ReportedUsage::Unrecognized => Some(UsageAnomaly::Unrecognized),
+        ReportedUsage::OutOfRange => Some(UsageAnomaly::OutOfRange),
+    };
+    let usage = estimate_usage(body.clone(), answer()).await;
+    Billed::new(usage, true, anomaly, allowance)
+}
+
+/// Estimates usage with the tokenizer, off the async runtime: the prompt from the request
+/// body, the completion from the answer.
+async fn estimate_usage(body: Bytes, answer: AnswerText) -> TokenUsage {
+    tokio::task::spawn_blocking(move || {
+        let text = match answer {
+            AnswerText::Json(json) => usage::completion_text([&json[..]]),
+            AnswerText::Text(text) => text,
+        };
+        match ChatRequest::parse(&body) {
+            Ok(request) => usage::estimate(&request, &text),
+            Err(_) => TokenUsage {
+                completion_tokens: usage::count_tokens(&text),
+                ..TokenUsage::default()
+            },
+        }
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// A request's settlement, from its hold to its `RequestSettled`; dropped before it settled,
+/// it settles the request as cancelled from a spawned task, so no request ends unaccounted.
+pub struct Settlement {
+    log: EventLog,
+    credits: Arc<CreditBook>,
+    meta: Arc<RequestMeta>,
+    hold: NanoCredits,
+    price_version: Arc<str>,
+    /// The answering deployment's price, once one answered.
+    price: Option<Price>,
+    /// What the drop guard records if the request is abandoned now.
+    pending: Option<SettleInfo>,
+    /// The request body, kept only when the key stores content.
+    content_body: Option<Bytes>,
+}
+
+impl Settlement {
+    /// The settlement of a request that holds `hold`.
+    pub fn new(state: &AppState, meta: Arc<RequestMeta>, hold: NanoCredits, body: &Bytes) -> Self {
+        let content_body = meta.key.store_content.then(|| body.clone());
+        Settlement {
+            content_body,
+            log: state.log.clone(),
+            credits: state.credits.clone(),
+            meta,
+            hold,
+            price_version: state.price_version.clone(),
+            price: None,
+            pending: Some(SettleInfo {
+                outcome: Outcome::Cancelled,
+                provider: None,
+                deployment: None,
+                usage: TokenUsage::default(),
+                estimated: true,
+                anomaly: None,
+                reported_completion: None,
+                ttft: None,
+                attempts: 0,
+                error_class: None,
+                charge: NanoCredits::ZERO,
+                hold,
+            }),
+        }
+    }
+
+    /// Attempt `number` began.
+    pub fn attempt_started(&mut self, number: i32) {
+        if let Some(p) = self.pending.as_mut() {
+            p.attempts = number;
+        }
+    }
+
+    /// `deployment` answers, at `prices`' price for it, its first byte after `ttft`.
+    pub fn answered_by(&mut self, prices: &PriceTable, deployment: &Deployment, ttft: Duration) {
+        self.price = Some(prices.price(self.meta.path.as_str(), Some(&deployment.id)));
+        if let Some(p) = self.pending.as_mut() {
+            p.provider = Some(deployment.provider_name.clone());
+            p.deployment = Some(deployment.id.clone());
+            p.ttft = Some(ttft);
+        }
+    }
+
+    /// What `usage` costs on the answering deployment: the one place a charge is computed.
+    fn charge(&self, usage: TokenUsage) -> NanoCredits {
+        let Some(price) = &self.price else {
+            return NanoCredits::ZERO;
+        };
+        PriceTable::charge(
+            price,
+            Tokens {
+                prompt: usage.prompt_tokens,
+                completion: usage.completion_tokens,
+                cached: usage.cached_tokens,
+                reasoning: usage.reasoning_tokens,
+            },
+        )
+    }
+
+    /// Settles an answer that ended as `outcome` after `attempts` attempts, billed `billed`;
+    /// `answer` (its JSON pieces) is recorded for keys that store content. Returns the charge.
+    pub async fn answered(
+        &mut self,
+        outcome: Outcome,
+        billed: &Billed,
+        attempts: i32,
+        error_class: Option<String>,
+        answer: &[Bytes],
+    ) -> Result<NanoCredits, ApiError> {
+        let charge = self.charge(billed.usage);
+        let (provider, deployment, ttft) = match &self.pending {
+            Some(p) => (p.provider.clone(), p.deployment.clone(), p.ttft),
+            None => (None, None, None),
+        };
+        let info = SettleInfo {
+            outcome,
+            provider,
+            deployment,
+            usage: billed.usage,
+            estimated: billed.estimated,
+            anomaly: billed.anomaly,
+            reported_completion: billed.reported_completion,
+            ttft,
+            attempts,
+            error_class,
+            charge,
+            hold: self.hold,
+        };
+        self.commit(info, answer).await.map(|()| charge)
+    }
+
+    /// Settles a request none of whose attempts answered; `deployment` refused it, if one did.
+    pub async fn failed(
+        &mut self,
+        attempts: &Attempts<'_>,
+        deployment: Option<&Deployment>,
+    ) -> Result<(), ApiError> {
+        let info = SettleInfo {
+            outcome: Outcome::Failed,
+            provider: deployment.map(|d| d.provider_name.clone()),
+            deployment: deployment.map(|d| d.id.clone()),
+            usage: TokenUsage::default(),
+            estimated: false,
+            anomaly: None,
+            reported_completion: None,
+            ttft: None,
+            attempts: attempts.count(),
+            error_class: attempts.error_class(),
+            charge: NanoCredits::ZERO,
+            hold: self.hold,
+        };
+        self.commit(info, &[]).await
+    }
+
+    /// Commits the settlement (releasing the request's hold) and waits for it; for keys that
+    /// store content, the prompt and `answer` go in the same commit.
+    async fn commit(&mut self, info: SettleInfo, answer: &[Bytes]) -> Result<(), ApiError> {
+        self.pending = None;
+        if let Some(body) = self.content_body.take() {
+            let record = content::record(&body, answer.iter().map(|b| &b[..]));
+            if let Err(e) = self
+                .log
+                .append_event_nowait(&self.meta.content(record))
+                .await
+            {
+                tracing::error!(error = %e, "could not record a request's content");
+            }
+        }
+        let event = self.meta.settled(&info, &self.price_version);
+        commit_settlement(&self.log, &self.credits, &self.meta, &event, info.charge)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("The request could not be recorded: {e}")))
+    }
+}
+
+/// Commits a `RequestSettled` and tells the credit book, which from then on counts the
+/// request's charge instead of its hold.
+async fn commit_settlement(
+    log: &EventLog,
+    credits: &CreditBook,
+    meta: &RequestMeta,
+    event: &Event,
+    charge: NanoCredits,
+) -> Result<(), LogError> {
+    let position = log.append_event(event).await?;
+    credits.settled(
+        &meta.request_id,
+        charge.0,
+        event.envelope.event_id,
+        position,
+    );
+    Ok(())
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        if let Some(info) = self.pending.take() {
+            let event = self.meta.settled(&info, &self.price_version);
+            let log = self.log.clone();
+            let credits = self.credits.clone();
+            let meta = self.meta.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Err(e) =
+                        commit_settlement(&log, &credits, &meta, &event, info.charge).await
+                    {
+                        tracing::error!(error = %e, "could not settle an abandoned request");
+                    }
+                });
+            }
+        }
+    }
+}
