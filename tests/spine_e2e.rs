@@ -590,3 +590,72 @@ fn a_bad_configuration_fails_at_start_naming_the_key() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_flood_of_unknown_keys_gets_401s_on_kept_connections_and_few_lookups() {
+    let (_tmp, data, out) = dirs();
+    let lumina = Lumina::start(&data, &out, &[]).await;
+    let before = lumina.metric("lumina_auth_key_lookups_total").await;
+    let started = std::time::Instant::now();
+    let url = format!("{}/v1/chat/completions", lumina.url);
+    // A prompt large enough that it is still arriving when the 401 is ready.
+    let prompt = "words ".repeat(8_000);
+    let body = axum::body::Bytes::from(
+        json!({"model": "lumina-fast", "messages": [{"role": "user", "content": prompt}]})
+            .to_string(),
+    );
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        // One keep-alive connection per client, reused for each of its requests.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap();
+        let (url, body) = (url.clone(), body.clone());
+        clients.push(tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeMap::new();
+            for _ in 0..313 {
+                let key = format!("lum_{}", hex_of(rand::random::<[u8; 24]>()));
+                let res = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let status = match res {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        r.bytes().await.unwrap();
+                        status.to_string()
+                    }
+                    Err(e) => format!("dropped: {e}"),
+                };
+                *statuses.entry(status).or_insert(0u32) += 1;
+            }
+            statuses
+        }));
+    }
+    let mut all = std::collections::BTreeMap::new();
+    for c in clients {
+        for (status, n) in c.await.unwrap() {
+            *all.entry(status).or_insert(0u32) += n;
+        }
+    }
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all.get("401"), Some(&(16 * 313)), "{all:?}");
+    let lookups = lumina.metric("lumina_auth_key_lookups_total").await - before;
+    let seconds = started.elapsed().as_secs_f64().ceil();
+    assert!(
+        lookups <= 50.0 * (seconds + 1.0),
+        "{lookups} lookups in {seconds} s"
+    );
+    // A key issued meanwhile still works on its first request.
+    let account = lumina.account("After Flood", "1").await;
+    let (_, key) = lumina.key(&account).await;
+    assert_eq!(models_status(&lumina, Some(&key)).await.0, 200);
+}
+
+fn hex_of(bytes: [u8; 24]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

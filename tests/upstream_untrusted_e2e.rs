@@ -100,17 +100,6 @@ async fn balance_after(lumina: &Lumina, account: &str, spent: i64) -> Value {
     }
 }
 
-async fn metric(lumina: &Lumina, name: &str) -> f64 {
-    let (_, _, body) = lumina
-        .request(reqwest::Method::GET, "/metrics", None, None)
-        .await;
-    let text = body["raw"].as_str().unwrap_or("").to_string();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Providers `a`, `b` and `c` (the misbehaving ones) lead fast, balanced and reasoning, with
 /// `secondary` behind each.
 fn three_paths(mock: &MockUpstream) -> String {
@@ -216,7 +205,7 @@ async fn absurd_token_counts_never_wrap_a_balance_and_every_charge_is_journaled(
             .any(|p| p["reported_completion_tokens"] == 1_000_000)
     );
     assert_eq!(
-        metric(&s.lumina, "lumina_consumer_dead_letters_total").await,
+        s.lumina.metric("lumina_consumer_dead_letters_total").await,
         0.0
     );
     let (ok, stdout, stderr) = run(

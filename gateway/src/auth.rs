@@ -7,7 +7,8 @@
 //! every second and right after this gateway's own admin writes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hmac::{Hmac, KeyInit, Mac};
@@ -164,10 +165,65 @@ fn add_row(map: &mut KeyMap, row: KeyRow) {
     });
 }
 
-/// The in-memory key table; reads are lock-free.
+/// How long a key the read model did not know is answered from memory.
+const MISS_TTL: Duration = Duration::from_secs(5);
+
+/// Most misses remembered; past it the oldest are forgotten wholesale.
+const MAX_MISSES: usize = 16_384;
+
+/// Most read-model lookups of uncached keys per second and gateway.
+const LOOKUPS_PER_SECOND: u32 = 50;
+
+/// Uncached keys recently looked up and not found, and the lookups of the current second.
+struct Misses {
+    recent: HashMap<[u8; 32], Instant>,
+    second: Instant,
+    lookups: u32,
+}
+
+impl Misses {
+    /// Whether `hash` may be looked up now: not a recent miss, and within the second's budget.
+    fn may_look_up(&mut self, hash: &[u8; 32]) -> bool {
+        let now = Instant::now();
+        if self
+            .recent
+            .get(hash)
+            .is_some_and(|at| now.duration_since(*at) < MISS_TTL)
+        {
+            return false;
+        }
+        if now.duration_since(self.second) >= Duration::from_secs(1) {
+            self.second = now;
+            self.lookups = 0;
+        }
+        if self.lookups >= LOOKUPS_PER_SECOND {
+            return false;
+        }
+        self.lookups += 1;
+        true
+    }
+
+    fn missed(&mut self, hash: [u8; 32]) {
+        if self.recent.len() >= MAX_MISSES {
+            let now = Instant::now();
+            self.recent
+                .retain(|_, at| now.duration_since(*at) < MISS_TTL);
+            if self.recent.len() >= MAX_MISSES {
+                self.recent.clear();
+            }
+        }
+        self.recent.insert(hash, Instant::now());
+    }
+}
+
+/// The in-memory key table; reads are lock-free. Keys it does not know are looked up in the
+/// read model at most [`LOOKUPS_PER_SECOND`] times a second, and a key not found there is
+/// not looked up again for [`MISS_TTL`], so a flood of made-up keys cannot become database
+/// load (`lumina_auth_key_lookups_total` counts the lookups, `…_skipped_total` the others).
 pub struct KeyCache {
     secret: KeySecret,
     keys: ArcSwap<KeyMap>,
+    misses: Mutex<Misses>,
 }
 
 impl KeyCache {
@@ -176,6 +232,11 @@ impl KeyCache {
         KeyCache {
             secret,
             keys: ArcSwap::from_pointee(HashMap::new()),
+            misses: Mutex::new(Misses {
+                recent: HashMap::new(),
+                second: Instant::now(),
+                lookups: 0,
+            }),
         }
     }
 
@@ -205,7 +266,14 @@ impl KeyCache {
             Err(AuthFailure::Unknown)
                 if presented.starts_with(KEY_PREFIX) && presented.len() >= PUBLIC_PREFIX_LEN =>
             {
-                let hash = hex::encode(self.secret.hash(presented));
+                let raw = self.secret.hash(presented);
+                let allowed = self.misses.lock().is_ok_and(|mut m| m.may_look_up(&raw));
+                if !allowed {
+                    metrics::counter!("lumina_auth_key_lookups_skipped_total").increment(1);
+                    return Err(AuthFailure::Unknown);
+                }
+                metrics::counter!("lumina_auth_key_lookups_total").increment(1);
+                let hash = hex::encode(raw);
                 match read_model.key_by_hash(&hash).await {
                     Ok(Some(row)) => {
                         self.keys.rcu(|current| {
@@ -218,7 +286,12 @@ impl KeyCache {
                         });
                         self.authenticate(presented)
                     }
-                    Ok(None) => Err(AuthFailure::Unknown),
+                    Ok(None) => {
+                        if let Ok(mut m) = self.misses.lock() {
+                            m.missed(raw);
+                        }
+                        Err(AuthFailure::Unknown)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot look up an uncached key");
                         Err(AuthFailure::Unknown)

@@ -364,6 +364,26 @@ impl Lumina {
         (status, headers, res.text().await.unwrap())
     }
 
+    /// The sum of every series of Prometheus metric `name` in `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Every event in the data dir's log, as `lumina replay` prints them.
     pub fn events(&self) -> Vec<Value> {
         let (ok, stdout, stderr) = run(

@@ -30,6 +30,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("lumina_log_committed_position").set(committed as f64);
     metrics::gauge!("lumina_log_queue_length").set(state.log.queue_len() as f64);
     metrics::gauge!("lumina_log_healthy").set(f64::from(u8::from(state.log.is_healthy())));
+    metrics::gauge!("lumina_log_dropped_records").set(state.log.dropped_records() as f64);
     metrics::gauge!("lumina_keys_cached").set(state.keys.len() as f64);
     metrics::gauge!("lumina_credit_pending_holds").set(state.credits.pending_holds() as f64);
     for c in &state.readiness.consumers {

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod keepalive;
 pub mod ledger;
 pub mod metrics;
 pub mod models;
@@ -111,5 +112,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit_headers))
         .layer(middleware::from_fn(assign_request_id))
+        .layer(middleware::from_fn(keepalive::drain_unread_body))
         .with_state(state)
 }

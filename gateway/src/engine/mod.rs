@@ -210,7 +210,14 @@ async fn admit<'s>(state: &'s AppState, call: &Call<'_>) -> Result<Admitted<'s>,
         }
     }
     Ok(Admitted {
-        settlement: Settlement::new(state, meta.clone(), hold, call.body),
+        settlement: Settlement::new(
+            state.log.clone(),
+            state.credits.clone(),
+            state.price_version.clone(),
+            meta.clone(),
+            hold,
+            call.body,
+        ),
         meta,
         deployments,
         limits,

@@ -18,7 +18,6 @@ use crate::metering::pricing::{Price, PriceTable, Tokens};
 use crate::metering::usage::{self, Billed, UsageAnomaly};
 use crate::providers::ReportedUsage;
 use crate::routing::table::Deployment;
-use crate::state::AppState;
 use crate::wire::{ChatRequest, TokenUsage};
 
 /// What an answer is made of, for estimating its usage when the upstream reported none.
@@ -85,16 +84,24 @@ pub struct Settlement {
 }
 
 impl Settlement {
-    /// The settlement of a request that holds `hold`.
-    pub fn new(state: &AppState, meta: Arc<RequestMeta>, hold: NanoCredits, body: &Bytes) -> Self {
+    /// The settlement of a request that holds `hold`, recorded in `log`, told to `credits`,
+    /// priced with the table `price_version`.
+    pub fn new(
+        log: EventLog,
+        credits: Arc<CreditBook>,
+        price_version: Arc<str>,
+        meta: Arc<RequestMeta>,
+        hold: NanoCredits,
+        body: &Bytes,
+    ) -> Self {
         let content_body = meta.key.store_content.then(|| body.clone());
         Settlement {
             content_body,
-            log: state.log.clone(),
-            credits: state.credits.clone(),
+            log,
+            credits,
             meta,
             hold,
-            price_version: state.price_version.clone(),
+            price_version,
             price: None,
             pending: Some(SettleInfo {
                 outcome: Outcome::Cancelled,

@@ -267,3 +267,186 @@ impl Pump {
         let _ = self.tx.send(out.freeze()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::BufMut;
+    use lumina_eventlog::LogOptions;
+
+    use super::*;
+    use crate::auth::KeyIdentity;
+    use crate::config::{BreakerConfig, ProviderKind, SimulatedConfig};
+    use crate::metering::credit::CreditBook;
+    use crate::providers::breaker::Breaker;
+    use crate::providers::simulated::Simulated;
+    use crate::routing::catalog::RoutePath;
+    use crate::routing::table::Deployment;
+
+    fn meta() -> Arc<RequestMeta> {
+        Arc::new(RequestMeta {
+            request_id: "req_1".into(),
+            key: Arc::new(KeyIdentity {
+                key_id: "key_1".into(),
+                account_id: "acct_1".into(),
+                project_id: "proj_1".into(),
+                rpm: None,
+                tpm: None,
+                store_content: false,
+            }),
+            trace_id: None,
+            instance: "test".into(),
+            requested_model: "lumina-fast".into(),
+            path: RoutePath::Fast,
+            started: Instant::now(),
+            started_at: 0,
+        })
+    }
+
+    fn chunk(i: usize) -> StreamChunk {
+        let text = format!("w{i} ");
+        StreamChunk {
+            data: Bytes::from(format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"content":"{text}"}}}}]}}"#
+            )),
+            text,
+            usage: None,
+            usage_only: false,
+        }
+    }
+
+    /// Writes `chunk` per chunk, `done` at the end, `fail:<code>` on failure; fails to render
+    /// chunk number `fail_at`.
+    struct Recorder {
+        fail_at: Option<usize>,
+        seen: usize,
+    }
+
+    impl StreamRenderer for Recorder {
+        fn chunk(&mut self, _: &StreamChunk, out: &mut BytesMut) -> Result<(), RenderError> {
+            self.seen += 1;
+            if Some(self.seen) == self.fail_at {
+                return Err(RenderError("no JSON for this".into()));
+            }
+            out.put_slice(b"chunk\n");
+            Ok(())
+        }
+
+        fn finish(&mut self, _: StreamEnd<'_>, out: &mut BytesMut) -> Result<(), RenderError> {
+            out.put_slice(b"done\n");
+            Ok(())
+        }
+
+        fn fail(&mut self, _: &str, code: &str, out: &mut BytesMut) {
+            out.put_slice(format!("fail:{code}\n").as_bytes());
+        }
+    }
+
+    /// Pumps `n` chunks through `renderer` into `log`; returns what the client received.
+    async fn pump(log: EventLog, renderer: Recorder, n: usize) -> String {
+        let meta = meta();
+        let deployment = Arc::new(Deployment {
+            id: "sim/m".into(),
+            provider_name: "sim".into(),
+            kind: ProviderKind::Simulated,
+            upstream_model: "m".into(),
+            provider: Arc::new(Simulated::new(SimulatedConfig::default())),
+            breaker: Breaker::new(BreakerConfig::default()),
+        });
+        let body =
+            Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#);
+        let settlement = Settlement::new(
+            log.clone(),
+            Arc::new(CreditBook::new()),
+            "v1".into(),
+            meta.clone(),
+            NanoCredits(1_000),
+            &body,
+        );
+        let (tx, mut rx) = mpsc::channel(64);
+        let rest: Vec<Result<StreamChunk, ProviderError>> = (1..n).map(|i| Ok(chunk(i))).collect();
+        let pump = Pump {
+            meta,
+            log,
+            attempt: Attempt {
+                number: 1,
+                deployment,
+                started_at: 0,
+                started: Instant::now(),
+            },
+            ttfb: Duration::ZERO,
+            body,
+            allowance: 100,
+            settlement,
+            renderer: Box::new(renderer),
+            tx,
+        };
+        tokio::spawn(pump.run(Box::pin(futures::stream::iter(rest)), chunk(0)));
+        let mut out = Vec::new();
+        while let Some(b) = rx.recv().await {
+            out.extend_from_slice(&b);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn log_in(dir: &tempfile::TempDir) -> EventLog {
+        EventLog::open(dir.path().join("events.db"), LogOptions::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_settled_stream_ends_with_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = pump(
+            log_in(&dir),
+            Recorder {
+                fail_at: None,
+                seen: 0,
+            },
+            4,
+        )
+        .await;
+        assert_eq!(out, "chunk\nchunk\nchunk\nchunk\ndone\n");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_that_cannot_be_written_ends_the_stream_with_an_error_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = pump(
+            log_in(&dir),
+            Recorder {
+                fail_at: Some(3),
+                seen: 0,
+            },
+            6,
+        )
+        .await;
+        assert_eq!(out, "chunk\nchunk\nfail:render_failed\n");
+    }
+
+    #[tokio::test]
+    async fn a_settlement_the_log_cannot_take_ends_the_stream_with_an_error_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        // Another writer takes the positions the log would write next: every commit fails.
+        let other = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+        for position in 1..=100 {
+            other
+                .execute(
+                    "INSERT INTO events VALUES (?1, x'00', 'X', 'acct', 0, x'00')",
+                    [position],
+                )
+                .unwrap();
+        }
+        let out = pump(
+            log,
+            Recorder {
+                fail_at: None,
+                seen: 0,
+            },
+            3,
+        )
+        .await;
+        assert_eq!(out, "chunk\nchunk\nchunk\nfail:not_recorded\n");
+    }
+}
