@@ -653,6 +653,120 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
     drop(g2);
 }
 
+/// SIGTERM to the gateway, the ledger and the projector at once; requires each to exit within
+/// 5 s.
+async fn terminate_promptly(
+    gateway: &mut Lumina,
+    ledger: &mut ConsumerProc,
+    projector: &mut ConsumerProc,
+    broker_state: &str,
+) {
+    let limit = Duration::from_secs(5);
+    let (g, l, p) = tokio::join!(
+        gateway.terminate(),
+        ledger.terminate(),
+        projector.terminate()
+    );
+    for (took, what, output) in [
+        (g, "gateway", gateway.output()),
+        (l, "ledger", ledger.output()),
+        (p, "projector", projector.output()),
+    ] {
+        assert!(
+            took < limit,
+            "with the broker {broker_state}, the {what} took {took:?} to exit on SIGTERM:\n{output}"
+        );
+    }
+}
+
+/// Restarts the three processes and waits until each consumer applied every event of the
+/// gateway's log, once.
+async fn restart_and_apply_everything_once(
+    gateway: &mut Lumina,
+    ledger: &mut ConsumerProc,
+    projector: &mut ConsumerProc,
+    pool: &sqlx::AnyPool,
+) {
+    gateway.restart().await;
+    ledger.restart();
+    projector.restart();
+    let events = local_log(gateway);
+    let ids: BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let ledger_ids: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| ledger_handles(e["event_type"].as_str().unwrap()))
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    for (consumer, wanted) in [("projector", &ids), ("ledger", &ledger_ids)] {
+        wait_for_scalar(
+            pool,
+            &format!("SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = '{consumer}'"),
+            wanted.len() as i64,
+            &format!("{consumer}: applied after the restart"),
+        )
+        .await;
+        assert_applied_once(pool, consumer, wanted).await;
+    }
+}
+
+/// Requests on `gateway` with the broker away, until its shipper reports them as backlog.
+async fn pile_up_backlog(gateway: &Lumina, key: &str, tag: &str) {
+    burst(gateway, key, 20, tag).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gauge(gateway, "lumina_shipper_backlog_events").await < 40.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{tag}: no backlog behind the broker"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stopping is prompt whatever the broker's state: with the broker stopped, and then with it
+/// frozen (connections open, nothing answering, as behind a partition), and a backlog in the
+/// gateway's local log each time, SIGTERM ends the gateway, the ledger and the projector within
+/// 5 s each; once the broker is back and they restart, every event arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_exit_within_five_seconds_of_sigterm_while_the_broker_is_away() {
+    let Cluster {
+        tmp: _tmp,
+        mut broker,
+        db: _db,
+        config_path: _,
+        mut ledger,
+        mut projector,
+        mut gateways,
+        pool,
+    } = Cluster::start(1, "group", "").await;
+    let gateway = &mut gateways[0];
+    let account = gateway.account("Prompt Co", "1000").await;
+    let (_, key) = gateway.key(&account).await;
+    burst(gateway, &key, 5, "before").await;
+    let before = local_log(gateway).len() as i64;
+    wait_for_scalar(
+        &pool,
+        "SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = 'projector'",
+        before,
+        "applied before the outage",
+    )
+    .await;
+
+    broker.stop().await;
+    pile_up_backlog(gateway, &key, "stopped").await;
+    terminate_promptly(gateway, &mut ledger, &mut projector, "stopped").await;
+    broker.restart().await;
+    restart_and_apply_everything_once(gateway, &mut ledger, &mut projector, &pool).await;
+
+    broker.freeze();
+    pile_up_backlog(gateway, &key, "frozen").await;
+    terminate_promptly(gateway, &mut ledger, &mut projector, "frozen").await;
+    broker.thaw();
+    restart_and_apply_everything_once(gateway, &mut ledger, &mut projector, &pool).await;
+}
+
 /// In distributed mode the ledger's positions are topic offsets; a gateway must still learn
 /// that the ledger's balances carry its holds, or every hold it ever placed would stay counted
 /// against the account (false 402s, and a book that grows forever).

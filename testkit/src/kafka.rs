@@ -183,7 +183,10 @@ impl Broker {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("Kafka exited with {status} during start:\n{}", self.output());
+                panic!(
+                    "Kafka exited with {status} during start:\n{}",
+                    self.output()
+                );
             }
             let listening = std::net::TcpStream::connect(&self.address).is_ok();
             if listening
@@ -229,11 +232,28 @@ impl Broker {
 
     /// Stops the broker with SIGTERM (a clean shutdown) and waits for it to exit.
     pub fn stop(&mut self) {
+        self.signal("-TERM");
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
             let _ = child.wait();
+        }
+    }
+
+    /// Freezes the broker with SIGSTOP: connections stay open and nothing answers, as behind
+    /// a network partition.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen broker go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
         }
     }
 

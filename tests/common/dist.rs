@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use lumina_testkit::kafka;
 
@@ -48,6 +49,16 @@ impl Broker {
     /// Stops the broker with SIGTERM and waits for it to exit.
     pub async fn stop(&mut self) {
         self.with(kafka::Broker::stop).await;
+    }
+
+    /// Freezes it (SIGSTOP): connections stay open and nothing answers.
+    pub fn freeze(&self) {
+        self.inner.as_ref().unwrap().freeze();
+    }
+
+    /// Lets a frozen broker go on.
+    pub fn thaw(&self) {
+        self.inner.as_ref().unwrap().thaw();
     }
 
     /// Starts it again on the same address and storage.
@@ -129,6 +140,22 @@ impl ConsumerProc {
             signal(child.id(), "-TERM");
             let _ = child.wait();
         }
+    }
+
+    /// Sends SIGTERM and returns how long it took to exit (SIGKILL after 30 s).
+    pub async fn terminate(&mut self) -> Duration {
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        signal(child.id(), "-TERM");
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = started.elapsed();
+        let _ = child.kill();
+        let _ = child.wait();
+        took
     }
 
     /// The partitions its current run holds, from its "partitions assigned" and "partitions
