@@ -80,36 +80,13 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Single-node settings: every internal topic with one partition and one replica, no delay
-/// before a group's first rebalance, topics only as Lumina creates them.
+/// The broker's settings (`scripts/kafka/server.properties`, shared with the benchmarks), with
+/// its ports and log dir filled in.
 fn server_properties(port: u16, controller: u16, log_dir: &Path) -> String {
-    format!(
-        "process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={log_dir}
-num.network.threads=2
-num.io.threads=4
-background.threads=2
-num.partitions=1
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-share.coordinator.state.topic.num.partitions=1
-group.initial.rebalance.delay.ms=0
-",
-        log_dir = log_dir.display()
-    )
+    include_str!("../../scripts/kafka/server.properties")
+        .replace("@PORT@", &port.to_string())
+        .replace("@CONTROLLER_PORT@", &controller.to_string())
+        .replace("@LOG_DIR@", &log_dir.display().to_string())
 }
 
 impl Broker {
