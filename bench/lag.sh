@@ -14,7 +14,8 @@
 # `lumina projector` on the topic in their consumer groups (ASSIGNMENT=all: every partition
 # each) — so the lag is produce-to-apply through the broker. oha's latency percentiles are
 # printed too, to compare the gateway with and without the shipper. HEADERS=true ships
-# with the event_type/event_id message headers (kafka.headers). SHIPPER_ONLY=1 stops both
+# with the event_type/event_id message headers (kafka.headers); KAFKA_SETTINGS='"linger.ms" = "5"'
+# adds librdkafka settings ([kafka.settings]). SHIPPER_ONLY=1 stops both
 # consumers before the load: the gateway's latency with the shipper and broker alone (with
 # NO_BROKER=1 the broker is stopped too). KEEP=1 keeps the work dir.
 set -euo pipefail
@@ -55,6 +56,7 @@ if [ "${DISTRIBUTED:-0}" = 1 ]; then
   for _ in $(seq 1 600); do (echo > "/dev/tcp/127.0.0.1/$KPORT") 2>/dev/null && break; sleep 0.1; done
   printf '[database]\nurl = "%s"\n[kafka]\nbrokers = "127.0.0.1:%s"\nassignment = "%s"\nheaders = %s\n' \
     "$LUMINA_DATABASE_URL" "$KPORT" "${ASSIGNMENT:-group}" "${HEADERS:-false}" >> "$WORK/lumina.toml"
+  [ -z "${KAFKA_SETTINGS:-}" ] || printf '[kafka.settings]\n%s\n' "$KAFKA_SETTINGS" >> "$WORK/lumina.toml"
   CONSUMER_PIDS=""
   for c in ledger projector; do
     LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" $c --config "$WORK/lumina.toml" > "$WORK/$c.out" 2>&1 &
@@ -65,7 +67,7 @@ if [ "${DISTRIBUTED:-0}" = 1 ]; then
 fi
 LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" $MODE --config "$WORK/lumina.toml" \
   --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" > "$WORK/lumina.out" 2>&1 &
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
 ACCOUNT=$(curl -sf "http://127.0.0.1:$PORT/admin/accounts" -H "Authorization: Bearer $LUMINA_ADMIN_KEY" \
   -d '{"name":"lag","credits":"1000000"}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["id"])')
 KEY=$(curl -sf "http://127.0.0.1:$PORT/admin/keys" -H "Authorization: Bearer $LUMINA_ADMIN_KEY" \
