@@ -8,11 +8,14 @@
 #
 # Usage: bench/lag.sh ledger|projector [seconds, default 20]
 # With LUMINA_DATABASE_URL=postgres://… the read models and ledger live in PostgreSQL.
-# With DISTRIBUTED=1 as well (and LUMINA_TEST_TANSU, the Tansu binary): distributed mode —
-# Tansu on a free port, `lumina gateway` shipping to it, `lumina ledger` and `lumina projector`
-# on the topic — so the lag is produce-to-apply through the broker. oha's latency percentiles
-# are printed too, to compare the gateway with and without the shipper. HEADERS=true ships
-# with the event_type/event_id message headers (kafka.headers). SHIPPER_ONLY=1 stops both
+# With DISTRIBUTED=1 as well (and LUMINA_TEST_KAFKA_LIBS, Apache Kafka's jars, which
+# scripts/test.sh copies into the cache): distributed mode — a single-node Kafka on free ports
+# (scripts/kafka/server.properties), `lumina gateway` shipping to it, `lumina ledger` and
+# `lumina projector` on the topic in their consumer groups (ASSIGNMENT=all: every partition
+# each) — so the lag is produce-to-apply through the broker. oha's latency percentiles are
+# printed too, to compare the gateway with and without the shipper. HEADERS=true ships
+# with the event_type/event_id message headers (kafka.headers); KAFKA_SETTINGS='"linger.ms" = "5"'
+# adds librdkafka settings ([kafka.settings]). SHIPPER_ONLY=1 stops both
 # consumers before the load: the gateway's latency with the shipper and broker alone (with
 # NO_BROKER=1 the broker is stopped too). KEEP=1 keeps the work dir.
 set -euo pipefail
@@ -38,14 +41,22 @@ TOML
 MODE=serve
 if [ "${DISTRIBUTED:-0}" = 1 ]; then
   : "${LUMINA_DATABASE_URL:?DISTRIBUTED=1 needs LUMINA_DATABASE_URL (PostgreSQL)}"
+  LIBS="${LUMINA_TEST_KAFKA_LIBS:?DISTRIBUTED=1 needs LUMINA_TEST_KAFKA_LIBS (the Kafka jars scripts/test.sh fetches)}"
   KPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  (cd "$WORK" && exec "${LUMINA_TEST_TANSU:?DISTRIBUTED=1 needs LUMINA_TEST_TANSU}" broker \
-    --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
-    --storage-engine sqlite://tansu.db > "$WORK/tansu.out" 2>&1) &
-  TANSU_PID=$!
-  sleep 1
-  printf '[database]\nurl = "%s"\n[kafka]\nbrokers = "127.0.0.1:%s"\nassignment = "all"\nheaders = %s\n' \
-    "$LUMINA_DATABASE_URL" "$KPORT" "${HEADERS:-false}" >> "$WORK/lumina.toml"
+  CPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  sed -e "s/@PORT@/$KPORT/g" -e "s/@CONTROLLER_PORT@/$CPORT/g" -e "s|@LOG_DIR@|$WORK/kafka|g" \
+    scripts/kafka/server.properties > "$WORK/server.properties"
+  KAFKA_JVM="-Xms1g -Xmx1g -XX:+UseG1GC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn"
+  # shellcheck disable=SC2086
+  java $KAFKA_JVM -cp "$LIBS/*" kafka.tools.StorageTool format --standalone \
+    --cluster-id THVtaW5hVGVzdENsdXN0ZQ --config "$WORK/server.properties" >/dev/null
+  # shellcheck disable=SC2086
+  java $KAFKA_JVM -cp "$LIBS/*" kafka.Kafka "$WORK/server.properties" > "$WORK/kafka.out" 2>&1 &
+  BROKER_PID=$!
+  for _ in $(seq 1 600); do (echo > "/dev/tcp/127.0.0.1/$KPORT") 2>/dev/null && break; sleep 0.1; done
+  printf '[database]\nurl = "%s"\n[kafka]\nbrokers = "127.0.0.1:%s"\nassignment = "%s"\nheaders = %s\n' \
+    "$LUMINA_DATABASE_URL" "$KPORT" "${ASSIGNMENT:-group}" "${HEADERS:-false}" >> "$WORK/lumina.toml"
+  [ -z "${KAFKA_SETTINGS:-}" ] || printf '[kafka.settings]\n%s\n' "$KAFKA_SETTINGS" >> "$WORK/lumina.toml"
   CONSUMER_PIDS=""
   for c in ledger projector; do
     LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" $c --config "$WORK/lumina.toml" > "$WORK/$c.out" 2>&1 &
@@ -56,7 +67,7 @@ if [ "${DISTRIBUTED:-0}" = 1 ]; then
 fi
 LUMINA_LOG=warn "$CARGO_TARGET_DIR/release/lumina" $MODE --config "$WORK/lumina.toml" \
   --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" > "$WORK/lumina.out" 2>&1 &
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
 ACCOUNT=$(curl -sf "http://127.0.0.1:$PORT/admin/accounts" -H "Authorization: Bearer $LUMINA_ADMIN_KEY" \
   -d '{"name":"lag","credits":"1000000"}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["id"])')
 KEY=$(curl -sf "http://127.0.0.1:$PORT/admin/keys" -H "Authorization: Bearer $LUMINA_ADMIN_KEY" \
@@ -66,7 +77,7 @@ if [ -n "${SHIPPER_ONLY:-}" ]; then
   # cores during the load, so there is no lag to report afterwards.
   kill $CONSUMER_PIDS
   # NO_BROKER=1 as well: the broker goes too, so the shipper only queues.
-  [ -z "${NO_BROKER:-}" ] || { kill -9 "$TANSU_PID"; wait "$TANSU_PID" 2>/dev/null || true; }
+  [ -z "${NO_BROKER:-}" ] || { kill -9 "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; }
 fi
 "$OHA" --no-tui -z "${SECONDS_PER_RUN}s" -q 1000 -c 16 -m POST -H "Authorization: Bearer $KEY" \
   -H "content-type: application/json" \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh Debian machine that has Rust: starts
 # PostgreSQL (installing it when missing), creates the role the tests use, builds a venv with
-# the OpenAI SDK and installs Tansu (the Kafka-protocol broker) once, then runs
-# `cargo test --workspace`. Build output goes to a cache outside the clone.
+# the OpenAI SDK, fetches Apache Kafka's jars from Maven Central once (installing Java and Maven
+# when missing), then runs `cargo test --workspace`. Build output goes to a cache outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,15 +74,36 @@ setup_python() {
   export LUMINA_TEST_PYTHON="$venv/bin/python"
 }
 
-# Tansu, the Kafka-protocol broker the distributed-mode tests start (each on its own port and
-# storage). Built once into the cache (about ten minutes), reused after.
-setup_tansu() {
-  local root="$CACHE/tansu"
-  if [ ! -x "$root/bin/tansu" ]; then
-    echo "installing Tansu into $root (once)" >&2
-    CARGO_TARGET_DIR="$CACHE/tansu-target" cargo install tansu --locked --features libsql --root "$root"
+# Java 17 or later and Maven, for the Apache Kafka broker; from Debian when missing.
+java_major() {
+  java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1
+}
+setup_java() {
+  if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ] || ! command -v mvn >/dev/null; then
+    echo "installing Java and Maven from Debian" >&2
+    as_root apt-get update >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y default-jdk-headless maven >/dev/null
   fi
-  export LUMINA_TEST_TANSU="$root/bin/tansu"
+  command -v java >/dev/null && [ "$(java_major)" -ge 17 ] && command -v mvn >/dev/null || {
+    echo "the distributed-mode tests need Java 17 or later and Maven (apt-get install default-jdk-headless maven)" >&2
+    exit 1
+  }
+}
+
+# Apache Kafka, the broker the distributed-mode tests start (each its own KRaft node on free
+# ports): its jars copied once from Maven Central into the cache, again when the POM changes.
+setup_kafka() {
+  local libs="$CACHE/kafka/libs"
+  local pom=scripts/kafka/pom.xml
+  local stamp
+  stamp=$(sha256sum "$pom" | cut -d' ' -f1)
+  if [ "$(cat "$libs/.complete" 2>/dev/null)" != "$stamp" ]; then
+    echo "copying Apache Kafka's jars into $libs (once)" >&2
+    rm -rf "$libs"
+    mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs"
+    echo "$stamp" > "$libs/.complete"
+  fi
+  export LUMINA_TEST_KAFKA_LIBS="$libs"
 }
 
 # librdkafka is built with OpenSSL (TLS and SASL to managed Kafka).
@@ -93,5 +114,6 @@ fi
 start_postgres
 echo "PostgreSQL ready at 127.0.0.1:$PG_PORT" >&2
 setup_python
-setup_tansu
+setup_java
+setup_kafka
 cargo test --workspace --locked "$@"

@@ -1,4 +1,4 @@
-//! Distributed mode against real services: Tansu (a Kafka-protocol broker) and PostgreSQL, two
+//! Distributed mode against real services: Apache Kafka (KRaft, one node) and PostgreSQL, two
 //! `lumina gateway`s, one `lumina ledger` and one `lumina projector`, each its own process.
 //!
 //! One scripted run: a key issued through one gateway works on the other at once; the broker is
@@ -15,7 +15,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use common::dist::{ConsumerProc, Tansu};
+use common::dist::{Broker, ConsumerProc};
 use common::{Lumina, run};
 use lumina_eventlog::Backend;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -189,10 +189,10 @@ fn read_topic(brokers: &str, topic: &str, partitions: i32, expected: usize) -> V
     out
 }
 
-/// Tansu, PostgreSQL, a ledger, a projector and `gateways` gateways, all on one configuration.
+/// Kafka, PostgreSQL, a ledger, a projector and `gateways` gateways, all on one configuration.
 struct Cluster {
     tmp: tempfile::TempDir,
-    tansu: Tansu,
+    broker: Broker,
     db: lumina_testkit::TestDb,
     config_path: std::path::PathBuf,
     ledger: ConsumerProc,
@@ -206,11 +206,11 @@ impl Cluster {
     async fn start(gateways: usize, assignment: &str, extra: &str) -> Cluster {
         lumina_gateway::providers::install_crypto_provider();
         let tmp = tempfile::tempdir().unwrap();
-        let tansu = Tansu::start(&tmp.path().join("tansu")).await;
+        let broker = Broker::start(&tmp.path().join("kafka")).await;
         let db = lumina_testkit::fresh_database(Backend::Postgres).await;
         let config = format!(
             "[database]\nurl = \"{}\"\n\n[kafka]\nbrokers = \"{}\"\npartitions = {PARTITIONS}\nassignment = \"{assignment}\"\n{extra}",
-            db.url, tansu.address
+            db.url, broker.address
         );
         let config_path = tmp.path().join("lumina.toml");
         std::fs::write(&config_path, &config).unwrap();
@@ -238,7 +238,7 @@ impl Cluster {
         let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
         Cluster {
             tmp,
-            tansu,
+            broker,
             db,
             config_path,
             ledger,
@@ -274,14 +274,14 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
         .as_secs();
     let Cluster {
         tmp,
-        mut tansu,
+        mut broker,
         db: _db,
         config_path,
         mut ledger,
         mut projector,
         mut gateways,
         pool,
-    } = Cluster::start(2, "all", "").await;
+    } = Cluster::start(2, "group", "").await;
     let g2 = gateways.pop().unwrap();
     let mut g1 = gateways.pop().unwrap();
 
@@ -294,7 +294,7 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
     paid.extend(burst(&g2, &key, 20, "g2").await);
 
     // Broker outage: both gateways keep serving paid requests; the backlog shows it.
-    tansu.kill9();
+    broker.kill9();
     paid.extend(burst(&g1, &key, 15, "outage-1").await);
     paid.extend(burst(&g2, &key, 15, "outage-2").await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -303,13 +303,13 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
         backlog >= 15.0,
         "the backlog shows the unshipped events: {backlog}"
     );
-    tansu.restart().await;
+    broker.restart().await;
 
     // A gateway killed while its local log holds events the broker never got.
-    tansu.kill9();
+    broker.kill9();
     paid.extend(burst(&g1, &key, 10, "unshipped").await);
     g1.kill9();
-    tansu.restart().await;
+    broker.restart().await;
     g1.restart().await;
 
     // The ledger and the projector killed under load at random moments, one after the other.
@@ -330,7 +330,7 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
 
     // A corrupted message on the topic, then more traffic behind it.
     let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &tansu.address)
+        .set("bootstrap.servers", &broker.address)
         .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
@@ -477,7 +477,7 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
         .await,
         2
     );
-    let dlq = read_topic(&tansu.address, "lumina.events.dlq", 1, 2);
+    let dlq = read_topic(&broker.address, "lumina.events.dlq", 1, 2);
     assert_eq!(dlq.len(), 2, "both consumers copy the message to the DLQ");
     for (_, payload, headers) in &dlq {
         assert_eq!(payload.as_slice(), &b"\xC3\x01not an event"[..]);
@@ -485,7 +485,7 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
     }
 
     // One account's events keep each gateway's order on the topic (resends aside).
-    let on_topic = read_topic(&tansu.address, TOPIC, PARTITIONS, events.len() + 1);
+    let on_topic = read_topic(&broker.address, TOPIC, PARTITIONS, events.len() + 1);
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut order: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (_, payload, _) in &on_topic {
@@ -653,6 +653,120 @@ async fn distributed_mode_delivers_every_event_once_through_outages_and_kills() 
     drop(g2);
 }
 
+/// SIGTERM to the gateway, the ledger and the projector at once; requires each to exit within
+/// 5 s.
+async fn terminate_promptly(
+    gateway: &mut Lumina,
+    ledger: &mut ConsumerProc,
+    projector: &mut ConsumerProc,
+    broker_state: &str,
+) {
+    let limit = Duration::from_secs(5);
+    let (g, l, p) = tokio::join!(
+        gateway.terminate(),
+        ledger.terminate(),
+        projector.terminate()
+    );
+    for (took, what, output) in [
+        (g, "gateway", gateway.output()),
+        (l, "ledger", ledger.output()),
+        (p, "projector", projector.output()),
+    ] {
+        assert!(
+            took < limit,
+            "with the broker {broker_state}, the {what} took {took:?} to exit on SIGTERM:\n{output}"
+        );
+    }
+}
+
+/// Restarts the three processes and waits until each consumer applied every event of the
+/// gateway's log, once.
+async fn restart_and_apply_everything_once(
+    gateway: &mut Lumina,
+    ledger: &mut ConsumerProc,
+    projector: &mut ConsumerProc,
+    pool: &sqlx::AnyPool,
+) {
+    gateway.restart().await;
+    ledger.restart();
+    projector.restart();
+    let events = local_log(gateway);
+    let ids: BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let ledger_ids: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| ledger_handles(e["event_type"].as_str().unwrap()))
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    for (consumer, wanted) in [("projector", &ids), ("ledger", &ledger_ids)] {
+        wait_for_scalar(
+            pool,
+            &format!("SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = '{consumer}'"),
+            wanted.len() as i64,
+            &format!("{consumer}: applied after the restart"),
+        )
+        .await;
+        assert_applied_once(pool, consumer, wanted).await;
+    }
+}
+
+/// Requests on `gateway` with the broker away, until its shipper reports them as backlog.
+async fn pile_up_backlog(gateway: &Lumina, key: &str, tag: &str) {
+    burst(gateway, key, 20, tag).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gauge(gateway, "lumina_shipper_backlog_events").await < 40.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{tag}: no backlog behind the broker"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stopping is prompt whatever the broker's state: with the broker stopped, and then with it
+/// frozen (connections open, nothing answering, as behind a partition), and a backlog in the
+/// gateway's local log each time, SIGTERM ends the gateway, the ledger and the projector within
+/// 5 s each; once the broker is back and they restart, every event arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_exit_within_five_seconds_of_sigterm_while_the_broker_is_away() {
+    let Cluster {
+        tmp: _tmp,
+        mut broker,
+        db: _db,
+        config_path: _,
+        mut ledger,
+        mut projector,
+        mut gateways,
+        pool,
+    } = Cluster::start(1, "group", "").await;
+    let gateway = &mut gateways[0];
+    let account = gateway.account("Prompt Co", "1000").await;
+    let (_, key) = gateway.key(&account).await;
+    burst(gateway, &key, 5, "before").await;
+    let before = local_log(gateway).len() as i64;
+    wait_for_scalar(
+        &pool,
+        "SELECT COUNT(*) FROM consumer_applied_events WHERE consumer = 'projector'",
+        before,
+        "applied before the outage",
+    )
+    .await;
+
+    broker.stop().await;
+    pile_up_backlog(gateway, &key, "stopped").await;
+    terminate_promptly(gateway, &mut ledger, &mut projector, "stopped").await;
+    broker.restart().await;
+    restart_and_apply_everything_once(gateway, &mut ledger, &mut projector, &pool).await;
+
+    broker.freeze();
+    pile_up_backlog(gateway, &key, "frozen").await;
+    terminate_promptly(gateway, &mut ledger, &mut projector, "frozen").await;
+    broker.thaw();
+    restart_and_apply_everything_once(gateway, &mut ledger, &mut projector, &pool).await;
+}
+
 /// In distributed mode the ledger's positions are topic offsets; a gateway must still learn
 /// that the ledger's balances carry its holds, or every hold it ever placed would stay counted
 /// against the account (false 402s, and a book that grows forever).
@@ -765,18 +879,15 @@ fn leads_its_group(member: &ConsumerProc) -> bool {
 }
 
 /// `assignment = "group"`: two ledgers in one consumer group split the partitions, one that
-/// leaves hands its partitions to the other and takes its share back when it returns, a member
-/// killed with SIGKILL loses its partitions to the other once its session times out, and every
-/// money event is journaled exactly once throughout.
-///
-/// The member killed is the one that does not lead the group: Tansu 0.6 keeps a dead leader as
-/// the leader of the next generation, so the survivors wait for its assignment forever (README,
-/// distributed mode: use `assignment = "all"` on Tansu).
+/// leaves hands its partitions to the other and takes its share back when it returns, the
+/// group's leader killed with SIGKILL loses its partitions to the other once its session times
+/// out (the survivor becomes the leader of the next generation), and every money event is
+/// journaled exactly once throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledgers_in_a_group_split_the_partitions_and_take_over_from_each_other() {
     let Cluster {
         tmp,
-        tansu: _tansu,
+        broker: _broker,
         db,
         config_path,
         mut ledger,
@@ -812,17 +923,22 @@ async fn ledgers_in_a_group_split_the_partitions_and_take_over_from_each_other()
     wait_for_split(&[&first, &second], true).await;
     pay_and_settle(gateway, &keys, "rejoined", &pool).await;
 
-    // A member killed without leaving: the other takes everything after the session timeout.
+    // The leader killed without leaving: the other takes everything after the session timeout.
     let (victim, survivor) = if leads_its_group(&first) {
-        (&mut second, &first)
-    } else {
         (&mut first, &second)
+    } else {
+        (&mut second, &first)
     };
+    assert!(leads_its_group(victim) && !leads_its_group(survivor));
     victim.kill9();
     let traffic = pay_and_settle(gateway, &keys, "after-kill", &pool);
     let survivor = [survivor];
     let (_, held) = tokio::join!(traffic, wait_for_split(&survivor, false));
     assert_eq!(held[0].len(), PARTITIONS as usize);
+    assert!(
+        leads_its_group(survivor[0]),
+        "the survivor leads the next generation"
+    );
 
     // Every money event of the gateway's log journaled once.
     let events = local_log(gateway);
@@ -971,7 +1087,7 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
     assert!(spent <= granted + bound);
 
     // With `kafka.headers`, each message names its type and id in headers too.
-    let on_topic = read_topic(&cluster.tansu.address, TOPIC, PARTITIONS, 1);
+    let on_topic = read_topic(&cluster.broker.address, TOPIC, PARTITIONS, 1);
     let (_, payload, headers) = &on_topic[0];
     let event = lumina_schemas::decode(payload).unwrap().event;
     let header = |k: &str| {

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::dist::{ConsumerProc, Tansu};
+use common::dist::{Broker, ConsumerProc};
 use common::upstream::{GATEWAY_ENV, MockUpstream, gateway_config};
 use common::{Lumina, assert_openai_error, run};
 use lumina_eventlog::Backend;
@@ -69,7 +69,7 @@ struct World {
     expected: Vec<Expect>,
     started: i64,
     /// Distributed mode: the broker and the ledger and projector processes.
-    _distributed: Option<(Tansu, ConsumerProc, ConsumerProc)>,
+    _distributed: Option<(Broker, ConsumerProc, ConsumerProc)>,
 }
 
 fn user(model: &str, text: &str) -> Value {
@@ -87,7 +87,7 @@ fn header(h: &reqwest::header::HeaderMap, name: &str) -> String {
 enum Mode {
     /// `lumina serve` on this database.
     Embedded(Backend),
-    /// `lumina gateway` shipping to Tansu, `lumina ledger` and `lumina projector` on the topic,
+    /// `lumina gateway` shipping to Kafka, `lumina ledger` and `lumina projector` on the topic,
     /// PostgreSQL.
     Distributed,
 }
@@ -105,10 +105,10 @@ async fn start(mode: Mode) -> World {
     env.push(("LUMINA_DATABASE_URL", url.as_str()));
     let mut config = gateway_config(&mock, PRICES);
     let (lumina, distributed) = if mode == Mode::Distributed {
-        let tansu = Tansu::start(&tmp.path().join("tansu")).await;
+        let broker = Broker::start(&tmp.path().join("kafka")).await;
         config.push_str(&format!(
             "\n[database]\nurl = \"{url}\"\n\n[kafka]\nbrokers = \"{}\"\npartitions = 3\nassignment = \"all\"\n",
-            tansu.address
+            broker.address
         ));
         let path = tmp.path().join("lumina.toml");
         std::fs::write(&path, &config).unwrap();
@@ -127,7 +127,7 @@ async fn start(mode: Mode) -> World {
             &config,
         )
         .await;
-        (lumina, Some((tansu, ledger, projector)))
+        (lumina, Some((broker, ledger, projector)))
     } else {
         let lumina = Lumina::start_with_config(
             &tmp.path().join("data"),

@@ -1,11 +1,11 @@
-//! Events/s one gateway's shipper moves from its local log to a local Kafka-protocol broker.
+//! Events/s one gateway's shipper moves from its local log to a local Apache Kafka.
 //!
-//! Starts Tansu (`LUMINA_TEST_TANSU`, installed by `scripts/test.sh`) on a free port with SQLite
-//! storage in a temp dir, fills a local log with 200,000 request events (three per request,
-//! 1,000 accounts), then ships it from position 0 three times with the `event_type`/`event_id`
-//! headers and three times without, each into a fresh topic, timing from the shipper's start to
-//! the broker's acknowledgement of the last event. `LUMINA_BENCH_TANSU_STORAGE=null://` runs
-//! Tansu with its storage engine that keeps nothing: the shipper and the wire alone.
+//! Starts a single-node Kafka (the jars in `LUMINA_TEST_KAFKA_LIBS`, which `scripts/test.sh`
+//! copies from Maven Central) on free ports with its storage in a temp dir, the JVM set for
+//! throughput; fills a local log with 200,000 request events (three per request, 1,000
+//! accounts); then ships it from position 0 three times with the `event_type`/`event_id`
+//! headers and three times without, each into a fresh topic of 6 partitions, timing from the
+//! shipper's start to the broker's acknowledgement of the last event.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -13,45 +13,28 @@
     clippy::print_stdout
 )]
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lumina_eventlog::{EventLog, LogOptions};
 use lumina_kafka::{KafkaConfig, Shipper};
 use lumina_schemas::EventType;
 use lumina_schemas::samples::sample;
+use lumina_testkit::kafka::{Broker, Jvm};
 use tokio_util::sync::CancellationToken;
 
 const EVENTS: u64 = 200_000;
 const RUNS: usize = 3;
 
 fn main() {
-    let tansu = std::env::var("LUMINA_TEST_TANSU")
-        .expect("LUMINA_TEST_TANSU: the Tansu binary (scripts/test.sh installs it)");
-    let storage =
-        std::env::var("LUMINA_BENCH_TANSU_STORAGE").unwrap_or_else(|_| "sqlite://tansu.db".into());
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
-    let url = format!("tcp://{address}");
-    let mut broker = Command::new(tansu)
-        .current_dir(dir.path())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", &storage])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let started = Instant::now();
+    let broker = Broker::start_with(&dir.path().join("kafka"), Jvm::Throughput);
+    println!(
+        "kafka serving on {} after {:.1} s",
+        broker.address,
+        started.elapsed().as_secs_f64()
+    );
+    let address = broker.address.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -59,19 +42,6 @@ fn main() {
         .unwrap();
     let log = EventLog::open(dir.path().join("events.db"), LogOptions::default()).unwrap();
     rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(&address).await.is_err() {
-            let exited = broker.try_wait().unwrap();
-            assert!(
-                exited.is_none(),
-                "tansu exited ({exited:?}) with --storage-engine {storage}"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {address}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         let kinds = [
             EventType::RequestRouted,
             EventType::UpstreamAttempted,
@@ -111,6 +81,5 @@ fn main() {
             );
         }
     });
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(broker);
 }

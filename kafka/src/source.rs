@@ -3,7 +3,8 @@
 //! the same transactions as the effects — and starts every assigned partition there; messages
 //! below that position or of partitions it no longer owns are dropped. Cooperative rebalancing
 //! (`cooperative-sticky`) moves only the partitions that change owner. Dead-lettered messages
-//! are copied to `<topic>.dlq` with the reason.
+//! are copied to `<topic>.dlq` with the reason. Dropping the source closes its clients within
+//! [`CLOSE_WAIT`] each, whatever the broker's state.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,6 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use crate::close::{CLOSE_WAIT, close_within};
 use crate::config::{Assignment, KafkaConfig, MAX_MESSAGE_BYTES};
 
 /// Assigned partitions and the first offset accepted from each.
@@ -136,9 +138,11 @@ impl ConsumerContext for Context {
 pub struct KafkaSource {
     topic: String,
     dlq_topic: String,
-    consumer: Arc<BaseConsumer<Context>>,
+    /// Taken when the source is dropped, to be closed within a bound.
+    consumer: Option<Arc<BaseConsumer<Context>>>,
     floors: Floors,
-    dlq: FutureProducer,
+    /// Taken when the source is dropped, likewise.
+    dlq: Option<Arc<FutureProducer>>,
 }
 
 impl KafkaSource {
@@ -167,9 +171,10 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
-            // Kafka answers a fetch as soon as data arrives, so this only bounds idle polls;
-            // Tansu sleeps through it on every fetch (500 ms, the default, held produce-to-apply
-            // lag at p50 ~440 ms; 100 ms: ~170 ms).
+            // Apache Kafka answers a fetch as soon as data arrives, so this only bounds idle
+            // polls (an idle fetch every 100 ms costs nothing worth measuring); brokers that
+            // sleep through it on every fetch (Tansu: the default 500 ms held produce-to-apply
+            // lag at p50 ~440 ms) keep a usable lag with it.
             .set("fetch.wait.max.ms", "100")
             .set("heartbeat.interval.ms", "1000")
             // The rebalance timeout: how long a join waits for members that died without
@@ -200,10 +205,29 @@ impl KafkaSource {
         Ok(KafkaSource {
             topic: config.topic.clone(),
             dlq_topic: config.dlq_topic(),
-            consumer: kafka,
+            consumer: Some(kafka),
             floors,
-            dlq,
+            dlq: Some(Arc::new(dlq)),
         })
+    }
+
+    fn consumer(&self) -> Result<Arc<BaseConsumer<Context>>, SourceError> {
+        self.consumer
+            .clone()
+            .ok_or_else(|| SourceError::Other("the Kafka consumer is closed".into()))
+    }
+}
+
+impl Drop for KafkaSource {
+    /// Leaves the group and closes the dead-letter producer, waiting on the broker for at most
+    /// [`CLOSE_WAIT`] each.
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            close_within(consumer, CLOSE_WAIT, "consumer");
+        }
+        if let Some(dlq) = self.dlq.take() {
+            close_within(dlq, CLOSE_WAIT, "dlq-producer");
+        }
     }
 }
 
@@ -211,7 +235,7 @@ impl KafkaSource {
     /// The end of every partition of the topic now: `(partition, high watermark)` for each
     /// partition that holds messages.
     pub async fn ends(&self) -> Result<Vec<(i32, i64)>, SourceError> {
-        let consumer = self.consumer.clone();
+        let consumer = self.consumer()?;
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let err = |e: rdkafka::error::KafkaError| SourceError::Other(e.to_string());
@@ -248,7 +272,7 @@ impl EventSource for KafkaSource {
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
-        let consumer = self.consumer.clone();
+        let consumer = self.consumer()?;
         let floors = self.floors.clone();
         let messages = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
@@ -307,7 +331,10 @@ impl EventSource for KafkaSource {
         let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&self.dlq_topic)
             .payload(message.bytes.as_slice())
             .headers(headers);
-        if let Err((e, _)) = self.dlq.send(record, Duration::from_secs(10)).await {
+        let Some(dlq) = &self.dlq else {
+            return;
+        };
+        if let Err((e, _)) = dlq.send(record, Duration::from_secs(10)).await {
             tracing::error!(error = %e, partition = message.partition, offset = message.offset,
                 "cannot copy a dead letter to the dead-letter topic (it is in dead_letters)");
         }

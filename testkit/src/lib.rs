@@ -1,9 +1,12 @@
-//! Test support: a fresh, migrated database of either backend per test.
+//! Test support: a fresh, migrated database of either backend per test, and an Apache Kafka
+//! broker (`kafka`) for the distributed-mode tests and benchmarks.
 //!
 //! PostgreSQL comes from `LUMINA_TEST_DATABASE_URL`, a URL of a role allowed to create
 //! databases; `scripts/test.sh` starts a server and sets it. Without it, PostgreSQL tests fail
 //! with a message saying so: they never skip.
 #![allow(clippy::expect_used, clippy::panic)]
+
+pub mod kafka;
 
 use lumina_eventlog::{Backend, Database};
 use sqlx::Connection;

@@ -1,91 +1,69 @@
-//! Distributed-mode helpers: a Tansu broker on a free port with SQLite storage in a temp dir,
-//! and `lumina ledger` / `lumina projector` processes that can be killed and restarted.
+//! Distributed-mode helpers: an Apache Kafka broker (KRaft, one node) on free ports with its
+//! storage in a temp dir, and `lumina ledger` / `lumina projector` processes that can be killed
+//! and restarted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{bin, free_port, signal};
+use lumina_testkit::kafka;
 
-/// The Tansu binary `scripts/test.sh` installs; a test needing it fails loudly without it.
-fn tansu_bin() -> String {
-    std::env::var("LUMINA_TEST_TANSU").unwrap_or_else(|_| {
-        panic!("LUMINA_TEST_TANSU is not set: run the tests through scripts/test.sh, which installs Tansu")
-    })
-}
+use super::{bin, signal};
 
-/// A Tansu broker.
-pub struct Tansu {
-    child: Option<Child>,
+/// The broker, driven from async tests: starts and restarts wait on the blocking pool.
+pub struct Broker {
+    inner: Option<kafka::Broker>,
     /// `127.0.0.1:PORT`.
     pub address: String,
-    dir: PathBuf,
-    starts: u32,
 }
 
-impl Tansu {
-    /// Starts a broker storing in `dir`.
-    pub async fn start(dir: &Path) -> Tansu {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut tansu = Tansu {
-            child: None,
-            address: format!("127.0.0.1:{}", free_port()),
-            dir: dir.to_path_buf(),
-            starts: 0,
-        };
-        tansu.spawn().await;
-        tansu
+impl Broker {
+    /// Formats storage in `dir` and starts a broker on it; returns once it serves.
+    pub async fn start(dir: &Path) -> Broker {
+        let dir = dir.to_path_buf();
+        let inner = tokio::task::spawn_blocking(move || kafka::Broker::start(&dir))
+            .await
+            .unwrap();
+        Broker {
+            address: inner.address.clone(),
+            inner: Some(inner),
+        }
     }
 
-    async fn spawn(&mut self) {
-        self.starts += 1;
-        let url = format!("tcp://{}", self.address);
-        let log =
-            std::fs::File::create(self.dir.join(format!("tansu.{}.log", self.starts))).unwrap();
-        let child = Command::new(tansu_bin())
-            .current_dir(&self.dir)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "sqlite://tansu.db",
-            ])
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(&self.address).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {}",
-                self.address
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    async fn with(&mut self, f: impl FnOnce(&mut kafka::Broker) + Send + 'static) {
+        let mut inner = self.inner.take().unwrap();
+        let inner = tokio::task::spawn_blocking(move || {
+            f(&mut inner);
+            inner
+        })
+        .await
+        .unwrap();
+        self.inner = Some(inner);
     }
 
     /// Kills the broker with SIGKILL.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "-KILL");
-            let _ = child.wait();
-        }
+        self.inner.as_mut().unwrap().kill9();
+    }
+
+    /// Stops the broker with SIGTERM and waits for it to exit.
+    pub async fn stop(&mut self) {
+        self.with(kafka::Broker::stop).await;
+    }
+
+    /// Freezes it (SIGSTOP): connections stay open and nothing answers.
+    pub fn freeze(&self) {
+        self.inner.as_ref().unwrap().freeze();
+    }
+
+    /// Lets a frozen broker go on.
+    pub fn thaw(&self) {
+        self.inner.as_ref().unwrap().thaw();
     }
 
     /// Starts it again on the same address and storage.
     pub async fn restart(&mut self) {
-        self.spawn().await;
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.kill9();
+        self.with(kafka::Broker::restart).await;
     }
 }
 
@@ -162,6 +140,22 @@ impl ConsumerProc {
             signal(child.id(), "-TERM");
             let _ = child.wait();
         }
+    }
+
+    /// Sends SIGTERM and returns how long it took to exit (SIGKILL after 30 s).
+    pub async fn terminate(&mut self) -> Duration {
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        signal(child.id(), "-TERM");
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = started.elapsed();
+        let _ = child.kill();
+        let _ = child.wait();
+        took
     }
 
     /// The partitions its current run holds, from its "partitions assigned" and "partitions

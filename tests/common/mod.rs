@@ -262,6 +262,22 @@ impl Lumina {
         }
     }
 
+    /// Sends SIGTERM and returns how long it took to exit (SIGKILL after 30 s).
+    pub async fn terminate(&mut self) -> Duration {
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        signal(child.id(), "-TERM");
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = started.elapsed();
+        let _ = child.kill();
+        let _ = child.wait();
+        took
+    }
+
     /// Kills with SIGKILL and waits.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
