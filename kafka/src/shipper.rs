@@ -17,6 +17,7 @@ use lumina_eventlog::{EventLog, LogEntry, LogReader};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -478,7 +479,19 @@ fn read_position(path: &Path) -> Result<u64, ShipError> {
 
 async fn write_position(path: &Path, position: u64) -> Result<(), ShipError> {
     let tmp = path.with_extension("position.tmp");
-    tokio::fs::write(&tmp, position.to_string())
+    // Private like everything in the data dir, whatever the umask.
+    let write = async {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await?;
+        file.write_all(position.to_string().as_bytes()).await?;
+        file.flush().await
+    };
+    write
         .await
         .map_err(|e| ShipError::Local(format!("cannot write {}: {e}", tmp.display())))?;
     tokio::fs::rename(&tmp, path)
