@@ -36,6 +36,23 @@ fn reserved_descriptors(limit: u64) -> u64 {
     (limit / 8).max(64)
 }
 
+/// Connections the kernel may hold completed but not yet accepted. A burst beyond the backlog
+/// has its handshakes retried by the clients' kernels, seconds later; the kernel caps the
+/// value at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` (with `SO_REUSEADDR`) and listens with a backlog of [`BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// The bound on open connections: the configured one, below the descriptor limit.
 pub fn connection_limit(configured: usize) -> usize {
     let (soft, _) = rlimit::Resource::NOFILE

@@ -19,7 +19,6 @@ use lumina_gateway::{AppInner, AppState, Readiness};
 use lumina_ledger::{Ledger, LedgerProjection};
 use lumina_projector::{ReadModel, ReadModelProjection};
 use lumina_schemas::NanoCredits;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -205,9 +204,8 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         metrics: Some(metrics),
     });
     let listen = config.listen();
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        crate::http::listen(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     print_banner(&config, &secrets, local, demo_key.as_deref());
     tracing::info!(%local, "lumina serve ready");

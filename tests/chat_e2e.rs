@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::upstream::{GATEWAY_ENV, MockUpstream, USAGE, gateway_config, parse_sse};
-use common::{Lumina, assert_openai_error};
+use common::upstream::{MockUpstream, Mocked, USAGE, parse_sse};
+use common::{Lumina, assert_openai_error, header, payloads, user};
 use serde_json::{Value, json};
 
 struct Setup {
@@ -19,16 +19,7 @@ struct Setup {
 }
 
 async fn setup_with(extra: &str) -> Setup {
-    let mock = MockUpstream::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let config = gateway_config(&mock, extra);
-    let lumina = Lumina::start_with_config(
-        &tmp.path().join("data"),
-        &tmp.path().join("out"),
-        &GATEWAY_ENV,
-        Some(&config),
-    )
-    .await;
+    let Mocked { tmp, mock, lumina } = Mocked::with(extra).await;
     let account = lumina.account("Chat Co", "50").await;
     let (_, key) = lumina.key(&account).await;
     Setup {
@@ -43,27 +34,11 @@ async fn setup() -> Setup {
     setup_with("").await
 }
 
-fn user(model: &str, text: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": text}]})
-}
-
-fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
-    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
 fn settled(events: &[Value]) -> &Value {
     events
         .iter()
         .find(|e| e["event_type"] == "RequestSettled")
         .expect("no RequestSettled")
-}
-
-fn attempts(events: &[Value]) -> Vec<&Value> {
-    events
-        .iter()
-        .filter(|e| e["event_type"] == "UpstreamAttempted")
-        .map(|e| &e["payload"])
-        .collect()
 }
 
 #[tokio::test]
@@ -264,7 +239,7 @@ async fn falls_back_on_500_429_timeout_and_refused_connections() {
         assert_eq!(header(&headers, "x-lumina-attempts"), "2", "{mode}");
         assert_eq!(header(&headers, "x-lumina-provider"), "secondary", "{mode}");
         let events = s.lumina.events_of(header(&headers, "x-request-id"));
-        let a = attempts(&events);
+        let a = payloads(&events, "UpstreamAttempted");
         assert_eq!(a.len(), 2, "{mode}");
         assert_eq!(
             (
@@ -319,7 +294,10 @@ async fn a_refused_connection_falls_back_to_the_next_deployment() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(header(&headers, "x-lumina-attempts"), "2");
     let events = lumina.events_of(header(&headers, "x-request-id"));
-    assert_eq!(attempts(&events)[0]["error_class"], "connect");
+    assert_eq!(
+        payloads(&events, "UpstreamAttempted")[0]["error_class"],
+        "connect"
+    );
 }
 
 #[tokio::test]
@@ -338,7 +316,7 @@ async fn a_client_error_upstream_is_returned_as_is_without_fallback() {
         "fell back on a client error"
     );
     let events = s.lumina.events_of(header(&headers, "x-request-id"));
-    assert_eq!(attempts(&events).len(), 1);
+    assert_eq!(payloads(&events, "UpstreamAttempted").len(), 1);
     assert_eq!(settled(&events)["payload"]["outcome"], "failed");
 }
 
@@ -431,7 +409,10 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_and_settles_the_partial_u
     assert_eq!(settled["usage"]["estimated"], true);
     assert!(settled["usage"]["completion_tokens"].as_i64().unwrap() > 0);
     assert!(settled["usage"]["prompt_tokens"].as_i64().unwrap() > 0);
-    assert_eq!(attempts(&events)[0]["error_class"], "cut");
+    assert_eq!(
+        payloads(&events, "UpstreamAttempted")[0]["error_class"],
+        "cut"
+    );
 
     // A cut before any byte reached the client falls back.
     let (status, headers, text) = s.lumina.chat(&s.key, &user("lumina-fast", "whole")).await;
@@ -758,7 +739,10 @@ async fn the_anthropic_adapter_translates_requests_answers_and_streams() {
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "x-lumina-provider"), "secondary");
     let events = s.lumina.events_of(header(&headers, "x-request-id"));
-    assert_eq!(attempts(&events)[0]["error_class"], "overload");
+    assert_eq!(
+        payloads(&events, "UpstreamAttempted")[0]["error_class"],
+        "overload"
+    );
 }
 
 #[tokio::test]
@@ -835,7 +819,7 @@ async fn the_events_of_a_scripted_mix_are_exactly_what_happened() {
                 > 0.0
         );
         assert_eq!(events[0]["payload"]["policy_version"], 1);
-        let got: Vec<(String, String, bool)> = attempts(&events)
+        let got: Vec<(String, String, bool)> = payloads(&events, "UpstreamAttempted")
             .iter()
             .map(|a| {
                 (

@@ -8,36 +8,17 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::upstream::{GATEWAY_ENV, MockUpstream, gateway_config};
+use common::upstream::{GATEWAY_ENV, MockUpstream, Mocked, gateway_config};
 use common::{Lumina, assert_openai_error};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    mock: MockUpstream,
-    lumina: Lumina,
-}
-
-async fn setup(extra: &str) -> Setup {
-    let mock = MockUpstream::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let lumina = Lumina::start_with_config(
-        &tmp.path().join("data"),
-        &tmp.path().join("out"),
-        &GATEWAY_ENV,
-        Some(&gateway_config(&mock, extra)),
-    )
-    .await;
-    Setup {
-        _tmp: tmp,
-        mock,
-        lumina,
-    }
+async fn setup(extra: &str) -> Mocked {
+    Mocked::with(extra).await
 }
 
 fn user(text: &str) -> Value {
-    json!({"model": "lumina-fast", "messages": [{"role": "user", "content": text}]})
+    common::user("lumina-fast", text)
 }
 
 /// POSTs `body` as raw bytes (so it can hold what JSON libraries would not write).
@@ -56,18 +37,6 @@ async fn post_raw(lumina: &Lumina, path: &str, key: &str, body: &str) -> (u16, V
         status,
         serde_json::from_str(&text).unwrap_or(json!({"raw": text})),
     )
-}
-
-async fn balance(lumina: &Lumina, account: &str) -> Value {
-    lumina
-        .admin(
-            reqwest::Method::GET,
-            &format!("/admin/accounts/{account}"),
-            None,
-            200,
-        )
-        .await["balance"]
-        .clone()
 }
 
 #[tokio::test]
@@ -103,7 +72,7 @@ async fn n_is_bounded_and_multiplies_the_hold_and_the_token_limit() {
     body["n"] = json!(1);
     let (status, _, text) = s.lumina.chat(&key, &body).await;
     assert_eq!(status, 200, "{text}");
-    let b = balance(&s.lumina, &poor).await;
+    let b = s.lumina.balance(&poor).await;
     assert!(b["available_nano"].as_i64().unwrap() >= 0, "{b}");
 }
 
@@ -157,7 +126,7 @@ async fn a_member_sent_twice_is_refused_before_anything_is_metered() {
     .await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(assert_openai_error(&v)["param"], "credits");
-    let b = balance(&s.lumina, &account).await;
+    let b = s.lumina.balance(&account).await;
     assert_eq!(b["available_nano"], 1_000_000, "{b}");
 }
 
@@ -291,7 +260,7 @@ async fn money_and_times_from_outside_are_range_checked() {
     )
     .await;
     assert_eq!(status, 201, "{v}");
-    let b = balance(&s.lumina, &account).await;
+    let b = s.lumina.balance(&account).await;
     assert_eq!(b["granted_nano"], 1_000_000_000_000_000_000i64, "{b}");
     let (status, v) = post_raw(
         &s.lumina,

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::upstream::{GATEWAY_ENV, MockUpstream, gateway_config};
-use common::{Lumina, assert_openai_error, run};
+use common::{Lumina, assert_openai_error, dump_tables, header, nanos, run, user};
 use lumina_eventlog::Backend;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -71,19 +71,6 @@ async fn setup(credits: &str, backend: Backend) -> Setup {
         key,
         db_url: db.map(|d| d.url),
     }
-}
-
-fn user(model: &str, text: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": text}]})
-}
-
-fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
-    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
-/// The cost as written in the JSON, as nano-credits (exact: parsed from the text).
-fn nanos(text: &str) -> i64 {
-    lumina_schemas::NanoCredits::parse_credits(text).unwrap().0
 }
 
 /// The raw text of `"cost":<number>` in a JSON document.
@@ -354,34 +341,14 @@ async fn an_account_out_of_credit_gets_402_and_concurrency_never_overspends() {
 }
 
 async fn dump_ledger(url: &str) -> Vec<String> {
-    use sqlx::{Connection, Row};
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    let mut out = Vec::new();
-    for (table, order) in [
+    let tables = [
         ("ledger_entries", "id"),
         ("ledger_postings", "entry_event_id, line"),
         ("ledger_balances", "account_id"),
         ("ledger_holds", "request_id"),
         ("ledger_daily", "account_id, day"),
-    ] {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT * FROM {table} ORDER BY {order}"));
-        for row in sqlx::query(sql).fetch_all(&mut conn).await.unwrap() {
-            let mut line = table.to_string();
-            for i in 0..row.len() {
-                let cell = row
-                    .try_get::<Option<String>, _>(i)
-                    .map(|v| format!("{v:?}"))
-                    .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
-                    .unwrap();
-                line.push(' ');
-                line.push_str(&cell);
-            }
-            out.push(line);
-        }
-    }
-    let _ = conn.close().await;
-    out
+    ];
+    dump_tables(url, &tables).await
 }
 
 async fn rebuild_equals_live(backend: Backend) {

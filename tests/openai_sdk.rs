@@ -9,11 +9,30 @@ mod common;
 use std::process::Command;
 
 use common::Lumina;
+use common::upstream::Mocked;
 
 fn python() -> String {
     std::env::var("LUMINA_TEST_PYTHON").unwrap_or_else(|_| {
         panic!("LUMINA_TEST_PYTHON is not set: run ./scripts/test.sh, which creates a venv with the openai package")
     })
+}
+
+/// Runs `script` with `args` in the SDK's Python; asserts it succeeded and returns its stdout.
+async fn run_python(script: &'static str, args: [String; 3]) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg("-c")
+            .arg(script)
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
+    stdout
 }
 
 const SCRIPT: &str = r#"
@@ -59,18 +78,7 @@ async fn the_openai_python_sdk_lists_models_and_understands_errors() {
             200,
         )
         .await;
-    let url = lumina.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .args(["-c", SCRIPT, &url, &good, &revoked])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
+    let stdout = run_python(SCRIPT, [lumina.url.clone(), good, revoked]).await;
     assert!(stdout.starts_with("ok "), "{stdout}");
 }
 
@@ -148,34 +156,17 @@ print("ok")
 
 #[tokio::test]
 async fn the_openai_python_sdk_drives_chat_completions_streams_tools_and_errors() {
-    use common::upstream::{GATEWAY_ENV, MockUpstream, gateway_config};
-    let mock = MockUpstream::start().await;
+    let Mocked {
+        tmp: _tmp,
+        mock,
+        lumina,
+    } = Mocked::with("").await;
     mock.set("claude", "tools");
-    let tmp = tempfile::tempdir().unwrap();
-    let config = gateway_config(&mock, "");
-    let lumina = Lumina::start_with_config(
-        &tmp.path().join("data"),
-        &tmp.path().join("out"),
-        &GATEWAY_ENV,
-        Some(&config),
-    )
-    .await;
     let account = lumina.account("SDK chat", "5").await;
     let (_, good) = lumina.key(&account).await;
     let (_, limited) = lumina
         .key_with(&account, serde_json::json!({"rpm": 1}))
         .await;
-    let url = lumina.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .args(["-c", CHAT_SCRIPT, &url, &good, &limited])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
+    let stdout = run_python(CHAT_SCRIPT, [lumina.url.clone(), good, limited]).await;
     assert!(stdout.starts_with("ok"), "{stdout}");
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::dist::{Broker, ConsumerProc};
 use common::upstream::{GATEWAY_ENV, MockUpstream, gateway_config};
-use common::{Lumina, assert_openai_error, run};
+use common::{Lumina, assert_openai_error, dump_tables, run, user};
 use lumina_eventlog::Backend;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -70,10 +70,6 @@ struct World {
     started: i64,
     /// Distributed mode: the broker and the ledger and projector processes.
     _distributed: Option<(Broker, ConsumerProc, ConsumerProc)>,
-}
-
-fn user(model: &str, text: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": text}]})
 }
 
 fn header(h: &reqwest::header::HeaderMap, name: &str) -> String {
@@ -837,28 +833,11 @@ fn eval_export_is_valid_and_private(w: &World) {
 
 /// Every row of every projector table, as sorted text.
 async fn dump_views(url: &str) -> Vec<String> {
-    use sqlx::{Connection, Row};
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    let mut out = Vec::new();
-    for table in lumina_projector::read_model::TABLES {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT * FROM {table}"));
-        for row in sqlx::query(sql).fetch_all(&mut conn).await.unwrap() {
-            let mut line = table.to_string();
-            for i in 0..row.len() {
-                let cell = row
-                    .try_get::<Option<String>, _>(i)
-                    .map(|v| format!("{v:?}"))
-                    .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
-                    .or_else(|_| row.try_get::<Option<f64>, _>(i).map(|v| format!("{v:?}")))
-                    .unwrap();
-                line.push(' ');
-                line.push_str(&cell);
-            }
-            out.push(line);
-        }
-    }
-    let _ = conn.close().await;
+    let tables: Vec<(&str, &str)> = lumina_projector::read_model::TABLES
+        .iter()
+        .map(|t| (*t, ""))
+        .collect();
+    let mut out = dump_tables(url, &tables).await;
     out.sort();
     out
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::upstream::{GATEWAY_ENV, MockUpstream, gateway_config, parse_sse};
-use common::{Lumina, assert_openai_error, run};
+use common::upstream::{MockUpstream, Mocked, gateway_config, parse_sse};
+use common::{Lumina, assert_openai_error, header, nanos, payloads, run, user};
 use serde_json::{Value, json};
 
 struct Setup {
@@ -25,15 +25,7 @@ struct Setup {
 }
 
 async fn setup_config(config: impl FnOnce(&MockUpstream) -> String, credits: &str) -> Setup {
-    let mock = MockUpstream::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let lumina = Lumina::start_with_config(
-        &tmp.path().join("data"),
-        &tmp.path().join("out"),
-        &GATEWAY_ENV,
-        Some(&config(&mock)),
-    )
-    .await;
+    let Mocked { tmp, mock, lumina } = Mocked::start(config, &[]).await;
     let account = lumina.account("Untrusted Co", credits).await;
     let (_, key) = lumina.key(&account).await;
     Setup {
@@ -55,28 +47,10 @@ fn no_breaker(mock: &MockUpstream) -> String {
     gateway_config(mock, "").replace("consecutive_failures = 3", "consecutive_failures = 1000")
 }
 
-fn user(model: &str, text: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": text}]})
-}
-
-fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
-    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
-fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events
-        .iter()
-        .filter(|e| e["event_type"] == kind)
-        .map(|e| &e["payload"])
-        .collect()
-}
-
 /// The charge a client was told: `usage.cost` of a body or of a stream's usage chunk, in nano.
 fn told_cost(usage: &Value) -> i64 {
     assert!(usage["cost"].is_number(), "no usage.cost: {usage}");
-    lumina_schemas::NanoCredits::parse_credits(&usage["cost"].to_string())
-        .unwrap()
-        .0
+    nanos(&usage["cost"].to_string())
 }
 
 /// The account's ledger balance once it has journaled `spent` nano-credits of charges and no
@@ -188,7 +162,7 @@ async fn absurd_token_counts_never_wrap_a_balance_and_every_charge_is_journaled(
     );
     assert!(balance["available_nano"].as_i64().unwrap() > 0);
     let events = s.lumina.events();
-    let settled = of_type(&events, "RequestSettled");
+    let settled = payloads(&events, "RequestSettled");
     assert_eq!(settled.len(), 24);
     let anomalies = |kind: &str| {
         settled
@@ -249,7 +223,7 @@ async fn usage_in_an_unknown_shape_is_estimated_and_flagged() {
         );
         assert!(told_cost(&v["usage"]) > 0, "{shape}: billed zero");
         let events = s.lumina.events_of(header(&headers, "x-request-id"));
-        let settled = of_type(&events, "RequestSettled")[0];
+        let settled = payloads(&events, "RequestSettled")[0];
         assert_eq!(settled["usage"]["estimated"], true, "{shape}");
         assert_eq!(settled["usage_anomaly"], "usage_unrecognized", "{shape}");
         assert_eq!(
@@ -287,7 +261,7 @@ async fn redirects_are_not_followed_and_fall_back() {
             assert_eq!(status, 200, "{mode}: {text}");
             assert_eq!(header(&headers, "x-lumina-provider"), "secondary");
             let events = s.lumina.events_of(header(&headers, "x-request-id"));
-            let attempts = of_type(&events, "UpstreamAttempted");
+            let attempts = payloads(&events, "UpstreamAttempted");
             assert_eq!(attempts[0]["error_class"], "misconfigured", "{mode}");
         }
     }
@@ -311,7 +285,7 @@ async fn a_success_status_that_is_not_a_completion_falls_back() {
             assert_eq!(status, 200, "{body}: {text}");
             assert_eq!(header(&headers, "x-lumina-provider"), "secondary", "{body}");
             let events = s.lumina.events_of(header(&headers, "x-request-id"));
-            let attempts = of_type(&events, "UpstreamAttempted");
+            let attempts = payloads(&events, "UpstreamAttempted");
             assert_eq!(attempts.len(), 2, "{body}");
             assert_eq!(attempts[0]["outcome"], "error");
         }
@@ -428,8 +402,8 @@ async fn bodies_and_streams_that_never_end_fail_at_their_bound() {
         s.lumina.rss_kib()
     );
     let events = s.lumina.events_of(header(&headers, "x-request-id"));
-    let routed = of_type(&events, "RequestRouted")[0];
-    let settled = of_type(&events, "RequestSettled")[0];
+    let routed = payloads(&events, "RequestRouted")[0];
+    let settled = payloads(&events, "RequestSettled")[0];
     assert_eq!(settled["outcome"], "cut_midstream");
     assert_eq!(settled["error_class"], "malformed");
     assert!(settled["usage"]["completion_tokens"].as_i64().unwrap() <= 50);
@@ -453,7 +427,7 @@ async fn an_error_event_mid_stream_ends_the_stream_as_cut() {
     assert!(events.iter().all(|e| e.get("type").is_none()), "{text}");
     let events = s.lumina.events_of(header(&headers, "x-request-id"));
     assert_eq!(
-        of_type(&events, "RequestSettled")[0]["outcome"],
+        payloads(&events, "RequestSettled")[0]["outcome"],
         "cut_midstream"
     );
 }

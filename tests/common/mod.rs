@@ -332,6 +332,18 @@ impl Lumina {
         value
     }
 
+    /// The ledger balance of `account` as the admin API shows it.
+    pub async fn balance(&self, account: &str) -> Value {
+        self.admin(
+            reqwest::Method::GET,
+            &format!("/admin/accounts/{account}"),
+            None,
+            200,
+        )
+        .await["balance"]
+            .clone()
+    }
+
     /// Opens an account with `credits` and returns its id.
     pub async fn account(&self, name: &str, credits: &str) -> String {
         let v = self
@@ -447,6 +459,63 @@ pub fn assert_openai_error(body: &Value) -> &Value {
     error
 }
 
+/// A header's value as text ("" when absent).
+pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// A chat completion body with one user message.
+pub fn user(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// The payloads of the events of `event_type` among `events`, in order.
+pub fn payloads<'a>(events: &'a [Value], event_type: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event_type"] == event_type)
+        .map(|e| &e["payload"])
+        .collect()
+}
+
+/// A decimal credit amount as written in JSON, as nano-credits (exact: parsed from the text).
+pub fn nanos(text: &str) -> i64 {
+    lumina_schemas::NanoCredits::parse_credits(text).unwrap().0
+}
+
+/// Every row of `tables` (each with the `ORDER BY` that makes its order stable; "" for none),
+/// as text, for equality checks between a live database and a rebuilt one.
+pub async fn dump_tables(url: &str, tables: &[(&str, &str)]) -> Vec<String> {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let mut out = Vec::new();
+    for (table, order) in tables {
+        let order = if order.is_empty() {
+            String::new()
+        } else {
+            format!(" ORDER BY {order}")
+        };
+        let sql = sqlx::AssertSqlSafe(format!("SELECT * FROM {table}{order}"));
+        for row in sqlx::query(sql).fetch_all(&mut conn).await.unwrap() {
+            let mut line = table.to_string();
+            for i in 0..row.len() {
+                let cell = row
+                    .try_get::<Option<String>, _>(i)
+                    .map(|v| format!("{v:?}"))
+                    .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
+                    .or_else(|_| row.try_get::<Option<f64>, _>(i).map(|v| format!("{v:?}")))
+                    .unwrap();
+                line.push(' ');
+                line.push_str(&cell);
+            }
+            out.push(line);
+        }
+    }
+    let _ = conn.close().await;
+    out
+}
+
 /// Runs the binary to completion with `args` and `env`; returns (success, stdout, stderr).
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut command = Command::new(bin());
@@ -462,28 +531,8 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     )
 }
 
-/// Every row of the spine's read-model and consumer tables, as text, for equality checks.
+/// Every row of the spine's read-model tables, as text, for equality checks.
 pub async fn dump_read_models(url: &str) -> Vec<String> {
-    use sqlx::{Connection, Row};
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    let mut out = Vec::new();
-    for table in ["accounts", "projects", "credit_grants", "api_keys"] {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT * FROM {table} ORDER BY 1"));
-        for row in sqlx::query(sql).fetch_all(&mut conn).await.unwrap() {
-            let mut line = table.to_string();
-            for i in 0..row.len() {
-                let cell = row
-                    .try_get::<Option<String>, _>(i)
-                    .map(|v| format!("{v:?}"))
-                    .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
-                    .unwrap();
-                line.push(' ');
-                line.push_str(&cell);
-            }
-            out.push(line);
-        }
-    }
-    let _ = conn.close().await;
-    out
+    let tables = ["accounts", "projects", "credit_grants", "api_keys"].map(|t| (t, "1"));
+    dump_tables(url, &tables).await
 }

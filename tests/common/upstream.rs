@@ -524,6 +524,43 @@ min_requests = 1000
     )
 }
 
+/// `lumina serve` in front of a fresh mock, in a temp dir of its own.
+pub struct Mocked {
+    /// Holds the data and output dirs.
+    pub tmp: tempfile::TempDir,
+    /// The upstream.
+    pub mock: MockUpstream,
+    /// The gateway.
+    pub lumina: super::Lumina,
+}
+
+impl Mocked {
+    /// Starts the mock, then `lumina serve` with the configuration `config` writes for it and
+    /// [`GATEWAY_ENV`] plus `env`.
+    pub async fn start(
+        config: impl FnOnce(&MockUpstream) -> String,
+        env: &[(&str, &str)],
+    ) -> Mocked {
+        let mock = MockUpstream::start().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut all: Vec<(&str, &str)> = GATEWAY_ENV.to_vec();
+        all.extend_from_slice(env);
+        let lumina = super::Lumina::start_with_config(
+            &tmp.path().join("data"),
+            &tmp.path().join("out"),
+            &all,
+            Some(&config(&mock)),
+        )
+        .await;
+        Mocked { tmp, mock, lumina }
+    }
+
+    /// [`Mocked::start`] with [`gateway_config`] and `extra`.
+    pub async fn with(extra: &str) -> Mocked {
+        Mocked::start(|mock| gateway_config(mock, extra), &[]).await
+    }
+}
+
 /// Environment the gateway needs for [`gateway_config`].
 pub const GATEWAY_ENV: [(&str, &str); 2] = [
     ("MOCK_PRIMARY_KEY", "sk-primary-secret"),
