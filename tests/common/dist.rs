@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lumina_testkit::kafka;
 
@@ -144,18 +144,7 @@ impl ConsumerProc {
 
     /// Sends SIGTERM and returns how long it took to exit (SIGKILL after 30 s).
     pub async fn terminate(&mut self) -> Duration {
-        let Some(mut child) = self.child.take() else {
-            return Duration::ZERO;
-        };
-        signal(child.id(), "-TERM");
-        let started = Instant::now();
-        while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let took = started.elapsed();
-        let _ = child.kill();
-        let _ = child.wait();
-        took
+        super::terminate(&mut self.child).await
     }
 
     /// The partitions its current run holds, from its "partitions assigned" and "partitions

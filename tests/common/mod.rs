@@ -264,18 +264,7 @@ impl Lumina {
 
     /// Sends SIGTERM and returns how long it took to exit (SIGKILL after 30 s).
     pub async fn terminate(&mut self) -> Duration {
-        let Some(mut child) = self.child.take() else {
-            return Duration::ZERO;
-        };
-        signal(child.id(), "-TERM");
-        let started = Instant::now();
-        while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let took = started.elapsed();
-        let _ = child.kill();
-        let _ = child.wait();
-        took
+        terminate(&mut self.child).await
     }
 
     /// Kills with SIGKILL and waits.
@@ -438,6 +427,23 @@ impl Drop for Lumina {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Sends SIGTERM to `child`, if it runs, and returns how long it took to exit (SIGKILL after
+/// 30 s).
+pub async fn terminate(child: &mut Option<Child>) -> Duration {
+    let Some(mut child) = child.take() else {
+        return Duration::ZERO;
+    };
+    signal(child.id(), "-TERM");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    took
 }
 
 /// Sends a signal through the `kill` command (no `unsafe` in the tests either).

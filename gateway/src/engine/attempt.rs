@@ -203,7 +203,8 @@ impl<'a> Attempts<'a> {
     }
 
     /// The error for a request none of whose attempts succeeded.
-    pub fn exhausted(&self, path: &str) -> ApiError {
+    pub fn exhausted(&self) -> ApiError {
+        let path = self.meta.path.as_str();
         let mut parts: Vec<String> = self
             .failures
             .iter()

@@ -254,6 +254,23 @@ fn upstream_refusal(e: ProviderError) -> ApiError {
     ApiError::Upstream(client)
 }
 
+/// Settles a request none of whose attempts answered and says why: the upstream's refusal of
+/// the request, or every attempt's failure.
+async fn unanswered(
+    settlement: &mut Settlement,
+    attempts: &Attempts<'_>,
+    refused: Option<(&Deployment, ProviderError)>,
+) -> ApiError {
+    let refused_by = refused.as_ref().map(|(d, _)| *d);
+    if let Err(e) = settlement.failed(attempts, refused_by).await {
+        return e;
+    }
+    match refused {
+        Some((_, e)) => upstream_refusal(e),
+        None => attempts.exhausted(),
+    }
+}
+
 /// A whole answer: attempts until a deployment answers, then bills and settles it.
 pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
     let Admitted {
@@ -285,13 +302,9 @@ pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiErr
             (attempt, value)
         }
         Tried::Refused(deployment, e) => {
-            settlement.failed(&attempts, Some(deployment)).await?;
-            return Err(upstream_refusal(e));
+            return Err(unanswered(&mut settlement, &attempts, Some((deployment, e))).await);
         }
-        Tried::Exhausted => {
-            settlement.failed(&attempts, None).await?;
-            return Err(attempts.exhausted(meta.path.as_str()));
-        }
+        Tried::Exhausted => return Err(unanswered(&mut settlement, &attempts, None).await),
     };
     let body = completion.body;
     let billed = bill(completion.usage, allowance, call.body, || {
@@ -372,13 +385,9 @@ pub async fn stream(
             (attempt, value)
         }
         Tried::Refused(deployment, e) => {
-            settlement.failed(&attempts, Some(deployment)).await?;
-            return Err(upstream_refusal(e));
+            return Err(unanswered(&mut settlement, &attempts, Some((deployment, e))).await);
         }
-        Tried::Exhausted => {
-            settlement.failed(&attempts, None).await?;
-            return Err(attempts.exhausted(meta.path.as_str()));
-        }
+        Tried::Exhausted => return Err(unanswered(&mut settlement, &attempts, None).await),
     };
     let ttfb: Duration = attempt.started.elapsed();
     settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
