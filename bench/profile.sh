@@ -35,16 +35,27 @@ lag() {
     | awk '/^lumina_consumer_lag_events/ { s += $2 } END { print s + 0 }'
 }
 
+WARMUP=50
+
+# send BODY COUNT NAME → COUNT requests, 4 at a time, every one a success
+send() {
+  local body=$1 count=$2 name=$3
+  [ "$count" -gt 0 ] || return 0
+  "$OHA" --no-tui -n "$count" -c 4 -m POST -H "Authorization: Bearer $KEY" \
+    -H "content-type: application/json" -d "$body" "$GW" > "$WORK/$name.oha"
+  grep -q "Success rate:[[:space:]]*100" "$WORK/$name.oha" || { cat "$WORK/$name.oha" >&2; exit 1; }
+}
+
 # profile NAME BODY COUNT → callgrind file $WORK/NAME.cg
 profile() {
   local name=$1 body=$2 count=$3
   WRAP="valgrind --tool=callgrind --callgrind-out-file=$WORK/$name.cg --dump-instr=no" \
     READY_TRIES=6000 start_lumina "$BIN" "$name"
-  if [ "$count" -gt 0 ]; then
-    "$OHA" --no-tui -n "$count" -c 4 -m POST -H "Authorization: Bearer $KEY" \
-      -H "content-type: application/json" -d "$body" "$GW" > "$WORK/$name.oha"
-    grep -q "Success rate:[[:space:]]*100" "$WORK/$name.oha" || { cat "$WORK/$name.oha" >&2; exit 1; }
-  fi
+  # Every run warms up alike (lazy initialisations, connection pools, statement caches), so
+  # the difference to the baseline is the requests alone.
+  send "$BODY" "$WARMUP" "$name-warm-json"
+  send "$SBODY" "$WARMUP" "$name-warm-stream"
+  send "$body" "$count" "$name"
   for _ in $(seq 1 600); do [ "$(lag)" = 0 ] && break; sleep 0.5; done
   kill -TERM "$LUMINA_PID"
   wait "$LUMINA_PID" 2>/dev/null || true

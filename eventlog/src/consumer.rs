@@ -21,7 +21,7 @@ use sqlx::{AnyConnection, Row};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::Database;
+use crate::db::{Database, pieces};
 use crate::source::{EventSource, SourceMessage};
 
 /// What a consumer does with each event, inside the consumer's transaction.
@@ -530,7 +530,7 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             .collect();
         let now = now_micros();
         let mut claimed = std::collections::HashSet::with_capacity(ids.len());
-        for chunk in ids.chunks(ROWS) {
+        for chunk in pieces(&ids, ROWS) {
             let sql = crate::db::values_sql(
                 conn,
                 "INSERT INTO consumer_applied_events (consumer, event_id, applied_at)",

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
-use lumina_eventlog::db::{in_list, insert_rows, values_sql};
+use lumina_eventlog::db::{in_list, insert_rows, pieces, values_sql};
 use lumina_eventlog::{ApplyError, Database};
 use lumina_schemas::{Event, EventType, Payload};
 use serde::Serialize;
@@ -62,7 +62,7 @@ async fn load_balances(
     accounts: &[&str],
 ) -> Result<HashMap<String, [i64; 4]>, sqlx::Error> {
     let mut balances = HashMap::with_capacity(accounts.len());
-    for chunk in accounts.chunks(ROWS) {
+    for chunk in pieces(&accounts, ROWS) {
         let sql = format!(
             "SELECT account_id, available_nano, held_nano, spent_nano, granted_nano
              FROM ledger_balances WHERE account_id IN {}",
@@ -108,7 +108,7 @@ async fn load_holds(
     request_ids: &[&str],
 ) -> Result<HashMap<String, HoldRow>, sqlx::Error> {
     let mut holds = HashMap::with_capacity(request_ids.len());
-    for chunk in request_ids.chunks(ROWS) {
+    for chunk in pieces(&request_ids, ROWS) {
         let sql = format!(
             "SELECT request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at
              FROM ledger_holds WHERE request_id IN {}",
@@ -327,7 +327,7 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
         }
     }
     let mut closing: HashMap<String, [i64; 4]> = HashMap::new();
-    for chunk in order.chunks(ROWS) {
+    for chunk in pieces(&order, ROWS) {
         let sql = values_sql(
             conn,
             "INSERT INTO ledger_balances (account_id, available_nano, held_nano, spent_nano, granted_nano, updated_at)",

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use lumina_eventlog::ApplyError;
-use lumina_eventlog::db::{AnyQuery, in_list, insert_rows};
+use lumina_eventlog::db::{AnyQuery, in_list, insert_rows, pieces};
 use lumina_schemas::{Event, Payload};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
@@ -408,7 +408,7 @@ pub async fn update_stats(conn: &mut AnyConnection, events: &[&Event]) -> Result
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    for chunk in missing.chunks(ROWS) {
+    for chunk in pieces(&missing, ROWS) {
         let sql = format!(
             "SELECT request_id, path, task_class FROM requests WHERE request_id IN {}",
             in_list(conn, chunk.len())

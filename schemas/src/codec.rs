@@ -8,14 +8,13 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::ResolvedSchema;
-use apache_avro::writer::datum::write_avro_datum_ref;
-use apache_avro::{Schema, from_value, to_value};
+use apache_avro::{Schema, to_value};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::binary::{self, Node};
 use crate::events::{Envelope, Event, EventType, PayloadDecoder, PayloadVisitor, SCHEMA_SOURCES};
 
 /// Length of the single-object header: 2 magic bytes and an 8-byte fingerprint.
@@ -57,12 +56,9 @@ struct SchemaEntry {
     event_type: EventType,
     version: u32,
     schema: &'static Schema,
-    resolved: ResolvedSchema<'static>,
     header: [u8; HEADER_LEN],
-    /// Reads bodies written with this schema.
-    reader: GenericDatumReader<'static>,
-    /// The current schema of the type, when this entry is an older version.
-    upgrade_to: Option<&'static Schema>,
+    /// The schema compiled for reading and writing bodies.
+    node: Node,
 }
 
 struct Registry {
@@ -82,13 +78,6 @@ fn build_registry() -> Result<Registry, String> {
             Schema::parse_str(source).map_err(|e| format!("{event_type} v{version}: {e}"))?;
         parsed.push((event_type, version, Box::leak(Box::new(schema))));
     }
-    let current_schema = |t: EventType| {
-        parsed
-            .iter()
-            .find(|(et, v, _)| *et == t && *v == t.current_version())
-            .map(|(_, _, s)| *s)
-            .ok_or_else(|| format!("{t} has no schema for its current version"))
-    };
     let mut entries = Vec::new();
     let mut by_fingerprint = HashMap::new();
     let mut current = HashMap::new();
@@ -100,14 +89,8 @@ fn build_registry() -> Result<Registry, String> {
             .map_err(|_| format!("{event_type} v{version}: header is not {HEADER_LEN} bytes"))?;
         let resolved = ResolvedSchema::try_from(schema).map_err(|e| e.to_string())?;
         let is_current = version == event_type.current_version();
-        let reader = GenericDatumReader::builder(schema)
-            .build()
+        let node = binary::compile(schema, resolved.get_names())
             .map_err(|e| format!("{event_type} v{version}: {e}"))?;
-        let upgrade_to = if is_current {
-            None
-        } else {
-            Some(current_schema(event_type)?)
-        };
         let mut fingerprint = [0u8; 8];
         fingerprint.copy_from_slice(&header[2..]);
         if by_fingerprint.insert(fingerprint, entries.len()).is_some() {
@@ -120,10 +103,8 @@ fn build_registry() -> Result<Registry, String> {
             event_type,
             version,
             schema,
-            resolved,
             header,
-            reader,
-            upgrade_to,
+            node,
         });
     }
     for &t in EventType::ALL {
@@ -271,8 +252,7 @@ impl PayloadVisitor for BodyWriter<'_> {
             buf,
         } = self;
         let wire = wire_out(entry.event_type, envelope, event_id, payload, entry.version);
-        write_avro_datum_ref(entry.schema, entry.resolved.get_names(), &wire, buf)
-            .map(|_| ())
+        binary::encode(&entry.node, &wire, buf)
             .map_err(|e| CodecError::Encode(entry.event_type, e.to_string()))
     }
 }
@@ -398,24 +378,10 @@ impl PayloadDecoder for BodyReader<'_> {
     fn decode<P: DeserializeOwned>(self) -> Result<P, CodecError> {
         let entry = self.entry;
         let mut body = self.body;
-        // Decoding goes through `Value`: the schema-aware deserializer insists that Rust type
-        // names equal Avro record names, which the generic wire struct cannot satisfy. The
-        // decoder turns a body cut short inside a string or boolean into a null, so the value
-        // is validated against its writer schema before anything trusts it.
-        let mut value = entry
-            .reader
-            .read_value(&mut body)
-            .map_err(|e| body_error(entry, e))?;
-        if !value.validate(entry.schema) {
-            return Err(body_error(
-                entry,
-                "body does not match its writer schema (truncated?)",
-            ));
-        }
-        if let Some(current) = entry.upgrade_to {
-            value = value.resolve(current).map_err(|e| body_error(entry, e))?;
-        }
-        let wire: WireIn<P> = from_value(&value).map_err(|e| body_error(entry, e))?;
+        // Read straight into the Rust types with the writer's schema; fields an older writer
+        // lacks take their serde defaults, the evolution rule the schemas follow.
+        let wire: WireIn<P> =
+            binary::decode(&entry.node, &mut body).map_err(|e| body_error(entry, e))?;
         if !body.is_empty() {
             return Err(body_error(entry, format!("{} trailing bytes", body.len())));
         }

@@ -4,6 +4,7 @@
 //! This crate is pure: no I/O, no clocks beyond stamping new envelopes. Schemas only evolve by
 //! adding fields with defaults; every released version stays under `avro/` and keeps decoding.
 
+pub mod binary;
 pub mod codec;
 pub mod events;
 pub mod ids;
