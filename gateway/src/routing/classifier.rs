@@ -180,7 +180,7 @@ mod tests {
         assert!(
             d.top_features.iter().any(|c| c.name.starts_with("word:")
                 || c.name.starts_with("bigram:")
-                || c.name.starts_with("chars:")),
+                || c.name.starts_with("bytes:")),
             "{:?}",
             d.top_features
         );

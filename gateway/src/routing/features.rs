@@ -189,7 +189,7 @@ pub fn cue_features(request: &ChatRequest<'_>) -> Features {
 /// Bytes of user text the learned classifier reads: the user turns from the most recent back,
 /// each by its head and tail, so an instruction before or after a long paste is seen and
 /// classification stays in microseconds for any prompt size.
-pub const WINDOW_BUDGET: usize = 2048;
+pub const WINDOW_BUDGET: usize = 1024;
 
 /// The case-folded user text a linear model reads, and the structural features with cues
 /// counted over that text.
@@ -274,8 +274,8 @@ pub enum Gram {
     Word,
     /// Two adjacent words.
     Bigram,
-    /// A run of characters.
-    Chars,
+    /// A run of bytes of the UTF-8 text (of characters, for ASCII).
+    Bytes,
 }
 
 impl Gram {
@@ -284,7 +284,7 @@ impl Gram {
         match self {
             Gram::Word => "word:",
             Gram::Bigram => "bigram:",
-            Gram::Chars => "chars:",
+            Gram::Bytes => "bytes:",
         }
     }
 
@@ -292,7 +292,7 @@ impl Gram {
         match self {
             Gram::Word => 0x9e37_79b9_7f4a_7c15,
             Gram::Bigram => 0xc2b2_ae3d_27d4_eb4f,
-            Gram::Chars => 0x1656_67b1_9e37_79f9,
+            Gram::Bytes => 0x1656_67b1_9e37_79f9,
         }
     }
 }
@@ -304,22 +304,29 @@ pub struct NgramSpec {
     pub words: bool,
     /// Word bigrams.
     pub bigrams: bool,
-    /// Character n-gram lengths, ascending, each 1 to [`MAX_CHAR_NGRAM`].
-    pub chars: Vec<usize>,
+    /// Byte n-gram lengths, ascending, each 1 to [`MAX_BYTE_NGRAM`].
+    pub bytes: Vec<usize>,
 }
 
-/// The longest character n-gram.
-pub const MAX_CHAR_NGRAM: usize = 6;
+/// The longest byte n-gram.
+pub const MAX_BYTE_NGRAM: usize = 8;
 
 /// FNV-1a over `bytes` from `seed`, then a finalizing mix: stable across builds and platforms,
 /// since the policy's weights are keyed by it.
 pub fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
+    mix(fnv(FNV_START ^ seed, bytes))
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a's state after `bytes`, from `h`.
+#[inline]
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    mix(h)
+    h
 }
 
 fn mix(mut h: u64) -> u64 {
@@ -341,68 +348,93 @@ fn is_ideographic(c: char) -> bool {
 
 /// Calls `visit(kind, hash, start, end)` for every n-gram of `text` that `spec` asks for;
 /// `text[start..end]` is the n-gram's text.
+#[inline]
 pub fn for_each_ngram(
     text: &str,
     spec: &NgramSpec,
     mut visit: impl FnMut(Gram, u64, usize, usize),
 ) {
     if spec.words || spec.bigrams {
+        let bytes = text.as_bytes();
         let mut previous: Option<(u64, usize)> = None;
-        let mut word_start: Option<usize> = None;
-        let mut emit = |start: usize, end: usize, previous: &mut Option<(u64, usize)>| {
-            let h = hash_bytes(Gram::Word.seed(), &text.as_bytes()[start..end]);
-            if spec.words {
-                visit(Gram::Word, h, start, end);
-            }
-            if spec.bigrams
-                && let Some((ph, ps)) = *previous
-            {
-                visit(
-                    Gram::Bigram,
-                    mix(ph.rotate_left(23) ^ h ^ Gram::Bigram.seed()),
-                    ps,
-                    end,
-                );
-            }
-            *previous = Some((h, start));
-        };
-        for (i, c) in text.char_indices() {
-            if is_ideographic(c) {
-                if let Some(s) = word_start.take() {
-                    emit(s, i, &mut previous);
+        // The word being read: its start and its FNV state, folded byte by byte.
+        let mut word: Option<(usize, u64)> = None;
+        let mut emit =
+            |start: usize, end: usize, state: u64, previous: &mut Option<(u64, usize)>| {
+                let h = mix(state);
+                if spec.words {
+                    visit(Gram::Word, h, start, end);
                 }
-                emit(i, i + c.len_utf8(), &mut previous);
-            } else if is_word_char(c) {
-                word_start.get_or_insert(i);
-            } else if let Some(s) = word_start.take() {
-                emit(s, i, &mut previous);
+                if spec.bigrams
+                    && let Some((ph, ps)) = *previous
+                {
+                    visit(
+                        Gram::Bigram,
+                        mix(ph.rotate_left(23) ^ h ^ Gram::Bigram.seed()),
+                        ps,
+                        end,
+                    );
+                }
+                *previous = Some((h, start));
+            };
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let (len, is_word, alone) = if b < 0x80 {
+                (1, b.is_ascii_alphanumeric() || b == b'_', false)
+            } else {
+                let c = text.get(i..).and_then(|t| t.chars().next()).unwrap_or(' ');
+                (c.len_utf8(), is_word_char(c), is_ideographic(c))
+            };
+            let end = (i + len).min(bytes.len());
+            if alone || !is_word {
+                if let Some((start, state)) = word.take() {
+                    emit(start, i, state, &mut previous);
+                }
+                if alone {
+                    emit(
+                        i,
+                        end,
+                        fnv(FNV_START ^ Gram::Word.seed(), &bytes[i..end]),
+                        &mut previous,
+                    );
+                }
+            } else {
+                let (_, state) = word.get_or_insert((i, FNV_START ^ Gram::Word.seed()));
+                *state = fnv(*state, &bytes[i..end]);
             }
+            i = end;
         }
-        if let Some(s) = word_start {
-            emit(s, text.len(), &mut previous);
+        if let Some((start, state)) = word {
+            emit(start, bytes.len(), state, &mut previous);
         }
     }
-    if let Some(&longest) = spec.chars.last() {
-        let mut starts = [0usize; MAX_CHAR_NGRAM + 1];
-        let mut seen = 0usize;
-        for (i, c) in text.char_indices() {
-            starts[seen % (MAX_CHAR_NGRAM + 1)] = i;
-            seen += 1;
-            let end = i + c.len_utf8();
-            for &n in &spec.chars {
-                if n > seen || n > longest {
+    if !spec.bytes.is_empty() {
+        // A rolling key of the last eight bytes: an n-gram's key is its low n bytes, and its
+        // hash is one multiply, so every byte of the window costs a few instructions.
+        let mut key = 0u64;
+        for (i, &b) in text.as_bytes().iter().enumerate() {
+            key = key << 8 | u64::from(b);
+            for &n in &spec.bytes {
+                if n > i + 1 {
                     break;
                 }
-                let start = starts[(seen - n) % (MAX_CHAR_NGRAM + 1)];
-                visit(
-                    Gram::Chars,
-                    hash_bytes(Gram::Chars.seed(), &text.as_bytes()[start..end]),
-                    start,
-                    end,
-                );
+                let k = if n == 8 {
+                    key
+                } else {
+                    key & ((1u64 << (8 * n)) - 1)
+                };
+                visit(Gram::Bytes, hash_byte_gram(k, n), i + 1 - n, i + 1);
             }
         }
     }
+}
+
+/// The hash of a byte n-gram from its bytes packed into an integer.
+fn hash_byte_gram(key: u64, n: usize) -> u64 {
+    let h =
+        (key ^ Gram::Bytes.seed().rotate_left(8 * n as u32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
 }
 
 #[cfg(test)]
@@ -413,14 +445,17 @@ mod tests {
         NgramSpec {
             words: true,
             bigrams: true,
-            chars: vec![3],
+            bytes: vec![3],
         }
     }
 
     fn grams(text: &str) -> Vec<(Gram, String)> {
         let mut out = Vec::new();
         for_each_ngram(text, &spec(), |g, _, s, e| {
-            out.push((g, text[s..e].to_string()))
+            out.push((
+                g,
+                String::from_utf8_lossy(&text.as_bytes()[s..e]).into_owned(),
+            ))
         });
         out
     }
@@ -434,9 +469,13 @@ mod tests {
             hash_bytes(Gram::Word.seed(), b"prove"),
             0x7afb_0a0b_df84_a0a6
         );
+        assert_eq!(
+            hash_byte_gram(u64::from_be_bytes(*b"\0\0\0\0\0abc"), 3),
+            0x0474_5bfe_1a83_eba5
+        );
         assert_ne!(
             hash_bytes(Gram::Word.seed(), b"prove"),
-            hash_bytes(Gram::Chars.seed(), b"prove")
+            hash_bytes(Gram::Bytes.seed(), b"prove")
         );
     }
 
@@ -450,9 +489,9 @@ mod tests {
             .collect();
         assert_eq!(words, ["lock", "free", "q"]);
         assert!(g.contains(&(Gram::Bigram, "lock-free".into())));
-        assert!(g.contains(&(Gram::Chars, "k-f".into())));
+        assert!(g.contains(&(Gram::Bytes, "k-f".into())));
         assert_eq!(
-            g.iter().filter(|(k, _)| *k == Gram::Chars).count(),
+            g.iter().filter(|(k, _)| *k == Gram::Bytes).count(),
             "lock-free q".len() - 2
         );
     }
@@ -466,7 +505,7 @@ mod tests {
             .map(|(_, t)| t.as_str())
             .collect();
         assert_eq!(words, ["水", "的", "化", "学", "式"]);
-        assert!(g.contains(&(Gram::Chars, "化学式".into())));
+        assert!(g.contains(&(Gram::Bytes, "学".into())));
     }
 
     #[test]

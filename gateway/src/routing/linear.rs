@@ -1,5 +1,5 @@
 //! The learned `lumina-auto` classifier: a softmax-linear model over the structural features and
-//! hashed word and character n-grams of the request's user text. Inference is pure arithmetic
+//! hashed word, word-bigram and byte n-grams of the request's user text. Inference is pure arithmetic
 //! over weights loaded once: one pass over a bounded text window, one table lookup per n-gram,
 //! and the largest contributions kept on the way so every decision can say why.
 
@@ -40,7 +40,7 @@ impl Thresholds {
 /// One input's share of a decision: its value times its weight for the chosen path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contribution {
-    /// A structural feature's name, or `word:`, `bigram:` or `chars:` and the n-gram's text.
+    /// A structural feature's name, or `word:`, `bigram:` or `bytes:` and the n-gram's text.
     pub name: String,
     /// The input's value.
     pub value: f64,
@@ -61,10 +61,75 @@ pub struct LinearModel {
     pub bias: [f32; 3],
     /// Weights of the structural inputs, in [`STRUCTURAL`] order.
     pub structural: [[f32; 3]; STRUCTURAL.len()],
-    /// Weights per hash bucket, `buckets` long.
-    pub hashed: Vec<[f32; 3]>,
+    /// Weights of the hash buckets that have any.
+    pub hashed: SparseWeights,
     /// From scores to a path.
     pub thresholds: Thresholds,
+}
+
+/// Weights of the few hash buckets that have any, laid out for cache-friendly lookup: a bitmap
+/// of the buckets with weights (one bit each), the number of set bits before each bitmap word,
+/// and the weight rows in bucket order. A lookup touches one bitmap word, one count and, for a
+/// bucket with weights, one row: a fraction of a megabyte in all, where a dense table of 2^18
+/// rows is three.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SparseWeights {
+    bitmap: Vec<u64>,
+    ranks: Vec<u32>,
+    rows: Vec<[f32; 3]>,
+}
+
+impl SparseWeights {
+    /// Builds the table for `buckets` buckets from `(bucket, weights)` in ascending bucket
+    /// order; `None` when a bucket is out of range or out of order.
+    pub fn new(buckets: usize, rows: impl IntoIterator<Item = (usize, [f32; 3])>) -> Option<Self> {
+        let words = buckets.div_ceil(64);
+        let mut bitmap = vec![0u64; words];
+        let mut kept = Vec::new();
+        let mut previous: Option<usize> = None;
+        for (bucket, w) in rows {
+            if bucket >= buckets || previous.is_some_and(|p| p >= bucket) {
+                return None;
+            }
+            previous = Some(bucket);
+            bitmap[bucket / 64] |= 1u64 << (bucket % 64);
+            kept.push(w);
+        }
+        let mut ranks = Vec::with_capacity(words);
+        let mut count = 0u32;
+        for word in &bitmap {
+            ranks.push(count);
+            count += word.count_ones();
+        }
+        Some(SparseWeights {
+            bitmap,
+            ranks,
+            rows: kept,
+        })
+    }
+
+    /// The weights of `bucket`, `None` when it has none.
+    #[inline]
+    pub fn get(&self, bucket: usize) -> Option<&[f32; 3]> {
+        let word = *self.bitmap.get(bucket / 64)?;
+        let bit = 1u64 << (bucket % 64);
+        if word & bit == 0 {
+            return None;
+        }
+        let rank =
+            *self.ranks.get(bucket / 64)? as usize + (word & (bit - 1)).count_ones() as usize;
+        self.rows.get(rank)
+    }
+
+    /// Buckets with weights.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no bucket has weights.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
 }
 
 /// What a linear model made of a request.
@@ -86,7 +151,7 @@ const GROUPS: usize = 2;
 fn group(g: Gram) -> usize {
     match g {
         Gram::Word | Gram::Bigram => 0,
-        Gram::Chars => 1,
+        Gram::Bytes => 1,
     }
 }
 
@@ -100,10 +165,14 @@ fn occurrence_value(n: u32) -> f64 {
     }
 }
 
-/// A tracked n-gram: summed weight, occurrences, kind, bucket, text span.
+/// N-grams tracked per group during the pass: more than [`TOP_FEATURES`], since they are kept by
+/// their largest weight for any path and ranked for the chosen path only at the end.
+const TRACKED: usize = 8;
+
+/// A tracked n-gram: summed weights per path, occurrences, kind, bucket, text span.
 #[derive(Debug, Clone, Copy)]
 struct Tracked {
-    weight: f64,
+    weights: [f64; 3],
     count: u32,
     gram: Gram,
     bucket: usize,
@@ -111,59 +180,73 @@ struct Tracked {
     end: usize,
 }
 
-/// The n-grams with the largest summed weight magnitude for one path, kept during the pass. A
-/// 64-bit mask of tracked buckets lets the common case (a small weight, not tracked) cost one
-/// comparison and one bit test.
+fn magnitude(w: &[f64; 3]) -> f64 {
+    w[0].abs().max(w[1].abs()).max(w[2].abs())
+}
+
+/// The n-grams of one group with the largest summed weights, kept during the pass. A 64-bit
+/// mask of tracked buckets makes the common case (small, untracked) one bit test and one
+/// comparison.
 #[derive(Debug, Clone, Copy)]
 struct Top {
-    items: [Option<Tracked>; TOP_FEATURES],
+    items: [Option<Tracked>; TRACKED],
     floor: f64,
     mask: u64,
 }
 
 impl Top {
     const EMPTY: Top = Top {
-        items: [None; TOP_FEATURES],
+        items: [None; TRACKED],
         floor: 0.0,
         mask: 0,
     };
 
-    fn offer(&mut self, w: f64, gram: Gram, bucket: usize, start: usize, end: usize) {
+    /// Whether `offer` could keep or update this n-gram: the cheap test done for every one.
+    #[inline]
+    fn wants(&self, w: &[f64; 3], bucket: usize) -> bool {
+        self.mask & (1u64 << (bucket % 64)) != 0 || magnitude(w) > self.floor
+    }
+
+    #[inline(never)]
+    fn offer(&mut self, w: [f64; 3], gram: Gram, bucket: usize, start: usize, end: usize) {
         let bit = 1u64 << (bucket % 64);
         if self.mask & bit != 0
             && let Some(t) = self.items.iter_mut().flatten().find(|t| t.bucket == bucket)
         {
-            t.weight += w;
+            // A repeat only grows its sum, so the floor stays a valid lower bound.
+            for (a, b) in t.weights.iter_mut().zip(w) {
+                *a += b;
+            }
             t.count += 1;
-        } else {
-            let slot = match self.items.iter().position(Option::is_none) {
-                Some(i) => i,
-                None if w.abs() > self.floor => match self.weakest() {
-                    Some(i) => i,
-                    None => return,
-                },
-                None => return,
-            };
-            self.items[slot] = Some(Tracked {
-                weight: w,
-                count: 1,
-                gram,
-                bucket,
-                start,
-                end,
-            });
-            self.mask = self
-                .items
-                .iter()
-                .flatten()
-                .fold(0, |m, t| m | 1u64 << (t.bucket % 64));
+            return;
         }
+        let slot = match self.items.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if magnitude(&w) <= self.floor => return,
+            None => match self.weakest() {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        self.items[slot] = Some(Tracked {
+            weights: w,
+            count: 1,
+            gram,
+            bucket,
+            start,
+            end,
+        });
+        self.mask = self
+            .items
+            .iter()
+            .flatten()
+            .fold(0, |m, t| m | 1u64 << (t.bucket % 64));
         if self.items.iter().all(Option::is_some) {
             self.floor = self
                 .items
                 .iter()
                 .flatten()
-                .map(|t| t.weight.abs())
+                .map(|t| magnitude(&t.weights))
                 .fold(f64::INFINITY, f64::min);
         }
     }
@@ -172,9 +255,9 @@ impl Top {
         let mut best: Option<(usize, f64)> = None;
         for (i, t) in self.items.iter().enumerate() {
             if let Some(t) = t
-                && best.is_none_or(|(_, w)| t.weight.abs() < w)
+                && best.is_none_or(|(_, m)| magnitude(&t.weights) < m)
             {
-                best = Some((i, t.weight.abs()));
+                best = Some((i, magnitude(&t.weights)));
             }
         }
         best.map(|(i, _)| i)
@@ -199,7 +282,7 @@ impl LinearModel {
         }
         let mut sums = [[0.0f64; 3]; GROUPS];
         let mut counts = [0u32; GROUPS];
-        let mut tops = [[Top::EMPTY; 3]; GROUPS];
+        let mut tops = [Top::EMPTY; GROUPS];
         features::for_each_ngram(&text, &self.ngrams, |gram, hash, start, end| {
             let g = group(gram);
             counts[g] += 1;
@@ -207,15 +290,12 @@ impl LinearModel {
             let Some(w) = self.hashed.get(bucket) else {
                 return;
             };
-            if *w == [0.0; 3] {
-                return;
-            }
+            let w = w.map(f64::from);
             for k in 0..3 {
-                let wk = f64::from(w[k]);
-                sums[g][k] += wk;
-                if wk != 0.0 {
-                    tops[g][k].offer(wk, gram, bucket, start, end);
-                }
+                sums[g][k] += w[k];
+            }
+            if tops[g].wants(&w, bucket) {
+                tops[g].offer(w, gram, bucket, start, end);
             }
         });
         let scale = counts.map(occurrence_value);
@@ -239,11 +319,17 @@ impl LinearModel {
             })
             .collect();
         for g in 0..GROUPS {
-            for t in tops[g][k].items.iter().flatten() {
+            for t in tops[g].items.iter().flatten() {
                 top.push(Contribution {
-                    name: format!("{}{}", t.gram.prefix(), &text[t.start..t.end]),
+                    name: format!(
+                        "{}{}",
+                        t.gram.prefix(),
+                        String::from_utf8_lossy(
+                            text.as_bytes().get(t.start..t.end).unwrap_or_default()
+                        )
+                    ),
                     value: f64::from(t.count) * scale[g],
-                    contribution: t.weight * scale[g],
+                    contribution: t.weights[k] * scale[g],
                 });
             }
         }
@@ -319,6 +405,26 @@ mod tests {
     }
 
     #[test]
+    fn sparse_weights_find_exactly_the_buckets_they_hold() {
+        let rows = [
+            (0, [1.0, 0.0, 0.0]),
+            (63, [2.0, 0.0, 0.0]),
+            (64, [3.0, 0.0, 0.0]),
+            (200, [4.0, 0.0, 0.0]),
+        ];
+        let w = SparseWeights::new(256, rows).unwrap();
+        assert_eq!(w.len(), 4);
+        for (b, r) in rows {
+            assert_eq!(w.get(b), Some(&r), "{b}");
+        }
+        for b in [1, 62, 65, 199, 255, 256, 10_000] {
+            assert_eq!(w.get(b), None, "{b}");
+        }
+        assert!(SparseWeights::new(256, [(5, [0.0; 3]), (5, [0.0; 3])]).is_none());
+        assert!(SparseWeights::new(256, [(256, [0.0; 3])]).is_none());
+    }
+
+    #[test]
     fn softmax_survives_extreme_scores() {
         let p = softmax([1e300, -1e300, 0.0]);
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
@@ -328,20 +434,30 @@ mod tests {
     #[test]
     fn the_top_tracker_merges_repeats_and_keeps_the_largest() {
         let mut top = Top::EMPTY;
-        for (i, w) in [0.1, -0.9, 0.3, 0.2, 0.05, 0.4, 0.01]
-            .into_iter()
-            .enumerate()
-        {
-            top.offer(w, Gram::Word, i, 0, 0);
+        let weights = [0.1, -0.9, 0.3, 0.2, 0.05, 0.4, 0.01, 0.6, 0.7, 0.02, 0.8];
+        for (i, w) in weights.into_iter().enumerate() {
+            top.offer([w, -w, 0.0], Gram::Word, i, 0, 0);
         }
-        top.offer(0.1, Gram::Word, 0, 0, 0);
+        top.offer([0.1, -0.1, 0.0], Gram::Word, 0, 0, 0);
         let mut kept: Vec<(usize, f64)> = top
             .items
             .iter()
             .flatten()
-            .map(|t| (t.bucket, t.weight))
+            .map(|t| (t.bucket, t.weights[0]))
             .collect();
         kept.sort_by_key(|k| k.0);
-        assert_eq!(kept, [(0, 0.2), (1, -0.9), (2, 0.3), (3, 0.2), (5, 0.4)]);
+        assert_eq!(
+            kept,
+            [
+                (0, 0.2),
+                (1, -0.9),
+                (2, 0.3),
+                (3, 0.2),
+                (5, 0.4),
+                (7, 0.6),
+                (8, 0.7),
+                (10, 0.8)
+            ]
+        );
     }
 }

@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::routing::features::{MAX_CHAR_NGRAM, NgramSpec, STRUCTURAL};
-use crate::routing::linear::{LinearModel, Thresholds};
+use crate::routing::features::{MAX_BYTE_NGRAM, NgramSpec, STRUCTURAL};
+use crate::routing::linear::{LinearModel, SparseWeights, Thresholds};
 
 /// The policy `lumina serve` routes with when none is published: trained by `lumina policy
 /// train` on `datasets/routing/train.jsonl`.
@@ -81,8 +81,8 @@ pub struct LinearDocument {
 pub struct NgramsDocument {
     /// Word n-gram lengths: 1 (words), 2 (bigrams).
     pub words: Vec<usize>,
-    /// Character n-gram lengths.
-    pub chars: Vec<usize>,
+    /// Byte n-gram lengths (n-grams of the UTF-8 text: characters, for ASCII).
+    pub bytes: Vec<usize>,
     /// Bytes of user text read (the head and tail of each turn, newest first).
     pub window_bytes: usize,
 }
@@ -188,9 +188,9 @@ pub fn ngram_spec(n: &NgramsDocument) -> Result<NgramSpec, PolicyError> {
             "classifier.ngrams.words: expected ascending lengths from {1, 2}",
         ));
     }
-    if n.chars.iter().any(|&c| c == 0 || c > MAX_CHAR_NGRAM) || !strictly_ascending(&n.chars) {
+    if n.bytes.iter().any(|&c| c == 0 || c > MAX_BYTE_NGRAM) || !strictly_ascending(&n.bytes) {
         return Err(invalid(format!(
-            "classifier.ngrams.chars: expected ascending lengths from 1 to {MAX_CHAR_NGRAM}"
+            "classifier.ngrams.bytes: expected ascending lengths from 1 to {MAX_BYTE_NGRAM}"
         )));
     }
     if !(64..=65_536).contains(&n.window_bytes) {
@@ -201,7 +201,7 @@ pub fn ngram_spec(n: &NgramsDocument) -> Result<NgramSpec, PolicyError> {
     Ok(NgramSpec {
         words: n.words.contains(&1),
         bigrams: n.words.contains(&2),
-        chars: n.chars.clone(),
+        bytes: n.bytes.clone(),
     })
 }
 
@@ -252,18 +252,22 @@ fn linear_model(l: &LinearDocument) -> Result<LinearModel, PolicyError> {
     }
     let buckets =
         usize::try_from(l.buckets).map_err(|_| invalid("classifier.buckets: too large"))?;
-    let mut hashed = vec![[0.0f32; 3]; buckets];
-    let mut previous: Option<i64> = None;
+    let mut rows = Vec::with_capacity(l.weights.hashed.len());
     for row in &l.weights.hashed {
         let [bucket, rest @ ..] = *row;
-        if bucket < 0 || bucket as u64 >= l.buckets || previous.is_some_and(|p| p >= bucket) {
-            return Err(invalid(format!(
-                "classifier.weights.hashed: bucket {bucket} out of range or out of order"
-            )));
-        }
-        previous = Some(bucket);
-        hashed[bucket as usize] = dequantize(rest, l.scale, "classifier.weights.hashed")?;
+        let bucket = usize::try_from(bucket).map_err(|_| {
+            invalid(format!(
+                "classifier.weights.hashed: bucket {bucket} out of range"
+            ))
+        })?;
+        rows.push((
+            bucket,
+            dequantize(rest, l.scale, "classifier.weights.hashed")?,
+        ));
     }
+    let hashed = SparseWeights::new(buckets, rows).ok_or_else(|| {
+        invalid("classifier.weights.hashed: a bucket is out of range or out of order")
+    })?;
     Ok(LinearModel {
         buckets,
         ngrams: ngram_spec(&l.ngrams)?,
@@ -364,9 +368,9 @@ mod tests {
                 "classifier.thresholds",
             ),
             (
-                "/classifier/ngrams/chars",
+                "/classifier/ngrams/bytes",
                 serde_json::json!([4, 3]),
-                "classifier.ngrams.chars",
+                "classifier.ngrams.bytes",
             ),
             (
                 "/classifier/weights/hashed",

@@ -23,8 +23,8 @@ pub struct TrainConfig {
     pub buckets: u64,
     /// Word n-gram lengths (1, 2).
     pub words: Vec<usize>,
-    /// Character n-gram lengths.
-    pub chars: Vec<usize>,
+    /// Byte n-gram lengths.
+    pub bytes: Vec<usize>,
     /// Bytes of user text read.
     pub window_bytes: usize,
     /// Passes over the data.
@@ -53,7 +53,7 @@ impl Default for TrainConfig {
             version: 2,
             buckets: 1 << 18,
             words: vec![1, 2],
-            chars: vec![3, 4],
+            bytes: vec![4],
             window_bytes: features::WINDOW_BUDGET,
             epochs: 30,
             learning_rate: 0.1,
@@ -149,6 +149,14 @@ fn adagrad(w: &mut f64, acc: &mut f64, grad: f64, lr: f64) {
     *w -= lr * grad / (acc.sqrt() + 1e-8);
 }
 
+/// One AdaGrad step of a feature's weights: gradient `g × x + l2 × w` per path.
+fn step(w: &mut [f64; 3], acc: &mut [f64; 3], g: &[f64; 3], x: f64, l2: f64, lr: f64) {
+    for ((w, acc), g) in w.iter_mut().zip(acc.iter_mut()).zip(g) {
+        let grad = g * x + l2 * *w;
+        adagrad(w, acc, grad, lr);
+    }
+}
+
 /// Fits softmax regression on `examples[i]` for `i` in `subset`.
 fn fit(examples: &[Example], subset: &[usize], hashed: usize, cfg: &TrainConfig) -> Params {
     let mut p = Params::zero(hashed);
@@ -162,24 +170,15 @@ fn fit(examples: &[Example], subset: &[usize], hashed: usize, cfg: &TrainConfig)
             let e = &examples[i];
             let prob = p.probabilities(e);
             let g: [f64; 3] = std::array::from_fn(|k| prob[k] - f64::from(u8::from(k == e.label)));
-            for k in 0..3 {
-                adagrad(&mut p.bias[k], &mut acc.bias[k], g[k], lr);
-            }
+            step(&mut p.bias, &mut acc.bias, &g, 1.0, 0.0, lr);
             for (s, x) in e.structural.iter().enumerate() {
-                if *x == 0.0 {
-                    continue;
-                }
-                for k in 0..3 {
-                    let grad = g[k] * x + l2 * p.structural[s][k];
-                    adagrad(&mut p.structural[s][k], &mut acc.structural[s][k], grad, lr);
+                if *x != 0.0 {
+                    step(&mut p.structural[s], &mut acc.structural[s], &g, *x, l2, lr);
                 }
             }
             for &(j, x) in &e.hashed {
                 let j = j as usize;
-                for k in 0..3 {
-                    let grad = g[k] * x + l2 * p.hashed[j][k];
-                    adagrad(&mut p.hashed[j][k], &mut acc.hashed[j][k], grad, lr);
-                }
+                step(&mut p.hashed[j], &mut acc.hashed[j], &g, x, l2, lr);
             }
         }
     }
@@ -265,7 +264,7 @@ fn quantize(w: f64, scale: f64) -> i64 {
 pub fn train(items: &[LabelledItem], cfg: &TrainConfig) -> Result<PolicyDocument, TrainError> {
     let ngrams = NgramsDocument {
         words: cfg.words.clone(),
-        chars: cfg.chars.clone(),
+        bytes: cfg.bytes.clone(),
         window_bytes: cfg.window_bytes,
     };
     let spec = ngram_spec(&ngrams)?;
