@@ -189,7 +189,7 @@ pub fn cue_features(request: &ChatRequest<'_>) -> Features {
 /// Bytes of user text the learned classifier reads: the user turns from the most recent back,
 /// each by its head and tail, so an instruction before or after a long paste is seen and
 /// classification stays in microseconds for any prompt size.
-pub const WINDOW_BUDGET: usize = 1024;
+pub const WINDOW_BUDGET: usize = 512;
 
 /// The case-folded user text a linear model reads, and the structural features with cues
 /// counted over that text.
