@@ -1,6 +1,6 @@
 //! What the classifier sees of a request: the structural features (sizes, conversation depth,
 //! cue counts, tools, requested effort and output format) and the text window whose hashed word
-//! and character n-grams the linear model weighs. Pure: no I/O, no global state but the cue
+//! and byte n-grams the linear model weighs. Pure: no I/O, no global state but the cue
 //! matcher; one buffer allocation per request for the case-folded window.
 
 use std::collections::BTreeMap;
@@ -480,7 +480,7 @@ mod tests {
     }
 
     #[test]
-    fn words_bigrams_and_character_runs_are_read_with_their_text() {
+    fn words_bigrams_and_byte_runs_are_read_with_their_text() {
         let g = grams("lock-free q");
         let words: Vec<_> = g
             .iter()

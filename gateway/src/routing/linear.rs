@@ -145,7 +145,7 @@ pub struct Scored {
     pub top: Vec<Contribution>,
 }
 
-/// The n-gram groups whose values are normalized together: words and bigrams, characters.
+/// The n-gram groups whose values are normalized together: words and bigrams, byte n-grams.
 const GROUPS: usize = 2;
 
 fn group(g: Gram) -> usize {
