@@ -7,6 +7,7 @@ mod data_dir;
 mod eval_export;
 mod http;
 mod replay;
+mod routing_cmd;
 mod secrets;
 mod serve;
 
@@ -53,9 +54,12 @@ enum Command {
     /// Live events.
     #[command(subcommand)]
     Events(EventsCommand),
-    /// Eval datasets from production traffic.
+    /// Eval datasets from production traffic, and routing evals.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Routing policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Manage accounts through the admin API.
     #[command(subcommand)]
     Accounts(AccountsCommand),
@@ -164,6 +168,52 @@ struct ProjectorArgs {
 enum EvalCommand {
     /// Write one JSON line per settled request (schemas/eval/v1.schema.json) to a file.
     Export(EvalExportArgs),
+    /// Measure a routing policy's classifier on a labelled routing set (in process): accuracy,
+    /// precision and recall per path, confusion matrix, quality retained, cost saved.
+    Routing(EvalRoutingArgs),
+}
+
+#[derive(Args)]
+struct EvalRoutingArgs {
+    /// Labelled routing set (JSONL, datasets/routing/README.md).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Policy file [default: the shipped policy]; gateway/policies/cues.json is the
+    /// hand-written classifier.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Relative cost per path.
+    #[arg(long, default_value = "fast=1,balanced=5,reasoning=20")]
+    weights: String,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Fail when accuracy is below this.
+    #[arg(long)]
+    min_accuracy: Option<f64>,
+    /// Fail when quality retained is below this.
+    #[arg(long)]
+    min_quality_retained: Option<f64>,
+    /// Fail when the share of the all-reasoning cost saved is below this (0.4 for 40%).
+    #[arg(long)]
+    min_cost_saved: Option<f64>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Train a policy's classifier on labelled routing sets (deterministic: the same files give
+    /// the same bytes).
+    Train {
+        /// Labelled routing sets (JSONL); repeat or list several.
+        #[arg(long, num_args = 1.., required = true)]
+        dataset: Vec<PathBuf>,
+        /// Output file [default: standard output].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The policy's version.
+        #[arg(long, default_value_t = 2)]
+        version: i64,
+    },
 }
 
 #[derive(Args)]
@@ -741,6 +791,22 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval(EvalCommand::Export(args)) => run_eval_export(args).await,
+        Command::Eval(EvalCommand::Routing(a)) => routing_cmd::eval_routing(
+            &a.dataset,
+            a.policy.as_deref(),
+            &a.weights,
+            a.json,
+            &routing_cmd::Minimums {
+                accuracy: a.min_accuracy,
+                quality_retained: a.min_quality_retained,
+                cost_saved: a.min_cost_saved,
+            },
+        ),
+        Command::Policy(PolicyCommand::Train {
+            dataset,
+            out,
+            version,
+        }) => routing_cmd::train_policy(&dataset, out.as_deref(), version),
         Command::Accounts(command) => run_accounts(command).await,
         Command::Keys(command) => run_keys(command).await,
     }

@@ -818,7 +818,13 @@ async fn the_events_of_a_scripted_mix_are_exactly_what_happened() {
                 .unwrap()
                 > 0.0
         );
-        assert_eq!(events[0]["payload"]["policy_version"], 1);
+        assert_eq!(events[0]["payload"]["policy_version"], 2);
+        assert!(
+            !events[0]["payload"]["top_features"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
         let got: Vec<(String, String, bool)> = payloads(&events, "UpstreamAttempted")
             .iter()
             .map(|a| {

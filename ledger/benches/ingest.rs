@@ -64,6 +64,7 @@ fn history() -> Vec<Event> {
                     price_table_version: "bench".into(),
                     ttl_ms: 600_000,
                 }),
+                top_features: Vec::new(),
             },
         ));
         events.push(Event::new(

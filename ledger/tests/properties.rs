@@ -110,6 +110,7 @@ fn events(ops: &[Op]) -> (Vec<Event>, i64) {
                             price_table_version: "p".into(),
                             ttl_ms: 1,
                         }),
+                        top_features: Vec::new(),
                     },
                 );
                 let settle = Event::new(

@@ -83,6 +83,7 @@ fn traffic() -> Vec<Event> {
                     price_table_version: "bench".into(),
                     ttl_ms: 600_000,
                 }),
+                top_features: Vec::new(),
             },
         ));
         events.push(Event::new(

@@ -121,6 +121,7 @@ fn traffic() -> Vec<Event> {
                         price_table_version: "t".into(),
                         ttl_ms: 600_000,
                     }),
+                    top_features: Vec::new(),
                 },
             ));
         }

@@ -94,6 +94,17 @@ pub struct CreditHold {
     pub ttl_ms: i64,
 }
 
+/// One classifier input's share of a routing decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureContribution {
+    /// A structural feature's name, or `word:`, `bigram:` or `chars:` and the n-gram's text.
+    pub name: String,
+    /// The input's value.
+    pub value: f64,
+    /// Value × weight for the chosen path (positive: pushed towards it).
+    pub contribution: f64,
+}
+
 /// The gateway authenticated a request, chose its path and held credits for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRouted {
@@ -119,6 +130,9 @@ pub struct RequestRouted {
     pub max_tokens: Option<i64>,
     /// The credit hold placed, if the request is paid.
     pub hold: Option<CreditHold>,
+    /// The classifier inputs that weighed most, largest magnitude first; v2.
+    #[serde(default)]
+    pub top_features: Vec<FeatureContribution>,
 }
 
 /// One attempt to call an upstream deployment.

@@ -76,6 +76,18 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
                 price_table_version: "default-1".into(),
                 ttl_ms: 600_000,
             }),
+            top_features: vec![
+                FeatureContribution {
+                    name: "word:refactor".into(),
+                    value: 0.125,
+                    contribution: 0.5,
+                },
+                FeatureContribution {
+                    name: "tokens".into(),
+                    value: 0.72,
+                    contribution: -0.25,
+                },
+            ],
         }
         .into(),
         EventType::UpstreamAttempted => UpstreamAttempted {

@@ -170,6 +170,7 @@ impl RequestMeta {
                 prompt_tokens_estimate: tokens(r.prompt_tokens_estimate),
                 max_tokens: r.max_tokens.map(tokens),
                 hold: r.hold,
+                top_features: r.decision.top_features_records(),
             },
         )
     }

@@ -94,7 +94,8 @@ impl RouteTable {
         }
         Ok(RouteTable {
             paths,
-            policy_version: 1,
+            // Loads the default policy's weights now, at start, rather than on the first request.
+            policy_version: crate::routing::policy::default_policy().version,
         })
     }
 

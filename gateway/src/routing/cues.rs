@@ -1,0 +1,162 @@
+//! The hand-written `lumina-auto` classifier (policy kind `cues`, version 1): cue patterns of
+//! code, math, multi-step work and greetings, counted by one case-insensitive multi-pattern scan,
+//! and fixed weights over the features. The cue counts are also structural features of the
+//! learned model; this module keeps the original weights so that a policy can still name them
+//! and `lumina eval routing` can compare against them.
+
+use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+
+use crate::routing::catalog::RoutePath;
+use crate::routing::features::Features;
+
+/// What a cue pattern is evidence of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cue {
+    Code,
+    Math,
+    MultiStep,
+    Greeting,
+}
+
+/// (pattern, cue, must stand as a whole word)
+const CUES: &[(&str, Cue, bool)] = &[
+    ("```", Cue::Code, false),
+    ("fn ", Cue::Code, true),
+    ("def ", Cue::Code, true),
+    ("class ", Cue::Code, true),
+    ("import ", Cue::Code, true),
+    ("#include", Cue::Code, false),
+    ("function", Cue::Code, true),
+    ("return ", Cue::Code, true),
+    ("select ", Cue::Code, true),
+    ("compile", Cue::Code, false),
+    ("stack trace", Cue::Code, false),
+    ("traceback", Cue::Code, false),
+    ("segfault", Cue::Code, false),
+    ("rust", Cue::Code, true),
+    ("python", Cue::Code, true),
+    ("javascript", Cue::Code, true),
+    ("typescript", Cue::Code, true),
+    ("golang", Cue::Code, true),
+    ("c++", Cue::Code, false),
+    ("sql", Cue::Code, true),
+    ("algorithm", Cue::Code, false),
+    ("implement", Cue::Code, false),
+    ("refactor", Cue::Code, false),
+    ("debug", Cue::Code, false),
+    ("concurren", Cue::Code, false),
+    ("lock-free", Cue::Code, false),
+    ("api", Cue::Code, true),
+    ("();", Cue::Code, false),
+    ("=>", Cue::Code, false),
+    ("\\frac", Cue::Math, false),
+    ("\\sum", Cue::Math, false),
+    ("\\int", Cue::Math, false),
+    ("\\sqrt", Cue::Math, false),
+    ("$$", Cue::Math, false),
+    ("∫", Cue::Math, false),
+    ("∑", Cue::Math, false),
+    ("√", Cue::Math, false),
+    ("≤", Cue::Math, false),
+    ("≥", Cue::Math, false),
+    ("prove", Cue::Math, false),
+    ("proof", Cue::Math, true),
+    ("theorem", Cue::Math, false),
+    ("lemma", Cue::Math, true),
+    ("equation", Cue::Math, false),
+    ("integral", Cue::Math, false),
+    ("derivative", Cue::Math, false),
+    ("probability", Cue::Math, false),
+    ("matrix", Cue::Math, true),
+    ("polynomial", Cue::Math, false),
+    ("infinitely many", Cue::Math, false),
+    ("prime", Cue::Math, true),
+    ("primes", Cue::Math, true),
+    ("step by step", Cue::MultiStep, false),
+    ("step-by-step", Cue::MultiStep, false),
+    ("first,", Cue::MultiStep, true),
+    ("then", Cue::MultiStep, true),
+    ("finally", Cue::MultiStep, true),
+    ("plan", Cue::MultiStep, true),
+    ("design", Cue::MultiStep, true),
+    ("architecture", Cue::MultiStep, false),
+    ("trade-off", Cue::MultiStep, false),
+    ("tradeoff", Cue::MultiStep, false),
+    ("analyze", Cue::MultiStep, false),
+    ("analyse", Cue::MultiStep, false),
+    ("compare", Cue::MultiStep, false),
+    ("optimize", Cue::MultiStep, false),
+    ("explain why", Cue::MultiStep, false),
+    ("in detail", Cue::MultiStep, false),
+    ("rigorous", Cue::MultiStep, false),
+    ("hello", Cue::Greeting, true),
+    ("hi", Cue::Greeting, true),
+    ("hey", Cue::Greeting, true),
+    ("thanks", Cue::Greeting, true),
+    ("thank you", Cue::Greeting, true),
+    ("good morning", Cue::Greeting, true),
+    ("how are you", Cue::Greeting, true),
+];
+
+static MATCHER: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
+    AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::Standard)
+        .kind(Some(AhoCorasickKind::DFA))
+        .build(CUES.iter().map(|(p, _, _)| p))
+        .ok()
+});
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Counts cues in `text` into `counts` (code, math, multi-step, greeting).
+pub fn scan(text: &str, counts: &mut [u32; 4]) {
+    let Some(matcher) = MATCHER.as_ref() else {
+        return;
+    };
+    let bytes = text.as_bytes();
+    for m in matcher.find_overlapping_iter(text) {
+        let (_, cue, whole_word) = CUES[m.pattern().as_usize()];
+        if whole_word {
+            let before_ok = m.start() == 0 || !is_word_byte(bytes[m.start() - 1]);
+            let last = bytes[m.end() - 1];
+            let after_ok =
+                m.end() == bytes.len() || !is_word_byte(last) || !is_word_byte(bytes[m.end()]);
+            if !before_ok || !after_ok {
+                continue;
+            }
+        }
+        counts[cue as usize] += 1;
+    }
+}
+
+/// Text scanned for cues by the hand-written classifier, from the most recent message backwards.
+pub const SCAN_BUDGET: usize = 8 * 1024;
+
+/// Scores the paths with the hand-written weights: (path, score per path).
+pub fn decide(f: &Features) -> (RoutePath, [f64; 3]) {
+    let size = (f.prompt_tokens / 2000.0).min(1.0);
+    let tools = if f.tools > 0.0 { 1.0 } else { 0.0 };
+    let depth = (f.user_turns / 10.0).min(1.0);
+    let hard = 1.5 * f.math + 1.0 * f.multi_step + 0.9 * f.code + 1.5 * f.reasoning_effort;
+    let fast =
+        0.9 - 0.8 * hard - 0.5 * size - 0.2 * f.structured_output - 0.15 * tools - 0.2 * depth
+            + 0.3 * f.greeting;
+    let balanced =
+        0.5 + 0.3 * f.code + 0.25 * size + 0.2 * f.structured_output + 0.2 * tools + 0.1 * depth
+            - 0.4 * (hard - 1.4).max(0.0);
+    let reasoning = 0.1 + 0.6 * hard + 0.1 * size - 0.3 * f.greeting;
+    let scores = [fast, balanced, reasoning];
+    let path = if reasoning >= balanced && reasoning >= fast {
+        RoutePath::Reasoning
+    } else if balanced >= fast {
+        RoutePath::Balanced
+    } else {
+        RoutePath::Fast
+    };
+    (path, scores)
+}

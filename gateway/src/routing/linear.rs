@@ -1,0 +1,463 @@
+//! The learned `lumina-auto` classifier: a softmax-linear model over the structural features and
+//! hashed word, word-bigram and byte n-grams of the request's user text. Inference is pure arithmetic
+//! over weights loaded once: one pass over a bounded text window, one table lookup per n-gram,
+//! and the largest contributions kept on the way so every decision can say why.
+
+use crate::routing::catalog::RoutePath;
+use crate::routing::features::{self, Features, Gram, NgramSpec, STRUCTURAL};
+use crate::wire::ChatRequest;
+
+/// The paths a linear model scores, in the order of its weight columns.
+pub const PATHS: [RoutePath; 3] = [RoutePath::Fast, RoutePath::Balanced, RoutePath::Reasoning];
+
+/// How many contributions a decision explains itself with.
+pub const TOP_FEATURES: usize = 5;
+
+/// Probability cut-offs from the scores to a path, strongest path first: `reasoning` when its
+/// probability reaches `reasoning`, else `balanced` when balanced and reasoning together reach
+/// `balanced`, else `fast`. Lower cut-offs trade cost for quality.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Least probability of `reasoning` that routes there.
+    pub reasoning: f64,
+    /// Least probability of `balanced` or stronger that routes to `balanced`.
+    pub balanced: f64,
+}
+
+impl Thresholds {
+    /// The path for probabilities (fast, balanced, reasoning).
+    pub fn choose(&self, p: [f64; 3]) -> RoutePath {
+        if p[2] >= self.reasoning {
+            RoutePath::Reasoning
+        } else if p[1] + p[2] >= self.balanced {
+            RoutePath::Balanced
+        } else {
+            RoutePath::Fast
+        }
+    }
+}
+
+/// One input's share of a decision: its value times its weight for the chosen path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    /// A structural feature's name, or `word:`, `bigram:` or `bytes:` and the n-gram's text.
+    pub name: String,
+    /// The input's value.
+    pub value: f64,
+    /// Value × weight for the chosen path (positive: pushed towards it).
+    pub contribution: f64,
+}
+
+/// A trained linear model, ready for inference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearModel {
+    /// Hash buckets (a power of two).
+    pub buckets: usize,
+    /// The n-grams read.
+    pub ngrams: NgramSpec,
+    /// Bytes of user text read.
+    pub window: usize,
+    /// Bias per path.
+    pub bias: [f32; 3],
+    /// Weights of the structural inputs, in [`STRUCTURAL`] order.
+    pub structural: [[f32; 3]; STRUCTURAL.len()],
+    /// Weights of the hash buckets that have any.
+    pub hashed: SparseWeights,
+    /// From scores to a path.
+    pub thresholds: Thresholds,
+}
+
+/// Weights of the few hash buckets that have any, laid out for cache-friendly lookup: a bitmap
+/// of the buckets with weights (one bit each), the number of set bits before each bitmap word,
+/// and the weight rows in bucket order. A lookup touches one bitmap word, one count and, for a
+/// bucket with weights, one row: a fraction of a megabyte in all, where a dense table of 2^18
+/// rows is three.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SparseWeights {
+    bitmap: Vec<u64>,
+    ranks: Vec<u32>,
+    rows: Vec<[f32; 3]>,
+}
+
+impl SparseWeights {
+    /// Builds the table for `buckets` buckets from `(bucket, weights)` in ascending bucket
+    /// order; `None` when a bucket is out of range or out of order.
+    pub fn new(buckets: usize, rows: impl IntoIterator<Item = (usize, [f32; 3])>) -> Option<Self> {
+        let words = buckets.div_ceil(64);
+        let mut bitmap = vec![0u64; words];
+        let mut kept = Vec::new();
+        let mut previous: Option<usize> = None;
+        for (bucket, w) in rows {
+            if bucket >= buckets || previous.is_some_and(|p| p >= bucket) {
+                return None;
+            }
+            previous = Some(bucket);
+            bitmap[bucket / 64] |= 1u64 << (bucket % 64);
+            kept.push(w);
+        }
+        let mut ranks = Vec::with_capacity(words);
+        let mut count = 0u32;
+        for word in &bitmap {
+            ranks.push(count);
+            count += word.count_ones();
+        }
+        Some(SparseWeights {
+            bitmap,
+            ranks,
+            rows: kept,
+        })
+    }
+
+    /// The weights of `bucket`, `None` when it has none.
+    #[inline]
+    pub fn get(&self, bucket: usize) -> Option<&[f32; 3]> {
+        let word = *self.bitmap.get(bucket / 64)?;
+        let bit = 1u64 << (bucket % 64);
+        if word & bit == 0 {
+            return None;
+        }
+        let rank =
+            *self.ranks.get(bucket / 64)? as usize + (word & (bit - 1)).count_ones() as usize;
+        self.rows.get(rank)
+    }
+
+    /// Buckets with weights.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no bucket has weights.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// What a linear model made of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// The structural features.
+    pub features: Features,
+    /// Probability per path (fast, balanced, reasoning).
+    pub probabilities: [f64; 3],
+    /// The path the thresholds chose.
+    pub path: RoutePath,
+    /// The largest contributions to the chosen path's score, largest magnitude first.
+    pub top: Vec<Contribution>,
+}
+
+/// The n-gram groups whose values are normalized together: words and bigrams, byte n-grams.
+const GROUPS: usize = 2;
+
+fn group(g: Gram) -> usize {
+    match g {
+        Gram::Word | Gram::Bigram => 0,
+        Gram::Bytes => 1,
+    }
+}
+
+/// Scale of one occurrence in a group of `n` occurrences: the group's vector has norm ≤ 1, so a
+/// long paste weighs no more than a short prompt.
+fn occurrence_value(n: u32) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        1.0 / f64::from(n).sqrt()
+    }
+}
+
+/// N-grams tracked per group during the pass: more than [`TOP_FEATURES`], since they are kept by
+/// their largest weight for any path and ranked for the chosen path only at the end.
+const TRACKED: usize = 8;
+
+/// A tracked n-gram: summed weights per path, occurrences, kind, bucket, text span.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    weights: [f64; 3],
+    count: u32,
+    gram: Gram,
+    bucket: usize,
+    start: usize,
+    end: usize,
+}
+
+fn magnitude(w: &[f64; 3]) -> f64 {
+    w[0].abs().max(w[1].abs()).max(w[2].abs())
+}
+
+/// The n-grams of one group with the largest summed weights, kept during the pass. A 64-bit
+/// mask of tracked buckets makes the common case (small, untracked) one bit test and one
+/// comparison.
+#[derive(Debug, Clone, Copy)]
+struct Top {
+    items: [Option<Tracked>; TRACKED],
+    floor: f64,
+    mask: u64,
+}
+
+impl Top {
+    const EMPTY: Top = Top {
+        items: [None; TRACKED],
+        floor: 0.0,
+        mask: 0,
+    };
+
+    /// Whether `offer` could keep or update this n-gram: the cheap test done for every one.
+    #[inline]
+    fn wants(&self, w: &[f64; 3], bucket: usize) -> bool {
+        self.mask & (1u64 << (bucket % 64)) != 0 || magnitude(w) > self.floor
+    }
+
+    #[inline(never)]
+    fn offer(&mut self, w: [f64; 3], gram: Gram, bucket: usize, start: usize, end: usize) {
+        let bit = 1u64 << (bucket % 64);
+        if self.mask & bit != 0
+            && let Some(t) = self.items.iter_mut().flatten().find(|t| t.bucket == bucket)
+        {
+            // A repeat only grows its sum, so the floor stays a valid lower bound.
+            for (a, b) in t.weights.iter_mut().zip(w) {
+                *a += b;
+            }
+            t.count += 1;
+            return;
+        }
+        let slot = match self.items.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if magnitude(&w) <= self.floor => return,
+            None => match self.weakest() {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        self.items[slot] = Some(Tracked {
+            weights: w,
+            count: 1,
+            gram,
+            bucket,
+            start,
+            end,
+        });
+        self.mask = self
+            .items
+            .iter()
+            .flatten()
+            .fold(0, |m, t| m | 1u64 << (t.bucket % 64));
+        if self.items.iter().all(Option::is_some) {
+            self.floor = self
+                .items
+                .iter()
+                .flatten()
+                .map(|t| magnitude(&t.weights))
+                .fold(f64::INFINITY, f64::min);
+        }
+    }
+
+    fn weakest(&self) -> Option<usize> {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, t) in self.items.iter().enumerate() {
+            if let Some(t) = t
+                && best.is_none_or(|(_, m)| magnitude(&t.weights) < m)
+            {
+                best = Some((i, magnitude(&t.weights)));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+}
+
+impl LinearModel {
+    fn bucket(&self, hash: u64) -> usize {
+        // `buckets` is a power of two no larger than the table, checked when the policy loads.
+        (hash as usize) & (self.buckets - 1)
+    }
+
+    /// Scores `request` and picks its path.
+    pub fn classify(&self, request: &ChatRequest<'_>) -> Scored {
+        let (features, text) = features::window(request, self.window);
+        let inputs = features.inputs();
+        let mut logits = self.bias.map(f64::from);
+        for (x, w) in inputs.iter().zip(&self.structural) {
+            for k in 0..3 {
+                logits[k] += x * f64::from(w[k]);
+            }
+        }
+        let mut sums = [[0.0f64; 3]; GROUPS];
+        let mut counts = [0u32; GROUPS];
+        let mut tops = [Top::EMPTY; GROUPS];
+        features::for_each_ngram(&text, &self.ngrams, |gram, hash, start, end| {
+            let g = group(gram);
+            counts[g] += 1;
+            let bucket = self.bucket(hash);
+            let Some(w) = self.hashed.get(bucket) else {
+                return;
+            };
+            let w = w.map(f64::from);
+            for k in 0..3 {
+                sums[g][k] += w[k];
+            }
+            if tops[g].wants(&w, bucket) {
+                tops[g].offer(w, gram, bucket, start, end);
+            }
+        });
+        let scale = counts.map(occurrence_value);
+        for g in 0..GROUPS {
+            for k in 0..3 {
+                logits[k] += sums[g][k] * scale[g];
+            }
+        }
+        let probabilities = softmax(logits);
+        let path = self.thresholds.choose(probabilities);
+        let k = path_index(path);
+        let mut top: Vec<Contribution> = inputs
+            .iter()
+            .zip(&self.structural)
+            .zip(STRUCTURAL)
+            .filter(|((x, w), _)| **x != 0.0 && w[k] != 0.0)
+            .map(|((x, w), name)| Contribution {
+                name: name.to_string(),
+                value: *x,
+                contribution: x * f64::from(w[k]),
+            })
+            .collect();
+        for g in 0..GROUPS {
+            for t in tops[g].items.iter().flatten() {
+                top.push(Contribution {
+                    name: format!(
+                        "{}{}",
+                        t.gram.prefix(),
+                        String::from_utf8_lossy(
+                            text.as_bytes().get(t.start..t.end).unwrap_or_default()
+                        )
+                    ),
+                    value: f64::from(t.count) * scale[g],
+                    contribution: t.weights[k] * scale[g],
+                });
+            }
+        }
+        top.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
+        top.truncate(TOP_FEATURES);
+        Scored {
+            features,
+            probabilities,
+            path,
+            top,
+        }
+    }
+}
+
+/// Column of `path` in the weights (fusion scores as reasoning).
+pub fn path_index(path: RoutePath) -> usize {
+    match path {
+        RoutePath::Fast => 0,
+        RoutePath::Balanced => 1,
+        RoutePath::Reasoning | RoutePath::Fusion => 2,
+    }
+}
+
+/// Probabilities from scores, stable for any finite input.
+pub fn softmax(logits: [f64; 3]) -> [f64; 3] {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e = logits.map(|l| (l - max).exp());
+    let sum: f64 = e.iter().sum();
+    if sum.is_finite() && sum > 0.0 {
+        e.map(|v| v / sum)
+    } else {
+        [1.0 / 3.0; 3]
+    }
+}
+
+/// The sparse inputs of a request's text as a model with `buckets` buckets sees them: (bucket,
+/// value) sorted by bucket, each value the sum of its occurrences' normalized values. Training
+/// uses this; inference computes the same sums on the fly.
+pub fn hashed_inputs(text: &str, spec: &NgramSpec, buckets: usize) -> Vec<(u32, f64)> {
+    let mut raw: Vec<(u32, usize)> = Vec::new();
+    let mut counts = [0u32; GROUPS];
+    features::for_each_ngram(text, spec, |gram, hash, _, _| {
+        let g = group(gram);
+        counts[g] += 1;
+        let bucket = (hash as usize) & (buckets.max(1) - 1);
+        raw.push((u32::try_from(bucket).unwrap_or(u32::MAX), g));
+    });
+    let scale = counts.map(occurrence_value);
+    raw.sort_unstable();
+    let mut out: Vec<(u32, f64)> = Vec::with_capacity(raw.len());
+    for (bucket, g) in raw {
+        match out.last_mut() {
+            Some((b, v)) if *b == bucket => *v += scale[g],
+            _ => out.push((bucket, scale[g])),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_pick_the_strongest_path_that_clears_its_cut_off() {
+        let t = Thresholds {
+            reasoning: 0.4,
+            balanced: 0.5,
+        };
+        assert_eq!(t.choose([0.2, 0.35, 0.45]), RoutePath::Reasoning);
+        assert_eq!(t.choose([0.45, 0.3, 0.25]), RoutePath::Balanced);
+        assert_eq!(t.choose([0.6, 0.3, 0.1]), RoutePath::Fast);
+    }
+
+    #[test]
+    fn sparse_weights_find_exactly_the_buckets_they_hold() {
+        let rows = [
+            (0, [1.0, 0.0, 0.0]),
+            (63, [2.0, 0.0, 0.0]),
+            (64, [3.0, 0.0, 0.0]),
+            (200, [4.0, 0.0, 0.0]),
+        ];
+        let w = SparseWeights::new(256, rows).unwrap();
+        assert_eq!(w.len(), 4);
+        for (b, r) in rows {
+            assert_eq!(w.get(b), Some(&r), "{b}");
+        }
+        for b in [1, 62, 65, 199, 255, 256, 10_000] {
+            assert_eq!(w.get(b), None, "{b}");
+        }
+        assert!(SparseWeights::new(256, [(5, [0.0; 3]), (5, [0.0; 3])]).is_none());
+        assert!(SparseWeights::new(256, [(256, [0.0; 3])]).is_none());
+    }
+
+    #[test]
+    fn softmax_survives_extreme_scores() {
+        let p = softmax([1e300, -1e300, 0.0]);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert_eq!(softmax([f64::NAN, 0.0, 0.0]), [1.0 / 3.0; 3]);
+    }
+
+    #[test]
+    fn the_top_tracker_merges_repeats_and_keeps_the_largest() {
+        let mut top = Top::EMPTY;
+        let weights = [0.1, -0.9, 0.3, 0.2, 0.05, 0.4, 0.01, 0.6, 0.7, 0.02, 0.8];
+        for (i, w) in weights.into_iter().enumerate() {
+            top.offer([w, -w, 0.0], Gram::Word, i, 0, 0);
+        }
+        top.offer([0.1, -0.1, 0.0], Gram::Word, 0, 0, 0);
+        let mut kept: Vec<(usize, f64)> = top
+            .items
+            .iter()
+            .flatten()
+            .map(|t| (t.bucket, t.weights[0]))
+            .collect();
+        kept.sort_by_key(|k| k.0);
+        assert_eq!(
+            kept,
+            [
+                (0, 0.2),
+                (1, -0.9),
+                (2, 0.3),
+                (3, 0.2),
+                (5, 0.4),
+                (7, 0.6),
+                (8, 0.7),
+                (10, 0.8)
+            ]
+        );
+    }
+}

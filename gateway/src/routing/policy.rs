@@ -1,0 +1,410 @@
+//! The routing policy: one versioned JSON document that holds the classifier (its kind, and for
+//! the learned kind its n-gram settings, quantized sparse weights and thresholds). This module
+//! owns the document's shape, its validation (a policy that does not validate is refused whole,
+//! never half-applied), its canonical rendering (what `lumina policy train` writes, byte for
+//! byte), and the default policy shipped in `gateway/policies/default.json`.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::routing::features::{MAX_BYTE_NGRAM, NgramSpec, STRUCTURAL};
+use crate::routing::linear::{LinearModel, SparseWeights, Thresholds};
+
+/// The policy `lumina serve` routes with when none is published: trained by `lumina policy
+/// train` on `datasets/routing/train.jsonl`.
+pub const DEFAULT_POLICY_JSON: &str = include_str!("../../policies/default.json");
+
+/// The version of the hand-written classifier's policy.
+pub const CUES_VERSION: i64 = 1;
+
+/// Why a policy document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Not JSON of the policy's shape.
+    #[error("not a routing policy: {0}")]
+    Shape(#[from] serde_json::Error),
+    /// The shape is right but a value is not.
+    #[error("invalid routing policy: {0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> PolicyError {
+    PolicyError::Invalid(message.into())
+}
+
+/// A policy document as stored and published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// The policy's version, named by every decision made with it.
+    pub version: i64,
+    /// The classifier.
+    pub classifier: ClassifierDocument,
+    /// How the weights were trained, for people reading the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingInfo>,
+}
+
+/// The classifier part of a policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ClassifierDocument {
+    /// The hand-written cue weights (no parameters).
+    Cues,
+    /// A learned linear model.
+    Linear(LinearDocument),
+}
+
+/// A linear model's parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearDocument {
+    /// The paths of the weight columns, in order: always fast, balanced, reasoning.
+    pub paths: Vec<String>,
+    /// Hash buckets for the n-grams (a power of two).
+    pub buckets: u64,
+    /// Which n-grams are read, and from how much text.
+    pub ngrams: NgramsDocument,
+    /// A stored weight `q` means `q × scale`.
+    pub scale: f64,
+    /// Quantized bias per path.
+    pub bias: [i64; 3],
+    /// From probabilities to a path.
+    pub thresholds: ThresholdsDocument,
+    /// Quantized weights.
+    pub weights: WeightsDocument,
+}
+
+/// The n-gram settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NgramsDocument {
+    /// Word n-gram lengths: 1 (words), 2 (bigrams).
+    pub words: Vec<usize>,
+    /// Byte n-gram lengths (n-grams of the UTF-8 text: characters, for ASCII).
+    pub bytes: Vec<usize>,
+    /// Bytes of user text read (the head and tail of each turn, newest first).
+    pub window_bytes: usize,
+}
+
+/// The thresholds, see [`Thresholds`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdsDocument {
+    /// Least probability of reasoning that routes there.
+    pub reasoning: f64,
+    /// Least probability of balanced or stronger that routes to balanced.
+    pub balanced: f64,
+}
+
+/// Quantized weights: structural inputs by name, and the non-zero hash buckets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightsDocument {
+    /// Weight per path of each structural input (absent: zero).
+    pub structural: BTreeMap<String, [i64; 3]>,
+    /// `[bucket, fast, balanced, reasoning]`, ascending by bucket; absent buckets are zero.
+    pub hashed: Vec<[i64; 4]>,
+}
+
+/// How a policy's weights were trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingInfo {
+    /// Labelled items trained on.
+    pub items: usize,
+    /// Items per path (fast, balanced, reasoning).
+    pub per_path: [usize; 3],
+    /// Passes over the data.
+    pub epochs: usize,
+    /// AdaGrad's base learning rate.
+    pub learning_rate: f64,
+    /// L2 penalty per weight.
+    pub l2: f64,
+    /// Least items a hash bucket must occur in to get a weight.
+    pub min_count: u32,
+    /// Seed of the shuffles.
+    pub seed: u64,
+    /// Folds of the cross-validation that chose the thresholds.
+    pub folds: usize,
+    /// Least out-of-fold quality retained the thresholds had to keep.
+    pub quality_floor: f64,
+    /// Out-of-fold figures of the chosen thresholds: accuracy, quality retained, cost saved.
+    pub cross_validation: [f64; 3],
+}
+
+/// A validated policy, ready to classify with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// The policy's version.
+    pub version: i64,
+    /// The classifier.
+    pub classifier: Classifier,
+}
+
+/// A ready classifier.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Classifier {
+    /// The hand-written cue weights.
+    Cues,
+    /// A learned linear model.
+    Linear(Box<LinearModel>),
+}
+
+/// The largest hash table a policy may ask for (2^22 buckets, 48 MiB of weights).
+const MAX_BUCKETS: u64 = 1 << 22;
+
+impl Policy {
+    /// The hand-written classifier, version 1.
+    pub fn cues() -> Policy {
+        Policy {
+            version: CUES_VERSION,
+            classifier: Classifier::Cues,
+        }
+    }
+
+    /// Parses and validates a policy document.
+    pub fn parse(json: &str) -> Result<Policy, PolicyError> {
+        Policy::from_document(&serde_json::from_str(json)?)
+    }
+
+    /// Validates a document and builds the classifier it describes.
+    pub fn from_document(doc: &PolicyDocument) -> Result<Policy, PolicyError> {
+        if doc.version < 1 {
+            return Err(invalid("version: must be at least 1"));
+        }
+        let classifier = match &doc.classifier {
+            ClassifierDocument::Cues => Classifier::Cues,
+            ClassifierDocument::Linear(l) => Classifier::Linear(Box::new(linear_model(l)?)),
+        };
+        Ok(Policy {
+            version: doc.version,
+            classifier,
+        })
+    }
+}
+
+/// The n-gram settings of a document, validated.
+pub fn ngram_spec(n: &NgramsDocument) -> Result<NgramSpec, PolicyError> {
+    if n.words.iter().any(|&w| w != 1 && w != 2) || !strictly_ascending(&n.words) {
+        return Err(invalid(
+            "classifier.ngrams.words: expected ascending lengths from {1, 2}",
+        ));
+    }
+    if n.bytes.iter().any(|&c| c == 0 || c > MAX_BYTE_NGRAM) || !strictly_ascending(&n.bytes) {
+        return Err(invalid(format!(
+            "classifier.ngrams.bytes: expected ascending lengths from 1 to {MAX_BYTE_NGRAM}"
+        )));
+    }
+    if !(64..=65_536).contains(&n.window_bytes) {
+        return Err(invalid(
+            "classifier.ngrams.window_bytes: expected 64 to 65536",
+        ));
+    }
+    Ok(NgramSpec {
+        words: n.words.contains(&1),
+        bigrams: n.words.contains(&2),
+        bytes: n.bytes.clone(),
+    })
+}
+
+fn strictly_ascending(v: &[usize]) -> bool {
+    v.windows(2).all(|w| w[0] < w[1])
+}
+
+fn dequantize(q: [i64; 3], scale: f64, what: &str) -> Result<[f32; 3], PolicyError> {
+    let mut out = [0.0f32; 3];
+    for (o, v) in out.iter_mut().zip(q) {
+        let w = v as f64 * scale;
+        if !w.is_finite() || w.abs() > 1e6 {
+            return Err(invalid(format!("{what}: weight out of range")));
+        }
+        *o = w as f32;
+    }
+    Ok(out)
+}
+
+fn linear_model(l: &LinearDocument) -> Result<LinearModel, PolicyError> {
+    if l.paths != ["fast", "balanced", "reasoning"] {
+        return Err(invalid(
+            "classifier.paths: expected [\"fast\", \"balanced\", \"reasoning\"]",
+        ));
+    }
+    if !l.buckets.is_power_of_two() || !(256..=MAX_BUCKETS).contains(&l.buckets) {
+        return Err(invalid(
+            "classifier.buckets: expected a power of two from 256 to 4194304",
+        ));
+    }
+    if !l.scale.is_finite() || l.scale <= 0.0 || l.scale > 1.0 {
+        return Err(invalid("classifier.scale: expected a number in (0, 1]"));
+    }
+    let t = l.thresholds;
+    if !(0.0..=1.0).contains(&t.reasoning) || !(0.0..=1.0).contains(&t.balanced) {
+        return Err(invalid(
+            "classifier.thresholds: expected probabilities from 0 to 1",
+        ));
+    }
+    let mut structural = [[0.0f32; 3]; STRUCTURAL.len()];
+    for (name, q) in &l.weights.structural {
+        let Some(i) = STRUCTURAL.iter().position(|s| s == name) else {
+            return Err(invalid(format!(
+                "classifier.weights.structural: unknown input '{name}'"
+            )));
+        };
+        structural[i] = dequantize(*q, l.scale, "classifier.weights.structural")?;
+    }
+    let buckets =
+        usize::try_from(l.buckets).map_err(|_| invalid("classifier.buckets: too large"))?;
+    let mut rows = Vec::with_capacity(l.weights.hashed.len());
+    for row in &l.weights.hashed {
+        let [bucket, rest @ ..] = *row;
+        let bucket = usize::try_from(bucket).map_err(|_| {
+            invalid(format!(
+                "classifier.weights.hashed: bucket {bucket} out of range"
+            ))
+        })?;
+        rows.push((
+            bucket,
+            dequantize(rest, l.scale, "classifier.weights.hashed")?,
+        ));
+    }
+    let hashed = SparseWeights::new(buckets, rows).ok_or_else(|| {
+        invalid("classifier.weights.hashed: a bucket is out of range or out of order")
+    })?;
+    Ok(LinearModel {
+        buckets,
+        ngrams: ngram_spec(&l.ngrams)?,
+        window: l.ngrams.window_bytes,
+        bias: dequantize(l.bias, l.scale, "classifier.bias")?,
+        structural,
+        hashed,
+        thresholds: Thresholds {
+            reasoning: t.reasoning,
+            balanced: t.balanced,
+        },
+    })
+}
+
+impl PolicyDocument {
+    /// The canonical rendering: indented JSON with one hashed weight row per line, ending in a
+    /// newline. The same document always renders to the same bytes.
+    pub fn to_json(&self) -> Result<String, PolicyError> {
+        let mut outline = self.clone();
+        let rows = match &mut outline.classifier {
+            ClassifierDocument::Linear(l) => std::mem::take(&mut l.weights.hashed),
+            ClassifierDocument::Cues => Vec::new(),
+        };
+        let mut json = serde_json::to_string_pretty(&outline)?;
+        if let ClassifierDocument::Linear(_) = outline.classifier {
+            let mut body = String::with_capacity(rows.len() * 24);
+            for (i, r) in rows.iter().enumerate() {
+                let sep = if i + 1 == rows.len() { "" } else { "," };
+                body.push_str(&format!(
+                    "\n        [{},{},{},{}]{sep}",
+                    r[0], r[1], r[2], r[3]
+                ));
+            }
+            let placeholder = "\"hashed\": []";
+            let rendered = if rows.is_empty() {
+                placeholder.to_string()
+            } else {
+                format!("\"hashed\": [{body}\n      ]")
+            };
+            json = json.replacen(placeholder, &rendered, 1);
+        }
+        json.push('\n');
+        Ok(json)
+    }
+}
+
+static DEFAULT: LazyLock<Policy> = LazyLock::new(|| match Policy::parse(DEFAULT_POLICY_JSON) {
+    Ok(p) => p,
+    Err(e) => {
+        tracing::error!(error = %e, "the shipped routing policy does not load; routing with the hand-written classifier");
+        Policy::cues()
+    }
+});
+
+/// The shipped default policy, parsed on first use (the route table touches it at start).
+pub fn default_policy() -> &'static Policy {
+    &DEFAULT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_policy_loads_as_a_linear_model() {
+        let p = Policy::parse(DEFAULT_POLICY_JSON).unwrap();
+        assert!(
+            matches!(p.classifier, Classifier::Linear(_)),
+            "{:?}",
+            p.version
+        );
+        assert_eq!(default_policy(), &p);
+    }
+
+    #[test]
+    fn the_shipped_policy_is_in_canonical_form() {
+        let doc: PolicyDocument = serde_json::from_str(DEFAULT_POLICY_JSON).unwrap();
+        assert_eq!(doc.to_json().unwrap(), DEFAULT_POLICY_JSON);
+    }
+
+    #[test]
+    fn invalid_policies_are_refused_with_the_bad_key_named() {
+        let good: serde_json::Value = serde_json::from_str(DEFAULT_POLICY_JSON).unwrap();
+        let cases = [
+            (
+                "/classifier/buckets",
+                serde_json::json!(1000),
+                "classifier.buckets",
+            ),
+            (
+                "/classifier/scale",
+                serde_json::json!(-1.0),
+                "classifier.scale",
+            ),
+            (
+                "/classifier/thresholds/reasoning",
+                serde_json::json!(1.5),
+                "classifier.thresholds",
+            ),
+            (
+                "/classifier/ngrams/bytes",
+                serde_json::json!([4, 3]),
+                "classifier.ngrams.bytes",
+            ),
+            (
+                "/classifier/weights/hashed",
+                serde_json::json!([[5, 1, 1, 1], [5, 1, 1, 1]]),
+                "hashed",
+            ),
+            (
+                "/classifier/weights/hashed",
+                serde_json::json!([[-1, 1, 1, 1]]),
+                "hashed",
+            ),
+            (
+                "/classifier/bias",
+                serde_json::json!([i64::MAX, 0, 0]),
+                "classifier.bias",
+            ),
+            ("/version", serde_json::json!(0), "version"),
+        ];
+        for (pointer, value, named) in cases {
+            let mut doc = good.clone();
+            *doc.pointer_mut(pointer).unwrap() = value;
+            let err = Policy::parse(&doc.to_string()).unwrap_err().to_string();
+            assert!(err.contains(named), "{pointer}: {err}");
+        }
+        let mut doc = good.clone();
+        doc["classifier"]["weights"]["structural"]["nonsense"] = serde_json::json!([1, 2, 3]);
+        assert!(Policy::parse(&doc.to_string()).is_err());
+        assert!(Policy::parse("{\"version\": 3}").is_err());
+        assert!(Policy::parse("not json").is_err());
+    }
+
+    #[test]
+    fn the_cue_policy_is_a_document_too() {
+        let p = Policy::parse("{\"version\": 1, \"classifier\": {\"kind\": \"cues\"}}").unwrap();
+        assert_eq!(p, Policy::cues());
+    }
+}
