@@ -80,6 +80,8 @@ providers = ["json"]
 providers = ["sse"]
 [routes.reasoning]
 providers = ["simulated"]
+
+${EXTRA_CONFIG:-}
 EOF
 
 export LUMINA_ADMIN_KEY="bench-admin-key-0123456789"

@@ -111,11 +111,17 @@ impl Default for DemoConfig {
 pub struct ConsumersConfig {
     /// Most events applied per transaction.
     pub batch_size: usize,
+    /// How long a consumer that applied a partial batch waits for more events before the next
+    /// (larger batches cost less per event; the wait bounds how fresh views and balances are).
+    pub coalesce_ms: u64,
 }
 
 impl Default for ConsumersConfig {
     fn default() -> Self {
-        ConsumersConfig { batch_size: 2048 }
+        ConsumersConfig {
+            batch_size: 2048,
+            coalesce_ms: 10,
+        }
     }
 }
 
@@ -171,6 +177,9 @@ impl Config {
         }
         if self.consumers.batch_size == 0 {
             bail!("consumers.batch_size must be at least 1");
+        }
+        if self.consumers.coalesce_ms > 10_000 {
+            bail!("consumers.coalesce_ms must be at most 10000");
         }
         if let Some(url) = &self.database.url {
             lumina_eventlog::Backend::of_url(url)

@@ -21,6 +21,7 @@ pub async fn run<P: Projection>(config: &Config, projection: P, once: bool) -> a
     let db = connect_database(config).await?;
     let options = ConsumerOptions {
         batch_size: config.consumers.batch_size,
+        coalesce: std::time::Duration::from_millis(config.consumers.coalesce_ms),
         idle_wait: Duration::from_millis(200),
         ..ConsumerOptions::default()
     };

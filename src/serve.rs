@@ -78,6 +78,7 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let options = ConsumerOptions {
         batch_size: config.consumers.batch_size,
+        coalesce: std::time::Duration::from_millis(config.consumers.coalesce_ms),
         ..ConsumerOptions::default()
     };
     let source = |types: Vec<lumina_schemas::EventType>| -> anyhow::Result<LocalLogSource> {
