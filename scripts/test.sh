@@ -61,7 +61,7 @@ start_postgres() {
     done
 }
 
-# A Python with the official OpenAI SDK, for the SDK compatibility tests.
+# A Python with the official OpenAI and Anthropic SDKs, for the SDK compatibility tests.
 setup_python() {
   local venv="$CACHE/venv"
   if [ ! -x "$venv/bin/python" ]; then
@@ -70,7 +70,7 @@ setup_python() {
       python3 -m venv "$venv"
     }
   fi
-  "$venv/bin/python" -c "import openai" 2>/dev/null || "$venv/bin/pip" install -q openai
+  "$venv/bin/python" -c "import openai, anthropic" 2>/dev/null || "$venv/bin/pip" install -q openai anthropic
   export LUMINA_TEST_PYTHON="$venv/bin/python"
 }
 

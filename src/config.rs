@@ -12,6 +12,7 @@ use lumina_gateway::config::{
     BreakerConfig, GatewayConfig, ProviderConfig, RouteConfig, ServerConfig,
 };
 use lumina_gateway::metering::pricing::{PriceTable, PricingConfig};
+use lumina_gateway::routing::catalog::{Alias, DEFAULT_ALIASES};
 use lumina_schemas::NanoCredits;
 use serde::Deserialize;
 
@@ -36,6 +37,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Model catalog switches.
     pub catalog: CatalogConfig,
+    /// `[aliases]`: other model names (exact, or patterns with `*`) and the path each routes
+    /// to; absent, Claude's model families route as haiku → fast, sonnet → balanced,
+    /// opus → reasoning.
+    pub aliases: Option<BTreeMap<String, String>>,
     /// The demo account created on first start.
     pub demo: DemoConfig,
     /// Consumer tuning.
@@ -168,6 +173,21 @@ impl Config {
         }
     }
 
+    /// The model aliases in force: `[aliases]`, or Claude's families when there is none.
+    pub fn aliases(&self) -> anyhow::Result<Vec<Alias>> {
+        let aliases: Vec<Result<Alias, String>> = match &self.aliases {
+            Some(map) => map.iter().map(|(p, t)| Alias::new(p, t)).collect(),
+            None => DEFAULT_ALIASES
+                .iter()
+                .map(|(p, t)| Alias::new(p, t))
+                .collect(),
+        };
+        aliases
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if self.log.max_batch == 0 {
             bail!("log.max_batch must be at least 1");
@@ -181,6 +201,7 @@ impl Config {
         if self.consumers.coalesce_ms > 10_000 {
             bail!("consumers.coalesce_ms must be at most 10000");
         }
+        self.aliases()?;
         if let Some(url) = &self.database.url {
             lumina_eventlog::Backend::of_url(url)
                 .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;

@@ -23,7 +23,6 @@ pub async fn run<P: Projection>(config: &Config, projection: P, once: bool) -> a
         batch_size: config.consumers.batch_size,
         coalesce: std::time::Duration::from_millis(config.consumers.coalesce_ms),
         idle_wait: Duration::from_millis(200),
-        ..ConsumerOptions::default()
     };
     if let Some(kafka) = &config.kafka {
         kafka

@@ -192,7 +192,7 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         ledger: ledger.clone(),
         keys,
         admin_key: secrets.admin_key.clone(),
-        catalog: Catalog::new(config.catalog.fusion),
+        catalog: Catalog::new(config.catalog.fusion).with_aliases(config.aliases()?),
         log: log.clone(),
         readiness,
         routes,

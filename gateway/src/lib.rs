@@ -5,6 +5,7 @@
 //! policy come from read models maintained by the projector and the ledger.
 
 pub mod admin;
+pub mod anthropic_wire;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -62,7 +62,7 @@ async fn load_balances(
     accounts: &[&str],
 ) -> Result<HashMap<String, [i64; 4]>, sqlx::Error> {
     let mut balances = HashMap::with_capacity(accounts.len());
-    for chunk in pieces(&accounts, ROWS) {
+    for chunk in pieces(accounts, ROWS) {
         let sql = format!(
             "SELECT account_id, available_nano, held_nano, spent_nano, granted_nano
              FROM ledger_balances WHERE account_id IN {}",
@@ -108,7 +108,7 @@ async fn load_holds(
     request_ids: &[&str],
 ) -> Result<HashMap<String, HoldRow>, sqlx::Error> {
     let mut holds = HashMap::with_capacity(request_ids.len());
-    for chunk in pieces(&request_ids, ROWS) {
+    for chunk in pieces(request_ids, ROWS) {
         let sql = format!(
             "SELECT request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at
              FROM ledger_holds WHERE request_id IN {}",

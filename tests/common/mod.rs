@@ -484,6 +484,32 @@ pub fn payloads<'a>(events: &'a [Value], event_type: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The events of an Anthropic SSE stream, as (event type, data).
+pub fn parse_anthropic_sse(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|block| {
+            let mut kind = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(k) = line.strip_prefix("event: ") {
+                    kind = k.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            let value: Value = serde_json::from_str(&data)
+                .unwrap_or_else(|e| panic!("{e}: not a JSON event: {block:?}"));
+            assert_eq!(
+                value["type"],
+                kind.as_str(),
+                "event type and data disagree: {block}"
+            );
+            (kind, value)
+        })
+        .collect()
+}
+
 /// A decimal credit amount as written in JSON, as nano-credits (exact: parsed from the text).
 pub fn nanos(text: &str) -> i64 {
     lumina_schemas::NanoCredits::parse_credits(text).unwrap().0

@@ -69,7 +69,7 @@ impl MockUpstream {
         format!("{}/{provider}/v1", self.url)
     }
 
-    /// Sets how `provider` behaves: `ok`, `tools`, `nousage`, `slow` (300 ms between chunks),
+    /// Sets how `provider` behaves: `ok`, `tools`, `tools_when_asked`, `nousage`, `slow` (300 ms between chunks),
     /// `paced` (40 ms), `stall`, `cut`,
     /// `fail400`, `fail401` (with a masked key in its message), `fail429`, `fail500`,
     /// `fail503`, `fail529`; and misbehaviours with a parameter: `completion=<N>` (reports N
@@ -300,7 +300,14 @@ async fn openai(
     // Written as text: serde_json would turn 10^16 and beyond into other numbers.
     let usage = serde_json::value::RawValue::from_string(usage_text).unwrap();
     let text = format!("Mock answer to: {}", last_user_text(&body));
-    let tools = mode == "tools";
+    // `tools` always calls a tool; `tools_when_asked` only when the request offers tools and
+    // its last message is not a tool's result.
+    let last_is_tool_result = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .is_some_and(|m| m["role"] == "tool");
+    let tools = mode == "tools"
+        || (mode == "tools_when_asked" && body["tools"].is_array() && !last_is_tool_result);
     let name = first_tool_name(&body);
     if !stream {
         if mode == "cut" {

@@ -30,7 +30,7 @@ static X_LUMINA_DEPLOYMENT: HeaderName = HeaderName::from_static("x-lumina-deplo
 static X_LUMINA_COST: HeaderName = HeaderName::from_static("x-lumina-cost");
 
 /// The W3C trace id of a `traceparent` header.
-fn trace_id(headers: &HeaderMap) -> Option<String> {
+pub fn trace_id(headers: &HeaderMap) -> Option<String> {
     let tp = headers.get("traceparent")?.to_str().ok()?;
     let mut parts = tp.split('-');
     let _version = parts.next()?;
@@ -39,7 +39,7 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `x-lumina-*` and the key's rate-limit headers.
-fn routed_headers(headers: &mut HeaderMap, route: &Route) {
+pub fn routed_headers(headers: &mut HeaderMap, route: &Route) {
     headers.insert(
         X_LUMINA_ROUTE.clone(),
         HeaderValue::from_static(route.meta.path.as_str()),
@@ -71,6 +71,7 @@ pub async fn create(
         key,
         request_id,
         trace_id: trace_id(&headers),
+        anthropic: None,
     };
     if request.stream {
         let renderer = Box::new(ChatStream {
@@ -105,7 +106,7 @@ pub async fn create(
 }
 
 /// Appends `data: <json>\n\n`.
-fn put_sse(out: &mut BytesMut, data: &[u8]) {
+pub fn put_sse(out: &mut BytesMut, data: &[u8]) {
     out.reserve(data.len() + 8);
     out.put_slice(b"data: ");
     out.put_slice(data);

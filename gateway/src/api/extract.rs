@@ -154,7 +154,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The bearer token of a request, or "" when there is none.
+/// The bearer token of a request (or its `x-api-key`), or "" when there is none.
 fn bearer(parts: &Parts) -> &str {
     parts
         .headers
@@ -163,6 +163,10 @@ fn bearer(parts: &Parts) -> &str {
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| {
+            // Anthropic's SDKs and Claude Code send the key as `x-api-key`.
+            parts.headers.get("x-api-key").and_then(|v| v.to_str().ok())
         })
         .map_or("", str::trim)
 }

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod keepalive;
 pub mod ledger;
+pub mod messages;
 pub mod metrics;
 pub mod models;
 pub mod requests;
@@ -88,6 +89,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/chat/completions", post(chat::create))
+        .route("/v1/messages", post(messages::create))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(models::list))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/requests", get(requests::list))

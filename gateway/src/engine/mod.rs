@@ -32,7 +32,9 @@ use crate::engine::stream::Pump;
 use crate::metering::events::{Outcome, RequestMeta, Routing};
 use crate::metering::limits::LimitStatus;
 use crate::metering::usage;
-use crate::providers::{ChunkStream, ErrorClass, ProviderError, StreamChunk, UpstreamCall};
+use crate::providers::{
+    AnthropicHeaders, ChunkStream, ErrorClass, ProviderError, StreamChunk, UpstreamCall,
+};
 use crate::routing::catalog::ModelChoice;
 use crate::routing::classifier;
 use crate::routing::table::Deployment;
@@ -58,6 +60,8 @@ pub struct Call<'a> {
     pub request_id: RequestId,
     /// W3C trace id from `traceparent`, when sent.
     pub trace_id: Option<String>,
+    /// Anthropic's protocol headers, when the request came in as a Messages request.
+    pub anthropic: Option<AnthropicHeaders>,
 }
 
 /// A request past its limits and its hold, with `RequestRouted` queued.
@@ -237,6 +241,7 @@ fn upstream_call<'a>(
         request: call.request,
         upstream_model: &d.upstream_model,
         request_id: meta.request_id.as_str(),
+        anthropic: call.anthropic.as_ref(),
     }
 }
 

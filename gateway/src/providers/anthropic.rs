@@ -360,13 +360,20 @@ impl Anthropic {
         );
         let body = serde_json::to_vec(&body)
             .map_err(|e| ProviderError::new(ErrorClass::ClientError, e.to_string()))?;
-        let request = self
+        let client_headers = call.anthropic.cloned().unwrap_or_default();
+        let version = client_headers
+            .version
+            .unwrap_or_else(|| HeaderValue::from_static(ANTHROPIC_VERSION));
+        let mut request = self
             .client
             .post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("x-api-key", self.key.clone())
-            .header("anthropic-version", ANTHROPIC_VERSION)
+            .header("anthropic-version", version)
             .body(body);
+        if let Some(beta) = client_headers.beta {
+            request = request.header("anthropic-beta", beta);
+        }
         send(request, &self.timeouts, deadline).await
     }
 }

@@ -395,6 +395,18 @@ pub struct UpstreamCall<'a> {
     pub upstream_model: &'a str,
     /// Lumina's request id, for ids the adapter makes up.
     pub request_id: &'a str,
+    /// Anthropic's protocol headers the client sent, for Anthropic upstreams only.
+    pub anthropic: Option<&'a AnthropicHeaders>,
+}
+
+/// The `anthropic-version` and `anthropic-beta` headers of a Messages request: forwarded to
+/// Anthropic upstreams, never sent to others.
+#[derive(Debug, Clone, Default)]
+pub struct AnthropicHeaders {
+    /// `anthropic-version`
+    pub version: Option<reqwest::header::HeaderValue>,
+    /// `anthropic-beta`
+    pub beta: Option<reqwest::header::HeaderValue>,
 }
 
 /// An upstream adapter.

@@ -104,10 +104,82 @@ const ENTRIES: &[CatalogEntry] = &[
     },
 ];
 
+/// Aliases used when the configuration has no `[aliases]`: Claude's model families, so Claude
+/// Code and other Anthropic clients work with their own model names.
+pub const DEFAULT_ALIASES: [(&str, &str); 3] = [
+    ("claude-*haiku*", "fast"),
+    ("claude-*sonnet*", "balanced"),
+    ("claude-*opus*", "reasoning"),
+];
+
+/// A model name (or a pattern with `*` wildcards) that routes as a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    /// The name, or the pattern.
+    pub pattern: String,
+    /// What it routes to.
+    pub choice: ModelChoice,
+}
+
+impl Alias {
+    /// Parses `target` (`auto`, `fast`, `balanced`, `reasoning`, or a `lumina-*` model id) for
+    /// `pattern`.
+    pub fn new(pattern: &str, target: &str) -> Result<Alias, String> {
+        let choice = match target {
+            "auto" => ModelChoice::Auto,
+            "fast" => ModelChoice::Path(RoutePath::Fast),
+            "balanced" => ModelChoice::Path(RoutePath::Balanced),
+            "reasoning" => ModelChoice::Path(RoutePath::Reasoning),
+            other => match ENTRIES.iter().find(|e| e.id == other) {
+                Some(e) => e.choice,
+                None => {
+                    return Err(format!(
+                        "aliases.\"{pattern}\": '{other}' is not auto, fast, balanced, reasoning or a lumina-* model"
+                    ));
+                }
+            },
+        };
+        if pattern.is_empty() {
+            return Err("aliases: an alias needs a name".into());
+        }
+        Ok(Alias {
+            pattern: pattern.to_string(),
+            choice,
+        })
+    }
+
+    fn matches(&self, model: &str) -> bool {
+        glob(&self.pattern, model)
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
 /// The models this gateway offers.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     entries: Vec<&'static CatalogEntry>,
+    aliases: Vec<Alias>,
 }
 
 impl Catalog {
@@ -118,7 +190,15 @@ impl Catalog {
                 .iter()
                 .filter(|e| fusion_enabled || e.choice != ModelChoice::Path(RoutePath::Fusion))
                 .collect(),
+            aliases: Vec::new(),
         }
+    }
+
+    /// The catalog with `aliases` (exact names before patterns) routing other model names.
+    pub fn with_aliases(mut self, mut aliases: Vec<Alias>) -> Catalog {
+        aliases.sort_by_key(|a| a.pattern.contains('*'));
+        self.aliases = aliases;
+        self
     }
 
     /// Every model, canonical ids first in catalog order, then aliases.
@@ -126,12 +206,18 @@ impl Catalog {
         self.entries.iter().copied()
     }
 
-    /// What `model` routes to, if offered.
+    /// What `model` routes to, if offered: a catalog id, else the first alias that matches.
     pub fn resolve(&self, model: &str) -> Option<ModelChoice> {
         self.entries
             .iter()
             .find(|e| e.id == model)
             .map(|e| e.choice)
+            .or_else(|| {
+                self.aliases
+                    .iter()
+                    .find(|a| a.matches(model))
+                    .map(|a| a.choice)
+            })
     }
 }
 
@@ -152,6 +238,54 @@ mod tests {
         );
         assert_eq!(c.resolve("lumina-auto"), Some(ModelChoice::Auto));
         assert_eq!(c.resolve("gpt-4o"), None);
+    }
+
+    #[test]
+    fn aliases_route_other_model_names_exact_names_first() {
+        let defaults = DEFAULT_ALIASES
+            .iter()
+            .map(|(p, t)| Alias::new(p, t).unwrap())
+            .chain([Alias::new("claude-opus-4-1-special", "fast").unwrap()])
+            .collect();
+        let c = Catalog::new(false).with_aliases(defaults);
+        let path = |m| c.resolve(m);
+        assert_eq!(
+            path("claude-sonnet-4-5-20250929"),
+            Some(ModelChoice::Path(RoutePath::Balanced))
+        );
+        assert_eq!(
+            path("claude-3-5-haiku-latest"),
+            Some(ModelChoice::Path(RoutePath::Fast))
+        );
+        assert_eq!(
+            path("claude-opus-4-1"),
+            Some(ModelChoice::Path(RoutePath::Reasoning))
+        );
+        assert_eq!(
+            path("claude-opus-4-1-special"),
+            Some(ModelChoice::Path(RoutePath::Fast))
+        );
+        assert_eq!(path("claude-instant"), None);
+        assert_eq!(path("gpt-4o"), None);
+        assert!(
+            Alias::new("x", "medium")
+                .unwrap_err()
+                .contains("aliases.\"x\"")
+        );
+        assert_eq!(
+            Alias::new("x", "lumina-thinking").unwrap().choice,
+            ModelChoice::Path(RoutePath::Reasoning)
+        );
+    }
+
+    #[test]
+    fn globs_match_runs_of_characters() {
+        assert!(glob("a*c", "abbbc"));
+        assert!(glob("*", ""));
+        assert!(glob("ab", "ab"));
+        assert!(!glob("ab", "abc"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxcyyb"));
     }
 
     #[test]

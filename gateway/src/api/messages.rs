@@ -1,0 +1,446 @@
+//! `POST /v1/messages` and `POST /v1/messages/count_tokens`, Anthropic's Messages API: the
+//! request is translated into the engine's `Call` (`anthropic_wire.rs`), the engine's answer
+//! rendered as a Messages response or as Anthropic's typed SSE events (`message_start`,
+//! `content_block_start`/`_delta`/`_stop`, `message_delta`, `message_stop`, `ping`, `error`),
+//! errors in Anthropic's shape. `anthropic-version` and `anthropic-beta` reach Anthropic
+//! upstreams only. Usage is Anthropic's (input, output, cache tokens) with `cost` beside it.
+
+use std::convert::Infallible;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use lumina_schemas::ids::RequestId;
+use serde_json::{Value, json};
+
+use crate::anthropic_wire::{self, Translated};
+use crate::api::chat::{routed_headers, trace_id};
+use crate::api::error::ApiError;
+use crate::api::extract::{CustomerKey, RawBody};
+use crate::engine::{self, Call, RenderError, StreamEnd, StreamRenderer};
+use crate::json_keys::{self, KeyCheck};
+use crate::metering::usage;
+use crate::providers::{AnthropicHeaders, StreamChunk};
+use crate::state::AppState;
+use crate::wire::{ChatRequest, duplicate_member};
+
+static X_LUMINA_COST: HeaderName = HeaderName::from_static("x-lumina-cost");
+static X_LUMINA_DROPPED: HeaderName = HeaderName::from_static("x-lumina-dropped");
+
+/// An error in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}`, with the
+/// status and headers (`retry-after`, rate-limit headers) the gateway's error carries.
+pub struct MessagesError(pub ApiError);
+
+impl From<ApiError> for MessagesError {
+    fn from(e: ApiError) -> Self {
+        MessagesError(e)
+    }
+}
+
+/// Anthropic's error type for an HTTP status.
+fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 405 | 408 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 | 431 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+impl IntoResponse for MessagesError {
+    fn into_response(self) -> Response {
+        let message = self.0.to_string();
+        let openai = self.0.into_response();
+        let status = openai.status();
+        let body =
+            json!({"type": "error", "error": {"type": error_type(status), "message": message}});
+        let mut response = (status, axum::Json(body)).into_response();
+        for (name, value) in openai.headers() {
+            if name != CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        response
+    }
+}
+
+/// Reads, checks and translates a Messages body.
+fn translate(bytes: &[u8], count_only: bool) -> Result<Translated, ApiError> {
+    if let KeyCheck::Duplicate(d) = json_keys::check(bytes) {
+        return Err(duplicate_member(d).into());
+    }
+    anthropic_wire::translate_request(bytes, count_only).map_err(ApiError::from)
+}
+
+fn anthropic_headers(headers: &HeaderMap) -> AnthropicHeaders {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| reqwest::header::HeaderValue::from_bytes(v.as_bytes()).ok())
+    };
+    AnthropicHeaders {
+        version: get("anthropic-version"),
+        beta: get("anthropic-beta"),
+    }
+}
+
+/// `msg_…` for a request.
+fn message_id(request_id: &RequestId) -> String {
+    format!("msg_{}", request_id.as_str().trim_start_matches("req_"))
+}
+
+/// `POST /v1/messages`
+pub async fn create(
+    State(state): State<AppState>,
+    key: Result<CustomerKey, ApiError>,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<RawBody, ApiError>,
+) -> Result<Response, MessagesError> {
+    let CustomerKey(key) = key?;
+    let RawBody(bytes) = body?;
+    let translated = translate(&bytes, false)?;
+    let body = Bytes::from(translated.body);
+    let request = ChatRequest::parse(&body).map_err(ApiError::from)?;
+    let id = message_id(&request_id);
+    let call = Call {
+        request: &request,
+        body: &body,
+        key,
+        request_id,
+        trace_id: trace_id(&headers),
+        anthropic: Some(anthropic_headers(&headers)),
+    };
+    let mut response = if translated.stream {
+        let renderer = Box::new(MessagesStream::new(id, translated.model.clone()));
+        let streaming = engine::stream(&state, call, renderer).await?;
+        let body = Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(streaming.body).map(Ok::<_, Infallible>),
+        );
+        let mut response = (StatusCode::OK, body).into_response();
+        let h = response.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        routed_headers(h, &streaming.route);
+        response
+    } else {
+        let answer = engine::complete(&state, call).await?;
+        let cost = answer.charge.to_string();
+        let out = anthropic_wire::translate_response(
+            &answer.body,
+            &id,
+            &translated.model,
+            answer.usage,
+            &cost,
+        )
+        .map_err(|e| ApiError::Internal(format!("the answer could not be translated: {e}")))?;
+        let mut response = (StatusCode::OK, out).into_response();
+        let h = response.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(v) = HeaderValue::from_str(&cost) {
+            h.insert(X_LUMINA_COST.clone(), v);
+        }
+        routed_headers(h, &answer.route);
+        response
+    };
+    if translated.dropped_thinking {
+        response.headers_mut().insert(
+            X_LUMINA_DROPPED.clone(),
+            HeaderValue::from_static("thinking"),
+        );
+    }
+    Ok(response)
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt's tokens as the o200k tokenizer counts them
+/// (flagged `x-lumina-estimated`); nothing is charged or recorded.
+pub async fn count_tokens(
+    key: Result<CustomerKey, ApiError>,
+    body: Result<RawBody, ApiError>,
+) -> Result<Response, MessagesError> {
+    key?;
+    let RawBody(bytes) = body?;
+    let translated = translate(&bytes, true)?;
+    let tokens = tokio::task::spawn_blocking(move || {
+        ChatRequest::parse(&translated.body).map(|r| usage::prompt_tokens(&r))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(ApiError::from)?;
+    let mut response = axum::Json(json!({"input_tokens": tokens})).into_response();
+    response.headers_mut().insert(
+        HeaderName::from_static("x-lumina-estimated"),
+        HeaderValue::from_static("true"),
+    );
+    Ok(response)
+}
+
+/// Appends one Anthropic SSE event.
+fn put_event(out: &mut BytesMut, kind: &str, data: &Value) {
+    let text = data.to_string();
+    out.reserve(kind.len() + text.len() + 16);
+    out.put_slice(b"event: ");
+    out.put_slice(kind.as_bytes());
+    out.put_slice(b"\ndata: ");
+    out.put_slice(text.as_bytes());
+    out.put_slice(b"\n\n");
+}
+
+/// The block being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    None,
+    Text(usize),
+    Tool { block: usize, call: u64 },
+}
+
+/// A chat completion stream rewritten as Anthropic's Messages events.
+struct MessagesStream {
+    id: String,
+    model: String,
+    started: bool,
+    next_block: usize,
+    open: Open,
+    stop_reason: &'static str,
+}
+
+impl MessagesStream {
+    fn new(id: String, model: String) -> MessagesStream {
+        MessagesStream {
+            id,
+            model,
+            started: false,
+            next_block: 0,
+            open: Open::None,
+            stop_reason: "end_turn",
+        }
+    }
+
+    fn start(&mut self, out: &mut BytesMut) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        put_event(
+            out,
+            "message_start",
+            &json!({"type": "message_start", "message": {"id": self.id, "type": "message",
+                "role": "assistant", "model": self.model, "content": [], "stop_reason": null,
+                "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+        );
+        put_event(out, "ping", &json!({"type": "ping"}));
+    }
+
+    fn close(&mut self, out: &mut BytesMut) {
+        let index = match self.open {
+            Open::None => return,
+            Open::Text(i) | Open::Tool { block: i, .. } => i,
+        };
+        put_event(
+            out,
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        );
+        self.open = Open::None;
+    }
+
+    fn text(&mut self, text: &str, out: &mut BytesMut) {
+        let index = match self.open {
+            Open::Text(i) => i,
+            _ => {
+                self.close(out);
+                let i = self.next_block;
+                self.next_block += 1;
+                put_event(
+                    out,
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": i,
+                        "content_block": {"type": "text", "text": ""}}),
+                );
+                self.open = Open::Text(i);
+                i
+            }
+        };
+        put_event(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "text_delta", "text": text}}),
+        );
+    }
+
+    fn tool(&mut self, call: &Value, out: &mut BytesMut) {
+        let call_index = call["index"].as_u64().unwrap_or(0);
+        let is_open = matches!(self.open, Open::Tool { call, .. } if call == call_index);
+        if !is_open {
+            self.close(out);
+            let i = self.next_block;
+            self.next_block += 1;
+            put_event(
+                out,
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": i, "content_block": {
+                    "type": "tool_use", "id": call["id"].as_str().unwrap_or(""),
+                    "name": call["function"]["name"].as_str().unwrap_or(""), "input": {}}}),
+            );
+            self.open = Open::Tool {
+                block: i,
+                call: call_index,
+            };
+        }
+        let Open::Tool { block, .. } = self.open else {
+            return;
+        };
+        if let Some(partial) = call["function"]["arguments"]
+            .as_str()
+            .filter(|a| !a.is_empty())
+        {
+            put_event(
+                out,
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": block,
+                    "delta": {"type": "input_json_delta", "partial_json": partial}}),
+            );
+        }
+    }
+}
+
+impl StreamRenderer for MessagesStream {
+    fn chunk(&mut self, chunk: &StreamChunk, out: &mut BytesMut) -> Result<(), RenderError> {
+        let v: Value = serde_json::from_slice(&chunk.data)
+            .map_err(|e| RenderError(format!("a chunk is not JSON: {e}")))?;
+        self.start(out);
+        for choice in v["choices"].as_array().into_iter().flatten() {
+            let delta = &choice["delta"];
+            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+                self.text(text, out);
+            }
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                self.tool(call, out);
+            }
+            if let Some(finish) = choice["finish_reason"].as_str() {
+                self.stop_reason = anthropic_wire::stop_reason(Some(finish));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, end: StreamEnd<'_>, out: &mut BytesMut) -> Result<(), RenderError> {
+        self.start(out);
+        self.close(out);
+        let usage = anthropic_wire::usage_json(end.usage, &end.charge.to_string());
+        let mut delta = format!(
+            r#"{{"type":"message_delta","delta":{{"stop_reason":"{}","stop_sequence":null}},"usage":"#,
+            self.stop_reason
+        );
+        delta.push_str(&usage);
+        delta.push('}');
+        out.put_slice(b"event: message_delta\ndata: ");
+        out.put_slice(delta.as_bytes());
+        out.put_slice(b"\n\n");
+        put_event(out, "message_stop", &json!({"type": "message_stop"}));
+        Ok(())
+    }
+
+    fn fail(&mut self, message: &str, code: &str, out: &mut BytesMut) {
+        let kind = if code == "upstream_cut" {
+            "overloaded_error"
+        } else {
+            "api_error"
+        };
+        put_event(
+            out,
+            "error",
+            &json!({"type": "error", "error": {"type": kind, "message": message}}),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(json: Value) -> StreamChunk {
+        StreamChunk {
+            data: Bytes::from(json.to_string()),
+            text: String::new(),
+            usage: None,
+            usage_only: false,
+        }
+    }
+
+    fn events(out: &BytesMut) -> Vec<(String, Value)> {
+        std::str::from_utf8(out)
+            .unwrap()
+            .split("\n\n")
+            .filter(|b| !b.is_empty())
+            .map(|b| {
+                let (event, data) = b.split_once('\n').unwrap();
+                (
+                    event.trim_start_matches("event: ").to_string(),
+                    serde_json::from_str(data.trim_start_matches("data: ")).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_become_typed_events_with_blocks_opened_and_closed() {
+        let mut r = MessagesStream::new("msg_1".into(), "claude-x".into());
+        let mut out = BytesMut::new();
+        for c in [
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+            json!({"choices": [{"index": 0, "delta": {"content": "Hello "}}]}),
+            json!({"choices": [{"index": 0, "delta": {"content": "there"}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        ] {
+            r.chunk(&chunk(c), &mut out).unwrap();
+        }
+        let kinds: Vec<String> = events(&out).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            kinds,
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta"
+            ]
+        );
+        let all = events(&out);
+        assert_eq!(all[6].1["content_block"]["type"], "tool_use");
+        assert_eq!(all[6].1["index"], 1);
+        assert_eq!(r.stop_reason, "tool_use");
+        let mut end = BytesMut::new();
+        r.fail("gone", "upstream_cut", &mut end);
+        assert_eq!(events(&end)[0].0, "error");
+    }
+
+    #[test]
+    fn errors_take_anthropic_types() {
+        assert_eq!(error_type(StatusCode::UNAUTHORIZED), "authentication_error");
+        assert_eq!(
+            error_type(StatusCode::TOO_MANY_REQUESTS),
+            "rate_limit_error"
+        );
+        assert_eq!(error_type(StatusCode::NOT_FOUND), "not_found_error");
+        assert_eq!(error_type(StatusCode::BAD_GATEWAY), "api_error");
+    }
+}

@@ -1,0 +1,276 @@
+//! Anthropic's Messages API (`/v1/messages`) against the real binary, driven by the official
+//! `anthropic` Python SDK and by requests shaped as Claude Code sends them: text, streams, a
+//! system prompt, a tool call round trip, `count_tokens`, errors in Anthropic's shape, the
+//! `anthropic-beta` header reaching Anthropic upstreams only, and every charge equal to the
+//! ledger's.
+//!
+//! Needs `LUMINA_TEST_PYTHON`, a Python with the `anthropic` package (`scripts/test.sh` builds
+//! one).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::upstream::Mocked;
+use common::{Lumina, assert_openai_error, header, nanos, parse_anthropic_sse};
+use serde_json::{Value, json};
+
+fn python() -> String {
+    std::env::var("LUMINA_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("LUMINA_TEST_PYTHON is not set: run ./scripts/test.sh, which creates a venv with the anthropic package")
+    })
+}
+
+/// Runs `script` with `args` in the SDK's Python; asserts it succeeded and returns its stdout.
+async fn run_python(script: &'static str, args: Vec<String>) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg("-c")
+            .arg(script)
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+const SDK_SCRIPT: &str = r#"
+import sys, json, anthropic
+base, key, model = sys.argv[1], sys.argv[2], sys.argv[3]
+c = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+costs = []
+
+m = c.messages.create(model=model, max_tokens=64, system="Answer briefly.",
+    messages=[{"role": "user", "content": "Say hello to the gateway."}])
+assert m.type == "message" and m.role == "assistant", m
+assert m.content and m.content[0].type == "text" and m.content[0].text, m.content
+assert m.stop_reason in ("end_turn", "max_tokens"), m.stop_reason
+assert m.usage.input_tokens > 0 and m.usage.output_tokens > 0, m.usage
+costs.append(m.usage.model_extra["cost"])
+
+with c.messages.stream(model=model, max_tokens=64,
+        messages=[{"role": "user", "content": "Stream a few words."}]) as s:
+    text, cost = "", None
+    for event in s:
+        if event.type == "text":
+            text += event.text
+        elif event.type == "message_delta":
+            cost = event.usage.model_extra["cost"]
+    final = s.get_final_message()
+assert text, "no streamed text"
+assert final.content[0].text == text
+assert final.usage.output_tokens > 0
+assert cost is not None
+costs.append(cost)
+
+tools = [{"name": "get_weather", "description": "Weather of a city",
+          "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+first = c.messages.create(model=model, max_tokens=64, tools=tools,
+    tool_choice={"type": "tool", "name": "get_weather"},
+    messages=[{"role": "user", "content": "Weather in Paris?"}])
+uses = [b for b in first.content if b.type == "tool_use"]
+assert uses and uses[0].name == "get_weather", first.content
+assert first.stop_reason == "tool_use", first.stop_reason
+costs.append(first.usage.model_extra["cost"])
+second = c.messages.create(model=model, max_tokens=64, tools=tools, messages=[
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": first.content},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id, "content": "sunny, 21C"}]}])
+assert second.content, second
+costs.append(second.usage.model_extra["cost"])
+
+n = c.messages.count_tokens(model=model, messages=[{"role": "user", "content": "How many tokens is this?"}])
+assert n.input_tokens > 3, n
+
+def raises(kind, f):
+    try:
+        f()
+    except kind as e:
+        return e
+    raise SystemExit(f"expected {kind.__name__}")
+
+e = raises(anthropic.AuthenticationError, lambda: anthropic.Anthropic(base_url=base, api_key="lum_wrong", max_retries=0).messages.create(model=model, max_tokens=8, messages=[{"role": "user", "content": "x"}]))
+assert e.body["type"] == "error" and e.body["error"]["type"] == "authentication_error", e.body
+e = raises(anthropic.NotFoundError, lambda: c.messages.create(model="gpt-nope", max_tokens=8, messages=[{"role": "user", "content": "x"}]))
+assert e.body["error"]["type"] == "not_found_error", e.body
+e = raises(anthropic.BadRequestError, lambda: c.messages.create(model=model, max_tokens=8, messages=[{"role": "wizard", "content": "x"}]))
+assert e.body["error"]["type"] == "invalid_request_error", e.body
+print(json.dumps({"costs": [str(x) for x in costs]}))
+"#;
+
+/// The account's ledger balance once it has journaled `spent` nano-credits (or after 20 s).
+async fn spent_after(lumina: &Lumina, account: &str, spent: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = lumina.balance(account).await;
+        let now = b["spent_nano"].as_i64().unwrap();
+        if (now == spent && b["held_nano"] == 0) || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn sdk_round_trip(lumina: &Lumina, model: &str) {
+    let account = lumina.account("Anthropic SDK", "5").await;
+    let (_, key) = lumina.key(&account).await;
+    let stdout = run_python(SDK_SCRIPT, vec![lumina.url.clone(), key, model.to_string()]).await;
+    let costs: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let told: i64 = costs["costs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| nanos(c.as_str().unwrap()))
+        .sum();
+    assert!(told > 0);
+    assert_eq!(spent_after(lumina, &account, told).await, told);
+}
+
+#[tokio::test]
+async fn the_anthropic_sdk_works_against_the_simulated_provider() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lumina = Lumina::start(&tmp.path().join("data"), &tmp.path().join("out"), &[]).await;
+    sdk_round_trip(&lumina, "claude-sonnet-4-5-20250929").await;
+}
+
+#[tokio::test]
+async fn the_anthropic_sdk_works_against_an_openai_compatible_upstream() {
+    let m = Mocked::with("").await;
+    m.mock.set("primary", "tools_when_asked");
+    sdk_round_trip(&m.lumina, "claude-3-5-haiku-latest").await;
+    let primary = m.mock.requests_of("primary");
+    assert!(!primary.is_empty());
+    assert!(primary.iter().all(|r| r.api == "chat/completions"));
+}
+
+/// A streamed request shaped as Claude Code sends it.
+fn claude_code_request(model: &str) -> Value {
+    json!({
+        "model": model, "max_tokens": 512, "stream": true,
+        "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "List the files.", "cache_control": {"type": "ephemeral"}}]}],
+        "tools": [{"name": "Bash", "description": "Run a command", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}],
+        "metadata": {"user_id": "user_abc_account__session_1"},
+        "temperature": 1
+    })
+}
+
+async fn post_messages(lumina: &Lumina, key: &str, body: &Value, beta: &str) -> (u16, String) {
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/messages", lumina.url))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", beta)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_claude_code_request_completes_and_beta_headers_reach_anthropic_upstreams_only() {
+    let m = Mocked::with("").await;
+    let account = m.lumina.account("Claude Code", "5").await;
+    let (_, key) = m.lumina.key(&account).await;
+    let beta = "claude-code-20250219,interleaved-thinking-2025-05-14,not-a-real-beta-2099";
+    // Haiku routes to fast: OpenAI-compatible upstreams, which must not see the beta header.
+    let (status, text) = post_messages(
+        &m.lumina,
+        &key,
+        &claude_code_request("claude-haiku-4-5"),
+        beta,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let events = parse_anthropic_sse(&text);
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"message_start"));
+    assert_eq!(kinds.last(), Some(&"message_stop"));
+    assert!(kinds.contains(&"content_block_delta"), "{kinds:?}");
+    let delta = &events.iter().find(|(k, _)| k == "message_delta").unwrap().1;
+    assert!(delta["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    assert!(delta["usage"]["cost"].is_number());
+    for r in m.mock.requests_of("primary") {
+        assert!(!r.headers.contains_key("anthropic-beta"), "{:?}", r.headers);
+        assert!(!r.headers.contains_key("anthropic-version"));
+    }
+    // Opus routes to reasoning, whose first deployment speaks Anthropic: it gets them.
+    let (status, text) = post_messages(
+        &m.lumina,
+        &key,
+        &claude_code_request("claude-opus-4-1"),
+        beta,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let claude = m.mock.requests_of("claude");
+    assert_eq!(claude.len(), 1);
+    assert_eq!(claude[0].headers["anthropic-beta"], beta);
+    assert_eq!(claude[0].headers["anthropic-version"], "2023-06-01");
+}
+
+#[tokio::test]
+async fn bad_messages_requests_get_anthropic_errors_and_the_server_keeps_serving() {
+    let m = Mocked::with("").await;
+    let account = m.lumina.account("Bad Input", "1").await;
+    let (_, key) = m.lumina.key(&account).await;
+    let model = "claude-sonnet-4-5";
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{\"model\":".into(), 400, "invalid_request_error"),
+        ("[1,2]".into(), 400, "invalid_request_error"),
+        (json!({"model": model, "messages": [{"role": "user", "content": "x"}]}).to_string(), 400, "invalid_request_error"),
+        (json!({"model": model, "max_tokens": "ten", "messages": [{"role": "user", "content": "x"}]}).to_string(), 400, "invalid_request_error"),
+        (json!({"model": "gpt-nope", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}).to_string(), 404, "not_found_error"),
+        (r#"{"model":"claude-sonnet-4-5","max_tokens":1,"max_tokens":100000,"messages":[{"role":"user","content":"x"}]}"#.into(), 400, "invalid_request_error"),
+    ];
+    for (body, status, kind) in cases {
+        let res = reqwest::Client::new()
+            .post(format!("{}/v1/messages", m.lumina.url))
+            .header("x-api-key", &key)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status, "{body}");
+        assert!(!header(res.headers(), "x-request-id").is_empty());
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["type"], "error", "{body}: {v}");
+        assert_eq!(v["error"]["type"], kind, "{body}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        );
+    }
+    // A missing key, in Anthropic's shape; the chat surface still answers in OpenAI's.
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/messages", m.lumina.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let (status, _, v) = m
+        .lumina
+        .request(
+            reqwest::Method::POST,
+            "/v1/chat/completions",
+            None,
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_openai_error(&v);
+}
