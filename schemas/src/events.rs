@@ -192,6 +192,7 @@ event_types! {
     HoldExpired => "hold_expired" [1] current 1;
     FusionPanelCompleted => "fusion_panel_completed" [1] current 1;
     RequestContentRecorded => "request_content_recorded" [1] current 1;
+    EvalCompleted => "eval_completed" [1] current 1;
 }
 
 /// Something done with a payload struct, generic over its type.

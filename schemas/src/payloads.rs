@@ -280,3 +280,40 @@ pub struct RequestContentRecorded {
     /// The answer's tool calls, JSON text, when there were any.
     pub tool_calls_json: Option<String>,
 }
+
+/// An eval item's answer was scored (`lumina eval run`). The item's request is the envelope's
+/// `request_id`; path, deployment, task classes and charges are the gateway's own record of the
+/// requests, never the client's word.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalCompleted {
+    /// The eval run this result belongs to.
+    pub run_id: String,
+    /// The eval dataset's name.
+    pub dataset: String,
+    /// The item's id within the dataset.
+    pub item_id: String,
+    /// The `model` the item's request asked for.
+    pub model: String,
+    /// The path the gateway chose for the item's request.
+    pub path: String,
+    /// The deployment that answered.
+    pub deployment: Option<String>,
+    /// The item's task class from the dataset, when it has one.
+    pub task_class: Option<String>,
+    /// The task class the gateway's classifier recorded for the request.
+    pub routed_task_class: Option<String>,
+    /// `exact`, `regex`, `json_schema`, `numeric` or `judge`.
+    pub check_kind: String,
+    /// The answer's score, 0 to 1.
+    pub score: f64,
+    /// Whether the score met the check's bar.
+    pub passed: bool,
+    /// The item request's charge in nano-credits, as settled.
+    pub cost_nano: i64,
+    /// The item request's latency as the eval client measured it, milliseconds.
+    pub latency_ms: f64,
+    /// The judge's request, for judge checks.
+    pub judge_request_id: Option<String>,
+    /// The judge request's charge in nano-credits, as settled.
+    pub judge_cost_nano: Option<i64>,
+}

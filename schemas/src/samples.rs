@@ -161,6 +161,24 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             tool_calls_json: None,
         }
         .into(),
+        EventType::EvalCompleted => EvalCompleted {
+            run_id: format!("run_{seed:032x}"),
+            dataset: "smoke".into(),
+            item_id: format!("item-{n}"),
+            model: "lumina-auto".into(),
+            path: "balanced".into(),
+            deployment: Some("sim-balanced".into()),
+            task_class: Some("arithmetic".into()),
+            routed_task_class: Some("math".into()),
+            check_kind: "judge".into(),
+            score: 0.75,
+            passed: true,
+            cost_nano: 1_234_567 + n,
+            latency_ms: 812.5,
+            judge_request_id: Some(format!("req_{:032x}", seed + 1)),
+            judge_cost_nano: Some(98_765),
+        }
+        .into(),
     };
     Event::new(envelope, payload)
 }
