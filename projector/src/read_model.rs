@@ -1,7 +1,8 @@
 //! Read models of accounts, projects, credit grants and API keys.
 //!
 //! [`ReadModelProjection`] applies `AccountOpened`, `CreditsGranted`, `ApiKeyCreated`,
-//! `ApiKeyRevoked` and `LimitsChanged`; [`ReadModel`] answers the queries of the admin API and
+//! `ApiKeyRevoked` and `LimitsChanged` (the request views in [`crate::requests`], eval results in
+//! [`crate::eval_results`]); [`ReadModel`] answers the queries of the admin API and
 //! the gateway's key cache. Every column comes from an event (timestamps are `occurred_at`,
 //! never the wall clock), so a rebuild produces identical rows.
 
@@ -37,6 +38,7 @@ impl lumina_eventlog::Projection for ReadModelProjection {
                 | EventType::RequestSettled
                 | EventType::FeedbackReceived
                 | EventType::RequestContentRecorded
+                | EventType::EvalCompleted
         )
     }
 
@@ -53,7 +55,8 @@ impl lumina_eventlog::Projection for ReadModelProjection {
             apply_one(conn, event).await?;
         }
         crate::requests::apply_batch(conn, events).await?;
-        crate::requests::update_stats(conn, events).await
+        crate::requests::update_stats(conn, events).await?;
+        crate::eval_results::apply_batch(conn, events).await
     }
 }
 
@@ -408,7 +411,7 @@ impl ReadModel {
 }
 
 /// Tables the projector writes, in deletion order.
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 10] = [
     "api_keys",
     "credit_grants",
     "projects",
@@ -418,6 +421,7 @@ pub const TABLES: [&str; 9] = [
     "usage_minutes",
     "route_stats",
     "request_content",
+    "eval_results",
 ];
 
 /// Drops every read-model row and the projector's positions in one transaction, so the next
