@@ -180,8 +180,9 @@ impl Admin {
         Envelope::new(account_id, self.instance.as_str())
     }
 
-    /// Appends `events` in order, then waits until every consumer has applied the last one.
-    async fn record(&self, events: &[Event]) -> Result<(), AdminError> {
+    /// Appends `events` in order, then waits until every consumer has applied the last one:
+    /// admin writes, and customer writes that must be readable once answered (eval results).
+    pub async fn record(&self, events: &[Event]) -> Result<(), AdminError> {
         let mut last = 0;
         for event in events {
             last = self.log.append_event(event).await?;

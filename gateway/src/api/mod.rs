@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod chat;
 pub mod error;
+pub mod evals;
 pub mod extract;
 pub mod health;
 pub mod keepalive;
@@ -96,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests", get(requests::list))
         .route("/v1/requests/{id}", get(requests::get))
         .route("/v1/feedback", post(requests::feedback))
+        .route("/v1/evals/results", post(evals::record))
         .route("/admin/requests", get(requests::admin_list))
         .route("/admin/requests/{id}", get(requests::admin_get))
         .route("/admin/routes/stats", get(requests::route_stats))
