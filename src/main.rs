@@ -5,6 +5,7 @@ mod config;
 mod consumer_cmd;
 mod data_dir;
 mod eval_export;
+mod eval_run;
 mod http;
 mod replay;
 mod routing_cmd;
@@ -54,7 +55,7 @@ enum Command {
     /// Live events.
     #[command(subcommand)]
     Events(EventsCommand),
-    /// Eval datasets from production traffic, and routing evals.
+    /// Eval datasets from production traffic, routing evals, and eval runs through a gateway.
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Routing policies.
@@ -171,6 +172,9 @@ enum EvalCommand {
     /// Measure a routing policy's classifier on a labelled routing set (in process): accuracy,
     /// precision and recall per path, confusion matrix, quality retained, cost saved.
     Routing(EvalRoutingArgs),
+    /// Send an eval dataset through a gateway to one or more models, score every answer,
+    /// record an EvalCompleted per item and model, and print quality, cost and latency.
+    Run(eval_run::EvalRunArgs),
 }
 
 #[derive(Args)]
@@ -791,6 +795,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval(EvalCommand::Export(args)) => run_eval_export(args).await,
+        Command::Eval(EvalCommand::Run(args)) => eval_run::run(args).await,
         Command::Eval(EvalCommand::Routing(a)) => routing_cmd::eval_routing(
             &a.dataset,
             a.policy.as_deref(),
