@@ -336,7 +336,10 @@ mod tests {
         let c = check(json!({"kind": "json_schema", "schema": {
             "type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}));
         assert!(passes(&c, r#"{"name": "Ada"}"#));
-        assert!(passes(&c, "Here you go:\n```json\n{\"name\": \"Ada\"}\n```"));
+        assert!(passes(
+            &c,
+            "Here you go:\n```json\n{\"name\": \"Ada\"}\n```"
+        ));
         assert!(passes(&c, r#"Sure: {"name": "Ada"} — anything else?"#));
         assert!(!passes(&c, r#"{"name": 36}"#));
         assert!(!passes(&c, "no JSON here"));
@@ -360,7 +363,13 @@ mod tests {
         let v = judge
             .verdict(r#"{"score": 3} on reflection {"score": 8, "reason": "fine"}"#)
             .unwrap();
-        assert_eq!(v, Score { score: 0.8, passed: true });
+        assert_eq!(
+            v,
+            Score {
+                score: 0.8,
+                passed: true
+            }
+        );
         assert_eq!(judge.verdict("Score: 6/10").unwrap().score, 0.6);
         assert!(judge.verdict("no idea").is_err());
         assert!(judge.verdict(r#"{"score": 42}"#).is_err());

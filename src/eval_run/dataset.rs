@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -61,7 +61,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Item>> {
             continue;
         }
         let number = n + 1;
-        let item = parse_line(line).with_context(|| format!("line {number}"))?;
+        let item = parse_line(line).map_err(|e| anyhow!("line {number}: {e:#}"))?;
         if !ids.insert(item.id.clone()) {
             bail!("line {number}: item id '{}' is used twice", item.id);
         }

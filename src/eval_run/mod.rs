@@ -80,7 +80,8 @@ pub struct EvalRunArgs {
 pub async fn run(args: EvalRunArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.dataset)
         .with_context(|| format!("reading {}", args.dataset.display()))?;
-    let items = dataset::parse(&text).with_context(|| args.dataset.display().to_string())?;
+    let items =
+        dataset::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", args.dataset.display()))?;
     let name = match &args.name {
         Some(name) => name.clone(),
         None => args
@@ -129,7 +130,13 @@ pub async fn run(args: EvalRunArgs) -> anyhow::Result<()> {
         models,
         judge_model: args.judge_model.clone(),
     };
-    let outcome = evaluate(Arc::new(run), Arc::new(gateway), args.concurrency, args.json).await;
+    let outcome = evaluate(
+        Arc::new(run),
+        Arc::new(gateway),
+        args.concurrency,
+        args.json,
+    )
+    .await;
     if let Some(child) = child {
         child.stop().await?;
     }
@@ -249,11 +256,15 @@ async fn answer(run: &Run, gateway: &Gateway, item: usize, model: usize) -> Outc
                 Ok(reply) => {
                     match judge.verdict(&reply.text) {
                         Ok(score) => outcome.score = Some(score),
-                        Err(e) => outcome.error = Some(format!("{e} (request {})", reply.request_id)),
+                        Err(e) => {
+                            outcome.error = Some(format!("{e} (request {})", reply.request_id))
+                        }
                     }
                     outcome.judge = Some(reply);
                 }
-                Err(failed) => outcome.error = Some(format!("the judge failed: {}", failed.message)),
+                Err(failed) => {
+                    outcome.error = Some(format!("the judge failed: {}", failed.message))
+                }
             }
         }
         check => outcome.score = check.score(&answered.text),

@@ -303,7 +303,13 @@ mod tests {
         assert_eq!(s.cost, "1");
         assert_eq!(s.cost_nano, 1_000_000_000);
         assert_eq!(s.judge_cost, "0.100000003");
-        assert_eq!(s.latency_ms, Some(Latency { p50: 20.0, p95: 30.0 }));
+        assert_eq!(
+            s.latency_ms,
+            Some(Latency {
+                p50: 20.0,
+                p95: 30.0
+            })
+        );
     }
 
     #[test]
