@@ -118,7 +118,7 @@ impl ReadModel {
                 "SELECT request_id, account_id, requested_model, path, task_class, deployment,
                      outcome, charge_nano
                  FROM requests WHERE request_id IN {}",
-                in_list(&*conn, chunk.len())
+                in_list(&conn, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
@@ -154,7 +154,7 @@ impl ReadModel {
         for chunk in pieces(ids, IDS) {
             let sql = format!(
                 "SELECT request_id, account_id FROM eval_results WHERE request_id IN {}",
-                in_list(&*conn, chunk.len())
+                in_list(&conn, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {

@@ -152,6 +152,26 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_smoke_set_parses_and_every_line_follows_the_item_schema() {
+        let text = include_str!("../../datasets/evals/smoke.jsonl");
+        let items = parse(text).unwrap();
+        let kinds: HashSet<&str> = items.iter().map(|i| i.check.kind().as_str()).collect();
+        assert_eq!(kinds.len(), 5, "every check kind is covered");
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schemas/eval/item.v1.schema.json")).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let value: Value = serde_json::from_str(line).unwrap();
+            assert!(validator.is_valid(&value), "line {}: {line}", n + 1);
+        }
+        let bad: Value = serde_json::from_str(
+            r#"{"id":"x","prompt":"p","messages":[],"check":{"kind":"exact","expected":"y"}}"#,
+        )
+        .unwrap();
+        assert!(!validator.is_valid(&bad));
+    }
+
+    #[test]
     fn an_unknown_field_is_refused() {
         let typo = r#"{"id":"a","promt":"hi","check":{"kind":"exact","expected":"x"}}"#;
         let err = format!("{:#}", parse(typo).unwrap_err());
