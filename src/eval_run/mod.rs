@@ -163,7 +163,7 @@ async fn evaluate(
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} evaluating [{bar:40}] {pos}/{len} answers ({per_sec}, eta {eta}) {msg}",
+            "{spinner} evaluating [{bar:40}] {pos}/{len} answers ({per_sec}, eta {eta})",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
