@@ -73,15 +73,20 @@ fn result(r: usize, score: f64) -> EvalCompleted {
         model: "lumina-auto".into(),
         path: "balanced".into(),
         deployment: Some("p/m".into()),
-        task_class: (r % 2 == 0).then(|| "arithmetic".into()),
+        task_class: r.is_multiple_of(2).then(|| "arithmetic".into()),
         routed_task_class: Some("math".into()),
-        check_kind: if r % 3 == 0 { "judge" } else { "numeric" }.into(),
+        check_kind: if r.is_multiple_of(3) {
+            "judge"
+        } else {
+            "numeric"
+        }
+        .into(),
         score,
         passed: score >= 0.5,
         cost_nano: 1_000 + r as i64,
         latency_ms: 12.5 + r as f64,
-        judge_request_id: (r % 3 == 0).then(|| request(100 + r)),
-        judge_cost_nano: (r % 3 == 0).then_some(77),
+        judge_request_id: r.is_multiple_of(3).then(|| request(100 + r)),
+        judge_cost_nano: r.is_multiple_of(3).then_some(77),
     }
 }
 
@@ -168,7 +173,7 @@ async fn every_result_is_one_row_whatever_the_batching_and_lookups_stay_in_the_a
                 .evaluated_requests(&account(1), &[&r0, &r1, &r9])
                 .await
                 .unwrap();
-            assert_eq!(evaluated, [r1.clone()]);
+            assert_eq!(evaluated, [r1]);
         }
     }
 }
