@@ -7,8 +7,8 @@
 //! path and deployment, the classifier's task class and the settled charges. Each named request
 //! must be a settled request of the calling key's account; another account's request is
 //! refused exactly like an unknown id, so nobody can record results for, or learn about, other
-//! accounts. A batch is recorded whole or not at all, and the answer comes once the read model
-//! holds it.
+//! accounts. A batch is checked whole before any of it is recorded, and the answer comes once
+//! the read model holds it.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -187,9 +187,8 @@ fn unavailable(e: sqlx::Error) -> ApiError {
     ApiError::Unavailable(format!("request views unavailable: {e}"))
 }
 
-fn name(value: &str, param: &str, required: bool) -> Result<(), ApiError> {
-    let chars = value.chars().count();
-    if (required && value.trim().is_empty()) || chars > MAX_NAME_CHARS {
+fn name(value: &str, param: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty() || value.chars().count() > MAX_NAME_CHARS {
         return Err(ApiError::invalid(
             format!("'{param}' must be 1 to {MAX_NAME_CHARS} characters"),
             Some(param),
@@ -226,11 +225,11 @@ fn validate(results: &[EvalResult]) -> Result<(), ApiError> {
     let mut seen = HashSet::new();
     for (i, r) in results.iter().enumerate() {
         let at = |field: &str| format!("results[{i}].{field}");
-        name(&r.run_id, &at("run_id"), true)?;
-        name(&r.dataset, &at("dataset"), true)?;
-        name(&r.item_id, &at("item_id"), true)?;
+        name(&r.run_id, &at("run_id"))?;
+        name(&r.dataset, &at("dataset"))?;
+        name(&r.item_id, &at("item_id"))?;
         if let Some(class) = &r.task_class {
-            name(class, &at("task_class"), true)?;
+            name(class, &at("task_class"))?;
         }
         if !(0.0..=1.0).contains(&r.score) {
             return Err(ApiError::invalid(
