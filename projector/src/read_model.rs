@@ -1,7 +1,7 @@
 //! Read models of accounts, projects, credit grants and API keys.
 //!
 //! [`ReadModelProjection`] applies `AccountOpened`, `CreditsGranted`, `ApiKeyCreated`,
-//! `ApiKeyRevoked` and `LimitsChanged`; [`ReadModel`] answers the queries of the admin API and
+//! `ApiKeyRevoked` and `LimitsChanged` (and, through [`crate::policies`], the routing policies); [`ReadModel`] answers the queries of the admin API and
 //! the gateway's key cache. Every column comes from an event (timestamps are `occurred_at`,
 //! never the wall clock), so a rebuild produces identical rows.
 
@@ -37,6 +37,8 @@ impl lumina_eventlog::Projection for ReadModelProjection {
                 | EventType::RequestSettled
                 | EventType::FeedbackReceived
                 | EventType::RequestContentRecorded
+                | EventType::PolicyPublished
+                | EventType::PolicyActivated
         )
     }
 
@@ -51,6 +53,7 @@ impl lumina_eventlog::Projection for ReadModelProjection {
     ) -> Result<(), ApplyError> {
         for event in events {
             apply_one(conn, event).await?;
+            crate::policies::apply(conn, event).await?;
         }
         crate::requests::apply_batch(conn, events).await?;
         crate::requests::update_stats(conn, events).await
@@ -408,7 +411,9 @@ impl ReadModel {
 }
 
 /// Tables the projector writes, in deletion order.
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 11] = [
+    "policy_activations",
+    "policies",
     "api_keys",
     "credit_grants",
     "projects",
