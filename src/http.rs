@@ -24,6 +24,7 @@ use hyper_util::service::TowerToHyperService;
 use lumina_gateway::config::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for open connections before dropping them.
 const DRAIN: Duration = Duration::from_secs(20);
@@ -143,13 +144,20 @@ impl Connections {
     }
 }
 
-/// Whether the client sends its first byte in time; false when it stayed silent, hung up, or
-/// its place was given to a newer connection.
-async fn first_byte(stream: &TcpStream, connections: &Connections, timeout: Duration) -> bool {
+/// Whether the client sends its first byte in time; false when it stayed silent, hung up, its
+/// place was given to a newer connection, or the server began to stop (a silent connection
+/// must not hold shutdown up for the header timeout).
+async fn first_byte(
+    stream: &TcpStream,
+    connections: &Connections,
+    timeout: Duration,
+    stopping: &CancellationToken,
+) -> bool {
     let (id, shed) = connections.wait_silently();
     let mut byte = [0u8; 1];
     let spoke = tokio::select! {
         _ = shed => false,
+        _ = stopping.cancelled() => false,
         peeked = tokio::time::timeout(timeout, stream.peek(&mut byte)) => match peeked {
             Ok(Ok(n)) => n > 0,
             Ok(Err(_)) => false,
@@ -218,6 +226,7 @@ pub async fn serve(
     let connections = Connections::new(limit);
     let mut warnings = AcceptWarnings::default();
     let graceful = GracefulShutdown::new();
+    let stopping = CancellationToken::new();
     let service = TowerToHyperService::new(app);
     tokio::pin!(shutdown);
     loop {
@@ -247,9 +256,10 @@ pub async fn serve(
         let service = service.clone();
         let connections = connections.clone();
         let watcher = graceful.watcher();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
             let _place = place;
-            if !first_byte(&stream, &connections, header_timeout).await {
+            if !first_byte(&stream, &connections, header_timeout, &stopping).await {
                 return;
             }
             let conn = builder
@@ -260,6 +270,7 @@ pub async fn serve(
             }
         });
     }
+    stopping.cancel();
     if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
         .is_err()

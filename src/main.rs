@@ -7,6 +7,7 @@ mod data_dir;
 mod eval_export;
 mod eval_run;
 mod http;
+mod policy_cmd;
 mod replay;
 mod routing_cmd;
 mod secrets;
@@ -218,6 +219,79 @@ enum PolicyCommand {
         #[arg(long, default_value_t = 2)]
         version: i64,
     },
+    /// Build a candidate policy from the read model's traffic: deployment weights from each
+    /// deployment's latency p90, error and timeout rates per path, task-class floors from
+    /// feedback, starting from the active policy (or retrained on --dataset).
+    Build(PolicyBuildArgs),
+    /// Show what differs between two policy files.
+    Diff {
+        /// The first policy file.
+        a: PathBuf,
+        /// The second policy file.
+        b: PathBuf,
+    },
+    /// Publish a policy file (admin API `POST /admin/policies`); every gateway takes it within
+    /// a second.
+    Publish {
+        /// The policy file.
+        file: PathBuf,
+        /// Why, recorded in the event.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the published policies.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print a published policy (the one in force without a version).
+    Show {
+        /// The version.
+        version: Option<i64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make an earlier published version the active one again (admin API
+    /// `POST /admin/policies/{version}/activate`).
+    Rollback {
+        /// The version.
+        version: i64,
+        /// Why, recorded in the event.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Args)]
+struct PolicyBuildArgs {
+    /// Configuration file (its database is read).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory of an embedded (`lumina serve`) installation.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Database URL (overrides the configuration).
+    #[arg(long, env = "LUMINA_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Traffic routed at or after: RFC 3339, YYYY-MM-DD or Unix seconds [default: all].
+    #[arg(long)]
+    since: Option<String>,
+    /// Labelled routing sets to retrain the classifier on (default: keep the active one's).
+    #[arg(long, num_args = 1..)]
+    dataset: Vec<PathBuf>,
+    /// The candidate's version [default: one above every published version].
+    #[arg(long)]
+    version: Option<i64>,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -637,6 +711,28 @@ async fn run_eval_export(args: EvalExportArgs) -> anyhow::Result<()> {
     eval_export::export(&views, &range, &args.out).await
 }
 
+async fn run_policy_build(args: PolicyBuildArgs) -> anyhow::Result<()> {
+    let mut config = load_config(args.config.as_deref(), args.data_dir)?;
+    if let Some(url) = args.database_url {
+        config.database.url = Some(url);
+    }
+    let since = match args.since.as_deref() {
+        Some(text) => lumina_gateway::api::ledger::parse_time(text, "since")
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => 0,
+    };
+    let db = serve::connect_database(&config).await?;
+    let views = lumina_projector::ReadModel::new(db);
+    policy_cmd::build_policy(policy_cmd::BuildArgs {
+        views: &views,
+        since,
+        datasets: &args.dataset,
+        version: args.version,
+        out: &args.out,
+    })
+    .await
+}
+
 fn query_param(value: &str) -> String {
     value
         .bytes()
@@ -812,6 +908,26 @@ async fn main() -> anyhow::Result<()> {
             out,
             version,
         }) => routing_cmd::train_policy(&dataset, out.as_deref(), version),
+        Command::Policy(PolicyCommand::Build(args)) => run_policy_build(args).await,
+        Command::Policy(PolicyCommand::Diff { a, b }) => policy_cmd::diff(&a, &b),
+        Command::Policy(PolicyCommand::Publish {
+            file,
+            reason,
+            admin,
+        }) => print_json(&policy_cmd::publish(&admin.client()?, &file, reason.as_deref()).await?),
+        Command::Policy(PolicyCommand::List { json, admin }) => {
+            policy_cmd::list(&admin.client()?, json).await
+        }
+        Command::Policy(PolicyCommand::Show { version, admin }) => {
+            policy_cmd::show(&admin.client()?, version).await
+        }
+        Command::Policy(PolicyCommand::Rollback {
+            version,
+            reason,
+            admin,
+        }) => {
+            print_json(&policy_cmd::rollback(&admin.client()?, version, reason.as_deref()).await?)
+        }
         Command::Accounts(command) => run_accounts(command).await,
         Command::Keys(command) => run_keys(command).await,
     }

@@ -12,7 +12,7 @@ use lumina_gateway::routing::eval::{CostWeights, RoutingReport, evaluate};
 use lumina_gateway::routing::policy::{self, Policy};
 use lumina_gateway::routing::train::{TrainConfig, train};
 
-fn read_items(paths: &[PathBuf]) -> anyhow::Result<Vec<LabelledItem>> {
+pub(crate) fn read_items(paths: &[PathBuf]) -> anyhow::Result<Vec<LabelledItem>> {
     let mut items = Vec::new();
     for path in paths {
         let text =

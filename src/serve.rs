@@ -14,6 +14,7 @@ use lumina_gateway::metering::credit::{CreditBook, Reflection};
 use lumina_gateway::metering::limits::Limits;
 use lumina_gateway::metering::pricing::PriceTable;
 use lumina_gateway::routing::catalog::Catalog;
+use lumina_gateway::routing::follow::PolicyFollower;
 use lumina_gateway::routing::table::RouteTable;
 use lumina_gateway::{AppInner, AppState, Readiness};
 use lumina_ledger::{Ledger, LedgerProjection};
@@ -204,6 +205,11 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         credits,
         metrics: Some(metrics),
     });
+    let mut follower = PolicyFollower::default();
+    if let Err(e) = follower.sync(&state).await {
+        tracing::warn!(error = %e, "cannot read the active routing policy; routing with the shipped one");
+    }
+    let policy_follower = tokio::spawn(follow_policies(state.clone(), follower, cancel.clone()));
     let listen = config.listen();
     let listener =
         crate::http::listen(listen).with_context(|| format!("cannot listen on {listen}"))?;
@@ -222,6 +228,7 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     cancel.cancel();
     let _ = refresher.await;
     let _ = credit_refresher.await;
+    let _ = policy_follower.await;
     let _ = sweeper.await;
     if let Some(shipper) = shipper
         && let Err(e) = shipper.await
@@ -268,6 +275,24 @@ async fn refresh_keys(keys: Arc<KeyCache>, read_model: ReadModel, cancel: Cancel
             _ = tick.tick() => {
                 if let Err(e) = keys.refresh(&read_model).await {
                     tracing::warn!(error = %e, "key cache refresh failed; keeping the previous keys");
+                }
+            }
+        }
+    }
+}
+
+/// How often a gateway looks for a newly active routing policy.
+const POLICY_REFRESH: Duration = Duration::from_millis(250);
+
+async fn follow_policies(state: AppState, mut follower: PolicyFollower, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(POLICY_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = follower.sync(&state).await {
+                    tracing::warn!(error = %e, "routing policy refresh failed; keeping the one in force");
                 }
             }
         }

@@ -187,6 +187,22 @@ async fn silent_connections_cannot_lock_out_clients_that_talk() {
     assert!(text.contains("lumina_http_connections_limit"), "{text}");
 }
 
+/// A connection that never sends a byte does not hold shutdown up until its header timeout
+/// (here the default, 10 s): SIGTERM ends the process promptly.
+#[tokio::test]
+async fn a_silent_connection_does_not_delay_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lumina = Lumina::start(&tmp.path().join("data"), &tmp.path().join("out"), &[]).await;
+    let addr = lumina.url.trim_start_matches("http://").to_string();
+    let _silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let took = lumina.terminate().await;
+    assert!(
+        took < Duration::from_secs(5),
+        "exit on SIGTERM took {took:?} with a silent connection open"
+    );
+}
+
 /// Sends headers for a `length`-byte body, then the body at one byte per second; returns the
 /// status line of the answer and how long it took.
 async fn drip(lumina: &Lumina, path: &str, key: &str, length: usize) -> (String, Duration) {

@@ -1,4 +1,4 @@
-//! The admin service: every admin write is an event appended to the log, and the call returns
+//! The admin service: accounts, keys, grants and routing policies. Every admin write is an event appended to the log, and the call returns
 //! only once the read models and the ledger have applied it (and this gateway's key cache has reloaded), so a
 //! key it issues works on the very next request and a key it revokes fails on the next one.
 //!
@@ -10,11 +10,13 @@ use std::time::Duration;
 use lumina_eventlog::consumer::has_applied;
 use lumina_eventlog::{ConsumerWatch, EventLog, LogError, Projection};
 use lumina_ledger::{Balance, Ledger};
+use lumina_projector::policies::PolicyRow;
 use lumina_projector::{AccountRow, KeyRow, ReadModel};
 use lumina_schemas::ids::new_id;
 use lumina_schemas::money::MAX_ACCOUNT_CREDITS;
 use lumina_schemas::payloads::{
-    AccountOpened, ApiKeyCreated, ApiKeyRevoked, CreditsGranted, LimitsChanged,
+    AccountOpened, ApiKeyCreated, ApiKeyRevoked, CreditsGranted, LimitsChanged, PolicyActivated,
+    PolicyPublished,
 };
 use lumina_schemas::{Envelope, Event, NanoCredits};
 
@@ -438,5 +440,75 @@ impl Admin {
         self.record(&[event]).await?;
         self.refresh_keys().await?;
         self.key(key_id).await
+    }
+}
+
+/// Account id of global facts such as routing policies.
+const SYSTEM_ACCOUNT: &str = "system";
+
+impl Admin {
+    /// Records `snapshot_json` (a policy document, already validated) as `version` and makes it
+    /// the active policy; a version must be higher than every one published before.
+    pub async fn publish_policy(
+        &self,
+        version: i64,
+        snapshot_json: String,
+        reason: &str,
+    ) -> Result<PolicyRow, AdminError> {
+        if let Some(latest) = self.read_model.latest_policy_version().await?
+            && version <= latest
+        {
+            return Err(AdminError::Invalid {
+                message: format!(
+                    "'version' must be higher than every published policy's (the latest is {latest}); got {version}"
+                ),
+                param: "version",
+            });
+        }
+        let event = Event::new(
+            self.envelope(SYSTEM_ACCOUNT),
+            PolicyPublished {
+                policy_version: version,
+                snapshot_json,
+                reason: reason.to_string(),
+            },
+        );
+        self.record(&[event]).await?;
+        self.policy(version).await
+    }
+
+    /// Makes the published policy `version` the active one again.
+    pub async fn activate_policy(
+        &self,
+        version: i64,
+        reason: &str,
+    ) -> Result<PolicyRow, AdminError> {
+        self.policy(version).await?;
+        let event = Event::new(
+            self.envelope(SYSTEM_ACCOUNT),
+            PolicyActivated {
+                policy_version: version,
+                reason: reason.to_string(),
+            },
+        );
+        self.record(&[event]).await?;
+        self.policy(version).await
+    }
+
+    /// The published policy `version`.
+    pub async fn policy(&self, version: i64) -> Result<PolicyRow, AdminError> {
+        self.read_model
+            .policy(version)
+            .await?
+            .ok_or_else(|| AdminError::NotFound {
+                what: "policy",
+                id: version.to_string(),
+                param: "version",
+            })
+    }
+
+    /// Every published policy, newest first.
+    pub async fn policies(&self) -> Result<Vec<PolicyRow>, AdminError> {
+        Ok(self.read_model.policies().await?)
     }
 }

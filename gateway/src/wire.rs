@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::json_keys::{self, DuplicateKey, KeyCheck};
+use crate::routing::catalog::RoutePath;
+use crate::routing::policy::Prefer;
 
 /// A JSON object key, borrowed from the input unless it holds escapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,6 +300,84 @@ pub struct ChatRequest<'a> {
     pub temperature: Option<f64>,
     /// `top_p`.
     pub top_p: Option<f64>,
+    /// `lumina.routing`: how `lumina-auto` should choose; never sent upstream.
+    pub routing: RoutingOptions,
+}
+
+/// A request's `"lumina": {"routing": {…}}`.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct RoutingOptions {
+    /// `prefer`: `cost`, `balanced` or `quality`.
+    pub prefer: Option<Prefer>,
+    /// `min_path`: the weakest path `lumina-auto` may choose.
+    pub min_path: Option<RoutePath>,
+    /// `max_path`: the strongest.
+    pub max_path: Option<RoutePath>,
+}
+
+/// Parses the `lumina` member: an object whose only member so far is `routing`.
+fn parse_lumina(raw: &RawValue) -> Result<RoutingOptions, InvalidRequest> {
+    let lumina: serde_json::Map<String, serde_json::Value> =
+        parse_field(raw, "lumina", "an object")?;
+    let mut options = RoutingOptions::default();
+    for (name, value) in &lumina {
+        if name != "routing" {
+            return Err(invalid(
+                format!("Unknown parameter: 'lumina.{name}'."),
+                format!("lumina.{name}"),
+            ));
+        }
+        let Some(routing) = value.as_object() else {
+            return Err(invalid(
+                "Invalid type for 'lumina.routing': expected an object.",
+                "lumina.routing",
+            ));
+        };
+        for (key, v) in routing {
+            let param = format!("lumina.routing.{key}");
+            let text = v.as_str();
+            match key.as_str() {
+                "prefer" => {
+                    options.prefer = Some(text.and_then(Prefer::parse).ok_or_else(|| {
+                        invalid(
+                            format!("Invalid '{param}': expected 'cost', 'balanced' or 'quality'."),
+                            param.as_str(),
+                        )
+                    })?);
+                }
+                "min_path" | "max_path" => {
+                    let path = text.and_then(RoutePath::parse_tier).ok_or_else(|| {
+                        invalid(
+                            format!(
+                                "Invalid '{param}': expected 'fast', 'balanced' or 'reasoning'."
+                            ),
+                            param.as_str(),
+                        )
+                    })?;
+                    if key == "min_path" {
+                        options.min_path = Some(path);
+                    } else {
+                        options.max_path = Some(path);
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        format!("Unknown parameter: '{param}'."),
+                        param.as_str(),
+                    ));
+                }
+            }
+        }
+    }
+    if let (Some(min), Some(max)) = (options.min_path, options.max_path)
+        && min.rank() > max.rank()
+    {
+        return Err(invalid(
+            "'lumina.routing.min_path' is stronger than 'lumina.routing.max_path'.",
+            "lumina.routing.min_path",
+        ));
+    }
+    Ok(options)
 }
 
 #[derive(Deserialize)]
@@ -415,6 +495,10 @@ impl<'a> ChatRequest<'a> {
             None => Vec::new(),
         };
         let tool_choice = fields.get("tool_choice").filter(|v| !is_null(v));
+        let routing = match fields.get("lumina").filter(|v| !is_null(v)) {
+            Some(raw) => parse_lumina(raw)?,
+            None => RoutingOptions::default(),
+        };
         Ok(ChatRequest {
             model,
             stream,
@@ -429,6 +513,7 @@ impl<'a> ChatRequest<'a> {
             stop,
             temperature,
             top_p,
+            routing,
             fields,
         })
     }
@@ -439,7 +524,8 @@ impl<'a> ChatRequest<'a> {
     }
 
     /// The body for an OpenAI-compatible upstream: the client's members in order with `model`
-    /// replaced and, for streams, `stream_options.include_usage` forced on.
+    /// replaced, Lumina's own `lumina` member left out and, for streams,
+    /// `stream_options.include_usage` forced on.
     pub fn upstream_body(&self, upstream_model: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             self.fields
@@ -477,6 +563,8 @@ impl<'a> ChatRequest<'a> {
                     );
                     wrote_options = true;
                 }
+                // Lumina's own options are for the gateway, not the upstream.
+                "lumina" => {}
                 k => push_member(&mut out, k, value.get()),
             }
         }

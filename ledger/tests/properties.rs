@@ -111,6 +111,10 @@ fn events(ops: &[Op]) -> (Vec<Event>, i64) {
                             ttl_ms: 1,
                         }),
                         top_features: Vec::new(),
+                        prefer: "balanced".into(),
+                        min_path: None,
+                        max_path: None,
+                        classified_path: None,
                     },
                 );
                 let settle = Event::new(

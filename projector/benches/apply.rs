@@ -84,6 +84,10 @@ fn traffic() -> Vec<Event> {
                     ttl_ms: 600_000,
                 }),
                 top_features: Vec::new(),
+                prefer: "balanced".into(),
+                min_path: None,
+                max_path: None,
+                classified_path: None,
             },
         ));
         events.push(Event::new(

@@ -1,8 +1,9 @@
 //! Read models of accounts, projects, credit grants and API keys.
 //!
 //! [`ReadModelProjection`] applies `AccountOpened`, `CreditsGranted`, `ApiKeyCreated`,
-//! `ApiKeyRevoked` and `LimitsChanged` (the request views in [`crate::requests`], eval results in
-//! [`crate::eval_results`]); [`ReadModel`] answers the queries of the admin API and
+//! `ApiKeyRevoked` and `LimitsChanged` (and, through [`crate::policies`], the routing policies;
+//! the request views in [`crate::requests`]; eval results in [`crate::eval_results`]);
+//! [`ReadModel`] answers the queries of the admin API and
 //! the gateway's key cache. Every column comes from an event (timestamps are `occurred_at`,
 //! never the wall clock), so a rebuild produces identical rows.
 
@@ -38,6 +39,8 @@ impl lumina_eventlog::Projection for ReadModelProjection {
                 | EventType::RequestSettled
                 | EventType::FeedbackReceived
                 | EventType::RequestContentRecorded
+                | EventType::PolicyPublished
+                | EventType::PolicyActivated
                 | EventType::EvalCompleted
         )
     }
@@ -53,6 +56,7 @@ impl lumina_eventlog::Projection for ReadModelProjection {
     ) -> Result<(), ApplyError> {
         for event in events {
             apply_one(conn, event).await?;
+            crate::policies::apply(conn, event).await?;
         }
         crate::requests::apply_batch(conn, events).await?;
         crate::requests::update_stats(conn, events).await?;
@@ -411,7 +415,9 @@ impl ReadModel {
 }
 
 /// Tables the projector writes, in deletion order.
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 12] = [
+    "policy_activations",
+    "policies",
     "api_keys",
     "credit_grants",
     "projects",

@@ -42,6 +42,10 @@ fn routed(r: usize) -> RequestRouted {
         max_tokens: None,
         hold: None,
         top_features: Vec::new(),
+        prefer: "balanced".into(),
+        min_path: None,
+        max_path: None,
+        classified_path: None,
     }
 }
 

@@ -185,7 +185,8 @@ event_types! {
     ApiKeyRevoked => "api_key_revoked" [1] current 1;
     LimitsChanged => "limits_changed" [1] current 1;
     PolicyPublished => "policy_published" [1] current 1;
-    RequestRouted => "request_routed" [1, 2] current 2;
+    PolicyActivated => "policy_activated" [1] current 1;
+    RequestRouted => "request_routed" [1, 2, 3] current 3;
     UpstreamAttempted => "upstream_attempted" [1] current 1;
     RequestSettled => "request_settled" [1, 2] current 2;
     FeedbackReceived => "feedback_received" [1] current 1;

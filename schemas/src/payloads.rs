@@ -83,6 +83,15 @@ pub struct PolicyPublished {
     pub reason: String,
 }
 
+/// A routing policy published earlier became the active one again (`lumina policy rollback`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyActivated {
+    /// The version now in force.
+    pub policy_version: i64,
+    /// Why.
+    pub reason: String,
+}
+
 /// The credit hold a request placed before calling upstream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreditHold {
@@ -133,6 +142,22 @@ pub struct RequestRouted {
     /// The classifier inputs that weighed most, largest magnitude first; v2.
     #[serde(default)]
     pub top_features: Vec<FeatureContribution>,
+    /// The cost–quality preference applied (`cost`, `balanced`, `quality`); v3.
+    #[serde(default = "balanced")]
+    pub prefer: String,
+    /// The weakest path allowed, when bounded; v3.
+    #[serde(default)]
+    pub min_path: Option<String>,
+    /// The strongest path allowed, when bounded; v3.
+    #[serde(default)]
+    pub max_path: Option<String>,
+    /// The classifier's own choice when the bounds moved the request to another path; v3.
+    #[serde(default)]
+    pub classified_path: Option<String>,
+}
+
+fn balanced() -> String {
+    "balanced".into()
 }
 
 /// One attempt to call an upstream deployment.

@@ -60,6 +60,11 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             reason: "stats".into(),
         }
         .into(),
+        EventType::PolicyActivated => PolicyActivated {
+            policy_version: 2 + n,
+            reason: "rollback".into(),
+        }
+        .into(),
         EventType::RequestRouted => RequestRouted {
             requested_model: "lumina-auto".into(),
             path: "balanced".into(),
@@ -88,6 +93,10 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
                     contribution: -0.25,
                 },
             ],
+            prefer: "quality".into(),
+            min_path: Some("balanced".into()),
+            max_path: None,
+            classified_path: Some("fast".into()),
         }
         .into(),
         EventType::UpstreamAttempted => UpstreamAttempted {

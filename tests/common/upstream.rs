@@ -75,7 +75,7 @@ impl MockUpstream {
     /// `fail503`, `fail529`; and misbehaviours with a parameter: `completion=<N>` (reports N
     /// completion tokens, N written as given), `usage=<JSON>` (reports this usage object),
     /// `body=<JSON>` (answers 200 with this body), `redirect302=<URL>`, `redirect307=<URL>`,
-    /// `retry429=<seconds>` (429 with `retry-after`), `endless` (a body that never ends),
+    /// `retry429=<seconds>` (429 with `retry-after`), `delay=<ms>` (answers as `ok` after a pause), `endless` (a body that never ends),
     /// `endless_sse` (chunks without end or usage), `error_event` (an error object after a few
     /// chunks).
     pub fn set(&self, provider: &str, mode: &str) {
@@ -219,6 +219,9 @@ async fn openai(
     state.record(&provider, "chat/completions", &headers, &body);
     let mode = state.mode(&provider);
     let (mode_name, param) = mode.split_once('=').unwrap_or((mode.as_str(), ""));
+    if mode_name == "delay" {
+        tokio::time::sleep(Duration::from_millis(param.parse().unwrap_or(0))).await;
+    }
     match mode_name {
         "fail401" => {
             return error(

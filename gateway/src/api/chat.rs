@@ -28,6 +28,7 @@ static X_LUMINA_PROVIDER: HeaderName = HeaderName::from_static("x-lumina-provide
 static X_LUMINA_ATTEMPTS: HeaderName = HeaderName::from_static("x-lumina-attempts");
 static X_LUMINA_DEPLOYMENT: HeaderName = HeaderName::from_static("x-lumina-deployment");
 static X_LUMINA_COST: HeaderName = HeaderName::from_static("x-lumina-cost");
+static X_LUMINA_POLICY: HeaderName = HeaderName::from_static("x-lumina-policy");
 
 /// The W3C trace id of a `traceparent` header.
 pub fn trace_id(headers: &HeaderMap) -> Option<String> {
@@ -53,6 +54,10 @@ pub fn routed_headers(headers: &mut HeaderMap, route: &Route) {
     if let Ok(v) = HeaderValue::from_str(&route.attempts.to_string()) {
         headers.insert(X_LUMINA_ATTEMPTS.clone(), v);
     }
+    headers.insert(
+        X_LUMINA_POLICY.clone(),
+        HeaderValue::from(route.policy_version),
+    );
     rate_limit_headers(headers, &route.limits);
 }
 

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod messages;
 pub mod metrics;
 pub mod models;
+pub mod policies;
 pub mod requests;
 pub mod usage;
 
@@ -101,6 +102,15 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/requests", get(requests::admin_list))
         .route("/admin/requests/{id}", get(requests::admin_get))
         .route("/admin/routes/stats", get(requests::route_stats))
+        .route(
+            "/admin/policies",
+            post(policies::publish).get(policies::list),
+        )
+        .route("/admin/policies/{version}", get(policies::show))
+        .route(
+            "/admin/policies/{version}/activate",
+            post(policies::activate),
+        )
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/admin/accounts", post(admin::create_account))
         .route("/admin/accounts/{id}", get(admin::get_account))

@@ -65,9 +65,10 @@ pub struct Call<'a> {
 }
 
 /// A request past its limits and its hold, with `RequestRouted` queued.
-struct Admitted<'s> {
+struct Admitted {
     meta: Arc<RequestMeta>,
-    deployments: &'s [Arc<Deployment>],
+    policy_version: i64,
+    deployments: Arc<[Arc<Deployment>]>,
     limits: LimitStatus,
     /// The most completion tokens it may be billed for.
     allowance: u64,
@@ -84,6 +85,8 @@ pub struct Route {
     pub attempts: i32,
     /// The key's limits after this request.
     pub limits: LimitStatus,
+    /// The routing policy's version.
+    pub policy_version: i64,
 }
 
 /// A whole answer, settled.
@@ -111,7 +114,7 @@ pub struct Streaming {
 /// Checks everything that comes before an upstream is called: the log takes writes, `n` is
 /// within bounds, the model exists; classifies; counts the key's limits; holds credit; queues
 /// `RequestRouted`.
-async fn admit<'s>(state: &'s AppState, call: &Call<'_>) -> Result<Admitted<'s>, ApiError> {
+async fn admit(state: &AppState, call: &Call<'_>) -> Result<Admitted, ApiError> {
     let started = Instant::now();
     let started_at = lumina_schemas::now_micros();
     let request = call.request;
@@ -132,9 +135,18 @@ async fn admit<'s>(state: &'s AppState, call: &Call<'_>) -> Result<Admitted<'s>,
     let Some(choice) = state.catalog.resolve(request.model.as_str()) else {
         return Err(ApiError::ModelNotFound(request.model.as_str().to_string()));
     };
-    let mut decision = classifier::classify(request);
-    if let ModelChoice::Path(path) = choice {
-        decision.path = path;
+    let routing = state.routes.routing();
+    let policy = &routing.policy;
+    let asked = request.routing;
+    let mut decision =
+        classifier::classify_preferring(request, policy, asked.prefer.unwrap_or(policy.prefer));
+    match choice {
+        ModelChoice::Path(path) => decision.path = path,
+        ModelChoice::Auto => {
+            // The request's bounds, where it sets them, else the policy's for the task class.
+            let (class_min, class_max) = policy.bounds(decision.task_class);
+            decision.bound(asked.min_path.or(class_min), asked.max_path.or(class_max));
+        }
     }
     let prompt_estimate = usage::quick_prompt_estimate(request);
     let completion_estimate = request
@@ -148,7 +160,7 @@ async fn admit<'s>(state: &'s AppState, call: &Call<'_>) -> Result<Admitted<'s>,
             prompt_estimate.saturating_add(completion_estimate),
         )
         .map_err(|e| ApiError::RateLimited(Box::new(e)))?;
-    let deployments = state.routes.deployments(decision.path);
+    let deployments = state.routes.deployments(&routing, decision.path);
     let meta = Arc::new(RequestMeta {
         request_id: call.request_id.clone(),
         key: call.key.clone(),
@@ -186,7 +198,7 @@ async fn admit<'s>(state: &'s AppState, call: &Call<'_>) -> Result<Admitted<'s>,
     let routed = meta.routed(Routing {
         decision: &decision,
         stream: request.stream,
-        policy_version: state.routes.policy_version,
+        policy_version: routing.version(),
         candidates: deployments.iter().map(|d| d.id.clone()).collect(),
         prompt_tokens_estimate: prompt_estimate,
         max_tokens: request.max_tokens,
@@ -223,6 +235,7 @@ async fn admit<'s>(state: &'s AppState, call: &Call<'_>) -> Result<Admitted<'s>,
             call.body,
         ),
         meta,
+        policy_version: routing.version(),
         deployments,
         limits,
         allowance: state
@@ -280,6 +293,7 @@ async fn unanswered(
 pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
     let Admitted {
         meta,
+        policy_version,
         deployments,
         limits,
         allowance,
@@ -288,7 +302,7 @@ pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiErr
     let mut attempts = Attempts::new(&meta, &state.log);
     let tried = attempts
         .run(
-            deployments,
+            &deployments,
             |n| settlement.attempt_started(n),
             |d| d.provider.complete(upstream_call(&call, &meta, d)),
         )
@@ -331,6 +345,7 @@ pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiErr
             deployment: attempt.deployment,
             attempts: attempts.count(),
             limits,
+            policy_version,
         },
         body,
         usage: billed.usage,
@@ -366,6 +381,7 @@ pub async fn stream(
 ) -> Result<Streaming, ApiError> {
     let Admitted {
         meta,
+        policy_version,
         deployments,
         limits,
         allowance,
@@ -374,7 +390,7 @@ pub async fn stream(
     let mut attempts = Attempts::new(&meta, &state.log);
     let tried = attempts
         .run(
-            deployments,
+            &deployments,
             |n| settlement.attempt_started(n),
             |d| first_chunk(d, upstream_call(&call, &meta, d)),
         )
@@ -402,6 +418,7 @@ pub async fn stream(
         deployment: attempt.deployment.clone(),
         attempts: attempt.number,
         limits,
+        policy_version,
     };
     let pump = Pump {
         meta: meta.clone(),

@@ -171,6 +171,10 @@ impl RequestMeta {
                 max_tokens: r.max_tokens.map(tokens),
                 hold: r.hold,
                 top_features: r.decision.top_features_records(),
+                prefer: r.decision.prefer.as_str().into(),
+                min_path: r.decision.bounds.0.map(|p| p.as_str().into()),
+                max_path: r.decision.bounds.1.map(|p| p.as_str().into()),
+                classified_path: r.decision.classified.map(|p| p.as_str().into()),
             },
         )
     }

@@ -26,6 +26,44 @@ impl RoutePath {
             RoutePath::Fusion => "fusion",
         }
     }
+
+    /// One of the three classifier paths by name (`fast`, `balanced`, `reasoning`).
+    pub fn parse_tier(name: &str) -> Option<RoutePath> {
+        match name {
+            "fast" => Some(RoutePath::Fast),
+            "balanced" => Some(RoutePath::Balanced),
+            "reasoning" => Some(RoutePath::Reasoning),
+            _ => None,
+        }
+    }
+
+    /// Strength order of the classifier paths: fast 0, balanced 1, reasoning (and fusion) 2.
+    pub fn rank(self) -> u8 {
+        match self {
+            RoutePath::Fast => 0,
+            RoutePath::Balanced => 1,
+            RoutePath::Reasoning | RoutePath::Fusion => 2,
+        }
+    }
+
+    /// `self` raised to at least `min` and lowered to at most `max` (fusion is left alone).
+    pub fn clamp_tier(self, min: Option<RoutePath>, max: Option<RoutePath>) -> RoutePath {
+        if self == RoutePath::Fusion {
+            return self;
+        }
+        let mut path = self;
+        if let Some(min) = min
+            && path.rank() < min.rank()
+        {
+            path = min;
+        }
+        if let Some(max) = max
+            && path.rank() > max.rank()
+        {
+            path = max;
+        }
+        path
+    }
 }
 
 /// What a model id asks for.

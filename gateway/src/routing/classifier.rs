@@ -12,7 +12,7 @@ use crate::routing::cues;
 pub use crate::routing::features::Features;
 use crate::routing::features::cue_features;
 pub use crate::routing::linear::Contribution;
-use crate::routing::policy::{self, Classifier, Policy};
+use crate::routing::policy::{self, Classifier, Policy, Prefer};
 use crate::wire::ChatRequest;
 
 /// A routing decision and why.
@@ -29,6 +29,12 @@ pub struct Decision {
     /// The inputs that weighed most towards the chosen path, largest first (empty for the
     /// hand-written classifier, whose features say it all).
     pub top_features: Vec<Contribution>,
+    /// The cost–quality preference the thresholds were shifted for.
+    pub prefer: Prefer,
+    /// The weakest and strongest path allowed, when bounded.
+    pub bounds: (Option<RoutePath>, Option<RoutePath>),
+    /// The classifier's own choice when the bounds moved the request to another path.
+    pub classified: Option<RoutePath>,
 }
 
 impl Decision {
@@ -57,6 +63,22 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// Keeps the path within `min` and `max` (either may be absent), noting the classifier's
+    /// own choice when that moves it.
+    pub fn bound(&mut self, min: Option<RoutePath>, max: Option<RoutePath>) {
+        if min.is_none() && max.is_none() {
+            return;
+        }
+        self.bounds = (min, max);
+        let bounded = self.path.clamp_tier(min, max);
+        if bounded != self.path {
+            self.classified = Some(self.path);
+            self.path = bounded;
+        }
+    }
+}
+
 /// The task class, from the structural features.
 pub fn task_class(f: &Features) -> &'static str {
     if f.math >= 0.5 {
@@ -81,6 +103,12 @@ pub fn classify(request: &ChatRequest<'_>) -> Decision {
 
 /// Classifies `request` with `policy`'s classifier.
 pub fn classify_with(request: &ChatRequest<'_>, policy: &Policy) -> Decision {
+    classify_preferring(request, policy, policy.prefer)
+}
+
+/// Classifies `request` with `policy`'s classifier, its thresholds shifted for `prefer` (the
+/// hand-written classifier has no thresholds to shift).
+pub fn classify_preferring(request: &ChatRequest<'_>, policy: &Policy, prefer: Prefer) -> Decision {
     match &policy.classifier {
         Classifier::Cues => {
             let features = cue_features(request);
@@ -91,16 +119,22 @@ pub fn classify_with(request: &ChatRequest<'_>, policy: &Policy) -> Decision {
                 features,
                 scores,
                 top_features: Vec::new(),
+                prefer,
+                bounds: (None, None),
+                classified: None,
             }
         }
         Classifier::Linear(model) => {
-            let scored = model.classify(request);
+            let scored = model.classify_at(request, model.thresholds.shifted(prefer.shift()));
             Decision {
                 path: scored.path,
                 task_class: task_class(&scored.features),
                 features: scored.features,
                 scores: scored.probabilities,
                 top_features: scored.top,
+                prefer,
+                bounds: (None, None),
+                classified: None,
             }
         }
     }

@@ -35,6 +35,14 @@ impl Thresholds {
             RoutePath::Fast
         }
     }
+
+    /// Both cut-offs moved by `by` (positive: towards cheaper paths), kept within 0 to 1.
+    pub fn shifted(self, by: f64) -> Thresholds {
+        Thresholds {
+            reasoning: (self.reasoning + by).clamp(0.0, 1.0),
+            balanced: (self.balanced + by).clamp(0.0, 1.0),
+        }
+    }
 }
 
 /// One input's share of a decision: its value times its weight for the chosen path.
@@ -272,6 +280,11 @@ impl LinearModel {
 
     /// Scores `request` and picks its path.
     pub fn classify(&self, request: &ChatRequest<'_>) -> Scored {
+        self.classify_at(request, self.thresholds)
+    }
+
+    /// Scores `request` and picks its path with `thresholds` instead of the model's own.
+    pub fn classify_at(&self, request: &ChatRequest<'_>, thresholds: Thresholds) -> Scored {
         let (features, text) = features::window(request, self.window);
         let inputs = features.inputs();
         let mut logits = self.bias.map(f64::from);
@@ -305,7 +318,7 @@ impl LinearModel {
             }
         }
         let probabilities = softmax(logits);
-        let path = self.thresholds.choose(probabilities);
+        let path = thresholds.choose(probabilities);
         let k = path_index(path);
         let mut top: Vec<Contribution> = inputs
             .iter()

@@ -1,5 +1,7 @@
 //! The routing policy: one versioned JSON document that holds the classifier (its kind, and for
-//! the learned kind its n-gram settings, quantized sparse weights and thresholds). This module
+//! the learned kind its n-gram settings, quantized sparse weights and thresholds), the order and
+//! weights of each path's deployments, per-task-class path bounds and a cost–quality setting
+//! (`prefer`). This module
 //! owns the document's shape, its validation (a policy that does not validate is refused whole,
 //! never half-applied), its canonical rendering (what `lumina policy train` writes, byte for
 //! byte), and the default policy shipped in `gateway/policies/default.json`.
@@ -9,6 +11,7 @@ use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::routing::catalog::RoutePath;
 use crate::routing::features::{MAX_BYTE_NGRAM, NgramSpec, STRUCTURAL};
 use crate::routing::linear::{LinearModel, SparseWeights, Thresholds};
 
@@ -45,6 +48,98 @@ pub struct PolicyDocument {
     /// How the weights were trained, for people reading the document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingInfo>,
+    /// The cost–quality setting: `cost` raises the classifier's thresholds, `quality` lowers
+    /// them (a request or key may ask for another).
+    #[serde(default, skip_serializing_if = "Prefer::is_balanced")]
+    pub prefer: Prefer,
+    /// Per path (`fast`, `balanced`, `reasoning`), its deployments in preference order with the
+    /// share of first attempts each takes; a path left out keeps the configured order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, Vec<DeploymentWeight>>,
+    /// Per task class, the weakest and strongest path `lumina-auto` may choose for it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_classes: BTreeMap<String, PathBounds>,
+    /// What the policy was built from, for people reading the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_from: Option<serde_json::Value>,
+}
+
+/// A request's, a key's or a policy's cost–quality preference.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Prefer {
+    /// Cheaper paths unless the classifier is sure.
+    Cost,
+    /// The thresholds as trained.
+    #[default]
+    Balanced,
+    /// Stronger paths unless the classifier is sure a weaker one does.
+    Quality,
+}
+
+/// How far `cost` and `quality` move the classifier's thresholds.
+pub const PREFER_SHIFT: f64 = 0.15;
+
+impl Prefer {
+    /// By name: `cost`, `balanced` or `quality`.
+    pub fn parse(name: &str) -> Option<Prefer> {
+        match name {
+            "cost" => Some(Prefer::Cost),
+            "balanced" => Some(Prefer::Balanced),
+            "quality" => Some(Prefer::Quality),
+            _ => None,
+        }
+    }
+
+    /// The name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Prefer::Cost => "cost",
+            Prefer::Balanced => "balanced",
+            Prefer::Quality => "quality",
+        }
+    }
+
+    /// How much it adds to the thresholds.
+    pub fn shift(self) -> f64 {
+        match self {
+            Prefer::Cost => PREFER_SHIFT,
+            Prefer::Balanced => 0.0,
+            Prefer::Quality => -PREFER_SHIFT,
+        }
+    }
+
+    fn is_balanced(&self) -> bool {
+        *self == Prefer::Balanced
+    }
+}
+
+/// One deployment of a path in a policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentWeight {
+    /// `provider/model`, as the route table names it.
+    pub id: String,
+    /// Its share of first attempts, relative to the others of the path (0: fallback only).
+    pub weight: f64,
+    /// The figures the weight came from, for people reading the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<serde_json::Value>,
+}
+
+/// Path bounds for one task class.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathBounds {
+    /// The weakest path for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_path: Option<String>,
+    /// The strongest path for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_path: Option<String>,
+    /// Why, for people reading the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The classifier part of a policy.
@@ -137,6 +232,13 @@ pub struct Policy {
     pub version: i64,
     /// The classifier.
     pub classifier: Classifier,
+    /// The cost–quality setting when neither request nor key names one.
+    pub prefer: Prefer,
+    /// Per path (fast, balanced, reasoning): deployment ids and weights, in order; `None`
+    /// keeps the configured order.
+    pub routes: [Option<Vec<(String, f64)>>; 3],
+    /// Per task class: the weakest and strongest path.
+    pub task_classes: BTreeMap<String, (Option<RoutePath>, Option<RoutePath>)>,
 }
 
 /// A ready classifier.
@@ -157,6 +259,9 @@ impl Policy {
         Policy {
             version: CUES_VERSION,
             classifier: Classifier::Cues,
+            prefer: Prefer::Balanced,
+            routes: Default::default(),
+            task_classes: BTreeMap::new(),
         }
     }
 
@@ -174,10 +279,68 @@ impl Policy {
             ClassifierDocument::Cues => Classifier::Cues,
             ClassifierDocument::Linear(l) => Classifier::Linear(Box::new(linear_model(l)?)),
         };
+        let mut routes: [Option<Vec<(String, f64)>>; 3] = Default::default();
+        for (path, deployments) in &doc.routes {
+            let Some(p) = RoutePath::parse_tier(path) else {
+                return Err(invalid(format!(
+                    "routes.{path}: expected one of fast, balanced, reasoning"
+                )));
+            };
+            let mut list = Vec::with_capacity(deployments.len());
+            for (i, d) in deployments.iter().enumerate() {
+                if !d.weight.is_finite() || !(0.0..=1_000_000.0).contains(&d.weight) {
+                    return Err(invalid(format!(
+                        "routes.{path}[{i}].weight: expected a number from 0 to 1000000"
+                    )));
+                }
+                if d.id.is_empty() || list.iter().any(|(id, _)| id == &d.id) {
+                    return Err(invalid(format!(
+                        "routes.{path}[{i}].id: empty or named twice"
+                    )));
+                }
+                list.push((d.id.clone(), d.weight));
+            }
+            if list.is_empty() {
+                return Err(invalid(format!("routes.{path}: no deployments")));
+            }
+            routes[usize::from(p.rank())] = Some(list);
+        }
+        let mut task_classes = BTreeMap::new();
+        for (class, bounds) in &doc.task_classes {
+            let tier = |name: &Option<String>, which: &str| match name {
+                None => Ok(None),
+                Some(n) => RoutePath::parse_tier(n).map(Some).ok_or_else(|| {
+                    invalid(format!(
+                        "task_classes.{class}.{which}: expected one of fast, balanced, reasoning"
+                    ))
+                }),
+            };
+            let min = tier(&bounds.min_path, "min_path")?;
+            let max = tier(&bounds.max_path, "max_path")?;
+            if let (Some(a), Some(b)) = (min, max)
+                && a.rank() > b.rank()
+            {
+                return Err(invalid(format!(
+                    "task_classes.{class}: min_path is stronger than max_path"
+                )));
+            }
+            task_classes.insert(class.clone(), (min, max));
+        }
         Ok(Policy {
             version: doc.version,
             classifier,
+            prefer: doc.prefer,
+            routes,
+            task_classes,
         })
+    }
+
+    /// The bounds the policy sets on `task_class`.
+    pub fn bounds(&self, task_class: &str) -> (Option<RoutePath>, Option<RoutePath>) {
+        self.task_classes
+            .get(task_class)
+            .copied()
+            .unwrap_or((None, None))
     }
 }
 

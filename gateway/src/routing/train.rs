@@ -347,6 +347,10 @@ pub fn train(items: &[LabelledItem], cfg: &TrainConfig) -> Result<PolicyDocument
             quality_floor: cfg.quality_floor,
             cross_validation: [cv.accuracy, cv.quality_retained, cv.cost_saved].map(round4),
         }),
+        prefer: Default::default(),
+        routes: Default::default(),
+        task_classes: Default::default(),
+        built_from: None,
     };
     Policy::from_document(&doc)?;
     Ok(doc)
