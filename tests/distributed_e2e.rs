@@ -1117,6 +1117,61 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
 /// shipped like any other, and so is everything after it. With the producer limited to 1 MB
 /// (`message.max.bytes` passed through), that one event is passed over and counted, and the
 /// shipper goes on with the rest.
+/// Sends a greeting to `lumina-auto` on `gateway` until it answers with policy `version`,
+/// within a second of `since`; returns the path it took.
+async fn policy_in_force(gateway: &Lumina, key: &str, version: &str, since: Instant) -> String {
+    let body = json!({"model": "lumina-auto", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Say hello to Ana."}]});
+    loop {
+        let (code, headers, text) = gateway.chat(key, &body).await;
+        assert_eq!(code, 200, "{text}");
+        if headers["x-lumina-policy"] == version {
+            return headers["x-lumina-route"].to_str().unwrap().to_string();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "policy {version} not in force on the other gateway after {:?}",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A policy published through one gateway is in force on the other within a second (it reads
+/// the active version from the shared database the projector writes), and so is a rollback
+/// made through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_published_on_one_gateway_is_in_force_on_the_other_within_a_second() {
+    let cluster = Cluster::start(2, "all", "").await;
+    let g = &cluster.gateways;
+    let account = g[0].account("Policy Co", "10").await;
+    let (_, key) = g[0].key(&account).await;
+    let shown = g[0]
+        .admin(Method::GET, "/admin/policies/active", None, 200)
+        .await;
+    let shipped = shown["version"].to_string();
+    assert_eq!(
+        policy_in_force(&g[1], &key, &shipped, Instant::now()).await,
+        "fast"
+    );
+    let mut doc = shown["policy"].clone();
+    for (version, floor) in [(3, "balanced"), (4, "reasoning")] {
+        doc["version"] = json!(version);
+        doc["task_classes"] = json!({"chat": {"min_path": floor}});
+        // Answers once the projector has applied it.
+        g[0].admin(Method::POST, "/admin/policies", Some(doc.clone()), 201)
+            .await;
+        let path = policy_in_force(&g[1], &key, &version.to_string(), Instant::now()).await;
+        assert_eq!(path, floor);
+    }
+    g[1].admin(Method::POST, "/admin/policies/3/activate", None, 200)
+        .await;
+    assert_eq!(
+        policy_in_force(&g[0], &key, "3", Instant::now()).await,
+        "balanced"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_over_a_megabyte_is_shipped_and_the_shipper_goes_on() {
     for limited in [false, true] {

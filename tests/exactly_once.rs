@@ -53,6 +53,7 @@ fn history() -> Vec<LogRecord> {
                     store_content: k == 2,
                     rpm: Some(10 * k as i64 + 1),
                     tpm: None,
+                    routing_prefer: None,
                 },
             ));
         }

@@ -363,6 +363,39 @@ async fn a_request_bounds_and_biases_its_own_routing() {
     let (_, headers, _) = lumina.chat(&key, &proof).await;
     assert_eq!(header(&headers, "x-lumina-route"), "fast");
 
+    // A key's default preference applies unless the request names its own.
+    let (_, frugal) = lumina
+        .key_with(&account, json!({"routing": {"prefer": "cost"}}))
+        .await;
+    let shown = lumina.admin(Method::GET, "/admin/keys", None, 200).await;
+    assert!(
+        shown.to_string().contains(r#""routing":{"prefer":"cost"}"#),
+        "{shown}"
+    );
+    let mut asks_quality = user("lumina-auto", "Say hello to Ana.");
+    asks_quality["lumina"] = json!({"routing": {"prefer": "quality"}});
+    for (body, expected) in [
+        (user("lumina-auto", "Say hello to Ana."), "cost"),
+        (asks_quality, "quality"),
+    ] {
+        let (code, headers, text) = lumina.chat(&frugal, &body).await;
+        assert_eq!(code, 200, "{text}");
+        let events = lumina.events_of(header(&headers, "x-request-id"));
+        assert_eq!(events[0]["payload"]["prefer"], expected, "{}", events[0]);
+    }
+    let (status, _, v) = lumina
+        .request(
+            Method::POST,
+            "/admin/keys",
+            Some(&lumina.admin_key),
+            Some(
+                &json!({"account_id": account, "name": "bad", "routing": {"prefer": "cheap"}})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+
     for (routing, param) in [
         (json!({"prefer": "cheap"}), "lumina.routing.prefer"),
         (json!({"min_path": "fusion"}), "lumina.routing.min_path"),

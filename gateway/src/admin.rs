@@ -75,6 +75,8 @@ pub struct KeyRequest {
     pub tpm: Option<i64>,
     /// Keep prompts and answers for eval datasets.
     pub store_content: bool,
+    /// Default routing preference of its requests.
+    pub routing_prefer: Option<crate::routing::policy::Prefer>,
 }
 
 /// Issues admin events and waits for the read model to apply them.
@@ -368,6 +370,7 @@ impl Admin {
                 store_content: request.store_content,
                 rpm,
                 tpm,
+                routing_prefer: request.routing_prefer.map(|p| p.as_str().to_string()),
             },
         );
         self.record(&[event]).await?;

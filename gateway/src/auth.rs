@@ -6,6 +6,7 @@
 //! with each candidate in constant time. The cache is rebuilt from the read model at least
 //! every second and right after this gateway's own admin writes.
 
+use crate::routing::policy::Prefer;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,6 +123,8 @@ pub struct KeyIdentity {
     pub tpm: Option<i64>,
     /// Whether prompts and answers may be kept for eval datasets.
     pub store_content: bool,
+    /// The default routing preference of its requests.
+    pub prefer: Option<Prefer>,
 }
 
 /// Why a presented key was refused.
@@ -161,6 +164,7 @@ fn add_row(map: &mut KeyMap, row: KeyRow) {
             rpm: row.rpm,
             tpm: row.tpm,
             store_content: row.store_content,
+            prefer: row.routing_prefer.as_deref().and_then(Prefer::parse),
         }),
     });
 }
@@ -375,6 +379,7 @@ mod tests {
             tpm: None,
             created_at: 0,
             revoked_at: None,
+            routing_prefer: None,
         }
     }
 

@@ -18,3 +18,6 @@ CREATE TABLE policy_activations (
     reason       TEXT    NOT NULL
 );
 CREATE INDEX policy_activations_newest ON policy_activations (activated_at, event_id);
+
+-- A key's default routing preference (ApiKeyCreated v3).
+ALTER TABLE api_keys ADD COLUMN routing_prefer TEXT;

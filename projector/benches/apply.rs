@@ -170,6 +170,7 @@ fn history() -> Vec<Event> {
                     store_content: false,
                     rpm: None,
                     tpm: None,
+                    routing_prefer: None,
                 },
             ));
         }

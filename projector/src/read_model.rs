@@ -126,8 +126,8 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                     "INSERT INTO api_keys
                          (id, account_id, project_id, name, key_hash, key_prefix, status,
                           store_content, rpm, tpm, created_at, revoked_at, updated_at,
-                          created_event_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, NULL, $10, $11)
+                          created_event_id, routing_prefer)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, NULL, $10, $11, $12)
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(&p.key_id)
@@ -141,6 +141,7 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                 .bind(p.tpm)
                 .bind(env.occurred_at)
                 .bind(env.event_id.to_string())
+                .bind(p.routing_prefer.as_deref())
                 .execute(&mut *conn)
                 .await?;
             }
@@ -278,6 +279,9 @@ pub struct KeyRow {
     pub created_at: i64,
     /// µs since the epoch, once revoked.
     pub revoked_at: Option<i64>,
+    /// Default routing preference of its requests (`cost`, `balanced`, `quality`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_prefer: Option<String>,
 }
 
 impl KeyRow {
@@ -288,7 +292,7 @@ impl KeyRow {
 }
 
 const KEY_COLUMNS: &str = "id, account_id, project_id, name, key_hash, key_prefix, status, \
-                           store_content, rpm, tpm, created_at, revoked_at";
+                           store_content, rpm, tpm, created_at, revoked_at, routing_prefer";
 
 fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
     Ok(KeyRow {
@@ -304,6 +308,7 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
         tpm: r.try_get(9)?,
         created_at: r.try_get(10)?,
         revoked_at: r.try_get(11)?,
+        routing_prefer: r.try_get(12)?,
     })
 }
 

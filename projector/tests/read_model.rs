@@ -56,6 +56,7 @@ fn admin_history() -> Vec<Event> {
                     store_content: k == 0,
                     rpm: Some(60),
                     tpm: None,
+                    routing_prefer: None,
                 },
             ));
         }

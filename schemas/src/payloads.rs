@@ -50,6 +50,9 @@ pub struct ApiKeyCreated {
     /// Tokens per minute allowed; `None` for no limit (v2).
     #[serde(default)]
     pub tpm: Option<i64>,
+    /// The key's default routing preference (`cost`, `balanced`, `quality`) (v3).
+    #[serde(default)]
+    pub routing_prefer: Option<String>,
 }
 
 /// An API key was revoked.

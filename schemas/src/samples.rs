@@ -41,6 +41,7 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             store_content: seed.is_multiple_of(2),
             rpm: Some(60 + n),
             tpm: Some(100_000),
+            routing_prefer: Some("cost".into()),
         }
         .into(),
         EventType::ApiKeyRevoked => ApiKeyRevoked {

@@ -153,6 +153,7 @@ fn api_key_created_v1_decodes_with_the_v2_reader_filling_defaults() {
             store_content: false,
             rpm: None,
             tpm: None,
+            routing_prefer: None,
             ..original.clone()
         }
     );

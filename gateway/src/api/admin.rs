@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use crate::admin::KeyRequest;
 use crate::api::error::ApiError;
 use crate::api::extract::{AdminKey, ApiJson, ApiQuery};
+use crate::routing::policy::Prefer;
 use crate::state::AppState;
 
 /// Who admin grants are attributed to in events.
@@ -206,6 +207,8 @@ pub struct KeyView {
     rpm: Option<i64>,
     tpm: Option<i64>,
     store_content: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routing: Option<serde_json::Value>,
     created_at: i64,
     revoked_at: Option<i64>,
 }
@@ -224,6 +227,7 @@ impl KeyView {
             rpm: k.rpm,
             tpm: k.tpm,
             store_content: k.store_content,
+            routing: k.routing_prefer.map(|p| serde_json::json!({ "prefer": p })),
             created_at: unix_seconds(k.created_at),
             revoked_at: k.revoked_at.map(unix_seconds),
         }
@@ -243,6 +247,16 @@ pub struct CreateKey {
     tpm: Option<i64>,
     #[serde(default)]
     store_content: bool,
+    #[serde(default)]
+    routing: Option<KeyRouting>,
+}
+
+/// A key's `routing` defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRouting {
+    #[serde(default)]
+    prefer: Option<Prefer>,
 }
 
 /// `POST /admin/keys`: issues a key, returned once.
@@ -260,6 +274,7 @@ pub async fn create_key(
             rpm: body.rpm,
             tpm: body.tpm,
             store_content: body.store_content,
+            routing_prefer: body.routing.and_then(|r| r.prefer),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(KeyView::new(row, Some(key)))))

@@ -138,8 +138,9 @@ async fn admit(state: &AppState, call: &Call<'_>) -> Result<Admitted, ApiError> 
     let routing = state.routes.routing();
     let policy = &routing.policy;
     let asked = request.routing;
-    let mut decision =
-        classifier::classify_preferring(request, policy, asked.prefer.unwrap_or(policy.prefer));
+    // The request's preference, else its key's, else the policy's.
+    let prefer = asked.prefer.or(call.key.prefer).unwrap_or(policy.prefer);
+    let mut decision = classifier::classify_preferring(request, policy, prefer);
     match choice {
         ModelChoice::Path(path) => decision.path = path,
         ModelChoice::Auto => {

@@ -294,6 +294,7 @@ mod tests {
                 rpm: None,
                 tpm: None,
                 store_content: false,
+                prefer: None,
             }),
             trace_id: None,
             instance: "test".into(),

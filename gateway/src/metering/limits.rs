@@ -244,6 +244,7 @@ mod tests {
             rpm,
             tpm,
             store_content: false,
+            prefer: None,
         }
     }
 
