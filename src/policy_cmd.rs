@@ -73,11 +73,13 @@ pub async fn build_policy(args: BuildArgs<'_>) -> anyhow::Result<()> {
     }
     let attempts = views.attempt_samples(args.since).await?;
     let feedback = views.feedback_samples(args.since).await?;
+    let evals = views.eval_samples(args.since).await?;
     let doc = build(BuildInput {
         base,
         version,
         attempts: &attempts,
         feedback: &feedback,
+        evals: &evals,
         since: args.since,
     });
     Policy::from_document(&doc).context("the candidate does not validate")?;
@@ -86,9 +88,10 @@ pub async fn build_policy(args: BuildArgs<'_>) -> anyhow::Result<()> {
     std::fs::write(&tmp, &json).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, args.out).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
-        "built policy version {version} from {} attempts and {} feedback scores into {}",
+        "built policy version {version} from {} attempts, {} feedback scores and {} eval results into {}",
         attempts.len(),
         feedback.len(),
+        evals.len(),
         args.out.display()
     );
     for (path, deployments) in &doc.routes {

@@ -3,7 +3,8 @@
 //! `PolicyPublished` stores a version's document and activates it; `PolicyActivated` makes an
 //! earlier version the active one again. The active policy is the version of the newest
 //! activation (by `occurred_at`, then event id), which every gateway polls. The samples
-//! ([`ReadModel::attempt_samples`], [`ReadModel::feedback_samples`]) are the request views
+//! ([`ReadModel::attempt_samples`], [`ReadModel::feedback_samples`],
+//! [`ReadModel::eval_samples`]) are the request and eval views
 //! `lumina policy build` reads; they come from events only, so a rebuilt read model gives the
 //! same samples and the same policy.
 
@@ -185,6 +186,27 @@ impl ReadModel {
                     ok: r.try_get::<String, _>(4)? == "ok",
                     error_class: r.try_get(5)?,
                     fell_back: r.try_get::<i64, _>(6)? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Eval scores (`lumina eval run`) of items completed at or after `since` (µs), keyed by
+    /// the task class the gateway routed them as, in a stable order.
+    pub async fn eval_samples(&self, since: i64) -> Result<Vec<FeedbackSample>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT path, COALESCE(routed_task_class, task_class, 'chat'), score FROM eval_results
+             WHERE completed_at >= $1 ORDER BY event_id",
+        )
+        .bind(since)
+        .fetch_all(&self.database().pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FeedbackSample {
+                    path: r.try_get(0)?,
+                    task_class: r.try_get(1)?,
+                    score: r.try_get(2)?,
                 })
             })
             .collect()

@@ -7,8 +7,9 @@
 //! to the best of the path; below [`MIN_SHARE`] of the best it gets no first attempts (it
 //! stays a fallback). A deployment with fewer than [`MIN_ATTEMPTS`] attempts keeps a full
 //! weight (nothing is known against it). A task class whose answers on a path got a mean
-//! feedback score below [`BAD_FEEDBACK`] over at least [`MIN_FEEDBACK`] scores is raised to
-//! the next stronger path; floors already in the base policy stay.
+//! score (feedback and eval results together) below [`BAD_FEEDBACK`] over at least
+//! [`MIN_FEEDBACK`] scores is raised to the next stronger path; floors already in the base
+//! policy stay.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +43,8 @@ pub struct BuildInput<'a> {
     pub attempts: &'a [AttemptSample],
     /// Feedback of the period.
     pub feedback: &'a [FeedbackSample],
+    /// Eval scores of the period (`lumina eval run`), weighed as feedback is.
+    pub evals: &'a [FeedbackSample],
     /// Start of the period, µs since the epoch (recorded in `built_from`).
     pub since: i64,
 }
@@ -81,7 +84,8 @@ pub fn build(input: BuildInput<'_>) -> PolicyDocument {
     let base_version = doc.version;
     doc.version = input.version;
     doc.routes = deployment_weights(input.attempts);
-    let floors = feedback_floors(input.feedback);
+    let scores: Vec<&FeedbackSample> = input.feedback.iter().chain(input.evals).collect();
+    let floors = feedback_floors(&scores);
     let raised: Vec<String> = floors.keys().cloned().collect();
     for (class, bounds) in floors {
         let entry = doc.task_classes.entry(class).or_default();
@@ -101,6 +105,7 @@ pub fn build(input: BuildInput<'_>) -> PolicyDocument {
         "since": input.since,
         "attempts": input.attempts.len(),
         "feedback": input.feedback.len(),
+        "evals": input.evals.len(),
         "raised_task_classes": raised,
     }));
     doc
@@ -206,7 +211,7 @@ fn deployment_weights(attempts: &[AttemptSample]) -> BTreeMap<String, Vec<Deploy
 }
 
 /// Task classes whose feedback on a path was bad, with the next stronger path as their floor.
-fn feedback_floors(feedback: &[FeedbackSample]) -> BTreeMap<String, PathBounds> {
+fn feedback_floors(feedback: &[&FeedbackSample]) -> BTreeMap<String, PathBounds> {
     let mut sums: BTreeMap<(&str, &str), (usize, f64)> = BTreeMap::new();
     for f in feedback {
         let entry = sums
@@ -237,7 +242,7 @@ fn feedback_floors(feedback: &[FeedbackSample]) -> BTreeMap<String, PathBounds> 
                     min_path: Some(next.to_string()),
                     max_path: None,
                     reason: Some(format!(
-                        "mean feedback {:.2} over {n} answers on {path}",
+                        "mean feedback and eval score {:.2} over {n} answers on {path}",
                         round4(mean)
                     )),
                 },
@@ -274,8 +279,32 @@ mod tests {
             version: 7,
             attempts,
             feedback,
+            evals: &[],
             since: 0,
         })
+    }
+
+    #[test]
+    fn bad_eval_scores_raise_a_task_class_as_feedback_does() {
+        let evals: Vec<FeedbackSample> = (0..5)
+            .map(|i| FeedbackSample {
+                path: "balanced".into(),
+                task_class: "math".into(),
+                score: if i == 0 { 1.0 } else { 0.2 },
+            })
+            .collect();
+        let doc = build(BuildInput {
+            base: base(),
+            version: 7,
+            attempts: &[],
+            feedback: &[],
+            evals: &evals,
+            since: 0,
+        });
+        assert_eq!(
+            doc.task_classes["math"].min_path.as_deref(),
+            Some("reasoning")
+        );
     }
 
     #[test]
