@@ -7,17 +7,28 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use lumina_gateway::routing::classifier::classify_with;
-use lumina_gateway::routing::dataset::{LabelledItem, parse_items};
+use lumina_gateway::routing::dataset::{LabelledItem, parse_dataset};
 use lumina_gateway::routing::eval::{CostWeights, RoutingReport, evaluate};
 use lumina_gateway::routing::policy::{self, Policy};
 use lumina_gateway::routing::train::{TrainConfig, train};
 
+/// Reads labelled routing sets and `lumina eval export` files; says on stderr how many exported
+/// requests were labelled from their feedback and how many carried no label.
 pub(crate) fn read_items(paths: &[PathBuf]) -> anyhow::Result<Vec<LabelledItem>> {
     let mut items = Vec::new();
     for path in paths {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        items.extend(parse_items(&text).with_context(|| path.display().to_string())?);
+        let parsed = parse_dataset(&text).with_context(|| path.display().to_string())?;
+        if parsed.from_feedback + parsed.skipped > 0 {
+            eprintln!(
+                "{}: {} exported requests labelled from their feedback, {} without content or feedback skipped",
+                path.display(),
+                parsed.from_feedback,
+                parsed.skipped
+            );
+        }
+        items.extend(parsed.items);
     }
     Ok(items)
 }

@@ -413,3 +413,93 @@ async fn a_request_bounds_and_biases_its_own_routing() {
         assert_eq!(v["error"]["param"], param, "{v}");
     }
 }
+
+/// Feedback on production traffic becomes training data: `lumina eval export` lines of a key
+/// that stores content, labelled by their feedback, train alongside a labelled set.
+#[tokio::test]
+async fn exported_feedback_trains_the_classifier() {
+    let m = Mocked::with("").await;
+    let lumina = &m.lumina;
+    let account = lumina.account("Export Co", "100").await;
+    let (_, key) = lumina
+        .key_with(&account, json!({"store_content": true}))
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let (code, headers, text) = lumina
+            .chat(
+                &key,
+                &user("lumina-auto", &format!("Say hello to Eve {i}.")),
+            )
+            .await;
+        assert_eq!(code, 200, "{text}");
+        ids.push(header(&headers, "x-request-id").to_string());
+    }
+    // Three get a verdict; the fourth none, so it carries no label.
+    for (id, score) in ids.iter().zip([0.0, 0.0, 1.0]) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (code, _, v) = lumina
+                .request(
+                    Method::POST,
+                    "/v1/feedback",
+                    Some(&key),
+                    Some(&json!({"request_id": id, "score": score}).to_string()),
+                )
+                .await;
+            if code < 300 {
+                break;
+            }
+            assert!(code == 404 && std::time::Instant::now() < deadline, "{v}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let export = m.tmp.path().join("export.jsonl");
+    let dir = lumina.data_dir.to_str().unwrap();
+    let (ok, _, err) = run(
+        &[
+            "eval",
+            "export",
+            "--data-dir",
+            dir,
+            "--since",
+            "0",
+            "--out",
+            export.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let trained = m.tmp.path().join("trained.json");
+    let (ok, _, err) = run(
+        &[
+            "policy",
+            "train",
+            "--dataset",
+            "datasets/routing/dev.jsonl",
+            export.to_str().unwrap(),
+            "--version",
+            "5",
+            "--out",
+            trained.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("3 exported requests labelled from their feedback, 1 without content or feedback skipped"),
+        "{err}"
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&trained).unwrap()).unwrap();
+    let dev_items = std::fs::read_to_string("datasets/routing/dev.jsonl")
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(
+        doc["training"]["items"],
+        dev_items + 3,
+        "{}",
+        doc["training"]
+    );
+}

@@ -2,6 +2,11 @@
 //! OpenAI `messages` (and optional `tools`, `response_format`, `reasoning_effort`) of a request
 //! and the path it needs. Each item becomes the chat request body a client would send, so
 //! training and evaluation see a request exactly as the gateway does.
+//!
+//! Lines of `lumina eval export` (`schema_version` 1) are read too, labelled by their feedback:
+//! a `label` naming a path is that path; a `score` below 0.5 means the routed path was too weak
+//! (the next stronger one); a higher score keeps the routed path. Lines without stored content
+//! or without such feedback carry no label and are skipped (and counted).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -53,6 +58,65 @@ struct Line {
     path: String,
 }
 
+/// An `lumina eval export` line, as far as training reads it.
+#[derive(Deserialize)]
+struct ExportLine {
+    request_id: String,
+    route: ExportRoute,
+    #[serde(default)]
+    feedback: Option<ExportFeedback>,
+    #[serde(default)]
+    content: Option<ExportContent>,
+}
+
+#[derive(Deserialize)]
+struct ExportRoute {
+    path: String,
+}
+
+#[derive(Deserialize)]
+struct ExportFeedback {
+    #[serde(default)]
+    score: Option<f64>,
+    #[serde(default)]
+    label: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ExportContent {
+    messages: Vec<Value>,
+}
+
+/// Feedback score below which the routed path was too weak.
+const WEAK_SCORE: f64 = 0.5;
+
+/// The path an exported request needed, from its feedback; `None` when nothing says.
+fn label_from_feedback(routed: RoutePath, feedback: &ExportFeedback) -> Option<RoutePath> {
+    if let Some(path) = feedback.label.as_deref().and_then(parse_path) {
+        return Some(path);
+    }
+    let score = feedback.score.filter(|s| s.is_finite())?;
+    Some(if score < WEAK_SCORE {
+        match routed {
+            RoutePath::Fast => RoutePath::Balanced,
+            _ => RoutePath::Reasoning,
+        }
+    } else {
+        routed
+    })
+}
+
+/// A parsed dataset: its labelled items, and the export lines that carried no label.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// The items.
+    pub items: Vec<LabelledItem>,
+    /// Items labelled from exported feedback.
+    pub from_feedback: usize,
+    /// Export lines skipped: no stored content, or no feedback that names a path.
+    pub skipped: usize,
+}
+
 /// A path's name as labelled (`fast`, `balanced`, `reasoning`).
 pub fn parse_path(name: &str) -> Option<RoutePath> {
     match name {
@@ -65,14 +129,41 @@ pub fn parse_path(name: &str) -> Option<RoutePath> {
 
 /// Parses a JSONL dataset; blank lines are skipped, any other bad line is an error naming it.
 pub fn parse_items(text: &str) -> Result<Vec<LabelledItem>, DatasetError> {
-    let mut items = Vec::new();
+    parse_dataset(text).map(|p| p.items)
+}
+
+/// Parses a JSONL dataset of labelled items or `lumina eval export` lines (or both).
+pub fn parse_dataset(text: &str) -> Result<Parsed, DatasetError> {
+    let mut parsed = Parsed::default();
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {
             continue;
         }
         let line = i + 1;
         let err = |message: String| DatasetError { line, message };
-        let l: Line = serde_json::from_str(raw).map_err(|e| err(e.to_string()))?;
+        let value: Value = serde_json::from_str(raw).map_err(|e| err(e.to_string()))?;
+        if value.get("schema_version").is_some() {
+            let l: ExportLine = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
+            let routed = parse_path(&l.route.path);
+            let label = routed
+                .zip(l.feedback.as_ref())
+                .and_then(|(r, f)| label_from_feedback(r, f));
+            let (Some(path), Some(content)) = (label, l.content) else {
+                parsed.skipped += 1;
+                continue;
+            };
+            let body = serde_json::json!({"model": "lumina-auto", "messages": content.messages});
+            let item = LabelledItem {
+                id: l.request_id,
+                body: body.to_string(),
+                path,
+            };
+            item.request().map_err(|e| err(e.message))?;
+            parsed.items.push(item);
+            parsed.from_feedback += 1;
+            continue;
+        }
+        let l: Line = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
         let path = parse_path(&l.path).ok_or_else(|| {
             err(format!(
                 "path: expected fast, balanced or reasoning, got '{}'",
@@ -95,9 +186,9 @@ pub fn parse_items(text: &str) -> Result<Vec<LabelledItem>, DatasetError> {
             path,
         };
         item.request().map_err(|e| err(e.message))?;
-        items.push(item);
+        parsed.items.push(item);
     }
-    Ok(items)
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -120,6 +211,54 @@ mod tests {
             r.response_format.as_ref().map(|f| f.as_str()),
             Some("json_object")
         );
+    }
+
+    #[test]
+    fn exported_requests_are_labelled_by_their_feedback() {
+        let line = |path: &str, feedback: Value, content: bool| {
+            serde_json::json!({"schema_version": 1, "request_id": format!("req_{path}"),
+                "route": {"path": path, "task_class": "chat"},
+                "feedback": feedback,
+                "content": content.then(|| serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "answer": "hello", "tool_calls": null}))})
+            .to_string()
+        };
+        let text = [
+            line(
+                "fast",
+                serde_json::json!({"score": 0.0, "label": null, "comment": null}),
+                true,
+            ),
+            line(
+                "balanced",
+                serde_json::json!({"score": 0.9, "label": null, "comment": null}),
+                true,
+            ),
+            line(
+                "reasoning",
+                serde_json::json!({"score": 1.0, "label": "fast", "comment": null}),
+                true,
+            ),
+            line(
+                "fast",
+                serde_json::json!({"score": 0.0, "label": null, "comment": null}),
+                false,
+            ),
+            line("fast", Value::Null, true),
+            r#"{"id":"a","messages":[{"role":"user","content":"hi"}],"path":"fast"}"#.to_string(),
+        ]
+        .join("\n");
+        let parsed = parse_dataset(&text).unwrap();
+        let paths: Vec<RoutePath> = parsed.items.iter().map(|i| i.path).collect();
+        assert_eq!(
+            paths,
+            [
+                RoutePath::Balanced,
+                RoutePath::Balanced,
+                RoutePath::Fast,
+                RoutePath::Fast
+            ]
+        );
+        assert_eq!((parsed.from_feedback, parsed.skipped), (3, 2));
     }
 
     #[test]
