@@ -169,6 +169,27 @@ async fn a_slow_deployment_loses_its_traffic_once_a_built_policy_is_published() 
     );
 }
 
+/// Posts a feedback `score` on request `id`, retrying while the read model has not seen the
+/// request yet (it arrives a moment after its answer).
+async fn feedback(lumina: &Lumina, key: &str, id: &str, score: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (code, _, v) = lumina
+            .request(
+                Method::POST,
+                "/v1/feedback",
+                Some(key),
+                Some(&json!({"request_id": id, "score": score}).to_string()),
+            )
+            .await;
+        if code < 300 {
+            return;
+        }
+        assert!(code == 404 && std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends the task-class probe and returns (path, policy version).
 async fn probe(lumina: &Lumina, key: &str) -> (String, String) {
     let (code, headers, text) = lumina
@@ -202,23 +223,7 @@ async fn bad_feedback_moves_a_task_class_up_rollback_restores_it_and_invalid_pol
         assert_eq!(code, 200, "{text}");
         assert_eq!(header(&headers, "x-lumina-route"), "fast");
         let id = header(&headers, "x-request-id").to_string();
-        // The request reaches the read model a moment after its answer.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let (code, _, v) = lumina
-                .request(
-                    Method::POST,
-                    "/v1/feedback",
-                    Some(&key),
-                    Some(&json!({"request_id": id, "score": 0}).to_string()),
-                )
-                .await;
-            if code < 300 {
-                break;
-            }
-            assert!(code == 404 && std::time::Instant::now() < deadline, "{v}");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        feedback(lumina, &key, &id, 0.0).await;
     }
     let out = m.tmp.path().join("feedback.json");
     let built = build(lumina, &out, &[]);
@@ -437,22 +442,7 @@ async fn exported_feedback_trains_the_classifier() {
     }
     // Three get a verdict; the fourth none, so it carries no label.
     for (id, score) in ids.iter().zip([0.0, 0.0, 1.0]) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let (code, _, v) = lumina
-                .request(
-                    Method::POST,
-                    "/v1/feedback",
-                    Some(&key),
-                    Some(&json!({"request_id": id, "score": score}).to_string()),
-                )
-                .await;
-            if code < 300 {
-                break;
-            }
-            assert!(code == 404 && std::time::Instant::now() < deadline, "{v}");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        feedback(lumina, &key, id, score).await;
     }
     let export = m.tmp.path().join("export.jsonl");
     let dir = lumina.data_dir.to_str().unwrap();

@@ -104,6 +104,15 @@ pub struct FeedbackSample {
     pub score: f64,
 }
 
+/// A (path, task class, score) row.
+fn score_sample(r: &AnyRow) -> Result<FeedbackSample, sqlx::Error> {
+    Ok(FeedbackSample {
+        path: r.try_get(0)?,
+        task_class: r.try_get(1)?,
+        score: r.try_get(2)?,
+    })
+}
+
 const POLICY_COLUMNS: &str = "p.version, p.snapshot_json, p.reason, p.published_at,
     (SELECT MAX(a.activated_at) FROM policy_activations a WHERE a.version = p.version)";
 
@@ -201,15 +210,7 @@ impl ReadModel {
         .bind(since)
         .fetch_all(&self.database().pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(FeedbackSample {
-                    path: r.try_get(0)?,
-                    task_class: r.try_get(1)?,
-                    score: r.try_get(2)?,
-                })
-            })
-            .collect()
+        rows.iter().map(score_sample).collect()
     }
 
     /// Feedback scores of requests routed at or after `since` (µs), in a stable order.
@@ -222,14 +223,6 @@ impl ReadModel {
         .bind(since)
         .fetch_all(&self.database().pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(FeedbackSample {
-                    path: r.try_get(0)?,
-                    task_class: r.try_get(1)?,
-                    score: r.try_get(2)?,
-                })
-            })
-            .collect()
+        rows.iter().map(score_sample).collect()
     }
 }
