@@ -6,6 +6,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::{bin, dump_read_models, run, signal};
 use lumina_eventlog::{Backend, EventLog, LogOptions, LogRecord};
@@ -182,8 +183,17 @@ async fn scenario(backend: Backend) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let fraction = rng.random_range(0.1..0.3);
-        tokio::time::sleep(clean_run.mul_f64(fraction)).await;
+        // Kill once this run has committed something new, after a random further moment, so
+        // every kill lands while the consumer works: a fixed share of the clean run's time
+        // often fell into start-up (before the first commit) on a loaded machine.
+        let deadline = std::time::Instant::now() + clean_run * 2 + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            match positions_or_none(&killed_db.url).await {
+                Some((next, _, _)) if next > last_next => break,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        tokio::time::sleep(clean_run.mul_f64(rng.random_range(0.0..0.05))).await;
         signal(child.id(), "-KILL");
         let _ = child.wait();
         if let Some((next, _, _)) = positions_or_none(&killed_db.url).await {
@@ -191,6 +201,9 @@ async fn scenario(backend: Backend) {
                 interrupted += 1;
             }
             last_next = next;
+        }
+        if last_next == end as i64 + 1 {
+            break;
         }
     }
     assert!(
