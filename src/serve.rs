@@ -193,7 +193,8 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         ledger: ledger.clone(),
         keys,
         admin_key: secrets.admin_key.clone(),
-        catalog: Catalog::new(config.catalog.fusion).with_aliases(config.aliases()?),
+        catalog: Catalog::new(config.catalog.fusion, routes.serves_embeddings())
+            .with_aliases(config.aliases()?),
         log: log.clone(),
         readiness,
         routes,

@@ -10,6 +10,9 @@ use crate::routing::catalog::RoutePath;
 /// The routable paths, in the order config and errors list them.
 pub const PATHS: [RoutePath; 3] = [RoutePath::Fast, RoutePath::Balanced, RoutePath::Reasoning];
 
+/// The key of the embeddings model in `models` and of its route in `[routes]`.
+pub const EMBEDDINGS: &str = "embeddings";
+
 /// Kinds of upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,7 +50,8 @@ pub struct ProviderConfig {
     /// Environment variable holding the upstream API key; never the key itself.
     #[serde(default)]
     pub api_key_env: Option<String>,
-    /// Upstream model per path: `{ fast = "…", balanced = "…", reasoning = "…" }`.
+    /// Upstream model per path: `{ fast = "…", balanced = "…", reasoning = "…" }`, plus
+    /// `embeddings = "…"` for an upstream that serves `/v1/embeddings`.
     #[serde(default)]
     pub models: BTreeMap<String, String>,
     /// Whole-attempt deadline.
@@ -202,7 +206,7 @@ impl Default for ServerConfig {
 pub struct GatewayConfig {
     /// `[[providers]]`; a simulated provider serves every path when there is none.
     pub providers: Vec<ProviderConfig>,
-    /// `[routes.fast]`, `[routes.balanced]`, `[routes.reasoning]`.
+    /// `[routes.fast]`, `[routes.balanced]`, `[routes.reasoning]`, `[routes.embeddings]`.
     pub routes: BTreeMap<String, RouteConfig>,
     /// `[breaker]`
     pub breaker: BreakerConfig,
@@ -219,7 +223,9 @@ pub fn default_simulated_provider() -> ProviderConfig {
         api_key_env: None,
         models: PATHS
             .iter()
-            .map(|p| (p.as_str().to_string(), format!("sim-{}", p.as_str())))
+            .map(|p| p.as_str())
+            .chain([EMBEDDINGS])
+            .map(|p| (p.to_string(), format!("sim-{p}")))
             .collect(),
         timeout_ms: default_timeout_ms(),
         connect_timeout_ms: default_connect_timeout_ms(),
@@ -254,11 +260,16 @@ impl GatewayConfig {
                 ));
             }
             for path in p.models.keys() {
-                if !PATHS.iter().any(|x| x.as_str() == path) {
+                if path != EMBEDDINGS && !PATHS.iter().any(|x| x.as_str() == path) {
                     return Err(format!(
-                        "{key}.models.{path}: expected one of fast, balanced, reasoning"
+                        "{key}.models.{path}: expected one of fast, balanced, reasoning, embeddings"
                     ));
                 }
+            }
+            if p.kind == ProviderKind::Anthropic && p.models.contains_key(EMBEDDINGS) {
+                return Err(format!(
+                    "{key}.models.embeddings: Anthropic's API serves no embeddings"
+                ));
             }
             if let Some(var) = &p.api_key_env
                 && env(var).is_none_or(|v| v.is_empty())
@@ -307,14 +318,13 @@ impl GatewayConfig {
             }
         }
         for name in self.routes.keys() {
-            if !PATHS.iter().any(|p| p.as_str() == name) {
+            if name != EMBEDDINGS && !PATHS.iter().any(|p| p.as_str() == name) {
                 return Err(format!(
-                    "routes.{name}: expected fast, balanced or reasoning"
+                    "routes.{name}: expected fast, balanced, reasoning or embeddings"
                 ));
             }
         }
-        for path in PATHS {
-            let path = path.as_str();
+        for path in PATHS.iter().map(|p| p.as_str()).chain([EMBEDDINGS]) {
             match self.routes.get(path) {
                 Some(route) => {
                     if route.providers.is_empty() {
@@ -342,6 +352,10 @@ impl GatewayConfig {
                         .filter(|p| p.models.contains_key(path))
                         .map(|p| p.name.clone())
                         .collect();
+                    if providers.is_empty() && path == EMBEDDINGS {
+                        // No upstream serves embeddings: the gateway offers none.
+                        continue;
+                    }
                     if providers.is_empty() {
                         return Err(format!(
                             "routes.{path}: no provider has models.{path}; add one or a [routes.{path}] section"
@@ -392,6 +406,23 @@ mod tests {
         assert_eq!(c.providers.len(), 1);
         assert_eq!(c.routes["fast"].providers, ["simulated"]);
         assert_eq!(c.routes["reasoning"].providers, ["simulated"]);
+        assert_eq!(c.routes[EMBEDDINGS].providers, ["simulated"]);
+    }
+
+    #[test]
+    fn embeddings_are_a_route_of_their_own_and_optional() {
+        let base = "[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmodels = { fast = \"m\", balanced = \"m\", reasoning = \"m\" }\n";
+        assert!(!parse(base).unwrap().routes.contains_key(EMBEDDINGS));
+        let with = base.replace("reasoning = \"m\"", "reasoning = \"m\", embeddings = \"e\"");
+        assert_eq!(parse(&with).unwrap().routes[EMBEDDINGS].providers, ["a"]);
+        let e = parse(&format!("{base}[routes.embeddings]\nproviders = [\"a\"]\n")).unwrap_err();
+        assert!(
+            e.contains("routes.embeddings.providers") && e.contains("models.embeddings"),
+            "{e}"
+        );
+        let claude = "[[providers]]\nname = \"c\"\nkind = \"anthropic\"\napi_key_env = \"SET\"\nmodels = { fast = \"m\", balanced = \"m\", reasoning = \"m\", embeddings = \"e\" }\n";
+        let e = parse(claude).unwrap_err();
+        assert!(e.contains("providers[0].models.embeddings"), "{e}");
     }
 
     #[test]

@@ -110,14 +110,16 @@ pub struct InvalidRequest {
     pub param: Option<String>,
 }
 
-fn invalid(message: impl Into<String>, param: impl Into<String>) -> InvalidRequest {
+/// A refusal of `param`.
+pub fn invalid(message: impl Into<String>, param: impl Into<String>) -> InvalidRequest {
     InvalidRequest {
         message: message.into(),
         param: Some(param.into()),
     }
 }
 
-fn parse_field<'a, T: Deserialize<'a>>(
+/// Reads `raw` as a `T`, or says that `param` is not `expected`.
+pub fn parse_field<'a, T: Deserialize<'a>>(
     raw: &'a RawValue,
     param: &str,
     expected: &str,
@@ -392,29 +394,33 @@ struct ResponseFormatWire<'a> {
     kind: Text<'a>,
 }
 
+/// A request body's members: UTF-8, a JSON object, no member named twice at any depth.
+pub fn parse_object(body: &[u8]) -> Result<RawObject<'_>, InvalidRequest> {
+    let text = std::str::from_utf8(body).map_err(|e| InvalidRequest {
+        message: format!("The request body is not valid UTF-8 ({e})."),
+        param: None,
+    })?;
+    let first = text.trim_start().as_bytes().first().copied();
+    if first != Some(b'{') {
+        return Err(InvalidRequest {
+            message: "We could not parse the JSON body of your request: expected a JSON object."
+                .into(),
+            param: None,
+        });
+    }
+    if let KeyCheck::Duplicate(d) = json_keys::check(body) {
+        return Err(duplicate_member(d));
+    }
+    serde_json::from_str(text).map_err(|e| InvalidRequest {
+        message: format!("We could not parse the JSON body of your request ({e})."),
+        param: None,
+    })
+}
+
 impl<'a> ChatRequest<'a> {
     /// Parses and validates a request body.
     pub fn parse(body: &'a [u8]) -> Result<ChatRequest<'a>, InvalidRequest> {
-        let text = std::str::from_utf8(body).map_err(|e| InvalidRequest {
-            message: format!("The request body is not valid UTF-8 ({e})."),
-            param: None,
-        })?;
-        let first = text.trim_start().as_bytes().first().copied();
-        if first != Some(b'{') {
-            return Err(InvalidRequest {
-                message:
-                    "We could not parse the JSON body of your request: expected a JSON object."
-                        .into(),
-                param: None,
-            });
-        }
-        if let KeyCheck::Duplicate(d) = json_keys::check(body) {
-            return Err(duplicate_member(d));
-        }
-        let fields: RawObject<'a> = serde_json::from_str(text).map_err(|e| InvalidRequest {
-            message: format!("We could not parse the JSON body of your request ({e})."),
-            param: None,
-        })?;
+        let fields = parse_object(body)?;
         let model_raw = fields
             .get("model")
             .filter(|v| !is_null(v))
@@ -527,56 +533,62 @@ impl<'a> ChatRequest<'a> {
     /// replaced, Lumina's own `lumina` member left out and, for streams,
     /// `stream_options.include_usage` forced on.
     pub fn upstream_body(&self, upstream_model: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            self.fields
-                .0
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.get().len() + 4)
-                .sum::<usize>()
-                + 64,
-        );
-        out.push(b'{');
-        let mut first = true;
-        let mut push_member = |out: &mut Vec<u8>, key: &str, value: &str| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            write_json_string(out, key);
-            out.push(b':');
-            out.extend_from_slice(value.as_bytes());
-        };
-        let model_json = json_string(upstream_model);
-        let mut wrote_model = false;
-        let mut wrote_options = false;
-        for (key, value) in &self.fields.0 {
-            match key.as_str() {
-                "model" => {
-                    push_member(&mut out, "model", &model_json);
-                    wrote_model = true;
-                }
-                "stream_options" if self.stream => {
-                    push_member(
-                        &mut out,
-                        "stream_options",
-                        &stream_options_with_usage(value),
-                    );
-                    wrote_options = true;
-                }
-                // Lumina's own options are for the gateway, not the upstream.
-                "lumina" => {}
-                k => push_member(&mut out, k, value.get()),
-            }
-        }
-        if !wrote_model {
-            push_member(&mut out, "model", &model_json);
-        }
-        if self.stream && !wrote_options {
-            push_member(&mut out, "stream_options", "{\"include_usage\":true}");
-        }
-        out.push(b'}');
-        out
+        upstream_object(&self.fields, upstream_model, self.stream)
     }
+}
+
+/// `fields` for an OpenAI-compatible upstream: in order, `model` replaced, `lumina` left out
+/// and, for a `stream`, `stream_options.include_usage` forced on.
+pub fn upstream_object(fields: &RawObject<'_>, upstream_model: &str, stream: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        fields
+            .0
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.get().len() + 4)
+            .sum::<usize>()
+            + 64,
+    );
+    out.push(b'{');
+    let mut first = true;
+    let mut push_member = |out: &mut Vec<u8>, key: &str, value: &str| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json_string(out, key);
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
+    };
+    let model_json = json_string(upstream_model);
+    let mut wrote_model = false;
+    let mut wrote_options = false;
+    for (key, value) in &fields.0 {
+        match key.as_str() {
+            "model" => {
+                push_member(&mut out, "model", &model_json);
+                wrote_model = true;
+            }
+            "stream_options" if stream => {
+                push_member(
+                    &mut out,
+                    "stream_options",
+                    &stream_options_with_usage(value),
+                );
+                wrote_options = true;
+            }
+            // Lumina's own options are for the gateway, not the upstream.
+            "lumina" => {}
+            k => push_member(&mut out, k, value.get()),
+        }
+    }
+    if !wrote_model {
+        push_member(&mut out, "model", &model_json);
+    }
+    if stream && !wrote_options {
+        push_member(&mut out, "stream_options", "{\"include_usage\":true}");
+    }
+    out.push(b'}');
+    out
 }
 
 fn stream_options_with_usage(raw: &RawValue) -> String {

@@ -55,6 +55,7 @@ impl MockUpstream {
         let app = Router::new()
             .route("/{provider}/v1/chat/completions", post(openai))
             .route("/{provider}/v1/messages", post(anthropic))
+            .route("/{provider}/v1/embeddings", post(embeddings))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -207,6 +208,64 @@ fn cut() -> Result<Bytes, std::io::Error> {
         std::io::ErrorKind::ConnectionReset,
         "mock cut",
     ))
+}
+
+/// Input tokens the mock reports per embedded input.
+pub const EMBED_TOKENS_PER_INPUT: u64 = 5;
+
+/// `/v1/embeddings`: a 3-dimensional vector per input (as floats, or base64 when asked), and
+/// [`EMBED_TOKENS_PER_INPUT`] tokens per input. Modes: `ok`, `fail400`, `fail500`, `nousage`,
+/// `usage=<JSON>`, `body=<JSON>`.
+async fn embeddings(
+    State(state): State<Arc<MockState>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.record(&provider, "embeddings", &headers, &body);
+    let mode = state.mode(&provider);
+    let (mode_name, param) = mode.split_once('=').unwrap_or((mode.as_str(), ""));
+    match mode_name {
+        "fail400" => return error(400, "invalid_request_error", "input is too long"),
+        "fail500" => return error(500, "server_error", "boom"),
+        "body" => {
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(param.to_string()))
+                .unwrap();
+        }
+        _ => {}
+    }
+    let inputs = match &body["input"] {
+        Value::Array(items) if items.iter().all(|i| !i.is_number()) => items.len(),
+        _ => 1,
+    };
+    let base64 = body["encoding_format"] == "base64";
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| {
+            let vector = [0.5f32, -0.25, i as f32];
+            let embedding = if base64 {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let tokens = EMBED_TOKENS_PER_INPUT * inputs as u64;
+    let usage: Value = match mode_name {
+        "nousage" => Value::Null,
+        "usage" => serde_json::from_str(param).unwrap_or(Value::Null),
+        _ => json!({"prompt_tokens": tokens, "total_tokens": tokens}),
+    };
+    let mut answer = json!({"object": "list", "data": data, "model": body["model"]});
+    if !usage.is_null() {
+        answer["usage"] = usage;
+    }
+    axum::Json(answer).into_response()
 }
 
 async fn openai(

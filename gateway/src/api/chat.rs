@@ -27,7 +27,8 @@ static X_LUMINA_ROUTE: HeaderName = HeaderName::from_static("x-lumina-route");
 static X_LUMINA_PROVIDER: HeaderName = HeaderName::from_static("x-lumina-provider");
 static X_LUMINA_ATTEMPTS: HeaderName = HeaderName::from_static("x-lumina-attempts");
 static X_LUMINA_DEPLOYMENT: HeaderName = HeaderName::from_static("x-lumina-deployment");
-static X_LUMINA_COST: HeaderName = HeaderName::from_static("x-lumina-cost");
+/// `x-lumina-cost`: the request's charge in credits.
+pub static X_LUMINA_COST: HeaderName = HeaderName::from_static("x-lumina-cost");
 static X_LUMINA_POLICY: HeaderName = HeaderName::from_static("x-lumina-policy");
 
 /// The W3C trace id of a `traceparent` header.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod chat;
+pub mod embeddings;
 pub mod error;
 pub mod evals;
 pub mod extract;
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/chat/completions", post(chat::create))
+        .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/messages", post(messages::create))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(models::list))

@@ -10,6 +10,7 @@
 //! shape, and a stream is written through the surface's [`StreamRenderer`].
 
 pub mod attempt;
+pub mod embed;
 pub mod settle;
 pub mod stream;
 
@@ -26,18 +27,18 @@ use tokio::sync::mpsc;
 
 use crate::api::error::ApiError;
 use crate::auth::KeyIdentity;
-use crate::engine::attempt::{Attempts, Tried};
+use crate::engine::attempt::{Attempt, Attempts, Tried};
 use crate::engine::settle::{AnswerText, Settlement, bill};
 use crate::engine::stream::Pump;
-use crate::metering::events::{Outcome, RequestMeta, Routing};
+use crate::metering::events::{Outcome, RequestMeta, Routing as RoutingRecord};
 use crate::metering::limits::LimitStatus;
 use crate::metering::usage;
 use crate::providers::{
     AnthropicHeaders, ChunkStream, ErrorClass, ProviderError, StreamChunk, UpstreamCall,
 };
-use crate::routing::catalog::ModelChoice;
-use crate::routing::classifier;
-use crate::routing::table::Deployment;
+use crate::routing::catalog::{ModelChoice, RoutePath};
+use crate::routing::classifier::{self, Decision};
+use crate::routing::table::{Deployment, Routing};
 use crate::state::AppState;
 use crate::wire::{ChatRequest, TokenUsage};
 
@@ -111,18 +112,41 @@ pub struct Streaming {
     pub body: mpsc::Receiver<Bytes>,
 }
 
+/// Who sent a request, whatever its surface.
+struct Origin<'a> {
+    key: &'a Arc<KeyIdentity>,
+    request_id: &'a RequestId,
+    trace_id: &'a Option<String>,
+    /// The client's bytes.
+    body: &'a Bytes,
+}
+
+/// What admission weighs once the route is decided.
+struct Plan<'a> {
+    requested_model: &'a str,
+    decision: Decision,
+    stream: bool,
+    prompt_estimate: u64,
+    max_tokens: Option<u64>,
+    n: u32,
+}
+
+/// Refuses every paid request while the event log cannot take writes.
+fn writable(state: &AppState) -> Result<(), ApiError> {
+    if state.log.is_healthy() {
+        return Ok(());
+    }
+    Err(ApiError::Unavailable(
+        "The event log cannot take writes (disk full or I/O error), so no paid request can be recorded. Retry later.".into(),
+    ))
+}
+
 /// Checks everything that comes before an upstream is called: the log takes writes, `n` is
-/// within bounds, the model exists; classifies; counts the key's limits; holds credit; queues
-/// `RequestRouted`.
+/// within bounds, the model exists; classifies; then [`admit_plan`].
 async fn admit(state: &AppState, call: &Call<'_>) -> Result<Admitted, ApiError> {
     let started = Instant::now();
-    let started_at = lumina_schemas::now_micros();
     let request = call.request;
-    if !state.log.is_healthy() {
-        return Err(ApiError::Unavailable(
-            "The event log cannot take writes (disk full or I/O error), so no paid request can be recorded. Retry later.".into(),
-        ));
-    }
+    writable(state)?;
     if request.n > state.server.max_n {
         return Err(ApiError::invalid(
             format!(
@@ -132,8 +156,18 @@ async fn admit(state: &AppState, call: &Call<'_>) -> Result<Admitted, ApiError> 
             Some("n"),
         ));
     }
-    let Some(choice) = state.catalog.resolve(request.model.as_str()) else {
-        return Err(ApiError::ModelNotFound(request.model.as_str().to_string()));
+    let choice = match state.catalog.resolve(request.model.as_str()) {
+        None => return Err(ApiError::ModelNotFound(request.model.as_str().to_string())),
+        Some(ModelChoice::Path(RoutePath::Embeddings)) => {
+            return Err(ApiError::invalid(
+                format!(
+                    "'{}' is an embeddings model: send it to /v1/embeddings.",
+                    request.model.as_str()
+                ),
+                Some("model"),
+            ));
+        }
+        Some(choice) => choice,
     };
     let routing = state.routes.routing();
     let policy = &routing.policy;
@@ -149,38 +183,67 @@ async fn admit(state: &AppState, call: &Call<'_>) -> Result<Admitted, ApiError> 
             decision.bound(asked.min_path.or(class_min), asked.max_path.or(class_max));
         }
     }
-    let prompt_estimate = usage::quick_prompt_estimate(request);
-    let completion_estimate = request
-        .max_tokens
+    let origin = Origin {
+        key: &call.key,
+        request_id: &call.request_id,
+        trace_id: &call.trace_id,
+        body: call.body,
+    };
+    let plan = Plan {
+        requested_model: request.model.as_str(),
+        decision,
+        stream: request.stream,
+        prompt_estimate: usage::quick_prompt_estimate(request),
+        max_tokens: request.max_tokens,
+        n: request.n,
+    };
+    admit_plan(state, origin, plan, started, &routing).await
+}
+
+/// Counts the key's limits, holds credit and queues `RequestRouted` for a request whose route
+/// is decided.
+async fn admit_plan(
+    state: &AppState,
+    origin: Origin<'_>,
+    plan: Plan<'_>,
+    started: Instant,
+    routing: &Routing,
+) -> Result<Admitted, ApiError> {
+    let started_at = lumina_schemas::now_micros();
+    let Plan {
+        requested_model,
+        decision,
+        stream,
+        prompt_estimate,
+        max_tokens,
+        n,
+    } = plan;
+    let completion_estimate = max_tokens
         .unwrap_or(ASSUMED_COMPLETION_TOKENS)
-        .saturating_mul(u64::from(request.n));
+        .saturating_mul(u64::from(n));
     let limits = state
         .limits
         .check(
-            &call.key,
+            origin.key,
             prompt_estimate.saturating_add(completion_estimate),
         )
         .map_err(|e| ApiError::RateLimited(Box::new(e)))?;
-    let deployments = state.routes.deployments(&routing, decision.path);
+    let deployments = state.routes.deployments(routing, decision.path);
     let meta = Arc::new(RequestMeta {
-        request_id: call.request_id.clone(),
-        key: call.key.clone(),
-        trace_id: call.trace_id.clone(),
+        request_id: origin.request_id.clone(),
+        key: origin.key.clone(),
+        trace_id: origin.trace_id.clone(),
         instance: state.instance.clone(),
-        requested_model: request.model.as_str().to_string(),
+        requested_model: requested_model.to_string(),
         path: decision.path,
         started,
         started_at,
     });
     let path = decision.path.as_str();
     let deployment_ids: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
-    let hold = state.prices.hold(
-        path,
-        &deployment_ids,
-        prompt_estimate,
-        request.max_tokens,
-        request.n,
-    );
+    let hold = state
+        .prices
+        .hold(path, &deployment_ids, prompt_estimate, max_tokens, n);
     if hold.is_positive() {
         state
             .credits
@@ -196,13 +259,13 @@ async fn admit(state: &AppState, call: &Call<'_>) -> Result<Admitted, ApiError> 
                 needed: NanoCredits(e.needed),
             })?;
     }
-    let routed = meta.routed(Routing {
+    let routed = meta.routed(RoutingRecord {
         decision: &decision,
-        stream: request.stream,
+        stream,
         policy_version: routing.version(),
         candidates: deployments.iter().map(|d| d.id.clone()).collect(),
         prompt_tokens_estimate: prompt_estimate,
-        max_tokens: request.max_tokens,
+        max_tokens,
         hold: hold.is_positive().then(|| CreditHold {
             amount_nano: hold.0,
             price_table_version: state.prices.version.clone(),
@@ -233,15 +296,13 @@ async fn admit(state: &AppState, call: &Call<'_>) -> Result<Admitted, ApiError> 
             state.price_version.clone(),
             meta.clone(),
             hold,
-            call.body,
+            origin.body,
         ),
         meta,
         policy_version: routing.version(),
         deployments,
         limits,
-        allowance: state
-            .prices
-            .output_allowance(path, request.max_tokens, request.n),
+        allowance: state.prices.output_allowance(path, max_tokens, n),
     })
 }
 
@@ -290,6 +351,35 @@ async fn unanswered(
     }
 }
 
+/// The answer of attempts that end with the whole of it (not a stream): recorded as answered
+/// (breaker, `UpstreamAttempted`, the settlement's deployment), or the request settled as
+/// failed and the error to answer.
+async fn whole<'a, T>(
+    state: &AppState,
+    tried: Tried<'a, T>,
+    attempts: &Attempts<'_>,
+    settlement: &mut Settlement,
+) -> Result<(Attempt, T), ApiError> {
+    match tried {
+        Tried::Answered {
+            attempt,
+            value,
+            probe,
+        } => {
+            attempt.deployment.breaker.record(true);
+            let ttfb = attempt.started.elapsed();
+            attempts.emit(&attempt.record(Some(ttfb), None)).await;
+            drop(probe);
+            settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
+            Ok((attempt, value))
+        }
+        Tried::Refused(deployment, e) => {
+            Err(unanswered(settlement, attempts, Some((deployment, e))).await)
+        }
+        Tried::Exhausted => Err(unanswered(settlement, attempts, None).await),
+    }
+}
+
 /// A whole answer: attempts until a deployment answers, then bills and settles it.
 pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
     let Admitted {
@@ -308,24 +398,7 @@ pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiErr
             |d| d.provider.complete(upstream_call(&call, &meta, d)),
         )
         .await;
-    let (attempt, completion) = match tried {
-        Tried::Answered {
-            attempt,
-            value,
-            probe,
-        } => {
-            attempt.deployment.breaker.record(true);
-            let ttfb = attempt.started.elapsed();
-            attempts.emit(&attempt.record(Some(ttfb), None)).await;
-            drop(probe);
-            settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
-            (attempt, value)
-        }
-        Tried::Refused(deployment, e) => {
-            return Err(unanswered(&mut settlement, &attempts, Some((deployment, e))).await);
-        }
-        Tried::Exhausted => return Err(unanswered(&mut settlement, &attempts, None).await),
-    };
+    let (attempt, completion) = whole(state, tried, &attempts, &mut settlement).await?;
     let body = completion.body;
     let billed = bill(completion.usage, allowance, call.body, || {
         AnswerText::Json(body.clone())

@@ -2,6 +2,7 @@
 //! the client receives the end of its answer. The charge is computed here and nowhere else. A
 //! request the client abandons is still settled, as `cancelled`, by a guard that fires on drop.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,14 +38,24 @@ pub async fn bill(
     body: &Bytes,
     answer: impl FnOnce() -> AnswerText,
 ) -> Billed {
+    bill_with(report, allowance, || estimate_usage(body.clone(), answer())).await
+}
+
+/// The usage to bill: the upstream's report when it is usable, else what `estimate` counts
+/// (flagged when the report was unusable rather than missing); completion tokens clamped to
+/// `allowance`.
+pub async fn bill_with<F: Future<Output = TokenUsage>>(
+    report: ReportedUsage,
+    allowance: u64,
+    estimate: impl FnOnce() -> F,
+) -> Billed {
     let anomaly = match report {
         ReportedUsage::Counted(usage) => return Billed::new(usage, false, None, allowance),
         ReportedUsage::Missing => None,
         ReportedUsage::Unrecognized => Some(UsageAnomaly::Unrecognized),
         ReportedUsage::OutOfRange => Some(UsageAnomaly::OutOfRange),
     };
-    let usage = estimate_usage(body.clone(), answer()).await;
-    Billed::new(usage, true, anomaly, allowance)
+    Billed::new(estimate().await, true, anomaly, allowance)
 }
 
 /// Estimates usage with the tokenizer, off the async runtime: the prompt from the request
@@ -118,6 +129,13 @@ impl Settlement {
                 hold,
             }),
         }
+    }
+
+    /// The settlement without the request's content, for answers that are no conversation
+    /// (embedding vectors): nothing is recorded for keys that store content.
+    pub fn without_content(mut self) -> Self {
+        self.content_body = None;
+        self
     }
 
     /// Attempt `number` began.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 pub const ROUNDING: &str = "half_up_nano";
 
 /// The paths that have prices.
-pub const PRICED_PATHS: [&str; 3] = ["fast", "balanced", "reasoning"];
+pub const PRICED_PATHS: [&str; 4] = ["fast", "balanced", "reasoning", "embeddings"];
 
 /// `[pricing]` in `lumina.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +126,8 @@ fn default_path(path: &str) -> PathPrice {
     let (input, output, max_output_tokens) = match path {
         "fast" => (Decimal::new(2, 1), Decimal::new(8, 1), 4096),
         "balanced" => (Decimal::from(2), Decimal::from(8), 8192),
+        // Input only: an embedding generates no tokens.
+        "embeddings" => (Decimal::new(2, 2), Decimal::ZERO, 1),
         _ => (Decimal::from(8), Decimal::from(32), 16_384),
     };
     PathPrice {
@@ -206,7 +208,7 @@ impl PriceTable {
             .find(|p| !PRICED_PATHS.contains(&p.as_str()))
         {
             return Err(format!(
-                "pricing.paths.{path}: expected fast, balanced or reasoning"
+                "pricing.paths.{path}: expected fast, balanced, reasoning or embeddings"
             ));
         }
         let mut deployments = BTreeMap::new();
@@ -483,8 +485,13 @@ mod tests {
     fn defaults_price_every_path_and_bad_tables_name_the_key() {
         let t = PriceTable::from_config(&PricingConfig::default()).unwrap();
         for path in PRICED_PATHS {
+            assert!(t.price(path, None).input > Decimal::ZERO, "{path}");
+        }
+        for path in ["fast", "balanced", "reasoning"] {
             assert!(t.price(path, None).output > Decimal::ZERO);
         }
+        assert_eq!(t.price("embeddings", None).output, Decimal::ZERO);
+        assert_eq!(t.output_allowance("embeddings", Some(0), 1), 0);
         for (text, key) in [
             (
                 "[paths.fast]\ninput = \"cheap\"\n",

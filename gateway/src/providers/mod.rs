@@ -20,6 +20,7 @@ use futures::Stream;
 use futures::future::BoxFuture;
 
 use crate::config::{ProviderConfig, ProviderKind};
+use crate::embeddings::EmbeddingsRequest;
 use crate::wire::{ChatRequest, TokenUsage};
 
 /// Why an attempt failed, as far as fallback and breakers care.
@@ -409,6 +410,23 @@ pub struct AnthropicHeaders {
     pub beta: Option<reqwest::header::HeaderValue>,
 }
 
+/// What an embeddings attempt is asked.
+pub struct EmbedCall<'a> {
+    /// The parsed client request.
+    pub request: &'a EmbeddingsRequest<'a>,
+    /// The embeddings model the deployment uses upstream.
+    pub upstream_model: &'a str,
+}
+
+/// An embeddings answer, checked ([`crate::embeddings::check_answer`]).
+#[derive(Debug)]
+pub struct Embedded {
+    /// The upstream's OpenAI-shaped `list` of vectors.
+    pub body: Bytes,
+    /// Usage as the upstream reported it.
+    pub usage: ReportedUsage,
+}
+
 /// An upstream adapter.
 pub trait Provider: Send + Sync {
     /// The whole completion.
@@ -422,6 +440,17 @@ pub trait Provider: Send + Sync {
         &'a self,
         call: UpstreamCall<'a>,
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>>;
+
+    /// Embedding vectors, for adapters whose upstream serves them (configuration lets no other
+    /// deployment onto the embeddings route).
+    fn embed<'a>(&'a self, _call: EmbedCall<'a>) -> BoxFuture<'a, Result<Embedded, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::new(
+                ErrorClass::Misconfigured,
+                "this upstream serves no embeddings",
+            ))
+        })
+    }
 }
 
 /// Size bounds of one provider's answers.

@@ -1,4 +1,5 @@
-//! Any OpenAI-compatible Chat Completions server (OpenAI, vLLM, Ollama, Together, Groq…).
+//! Any OpenAI-compatible Chat Completions server (OpenAI, vLLM, Ollama, Together, Groq…), and
+//! its `/embeddings`.
 //!
 //! The request goes out as the client's own JSON with `model` and `stream_options` rewritten;
 //! the answer comes back byte for byte, read only far enough to learn its usage and length.
@@ -13,10 +14,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use crate::embeddings;
 use crate::providers::sse::events;
 use crate::providers::{
-    BodyLimits, ChunkStream, Completion, ErrorClass, Provider, ProviderError, ReportedUsage,
-    StreamChunk, Timeouts, UpstreamCall, http_client, openai_usage, read_bounded, send,
+    BodyLimits, ChunkStream, Completion, EmbedCall, Embedded, ErrorClass, Provider, ProviderError,
+    ReportedUsage, StreamChunk, Timeouts, UpstreamCall, http_client, openai_usage, read_bounded,
+    send,
 };
 
 /// How long a stream's body is read past `[DONE]` to reuse its connection.
@@ -25,6 +28,7 @@ const DRAIN_AFTER_DONE: std::time::Duration = std::time::Duration::from_millis(5
 /// An OpenAI-compatible upstream.
 pub struct OpenAi {
     url: reqwest::Url,
+    embeddings_url: reqwest::Url,
     auth: Option<HeaderValue>,
     client: reqwest::Client,
     timeouts: Timeouts,
@@ -49,12 +53,13 @@ impl OpenAi {
             }
             None => None,
         };
+        let endpoint = |path: &str| {
+            reqwest::Url::parse(&format!("{}/{path}", base_url.trim_end_matches('/')))
+                .map_err(|e| format!("base_url is not a URL: {e}"))
+        };
         Ok(OpenAi {
-            url: reqwest::Url::parse(&format!(
-                "{}/chat/completions",
-                base_url.trim_end_matches('/')
-            ))
-            .map_err(|e| format!("base_url is not a URL: {e}"))?,
+            url: endpoint("chat/completions")?,
+            embeddings_url: endpoint("embeddings")?,
             auth,
             client: http_client(&timeouts)?,
             timeouts,
@@ -64,14 +69,15 @@ impl OpenAi {
 
     async fn send(
         &self,
-        call: &UpstreamCall<'_>,
+        url: &reqwest::Url,
+        body: Vec<u8>,
         deadline: Instant,
     ) -> Result<reqwest::Response, ProviderError> {
         let mut request = self
             .client
-            .post(self.url.clone())
+            .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
-            .body(call.request.upstream_body(call.upstream_model));
+            .body(body);
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
@@ -196,7 +202,8 @@ impl Provider for OpenAi {
     ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
-            let response = self.send(&call, deadline).await?;
+            let body = call.request.upstream_body(call.upstream_model);
+            let response = self.send(&self.url, body, deadline).await?;
             let body = read_bounded(response, self.limits.response_bytes, deadline).await?;
             let probe = probe(&body, "completion")?;
             let choices = probe.choices.as_deref().unwrap_or_default();
@@ -222,7 +229,8 @@ impl Provider for OpenAi {
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
-            let response = self.send(&call, deadline).await?;
+            let body = call.request.upstream_body(call.upstream_model);
+            let response = self.send(&self.url, body, deadline).await?;
             let events = Box::pin(events(
                 response.bytes_stream(),
                 self.timeouts,
@@ -250,6 +258,18 @@ impl Provider for OpenAi {
                 }
             });
             Ok(Box::pin(chunks) as ChunkStream)
+        }
+        .boxed()
+    }
+
+    fn embed<'a>(&'a self, call: EmbedCall<'a>) -> BoxFuture<'a, Result<Embedded, ProviderError>> {
+        async move {
+            let deadline = Instant::now() + self.timeouts.total;
+            let body = call.request.upstream_body(call.upstream_model);
+            let response = self.send(&self.embeddings_url, body, deadline).await?;
+            let body = read_bounded(response, self.limits.response_bytes, deadline).await?;
+            let usage = embeddings::check_answer(&body, call.request)?;
+            Ok(Embedded { body, usage })
         }
         .boxed()
     }

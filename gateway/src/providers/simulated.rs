@@ -11,9 +11,10 @@ use rand::RngExt;
 use serde_json::value::RawValue;
 
 use crate::config::SimulatedConfig;
+use crate::embeddings::{EncodingFormat, Input};
 use crate::providers::{
-    ChunkStream, Completion, ErrorClass, Provider, ProviderError, ReportedUsage, StreamChunk,
-    UpstreamCall,
+    ChunkStream, Completion, EmbedCall, Embedded, ErrorClass, Provider, ProviderError,
+    ReportedUsage, StreamChunk, UpstreamCall,
 };
 use crate::wire::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
@@ -467,4 +468,78 @@ impl Provider for Simulated {
         }
         .boxed()
     }
+
+    fn embed<'a>(&'a self, call: EmbedCall<'a>) -> BoxFuture<'a, Result<Embedded, ProviderError>> {
+        async move {
+            Self::pause(self.config.latency_ms).await;
+            if let Some(kind) = self.failure() {
+                return Err(self.fail_before_answer(kind).await);
+            }
+            let request = call.request;
+            let dimensions = request.dimensions.unwrap_or(SIMULATED_DIMENSIONS);
+            let data: Vec<serde_json::Value> = request
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(index, input)| {
+                    let vector = unit_vector(input_hash(input), dimensions);
+                    let embedding = match request.encoding_format {
+                        EncodingFormat::Float => serde_json::json!(vector),
+                        EncodingFormat::Base64 => {
+                            use base64::Engine as _;
+                            let bytes: Vec<u8> =
+                                vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                            serde_json::json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                        }
+                    };
+                    serde_json::json!({"object": "embedding", "index": index, "embedding": embedding})
+                })
+                .collect();
+            let tokens = request.count_tokens();
+            let body = serde_json::json!({
+                "object": "list",
+                "data": data,
+                "model": call.upstream_model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            });
+            Ok(Embedded {
+                body: Bytes::from(body.to_string()),
+                usage: ReportedUsage::Counted(TokenUsage {
+                    prompt_tokens: tokens,
+                    ..TokenUsage::default()
+                }),
+            })
+        }
+        .boxed()
+    }
+}
+
+/// Dimensions of a simulated vector when the request names none.
+const SIMULATED_DIMENSIONS: u32 = 256;
+
+fn input_hash(input: &Input<'_>) -> u64 {
+    match input {
+        Input::Text(t) => fnv1a(t.as_bytes(), 0),
+        Input::Tokens(tokens) => tokens.iter().fold(0, |h, t| fnv1a(&t.to_le_bytes(), h)),
+    }
+}
+
+/// A deterministic vector of length 1 drawn from `hash`: the same input always embeds the same.
+fn unit_vector(hash: u64, dimensions: u32) -> Vec<f32> {
+    let mut state = hash | 1;
+    let raw: Vec<f64> = (0..dimensions)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect();
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
+    raw.iter().map(|x| (x / norm) as f32).collect()
 }

@@ -14,6 +14,8 @@ pub enum RoutePath {
     Reasoning,
     /// A panel of routes fused into one answer.
     Fusion,
+    /// Embedding vectors (`/v1/embeddings`), never a chat path.
+    Embeddings,
 }
 
 impl RoutePath {
@@ -24,6 +26,7 @@ impl RoutePath {
             RoutePath::Balanced => "balanced",
             RoutePath::Reasoning => "reasoning",
             RoutePath::Fusion => "fusion",
+            RoutePath::Embeddings => "embeddings",
         }
     }
 
@@ -37,18 +40,20 @@ impl RoutePath {
         }
     }
 
-    /// Strength order of the classifier paths: fast 0, balanced 1, reasoning (and fusion) 2.
+    /// Strength order of the classifier paths: fast 0, balanced 1, reasoning (and fusion) 2;
+    /// embeddings, outside that order, 0.
     pub fn rank(self) -> u8 {
         match self {
-            RoutePath::Fast => 0,
+            RoutePath::Fast | RoutePath::Embeddings => 0,
             RoutePath::Balanced => 1,
             RoutePath::Reasoning | RoutePath::Fusion => 2,
         }
     }
 
-    /// `self` raised to at least `min` and lowered to at most `max` (fusion is left alone).
+    /// `self` raised to at least `min` and lowered to at most `max` (fusion and embeddings are
+    /// left alone).
     pub fn clamp_tier(self, min: Option<RoutePath>, max: Option<RoutePath>) -> RoutePath {
-        if self == RoutePath::Fusion {
+        if matches!(self, RoutePath::Fusion | RoutePath::Embeddings) {
             return self;
         }
         let mut path = self;
@@ -121,6 +126,11 @@ const ENTRIES: &[CatalogEntry] = &[
         alias_of: None,
     },
     CatalogEntry {
+        id: "lumina-embeddings",
+        choice: ModelChoice::Path(RoutePath::Embeddings),
+        alias_of: None,
+    },
+    CatalogEntry {
         id: "lumina-auto-2025-06",
         choice: ModelChoice::Auto,
         alias_of: Some("lumina-auto"),
@@ -160,19 +170,20 @@ pub struct Alias {
 }
 
 impl Alias {
-    /// Parses `target` (`auto`, `fast`, `balanced`, `reasoning`, or a `lumina-*` model id) for
-    /// `pattern`.
+    /// Parses `target` (`auto`, `fast`, `balanced`, `reasoning`, `embeddings`, or a `lumina-*`
+    /// model id) for `pattern`.
     pub fn new(pattern: &str, target: &str) -> Result<Alias, String> {
         let choice = match target {
             "auto" => ModelChoice::Auto,
             "fast" => ModelChoice::Path(RoutePath::Fast),
             "balanced" => ModelChoice::Path(RoutePath::Balanced),
             "reasoning" => ModelChoice::Path(RoutePath::Reasoning),
+            "embeddings" => ModelChoice::Path(RoutePath::Embeddings),
             other => match ENTRIES.iter().find(|e| e.id == other) {
                 Some(e) => e.choice,
                 None => {
                     return Err(format!(
-                        "aliases.\"{pattern}\": '{other}' is not auto, fast, balanced, reasoning or a lumina-* model"
+                        "aliases.\"{pattern}\": '{other}' is not auto, fast, balanced, reasoning, embeddings or a lumina-* model"
                     ));
                 }
             },
@@ -221,12 +232,17 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The catalog; `lumina-fusion` is listed only when Fusion is enabled.
-    pub fn new(fusion_enabled: bool) -> Catalog {
+    /// The catalog; `lumina-fusion` is listed only when Fusion is enabled, `lumina-embeddings`
+    /// only when a deployment serves embeddings.
+    pub fn new(fusion_enabled: bool, embeddings_enabled: bool) -> Catalog {
         Catalog {
             entries: ENTRIES
                 .iter()
-                .filter(|e| fusion_enabled || e.choice != ModelChoice::Path(RoutePath::Fusion))
+                .filter(|e| match e.choice {
+                    ModelChoice::Path(RoutePath::Fusion) => fusion_enabled,
+                    ModelChoice::Path(RoutePath::Embeddings) => embeddings_enabled,
+                    _ => true,
+                })
                 .collect(),
             aliases: Vec::new(),
         }
@@ -265,7 +281,7 @@ mod tests {
 
     #[test]
     fn aliases_resolve_to_their_paths() {
-        let c = Catalog::new(false);
+        let c = Catalog::new(false, false);
         assert_eq!(
             c.resolve("lumina-thinking"),
             Some(ModelChoice::Path(RoutePath::Reasoning))
@@ -285,7 +301,7 @@ mod tests {
             .map(|(p, t)| Alias::new(p, t).unwrap())
             .chain([Alias::new("claude-opus-4-1-special", "fast").unwrap()])
             .collect();
-        let c = Catalog::new(false).with_aliases(defaults);
+        let c = Catalog::new(false, false).with_aliases(defaults);
         let path = |m| c.resolve(m);
         assert_eq!(
             path("claude-sonnet-4-5-20250929"),
@@ -328,9 +344,9 @@ mod tests {
 
     #[test]
     fn fusion_is_listed_only_when_enabled() {
-        assert_eq!(Catalog::new(false).resolve("lumina-fusion"), None);
+        assert_eq!(Catalog::new(false, false).resolve("lumina-fusion"), None);
         assert!(
-            Catalog::new(true)
+            Catalog::new(true, false)
                 .entries()
                 .any(|e| e.id == "lumina-fusion")
         );

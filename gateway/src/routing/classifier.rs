@@ -64,6 +64,21 @@ impl Decision {
 }
 
 impl Decision {
+    /// A decision the classifier had no part in: every request of its kind takes `path`, as
+    /// task class `task_class` (embeddings).
+    pub fn fixed(path: RoutePath, task_class: &'static str, prefer: Prefer) -> Decision {
+        Decision {
+            path,
+            task_class,
+            features: Features::default(),
+            scores: [0.0; 3],
+            top_features: Vec::new(),
+            prefer,
+            bounds: (None, None),
+            classified: None,
+        }
+    }
+
     /// Keeps the path within `min` and `max` (either may be absent), noting the classifier's
     /// own choice when that moves it.
     pub fn bound(&mut self, min: Option<RoutePath>, max: Option<RoutePath>) {

@@ -357,10 +357,11 @@ impl LinearModel {
     }
 }
 
-/// Column of `path` in the weights (fusion scores as reasoning).
+/// Column of `path` in the weights (fusion scores as reasoning; embeddings, never classified,
+/// as fast).
 pub fn path_index(path: RoutePath) -> usize {
     match path {
-        RoutePath::Fast => 0,
+        RoutePath::Fast | RoutePath::Embeddings => 0,
         RoutePath::Balanced => 1,
         RoutePath::Reasoning | RoutePath::Fusion => 2,
     }

@@ -7,13 +7,16 @@
 //! of a path each deployment comes first in proportion to its weight); in each order the
 //! others follow by weight, then the deployments the policy does not name, in configured order,
 //! so every deployment stays a fallback and the breakers stay the last line.
+//!
+//! The embeddings route, outside the classifier's paths and any policy, is tried in configured
+//! order.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{GatewayConfig, PATHS, ProviderKind};
+use crate::config::{EMBEDDINGS, GatewayConfig, PATHS, ProviderKind};
 use crate::providers::breaker::Breaker;
 use crate::providers::{self, Provider};
 use crate::routing::catalog::RoutePath;
@@ -41,6 +44,7 @@ pub struct Deployment {
 /// Deployments per path, and the policy in force.
 pub struct RouteTable {
     paths: [Vec<Arc<Deployment>>; 3],
+    embeddings: Arc<[Arc<Deployment>]>,
     active: ArcSwap<Routing>,
     turns: [AtomicUsize; 3],
 }
@@ -132,6 +136,8 @@ fn index(path: RoutePath) -> usize {
         RoutePath::Fast => 0,
         RoutePath::Balanced => 1,
         RoutePath::Reasoning | RoutePath::Fusion => 2,
+        // Never scheduled: `deployments` and `configured` answer for it first.
+        RoutePath::Embeddings => 0,
     }
 }
 
@@ -150,23 +156,29 @@ impl RouteTable {
         // upstream model so they share its breaker.
         let mut deployments: Vec<Arc<Deployment>> = Vec::new();
         let mut paths: [Vec<Arc<Deployment>>; 3] = Default::default();
-        for path in PATHS {
-            let Some(route) = config.routes.get(path.as_str()) else {
-                return Err(format!("routes.{}: missing", path.as_str()));
+        let mut embeddings = Vec::new();
+        for (slot, path) in PATHS
+            .iter()
+            .map(|p| p.as_str())
+            .chain([EMBEDDINGS])
+            .enumerate()
+        {
+            let Some(route) = config.routes.get(path) else {
+                if path == EMBEDDINGS {
+                    continue;
+                }
+                return Err(format!("routes.{path}: missing"));
             };
             for name in &route.providers {
                 let Some(i) = config.providers.iter().position(|p| &p.name == name) else {
                     return Err(format!(
-                        "routes.{}.providers: no provider named '{name}'",
-                        path.as_str()
+                        "routes.{path}.providers: no provider named '{name}'"
                     ));
                 };
                 let p = &config.providers[i];
-                let Some(model) = p.models.get(path.as_str()) else {
+                let Some(model) = p.models.get(path) else {
                     return Err(format!(
-                        "routes.{}.providers: provider '{name}' has no models.{}",
-                        path.as_str(),
-                        path.as_str()
+                        "routes.{path}.providers: provider '{name}' has no models.{path}"
                     ));
                 };
                 let id = format!("{name}/{model}");
@@ -185,7 +197,10 @@ impl RouteTable {
                         d
                     }
                 };
-                paths[index(path)].push(deployment);
+                match paths.get_mut(slot) {
+                    Some(list) => list.push(deployment),
+                    None => embeddings.push(deployment),
+                }
             }
         }
         // Loads the default policy's weights now, at start, rather than on the first request.
@@ -193,6 +208,7 @@ impl RouteTable {
         let routing = routing_for(&paths, policy)?;
         Ok(RouteTable {
             paths,
+            embeddings: embeddings.into(),
             active: ArcSwap::from_pointee(routing),
             turns: Default::default(),
         })
@@ -224,6 +240,9 @@ impl RouteTable {
 
     /// The deployments of `path` for the next request, in attempt order.
     pub fn deployments(&self, routing: &Routing, path: RoutePath) -> Arc<[Arc<Deployment>]> {
+        if path == RoutePath::Embeddings {
+            return self.embeddings.clone();
+        }
         let i = index(path);
         let turn = self.turns[i].fetch_add(1, Ordering::Relaxed);
         routing.schedules[i].order(turn).clone()
@@ -231,7 +250,15 @@ impl RouteTable {
 
     /// The configured deployments of `path`, in configured order.
     pub fn configured(&self, path: RoutePath) -> &[Arc<Deployment>] {
+        if path == RoutePath::Embeddings {
+            return &self.embeddings;
+        }
         &self.paths[index(path)]
+    }
+
+    /// Whether any deployment serves embeddings.
+    pub fn serves_embeddings(&self) -> bool {
+        !self.embeddings.is_empty()
     }
 }
 
