@@ -131,6 +131,11 @@ async fn sdk_round_trip(lumina: &Lumina, model: &str) {
         .sum();
     assert!(told > 0);
     assert_eq!(spent_after(lumina, &account, told).await, told);
+    // Four paid requests (count_tokens records nothing), each named as a Messages request.
+    let events = lumina.events();
+    let routed: Vec<&Value> = common::payloads(&events, "RequestRouted");
+    assert_eq!(routed.len(), 4, "{routed:?}");
+    assert!(routed.iter().all(|p| p["api"] == "messages"), "{routed:?}");
 }
 
 #[tokio::test]

@@ -106,6 +106,7 @@ async fn non_streamed_answers_have_openai_shape_headers_and_pass_fields_through(
         kinds,
         ["RequestRouted", "UpstreamAttempted", "RequestSettled"]
     );
+    assert_eq!(events[0]["payload"]["api"], "chat_completions");
     let settled = &settled(&events)["payload"];
     assert_eq!(settled["outcome"], "completed");
     assert_eq!(settled["usage"]["prompt_tokens"], p);

@@ -118,7 +118,7 @@ async fn the_openai_sdk_embeds_a_string_and_a_list_and_each_cost_is_the_ledgers(
     let lumina = Lumina::start(&tmp.path().join("data"), &tmp.path().join("out"), &[]).await;
     let account = lumina.account("Embeddings SDK", "1").await;
     let (_, key) = lumina.key(&account).await;
-    let stdout = run_python(SDK_SCRIPT, vec![lumina.url.clone(), key]).await;
+    let stdout = run_python(SDK_SCRIPT, vec![lumina.url.clone(), key.clone()]).await;
     let told: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let costs: Vec<i64> = told["costs"]
         .as_array()
@@ -138,7 +138,12 @@ async fn the_openai_sdk_embeds_a_string_and_a_list_and_each_cost_is_the_ledgers(
         .filter(|p| p["path"] == "embeddings")
         .collect();
     assert_eq!(embedded.len(), 3, "{routed:?}");
-    assert!(embedded.iter().all(|p| p["task_class"] == "embeddings"));
+    assert!(
+        embedded
+            .iter()
+            .all(|p| p["task_class"] == "embeddings" && p["api"] == "embeddings"),
+        "{embedded:?}"
+    );
     let settled = payloads(&events, "RequestSettled");
     let charged: i64 = settled
         .iter()
@@ -146,6 +151,28 @@ async fn the_openai_sdk_embeds_a_string_and_a_list_and_each_cost_is_the_ledgers(
         .map(|p| p["charge_nano"].as_i64().unwrap())
         .sum();
     assert_eq!(charged, total);
+
+    // The request log names the inbound API.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _, page) = lumina
+            .request(Method::GET, "/v1/requests?limit=100", Some(&key), None)
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let apis: Vec<&Value> = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["path"] == "embeddings")
+            .map(|r| &r["api"])
+            .collect();
+        if apis.len() == 3 {
+            assert!(apis.iter().all(|a| *a == "embeddings"), "{page}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Two OpenAI-compatible upstreams serving embeddings, `primary` first.

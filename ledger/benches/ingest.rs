@@ -69,6 +69,7 @@ fn history() -> Vec<Event> {
                 min_path: None,
                 max_path: None,
                 classified_path: None,
+                api: "chat_completions".into(),
             },
         ));
         events.push(Event::new(

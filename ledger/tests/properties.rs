@@ -115,6 +115,7 @@ fn events(ops: &[Op]) -> (Vec<Event>, i64) {
                         min_path: None,
                         max_path: None,
                         classified_path: None,
+                        api: "chat_completions".into(),
                     },
                 );
                 let settle = Event::new(

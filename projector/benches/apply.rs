@@ -88,6 +88,7 @@ fn traffic() -> Vec<Event> {
                 min_path: None,
                 max_path: None,
                 classified_path: None,
+                api: "chat_completions".into(),
             },
         ));
         events.push(Event::new(

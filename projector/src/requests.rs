@@ -16,7 +16,7 @@ const ROWS: usize = 400;
 
 /// The request-row columns each kind of event writes, after the key columns.
 const ROUTED_COLS: &str = "requested_model, path, task_class, stream, policy_version, features, \
-    scores, candidates, hold_nano, prompt_tokens_estimate, max_tokens, routed_at";
+    scores, candidates, hold_nano, prompt_tokens_estimate, max_tokens, routed_at, api";
 const SETTLED_COLS: &str = "outcome, provider, deployment, prompt_tokens, completion_tokens, \
     cached_tokens, reasoning_tokens, usage_estimated, charge_nano, price_table_version, latency_us, \
     ttft_us, attempts, error_class, settled_at";
@@ -135,7 +135,7 @@ async fn upsert_routed(
         "ON CONFLICT (request_id) DO UPDATE SET {}",
         excluded(ROUTED_COLS)
     );
-    insert_rows(conn, &prefix, 16, &suffix, ROWS, &rows, |q, e| {
+    insert_rows(conn, &prefix, 17, &suffix, ROWS, &rows, |q, e| {
         let Payload::RequestRouted(r) = &e.payload else {
             return q;
         };
@@ -152,6 +152,7 @@ async fn upsert_routed(
             .bind(r.prompt_tokens_estimate)
             .bind(r.max_tokens)
             .bind(e.envelope.occurred_at)
+            .bind(r.api.as_str())
     })
     .await?;
     Ok(())

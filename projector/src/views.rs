@@ -48,6 +48,8 @@ pub struct RequestRow {
     pub api_key_id: Option<String>,
     /// The `model` asked for.
     pub requested_model: Option<String>,
+    /// The inbound API (`chat_completions`, `messages`, `embeddings`).
+    pub api: Option<String>,
     /// Path taken.
     pub path: Option<String>,
     /// Classifier task class.
@@ -214,7 +216,7 @@ pub(crate) const REQUEST_COLUMNS: &str = "request_id, account_id, project_id, ap
     task_class, stream, policy_version, features, scores, candidates, hold_nano, prompt_tokens_estimate, \
     max_tokens, routed_at, outcome, provider, deployment, prompt_tokens, completion_tokens, cached_tokens, \
     reasoning_tokens, usage_estimated, charge_nano, price_table_version, latency_us, ttft_us, attempts, \
-    error_class, settled_at, feedback_score, feedback_label, feedback_comment";
+    error_class, settled_at, feedback_score, feedback_label, feedback_comment, api";
 
 fn json_col(r: &AnyRow, i: usize) -> Result<Option<serde_json::Value>, sqlx::Error> {
     Ok(r.try_get::<Option<String>, _>(i)?
@@ -261,6 +263,7 @@ pub(crate) fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
         feedback_score: r.try_get(31)?,
         feedback_label: r.try_get(32)?,
         feedback_comment: r.try_get(33)?,
+        api: r.try_get(34)?,
     })
 }
 

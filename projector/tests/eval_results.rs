@@ -46,6 +46,7 @@ fn routed(r: usize) -> RequestRouted {
         min_path: None,
         max_path: None,
         classified_path: None,
+        api: "chat_completions".into(),
     }
 }
 

@@ -186,7 +186,7 @@ event_types! {
     LimitsChanged => "limits_changed" [1] current 1;
     PolicyPublished => "policy_published" [1] current 1;
     PolicyActivated => "policy_activated" [1] current 1;
-    RequestRouted => "request_routed" [1, 2, 3] current 3;
+    RequestRouted => "request_routed" [1, 2, 3, 4] current 4;
     UpstreamAttempted => "upstream_attempted" [1] current 1;
     RequestSettled => "request_settled" [1, 2] current 2;
     FeedbackReceived => "feedback_received" [1] current 1;

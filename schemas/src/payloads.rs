@@ -122,7 +122,7 @@ pub struct FeatureContribution {
 pub struct RequestRouted {
     /// The `model` the client asked for.
     pub requested_model: String,
-    /// `fast`, `balanced`, `reasoning` or `fusion`.
+    /// `fast`, `balanced`, `reasoning`, `fusion` or `embeddings`.
     pub path: String,
     /// The classifier's task class.
     pub task_class: String,
@@ -157,10 +157,18 @@ pub struct RequestRouted {
     /// The classifier's own choice when the bounds moved the request to another path; v3.
     #[serde(default)]
     pub classified_path: Option<String>,
+    /// The inbound API the request came in on (`chat_completions`, `messages`, `embeddings`);
+    /// v4, earlier versions were all chat completions.
+    #[serde(default = "chat_completions")]
+    pub api: String,
 }
 
 fn balanced() -> String {
     "balanced".into()
+}
+
+fn chat_completions() -> String {
+    "chat_completions".into()
 }
 
 /// One attempt to call an upstream deployment.

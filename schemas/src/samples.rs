@@ -98,6 +98,7 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             min_path: Some("balanced".into()),
             max_path: None,
             classified_path: Some("fast".into()),
+            api: "messages".into(),
         }
         .into(),
         EventType::UpstreamAttempted => UpstreamAttempted {

@@ -246,3 +246,19 @@ fn malformed_messages_are_errors_not_panics() {
         let _ = decode(&corrupt);
     }
 }
+
+#[test]
+fn request_routed_before_v4_came_in_on_chat_completions() {
+    let event = sample(EventType::RequestRouted, 3);
+    let Payload::RequestRouted(current) = &event.payload else {
+        panic!("not RequestRouted")
+    };
+    assert_eq!(current.api, "messages");
+    let old = decode(&codec::encode_as_version(&event, 3).unwrap()).unwrap();
+    assert_eq!(old.schema_version, 3);
+    let Payload::RequestRouted(routed) = &old.event.payload else {
+        panic!("not RequestRouted")
+    };
+    assert_eq!(routed.api, "chat_completions");
+    assert_eq!(routed.classified_path, current.classified_path);
+}

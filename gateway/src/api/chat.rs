@@ -19,6 +19,7 @@ use crate::api::error::{ApiError, rate_limit_headers};
 use crate::api::extract::{CustomerKey, RawBody};
 use crate::engine::{self, Call, RenderError, Route, StreamEnd, StreamRenderer};
 use crate::metering::cost;
+use crate::metering::events::InboundApi;
 use crate::providers::StreamChunk;
 use crate::state::AppState;
 use crate::wire::{ChatChunk, ChatRequest, UsageOut};
@@ -78,6 +79,7 @@ pub async fn create(
         request_id,
         trace_id: trace_id(&headers),
         anthropic: None,
+        api: InboundApi::ChatCompletions,
     };
     if request.stream {
         let renderer = Box::new(ChatStream {

@@ -24,6 +24,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::{CustomerKey, RawBody};
 use crate::engine::{self, Call, RenderError, StreamEnd, StreamRenderer};
 use crate::json_keys::{self, KeyCheck};
+use crate::metering::events::InboundApi;
 use crate::metering::usage;
 use crate::providers::{AnthropicHeaders, StreamChunk};
 use crate::state::AppState;
@@ -120,6 +121,7 @@ pub async fn create(
         request_id,
         trace_id: trace_id(&headers),
         anthropic: Some(anthropic_headers(&headers)),
+        api: InboundApi::Messages,
     };
     let mut response = if translated.stream {
         let renderer = Box::new(MessagesStream::new(id, translated.model.clone()));

@@ -43,6 +43,8 @@ pub struct RequestSummary {
     project_id: Option<String>,
     api_key_id: Option<String>,
     requested_model: Option<String>,
+    /// The inbound API (`chat_completions`, `messages`, `embeddings`).
+    api: Option<String>,
     path: Option<String>,
     provider: Option<String>,
     deployment: Option<String>,
@@ -64,6 +66,7 @@ impl From<&RequestRow> for RequestSummary {
             project_id: r.project_id.clone(),
             api_key_id: r.api_key_id.clone(),
             requested_model: r.requested_model.clone(),
+            api: r.api.clone(),
             path: r.path.clone(),
             provider: r.provider.clone(),
             deployment: r.deployment.clone(),

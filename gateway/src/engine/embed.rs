@@ -15,7 +15,7 @@ use crate::embeddings::{self, EmbeddingsRequest};
 use crate::engine::attempt::Attempts;
 use crate::engine::settle::bill_with;
 use crate::engine::{Admitted, Origin, Plan, Route, admit_plan, whole, writable};
-use crate::metering::events::Outcome;
+use crate::metering::events::{InboundApi, Outcome};
 use crate::providers::EmbedCall;
 use crate::routing::catalog::{ModelChoice, RoutePath};
 use crate::routing::classifier::Decision;
@@ -67,6 +67,7 @@ pub async fn embed(state: &AppState, call: EmbedRequest<'_>) -> Result<Embedding
     let routing = state.routes.routing();
     let prefer = call.key.prefer.unwrap_or(routing.policy.prefer);
     let plan = Plan {
+        api: InboundApi::Embeddings,
         requested_model: model,
         decision: Decision::fixed(RoutePath::Embeddings, "embeddings", prefer),
         stream: false,

@@ -30,7 +30,7 @@ use crate::auth::KeyIdentity;
 use crate::engine::attempt::{Attempt, Attempts, Tried};
 use crate::engine::settle::{AnswerText, Settlement, bill};
 use crate::engine::stream::Pump;
-use crate::metering::events::{Outcome, RequestMeta, Routing as RoutingRecord};
+use crate::metering::events::{InboundApi, Outcome, RequestMeta, Routing as RoutingRecord};
 use crate::metering::limits::LimitStatus;
 use crate::metering::usage;
 use crate::providers::{
@@ -63,6 +63,8 @@ pub struct Call<'a> {
     pub trace_id: Option<String>,
     /// Anthropic's protocol headers, when the request came in as a Messages request.
     pub anthropic: Option<AnthropicHeaders>,
+    /// The API it came in on.
+    pub api: InboundApi,
 }
 
 /// A request past its limits and its hold, with `RequestRouted` queued.
@@ -123,6 +125,7 @@ struct Origin<'a> {
 
 /// What admission weighs once the route is decided.
 struct Plan<'a> {
+    api: InboundApi,
     requested_model: &'a str,
     decision: Decision,
     stream: bool,
@@ -190,6 +193,7 @@ async fn admit(state: &AppState, call: &Call<'_>) -> Result<Admitted, ApiError> 
         body: call.body,
     };
     let plan = Plan {
+        api: call.api,
         requested_model: request.model.as_str(),
         decision,
         stream: request.stream,
@@ -211,6 +215,7 @@ async fn admit_plan(
 ) -> Result<Admitted, ApiError> {
     let started_at = lumina_schemas::now_micros();
     let Plan {
+        api,
         requested_model,
         decision,
         stream,
@@ -260,6 +265,7 @@ async fn admit_plan(
             })?;
     }
     let routed = meta.routed(RoutingRecord {
+        api,
         decision: &decision,
         stream,
         policy_version: routing.version(),

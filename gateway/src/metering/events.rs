@@ -68,6 +68,8 @@ pub struct RequestMeta {
 /// What `RequestRouted` records about the route.
 #[derive(Debug, Clone)]
 pub struct Routing<'a> {
+    /// The API the request came in on.
+    pub api: InboundApi,
     /// The classifier's decision.
     pub decision: &'a Decision,
     /// Whether the client asked for a stream.
@@ -82,6 +84,28 @@ pub struct Routing<'a> {
     pub max_tokens: Option<u64>,
     /// The credit hold placed.
     pub hold: Option<CreditHold>,
+}
+
+/// The inbound API a request came in on, as `RequestRouted` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundApi {
+    /// OpenAI's `/v1/chat/completions`.
+    ChatCompletions,
+    /// Anthropic's `/v1/messages`.
+    Messages,
+    /// OpenAI's `/v1/embeddings`.
+    Embeddings,
+}
+
+impl InboundApi {
+    /// The name recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundApi::ChatCompletions => "chat_completions",
+            InboundApi::Messages => "messages",
+            InboundApi::Embeddings => "embeddings",
+        }
+    }
 }
 
 /// One attempt, as recorded.
@@ -175,6 +199,7 @@ impl RequestMeta {
                 min_path: r.decision.bounds.0.map(|p| p.as_str().into()),
                 max_path: r.decision.bounds.1.map(|p| p.as_str().into()),
                 classified_path: r.decision.classified.map(|p| p.as_str().into()),
+                api: r.api.as_str().into(),
             },
         )
     }
