@@ -13,7 +13,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::upstream::Mocked;
+use common::upstream::{COUNTED_TOKENS, Mocked};
 use common::{Lumina, assert_openai_error, header, nanos, parse_anthropic_sse};
 use serde_json::{Value, json};
 
@@ -278,4 +278,74 @@ async fn bad_messages_requests_get_anthropic_errors_and_the_server_keeps_serving
         .await;
     assert_eq!(status, 401);
     assert_openai_error(&v);
+}
+
+async fn count(
+    lumina: &Lumina,
+    key: &str,
+    model: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/messages/count_tokens", lumina.url))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "token-counting-2024-11-01")
+        .json(&json!({"model": model, "system": "Be brief.",
+            "messages": [{"role": "user", "content": "How many tokens is this?"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    (status, headers, res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn count_tokens_is_exact_when_the_first_deployment_is_anthropic_and_an_estimate_otherwise() {
+    let m = Mocked::with("").await;
+    let account = m.lumina.account("Counting", "1").await;
+    let (_, key) = m.lumina.key(&account).await;
+
+    // Opus routes to reasoning, whose first deployment is Anthropic: its own count, exactly.
+    let (status, headers, body) = count(&m.lumina, &key, "claude-opus-4-1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["input_tokens"], COUNTED_TOKENS);
+    assert_eq!(header(&headers, "x-lumina-estimated"), "false");
+    assert_eq!(
+        header(&headers, "x-lumina-deployment"),
+        "claude/claude-mock"
+    );
+    let asked = m.mock.requests_of("claude");
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].api, "messages/count_tokens");
+    assert_eq!(asked[0].body["model"], "claude-mock");
+    assert_eq!(asked[0].body["system"], "Be brief.");
+    assert_eq!(asked[0].headers["x-api-key"], "sk-ant-secret");
+    assert_eq!(
+        asked[0].headers["anthropic-beta"],
+        "token-counting-2024-11-01"
+    );
+
+    // Haiku routes to fast (OpenAI-compatible first): the tokenizer's estimate, flagged.
+    let (status, headers, body) = count(&m.lumina, &key, "claude-haiku-4-5").await;
+    assert_eq!(status, 200, "{body}");
+    let estimate = body["input_tokens"].as_u64().unwrap();
+    assert!(estimate > 3 && estimate != COUNTED_TOKENS, "{body}");
+    assert_eq!(header(&headers, "x-lumina-estimated"), "true");
+    assert!(
+        m.mock.requests_of("primary").is_empty(),
+        "nothing to ask an OpenAI upstream"
+    );
+
+    // Anthropic failing to count: the estimate, flagged, never an error.
+    m.mock.fail_next("claude", 1);
+    let (status, headers, body) = count(&m.lumina, &key, "claude-opus-4-1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "x-lumina-estimated"), "true");
+    assert_ne!(body["input_tokens"], COUNTED_TOKENS);
+
+    // Counting is free and records nothing.
+    let balance = m.lumina.balance(&account).await;
+    assert_eq!(balance["spent_nano"], 0, "{balance}");
+    assert!(common::payloads(&m.lumina.events(), "RequestRouted").is_empty());
 }

@@ -56,6 +56,7 @@ impl MockUpstream {
             .route("/{provider}/v1/chat/completions", post(openai))
             .route("/{provider}/v1/messages", post(anthropic))
             .route("/{provider}/v1/embeddings", post(embeddings))
+            .route("/{provider}/v1/messages/count_tokens", post(count_tokens))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -456,6 +457,24 @@ async fn openai(
 
 fn anthropic_event(kind: &str, v: Value) -> Result<Bytes, std::io::Error> {
     Ok(Bytes::from(format!("event: {kind}\ndata: {v}\n\n")))
+}
+
+/// The input tokens the mock's `count_tokens` reports, whatever the request.
+pub const COUNTED_TOKENS: u64 = 4242;
+
+/// Anthropic's `/v1/messages/count_tokens`: [`COUNTED_TOKENS`], or 500 in mode `fail500`.
+async fn count_tokens(
+    State(state): State<Arc<MockState>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.record(&provider, "messages/count_tokens", &headers, &body);
+    if state.mode(&provider) == "fail500" {
+        return anthropic_error(500, "api_error", "boom");
+    }
+    axum::Json(json!({"input_tokens": COUNTED_TOKENS})).into_response()
 }
 
 async fn anthropic(

@@ -26,7 +26,9 @@ use crate::engine::{self, Call, RenderError, StreamEnd, StreamRenderer};
 use crate::json_keys::{self, KeyCheck};
 use crate::metering::events::InboundApi;
 use crate::metering::usage;
-use crate::providers::{AnthropicHeaders, StreamChunk};
+use crate::providers::{AnthropicHeaders, CountCall, StreamChunk};
+use crate::routing::catalog::ModelChoice;
+use crate::routing::classifier;
 use crate::state::AppState;
 use crate::wire::{ChatRequest, duplicate_member};
 
@@ -167,24 +169,74 @@ pub async fn create(
 /// `POST /v1/messages/count_tokens`: the prompt's tokens as the o200k tokenizer counts them
 /// (flagged `x-lumina-estimated`); nothing is charged or recorded.
 pub async fn count_tokens(
+    State(state): State<AppState>,
     key: Result<CustomerKey, ApiError>,
+    headers: HeaderMap,
     body: Result<RawBody, ApiError>,
 ) -> Result<Response, MessagesError> {
     key?;
     let RawBody(bytes) = body?;
     let translated = translate(&bytes, true)?;
-    let tokens = tokio::task::spawn_blocking(move || {
-        ChatRequest::parse(&translated.body).map(|r| usage::prompt_tokens(&r))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(ApiError::from)?;
-    let mut response = axum::Json(json!({"input_tokens": tokens})).into_response();
-    response.headers_mut().insert(
+    let (counted, deployment) = match upstream_count(&state, &bytes, &translated, &headers).await {
+        Some((n, deployment)) => (n, Some(deployment)),
+        None => {
+            let estimate = tokio::task::spawn_blocking(move || {
+                ChatRequest::parse(&translated.body).map(|r| usage::prompt_tokens(&r))
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(ApiError::from)?;
+            (estimate, None)
+        }
+    };
+    let mut response = axum::Json(json!({"input_tokens": counted})).into_response();
+    let out = response.headers_mut();
+    out.insert(
         HeaderName::from_static("x-lumina-estimated"),
-        HeaderValue::from_static("true"),
+        HeaderValue::from_static(if deployment.is_some() {
+            "false"
+        } else {
+            "true"
+        }),
     );
+    if let Some(v) = deployment.and_then(|d| HeaderValue::from_str(&d).ok()) {
+        out.insert(HeaderName::from_static("x-lumina-deployment"), v);
+    }
     Ok(response)
+}
+
+/// The count of the deployment the request would go to first, when that upstream counts
+/// (Anthropic) and answers, with the deployment's id; `None` sends the caller to the
+/// tokenizer's estimate.
+async fn upstream_count(
+    state: &AppState,
+    body: &[u8],
+    translated: &Translated,
+    headers: &HeaderMap,
+) -> Option<(u64, String)> {
+    let path = match state.catalog.resolve(&translated.model)? {
+        ModelChoice::Path(path) => path,
+        ModelChoice::Auto => {
+            let request = ChatRequest::parse(&translated.body).ok()?;
+            let routing = state.routes.routing();
+            classifier::classify_with(&request, &routing.policy).path
+        }
+    };
+    let deployment = state.routes.configured(path).first()?;
+    let anthropic = anthropic_headers(headers);
+    let call = CountCall {
+        body,
+        upstream_model: &deployment.upstream_model,
+        anthropic: &anthropic,
+    };
+    match deployment.provider.count_tokens(call).await {
+        Ok(Some(n)) => Some((n, deployment.id.clone())),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(deployment = %deployment.id, error = %e.message, "the upstream could not count tokens; answering the estimate");
+            None
+        }
+    }
 }
 
 /// Appends one Anthropic SSE event.

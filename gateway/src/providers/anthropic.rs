@@ -15,8 +15,9 @@ use tokio::time::Instant;
 
 use crate::providers::sse::{SseEvent, events};
 use crate::providers::{
-    BodyLimits, ChunkStream, Completion, ErrorClass, MAX_REPORTED_TOKENS, Provider, ProviderError,
-    ReportedUsage, StreamChunk, Timeouts, UpstreamCall, http_client, read_bounded, send,
+    AnthropicHeaders, BodyLimits, ChunkStream, Completion, CountCall, ErrorClass,
+    MAX_REPORTED_TOKENS, Provider, ProviderError, ReportedUsage, StreamChunk, Timeouts,
+    UpstreamCall, http_client, read_bounded, send,
 };
 use crate::wire::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta,
@@ -26,9 +27,13 @@ use crate::wire::{
 /// The Messages API version Lumina speaks.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// The most bytes of a token count's answer read (it is one small object).
+const MAX_COUNT_BODY: usize = 64 * 1024;
+
 /// An Anthropic upstream.
 pub struct Anthropic {
     url: reqwest::Url,
+    count_url: reqwest::Url,
     key: HeaderValue,
     default_max_tokens: u32,
     client: reqwest::Client,
@@ -335,9 +340,13 @@ impl Anthropic {
         let mut key = HeaderValue::from_str(&api_key)
             .map_err(|_| "the API key holds characters not allowed in a header".to_string())?;
         key.set_sensitive(true);
+        let endpoint = |path: &str| {
+            reqwest::Url::parse(&format!("{}/{path}", base_url.trim_end_matches('/')))
+                .map_err(|e| format!("base_url is not a URL: {e}"))
+        };
         Ok(Anthropic {
-            url: reqwest::Url::parse(&format!("{}/messages", base_url.trim_end_matches('/')))
-                .map_err(|e| format!("base_url is not a URL: {e}"))?,
+            url: endpoint("messages")?,
+            count_url: endpoint("messages/count_tokens")?,
             key,
             default_max_tokens,
             client: http_client(&timeouts)?,
@@ -360,18 +369,28 @@ impl Anthropic {
         );
         let body = serde_json::to_vec(&body)
             .map_err(|e| ProviderError::new(ErrorClass::ClientError, e.to_string()))?;
-        let client_headers = call.anthropic.cloned().unwrap_or_default();
-        let version = client_headers
-            .version
+        self.post(&self.url, body, call.anthropic, deadline).await
+    }
+
+    /// POSTs `body` to `url` with the key and the client's protocol headers.
+    async fn post(
+        &self,
+        url: &reqwest::Url,
+        body: Vec<u8>,
+        client: Option<&AnthropicHeaders>,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let version = client
+            .and_then(|h| h.version.clone())
             .unwrap_or_else(|| HeaderValue::from_static(ANTHROPIC_VERSION));
         let mut request = self
             .client
-            .post(self.url.clone())
+            .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("x-api-key", self.key.clone())
             .header("anthropic-version", version)
             .body(body);
-        if let Some(beta) = client_headers.beta {
+        if let Some(beta) = client.and_then(|h| h.beta.clone()) {
             request = request.header("anthropic-beta", beta);
         }
         send(request, &self.timeouts, deadline).await
@@ -577,6 +596,33 @@ impl StreamState {
 }
 
 impl Provider for Anthropic {
+    fn count_tokens<'a>(
+        &'a self,
+        call: CountCall<'a>,
+    ) -> BoxFuture<'a, Result<Option<u64>, ProviderError>> {
+        async move {
+            let deadline = Instant::now() + self.timeouts.total;
+            let fields = crate::wire::parse_object(call.body)
+                .map_err(|e| ProviderError::new(ErrorClass::ClientError, e.message))?;
+            let body = crate::wire::upstream_object(&fields, call.upstream_model, false);
+            let response = self
+                .post(&self.count_url, body, Some(call.anthropic), deadline)
+                .await?;
+            let body = read_bounded(response, MAX_COUNT_BODY, deadline).await?;
+            #[derive(Deserialize)]
+            struct Counted {
+                input_tokens: u64,
+            }
+            match serde_json::from_slice::<Counted>(&body) {
+                Ok(c) if c.input_tokens <= MAX_REPORTED_TOKENS => Ok(Some(c.input_tokens)),
+                _ => Err(ProviderError::malformed(
+                    "the upstream's token count is not a count in range",
+                )),
+            }
+        }
+        .boxed()
+    }
+
     fn complete<'a>(
         &'a self,
         call: UpstreamCall<'a>,

@@ -427,6 +427,17 @@ pub struct Embedded {
     pub usage: ReportedUsage,
 }
 
+/// What a token count asks: the client's Messages `count_tokens` body, for the deployment's
+/// model.
+pub struct CountCall<'a> {
+    /// The client's body (Anthropic-shaped).
+    pub body: &'a [u8],
+    /// The model name the deployment uses upstream.
+    pub upstream_model: &'a str,
+    /// The client's `anthropic-version` and `anthropic-beta`.
+    pub anthropic: &'a AnthropicHeaders,
+}
+
 /// An upstream adapter.
 pub trait Provider: Send + Sync {
     /// The whole completion.
@@ -440,6 +451,15 @@ pub trait Provider: Send + Sync {
         &'a self,
         call: UpstreamCall<'a>,
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>>;
+
+    /// The input tokens of a Messages request counted by the upstream itself, exactly as it
+    /// bills them; `None` when this upstream cannot count.
+    fn count_tokens<'a>(
+        &'a self,
+        _call: CountCall<'a>,
+    ) -> BoxFuture<'a, Result<Option<u64>, ProviderError>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Embedding vectors, for adapters whose upstream serves them (configuration lets no other
     /// deployment onto the embeddings route).
