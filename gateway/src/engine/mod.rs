@@ -1,10 +1,11 @@
 //! The completion engine: a request's life, whatever API it came in on. An inbound surface (the
-//! OpenAI chat API in `api/chat.rs`; Anthropic Messages and Responses next) parses its protocol
-//! into a [`Call`] and renders what the engine answers; the engine resolves the model,
+//! OpenAI chat API in `api/chat.rs`, Anthropic Messages in `api/messages.rs`) parses its
+//! protocol into a [`Call`] and renders what the engine answers; the engine resolves the model,
 //! classifies, checks the key's limits, holds credit and records `RequestRouted` ([`admit`]),
 //! tries the path's deployments in order behind their breakers (`attempt`), and settles
 //! (`settle`) — for a whole answer ([`complete`]) or a stream ([`stream`], pumped by
-//! `stream::Pump`) — committing `RequestSettled` before the answer's last byte.
+//! `stream::Pump`) — committing `RequestSettled` before the answer's last byte. Embeddings
+//! (`embed`) take the same admission, attempts and settlement.
 //!
 //! It never touches HTTP: failures are [`ApiError`] values each surface renders in its own
 //! shape, and a stream is written through the surface's [`StreamRenderer`].
