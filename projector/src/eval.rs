@@ -198,7 +198,8 @@ impl ReadModel {
                 .await?;
             let Some(last) = rows.last() else { break };
             cursor = (last.try_get(30)?, last.try_get(0)?);
-            let base = 34;
+            // The content columns follow the request row's.
+            let base = REQUEST_COLUMNS.split(',').count();
             for r in &rows {
                 let row = request_row(r)?;
                 let content = match r.try_get::<Option<String>, _>(base)? {

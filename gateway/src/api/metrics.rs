@@ -4,6 +4,8 @@
 //! the credit book's holds not yet in the ledger's balances and of each consumer's backlog are
 //! set here, at scrape time.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
@@ -12,13 +14,29 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::state::AppState;
 
-/// Installs the process-wide Prometheus recorder; call once, before consumers start.
+/// How often histogram samples are folded into their summaries when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide Prometheus recorder; call once, from the runtime, before
+/// consumers start. A task folds recorded histogram samples into their summaries every few
+/// seconds: the recorder keeps every sample until upkeep runs, so without it a gateway nobody
+/// scrapes would grow by every event's lag sample.
 pub fn install_recorder() -> Result<PrometheusHandle, String> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_quantiles(&[0.5, 0.9, 0.99, 0.999])
         .map_err(|e| e.to_string())?
         .install_recorder()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// The scrape.
