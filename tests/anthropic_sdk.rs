@@ -10,36 +10,11 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::{Duration, Instant};
-
 use common::upstream::{COUNTED_TOKENS, Mocked};
-use common::{Lumina, assert_openai_error, header, nanos, parse_anthropic_sse};
+use common::{
+    Lumina, assert_openai_error, header, nanos, parse_anthropic_sse, run_python, spent_after,
+};
 use serde_json::{Value, json};
-
-fn python() -> String {
-    std::env::var("LUMINA_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("LUMINA_TEST_PYTHON is not set: run ./scripts/test.sh, which creates a venv with the anthropic package")
-    })
-}
-
-/// Runs `script` with `args` in the SDK's Python; asserts it succeeded and returns its stdout.
-async fn run_python(script: &'static str, args: Vec<String>) -> String {
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg("-c")
-            .arg(script)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
-    stdout
-}
 
 const SDK_SCRIPT: &str = r#"
 import sys, json, anthropic
@@ -104,19 +79,6 @@ e = raises(anthropic.BadRequestError, lambda: c.messages.create(model=model, max
 assert e.body["error"]["type"] == "invalid_request_error", e.body
 print(json.dumps({"costs": [str(x) for x in costs]}))
 "#;
-
-/// The account's ledger balance once it has journaled `spent` nano-credits (or after 20 s).
-async fn spent_after(lumina: &Lumina, account: &str, spent: i64) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let b = lumina.balance(account).await;
-        let now = b["spent_nano"].as_i64().unwrap();
-        if (now == spent && b["held_nano"] == 0) || Instant::now() > deadline {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn sdk_round_trip(lumina: &Lumina, model: &str) {
     let account = lumina.account("Anthropic SDK", "5").await;

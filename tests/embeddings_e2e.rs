@@ -9,51 +9,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::upstream::{EMBED_TOKENS_PER_INPUT, MockUpstream, Mocked, reset};
-use common::{Lumina, assert_openai_error, header, nanos, payloads, run};
+use common::{Lumina, assert_openai_error, header, nanos, payloads, run, run_python, spent_after};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-fn python() -> String {
-    std::env::var("LUMINA_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("LUMINA_TEST_PYTHON is not set: run ./scripts/test.sh, which creates a venv with the openai package")
-    })
-}
-
-/// Runs `script` with `args` in the SDK's Python; asserts it succeeded and returns its stdout.
-async fn run_python(script: &'static str, args: Vec<String>) -> String {
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg("-c")
-            .arg(script)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
-    stdout
-}
-
-/// The account's ledger spend once it has journaled `spent` nano-credits and holds nothing
-/// (or after 20 s).
-async fn spent_after(lumina: &Lumina, account: &str, spent: i64) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let b = lumina.balance(account).await;
-        let now = b["spent_nano"].as_i64().unwrap();
-        if (now == spent && b["held_nano"] == 0) || Instant::now() > deadline {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 const SDK_SCRIPT: &str = r#"
 import sys, json, math, openai

@@ -6,34 +6,8 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::Lumina;
 use common::upstream::Mocked;
-
-fn python() -> String {
-    std::env::var("LUMINA_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("LUMINA_TEST_PYTHON is not set: run ./scripts/test.sh, which creates a venv with the openai package")
-    })
-}
-
-/// Runs `script` with `args` in the SDK's Python; asserts it succeeded and returns its stdout.
-async fn run_python(script: &'static str, args: [String; 3]) -> String {
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg("-c")
-            .arg(script)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
-    stdout
-}
+use common::{Lumina, run_python};
 
 const SCRIPT: &str = r#"
 import sys, openai
@@ -78,7 +52,7 @@ async fn the_openai_python_sdk_lists_models_and_understands_errors() {
             200,
         )
         .await;
-    let stdout = run_python(SCRIPT, [lumina.url.clone(), good, revoked]).await;
+    let stdout = run_python(SCRIPT, vec![lumina.url.clone(), good, revoked]).await;
     assert!(stdout.starts_with("ok "), "{stdout}");
 }
 
@@ -167,6 +141,6 @@ async fn the_openai_python_sdk_drives_chat_completions_streams_tools_and_errors(
     let (_, limited) = lumina
         .key_with(&account, serde_json::json!({"rpm": 1}))
         .await;
-    let stdout = run_python(CHAT_SCRIPT, [lumina.url.clone(), good, limited]).await;
+    let stdout = run_python(CHAT_SCRIPT, vec![lumina.url.clone(), good, limited]).await;
     assert!(stdout.starts_with("ok"), "{stdout}");
 }

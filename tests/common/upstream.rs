@@ -132,6 +132,20 @@ impl MockState {
             .unwrap_or_else(|| "ok".into())
     }
 
+    /// Records a request to `api` of `provider` and returns its body (null when not JSON) and
+    /// the mode `provider` answers it in.
+    fn received(
+        &self,
+        provider: &str,
+        api: &str,
+        headers: &HeaderMap,
+        raw: &[u8],
+    ) -> (Value, String) {
+        let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+        self.record(provider, api, headers, &body);
+        (body, self.mode(provider))
+    }
+
     fn record(&self, provider: &str, api: &str, headers: &HeaderMap, body: &Value) {
         let headers = headers
             .iter()
@@ -223,9 +237,7 @@ async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.record(&provider, "embeddings", &headers, &body);
-    let mode = state.mode(&provider);
+    let (body, mode) = state.received(&provider, "embeddings", &headers, &body);
     let (mode_name, param) = mode.split_once('=').unwrap_or((mode.as_str(), ""));
     match mode_name {
         "fail400" => return error(400, "invalid_request_error", "input is too long"),
@@ -275,9 +287,7 @@ async fn openai(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.record(&provider, "chat/completions", &headers, &body);
-    let mode = state.mode(&provider);
+    let (body, mode) = state.received(&provider, "chat/completions", &headers, &body);
     let (mode_name, param) = mode.split_once('=').unwrap_or((mode.as_str(), ""));
     if mode_name == "delay" {
         tokio::time::sleep(Duration::from_millis(param.parse().unwrap_or(0))).await;
@@ -469,9 +479,8 @@ async fn count_tokens(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.record(&provider, "messages/count_tokens", &headers, &body);
-    if state.mode(&provider) == "fail500" {
+    let (_, mode) = state.received(&provider, "messages/count_tokens", &headers, &body);
+    if mode == "fail500" {
         return anthropic_error(500, "api_error", "boom");
     }
     axum::Json(json!({"input_tokens": COUNTED_TOKENS})).into_response()
@@ -483,8 +492,7 @@ async fn anthropic(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.record(&provider, "messages", &headers, &body);
+    let (body, mode) = state.received(&provider, "messages", &headers, &body);
     if headers.get("x-api-key").is_none() || headers.get("anthropic-version").is_none() {
         return anthropic_error(
             401,
@@ -492,7 +500,6 @@ async fn anthropic(
             "missing x-api-key or anthropic-version",
         );
     }
-    let mode = state.mode(&provider);
     match mode.as_str() {
         "fail400" => return anthropic_error(400, "invalid_request_error", "max_tokens: too large"),
         "fail500" => return anthropic_error(500, "api_error", "boom"),
