@@ -13,6 +13,7 @@ use lumina_gateway::auth::KeyCache;
 use lumina_gateway::metering::credit::{CreditBook, Reflection};
 use lumina_gateway::metering::limits::Limits;
 use lumina_gateway::metering::pricing::PriceTable;
+use lumina_gateway::response_store::ResponseStore;
 use lumina_gateway::routing::catalog::Catalog;
 use lumina_gateway::routing::follow::PolicyFollower;
 use lumina_gateway::routing::table::RouteTable;
@@ -190,6 +191,7 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let state = AppState::new(AppInner {
         admin,
         read_model: read_model.clone(),
+        responses: ResponseStore::new(read_model.database().clone()),
         ledger: ledger.clone(),
         keys,
         admin_key: secrets.admin_key.clone(),

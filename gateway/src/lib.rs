@@ -14,6 +14,8 @@ pub mod engine;
 pub mod json_keys;
 pub mod metering;
 pub mod providers;
+pub mod response_store;
+pub mod responses_wire;
 pub mod routing;
 pub mod state;
 pub mod wire;

@@ -13,6 +13,7 @@ use crate::config::ServerConfig;
 use crate::metering::credit::CreditBook;
 use crate::metering::limits::Limits;
 use crate::metering::pricing::PriceTable;
+use crate::response_store::ResponseStore;
 use crate::routing::catalog::Catalog;
 use crate::routing::table::RouteTable;
 
@@ -28,6 +29,8 @@ pub struct AppInner {
     pub read_model: ReadModel,
     /// The ledger's balances and journal.
     pub ledger: Ledger,
+    /// The Responses API's stored responses.
+    pub responses: ResponseStore,
     /// Customer keys.
     pub keys: Arc<KeyCache>,
     /// The admin bearer token.

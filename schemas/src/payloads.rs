@@ -157,8 +157,8 @@ pub struct RequestRouted {
     /// The classifier's own choice when the bounds moved the request to another path; v3.
     #[serde(default)]
     pub classified_path: Option<String>,
-    /// The inbound API the request came in on (`chat_completions`, `messages`, `embeddings`);
-    /// v4, earlier versions were all chat completions.
+    /// The inbound API the request came in on (`chat_completions`, `messages`, `embeddings`,
+    /// `responses`); v4, earlier versions were all chat completions.
     #[serde(default = "chat_completions")]
     pub api: String,
 }

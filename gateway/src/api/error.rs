@@ -81,6 +81,9 @@ pub enum ApiError {
     /// The model is not in the catalog.
     #[error("The model '{0}' does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// A Responses request continues a response the account does not have (400, as OpenAI).
+    #[error("Previous response with id '{0}' not found.")]
+    PreviousResponseNotFound(String),
     /// The body is larger than the server accepts.
     #[error("The request body is larger than the {0} bytes this server accepts.")]
     PayloadTooLarge(usize),
@@ -135,7 +138,9 @@ impl ApiError {
     /// HTTP status of the error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest { .. } | ApiError::PreviousResponseNotFound(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminRequired => {
                 StatusCode::UNAUTHORIZED
             }
@@ -179,6 +184,9 @@ impl ApiError {
                 ("insufficient_quota", Some("insufficient_quota"))
             }
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
+            ApiError::PreviousResponseNotFound(_) => {
+                ("invalid_request_error", Some("previous_response_not_found"))
+            }
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("payload_too_large")),
             ApiError::RequestTimeout(_) => ("invalid_request_error", Some("request_timeout")),
             ApiError::RateLimited(e) => match e.kind {
@@ -199,6 +207,7 @@ impl ApiError {
                 param.as_deref()
             }
             ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::PreviousResponseNotFound(_) => Some("previous_response_id"),
             ApiError::Upstream(e) => e.param.as_deref(),
             _ => None,
         }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod models;
 pub mod policies;
 pub mod requests;
+pub mod responses;
 pub mod usage;
 
 use axum::Router;
@@ -95,6 +96,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/messages", post(messages::create))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
         .route("/v1/models", get(models::list))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/requests", get(requests::list))

@@ -43,7 +43,7 @@ pub struct RequestSummary {
     project_id: Option<String>,
     api_key_id: Option<String>,
     requested_model: Option<String>,
-    /// The inbound API (`chat_completions`, `messages`, `embeddings`).
+    /// The inbound API (`chat_completions`, `messages`, `embeddings`, `responses`).
     api: Option<String>,
     path: Option<String>,
     provider: Option<String>,

@@ -43,7 +43,7 @@ use crate::routing::table::{Deployment, Routing};
 use crate::state::AppState;
 use crate::wire::{ChatRequest, TokenUsage};
 
-pub use stream::{RenderError, StreamEnd, StreamRenderer};
+pub use stream::{Ending, RenderError, StreamEnd, StreamRenderer};
 
 /// Completion tokens each choice of a request without `max_tokens` is assumed to use, for the
 /// TPM limit (counted when the request starts; the actual output is not known yet).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lumina_eventlog::EventLog;
 use lumina_schemas::NanoCredits;
@@ -42,6 +43,21 @@ pub struct StreamEnd<'a> {
     pub upstream_model: &'a str,
 }
 
+/// How a stream ended, for [`StreamRenderer::record`].
+pub enum Ending<'a> {
+    /// Completed and settled; its end is written next.
+    Completed(&'a StreamEnd<'a>),
+    /// Ended by an error (`code` as [`StreamRenderer::fail`] takes it).
+    Failed {
+        /// What went wrong.
+        message: &'a str,
+        /// Its code.
+        code: &'a str,
+    },
+    /// The client went away.
+    Cancelled,
+}
+
 /// How a surface writes a stream in its protocol.
 pub trait StreamRenderer: Send + 'static {
     /// Writes one upstream chunk (OpenAI-shaped JSON) for the client.
@@ -51,6 +67,15 @@ pub trait StreamRenderer: Send + 'static {
     /// Writes an error that ends the stream (`code`: `upstream_cut`, `not_recorded`,
     /// `render_failed`).
     fn fail(&mut self, message: &str, code: &str, out: &mut BytesMut);
+    /// Work to finish once the stream is settled and before its end is written (the
+    /// Responses surface stores the response there); `None` when there is none. Its error on
+    /// a completed stream ends the stream with `not_stored` instead of its end.
+    fn record(
+        &mut self,
+        _ending: Ending<'_>,
+    ) -> Option<BoxFuture<'static, Result<(), RenderError>>> {
+        None
+    }
 }
 
 /// Moves a stream from the upstream to the client, tracking usage, and settles it.
@@ -179,6 +204,14 @@ impl Pump {
         Ok(())
     }
 
+    /// The surface's [`StreamRenderer::record`] work for `ending`, done.
+    async fn recorded(&mut self, ending: Ending<'_>) -> Result<(), RenderError> {
+        match self.renderer.record(ending) {
+            Some(work) => work.await,
+            None => Ok(()),
+        }
+    }
+
     /// Records the attempt, settles, and writes the stream's end.
     async fn end(mut self, end: End, kept: Kept, mut out: BytesMut) {
         let failure = match &end {
@@ -228,41 +261,66 @@ impl Pump {
                 chunks.as_deref().unwrap_or_default(),
             )
             .await;
-        match (end, settled) {
-            (End::ClientGone, _) => return,
-            (End::Cut(e), _) => {
-                let message = format!(
+        let failed = match (end, settled) {
+            (End::ClientGone, _) => {
+                if let Err(e) = self.recorded(Ending::Cancelled).await {
+                    tracing::error!(error = %e, "could not record a cancelled stream");
+                }
+                return;
+            }
+            (End::Cut(e), _) => Some((
+                format!(
                     "The upstream {} broke off mid-stream ({}); the answer is incomplete.",
                     deployment.id,
                     e.class.as_str()
-                );
-                self.renderer.fail(&message, "upstream_cut", &mut out);
-            }
-            (End::Unrenderable(e), _) => {
-                let message = format!("The answer could not be written: {e}.");
-                self.renderer.fail(&message, "render_failed", &mut out);
-            }
-            (End::Completed, Err(e)) => {
-                self.renderer.fail(&e.to_string(), "not_recorded", &mut out);
-            }
+                ),
+                "upstream_cut",
+            )),
+            (End::Unrenderable(e), _) => Some((
+                format!("The answer could not be written: {e}."),
+                "render_failed",
+            )),
+            (End::Completed, Err(e)) => Some((e.to_string(), "not_recorded")),
             (End::Completed, Ok(charge)) => {
-                let finished = self.renderer.finish(
-                    StreamEnd {
-                        usage: billed.usage,
-                        charge,
-                        replace_usage: billed.anomaly.is_some(),
-                        usage_chunk: usage_chunk.as_ref(),
-                        meta: &self.meta,
-                        upstream_model: &deployment.upstream_model,
+                let meta = self.meta.clone();
+                let end = StreamEnd {
+                    usage: billed.usage,
+                    charge,
+                    replace_usage: billed.anomaly.is_some(),
+                    usage_chunk: usage_chunk.as_ref(),
+                    meta: &meta,
+                    upstream_model: &deployment.upstream_model,
+                };
+                match self.recorded(Ending::Completed(&end)).await {
+                    Err(e) => Some((
+                        format!("The response could not be stored: {e}."),
+                        "not_stored",
+                    )),
+                    Ok(()) => match self.renderer.finish(end, &mut out) {
+                        Ok(()) => None,
+                        Err(e) => {
+                            out.clear();
+                            Some((
+                                format!("The end of the answer could not be written: {e}."),
+                                "render_failed",
+                            ))
+                        }
                     },
-                    &mut out,
-                );
-                if let Err(e) = finished {
-                    out.clear();
-                    let message = format!("The end of the answer could not be written: {e}.");
-                    self.renderer.fail(&message, "render_failed", &mut out);
                 }
             }
+        };
+        if let Some((message, code)) = failed {
+            if code != "not_stored"
+                && let Err(e) = self
+                    .recorded(Ending::Failed {
+                        message: &message,
+                        code,
+                    })
+                    .await
+            {
+                tracing::error!(error = %e, "could not record a failed stream");
+            }
+            self.renderer.fail(&message, code, &mut out);
         }
         let _ = self.tx.send(out.freeze()).await;
     }

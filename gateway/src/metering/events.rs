@@ -95,6 +95,8 @@ pub enum InboundApi {
     Messages,
     /// OpenAI's `/v1/embeddings`.
     Embeddings,
+    /// OpenAI's `/v1/responses`.
+    Responses,
 }
 
 impl InboundApi {
@@ -104,6 +106,7 @@ impl InboundApi {
             InboundApi::ChatCompletions => "chat_completions",
             InboundApi::Messages => "messages",
             InboundApi::Embeddings => "embeddings",
+            InboundApi::Responses => "responses",
         }
     }
 }
