@@ -1211,3 +1211,83 @@ async fn an_event_over_a_megabyte_is_shipped_and_the_shipper_goes_on() {
         assert_eq!(passed_over, f64::from(u8::from(limited)));
     }
 }
+
+const RESPONSES_ACROSS_GATEWAYS: &str = r#"
+import sys, json, re, openai
+from openai import OpenAI
+a_url, b_url, key = sys.argv[1], sys.argv[2], sys.argv[3]
+a = OpenAI(base_url=a_url + "/v1", api_key=key, max_retries=0)
+b = OpenAI(base_url=b_url + "/v1", api_key=key, max_retries=0)
+costs = []
+
+def cost(text):
+    found = re.findall(r'"cost":([0-9.]+)', text)
+    assert len(found) == 1, text
+    costs.append(found[0])
+
+raw = a.responses.with_raw_response.create(model="lumina-fast", input="My name is Ada and I build gateways.")
+first = raw.parse()
+cost(raw.http_response.text)
+# The very next turn, on the other gateway: the conversation is already there.
+raw = b.responses.with_raw_response.create(model="lumina-fast", previous_response_id=first.id,
+    input="What is my name?")
+second = raw.parse()
+cost(raw.http_response.text)
+assert second.previous_response_id == first.id
+assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens, (first.usage, second.usage)
+# Streamed on the second gateway, then read back at once from the first.
+final = None
+for ev in b.responses.create(model="lumina-fast", previous_response_id=second.id, input="Once more?", stream=True):
+    if ev.type == "response.completed":
+        final = ev.response
+got = a.responses.with_raw_response.retrieve(final.id)
+cost(got.http_response.text)
+assert got.parse().status == "completed" and got.parse().output_text == final.output_text
+a.responses.delete(first.id)
+try:
+    b.responses.retrieve(first.id)
+    raise SystemExit("a deleted response was still readable on the other gateway")
+except openai.NotFoundError:
+    pass
+print(json.dumps({"costs": costs}))
+"#;
+
+/// The Responses API's conversation state is shared by the gateways: a turn continues on the
+/// other gateway the moment the previous one completed, a stored response is read and deleted
+/// from either, and each turn is charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responses_conversation_continues_on_the_other_gateway_at_once() {
+    let cluster = Cluster::start(2, "all", "").await;
+    let g = &cluster.gateways;
+    let account = g[0].account("Conversations", "10").await;
+    let (_, key) = g[0].key(&account).await;
+    let stdout = common::run_python(
+        RESPONSES_ACROSS_GATEWAYS,
+        vec![g[0].url.clone(), g[1].url.clone(), key],
+    )
+    .await;
+    let told: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let total: i64 = told["costs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| nano(c.as_str().unwrap()))
+        .sum();
+    assert!(total > 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = g[0].balance(&account).await;
+        if b["spent_nano"] == total && b["held_nano"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "spent {b} != told {total}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_scalar(
+        &cluster.pool,
+        "SELECT COUNT(*) FROM requests WHERE api = 'responses'",
+        3,
+        "the three turns in the request view",
+    )
+    .await;
+}
