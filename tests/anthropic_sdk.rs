@@ -311,3 +311,96 @@ async fn count_tokens_is_exact_when_the_first_deployment_is_anthropic_and_an_est
     assert_eq!(balance["spent_nano"], 0, "{balance}");
     assert!(common::payloads(&m.lumina.events(), "RequestRouted").is_empty());
 }
+
+const THINKING_SCRIPT: &str = r#"
+import sys, json, anthropic
+base, key = sys.argv[1], sys.argv[2]
+c = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+tools = [{"name": "get_weather", "description": "Weather of a city",
+          "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+thinking = {"type": "enabled", "budget_tokens": 2048}
+ask = {"role": "user", "content": "Weather in Paris?"}
+costs = []
+
+# Opus routes to the Anthropic upstream: its signed thinking block comes back first.
+first = c.messages.create(model="claude-opus-4-1", max_tokens=4096, thinking=thinking, tools=tools, messages=[ask])
+assert [b.type for b in first.content] == ["thinking", "text", "tool_use"], first.content
+block = first.content[0]
+assert block.signature.startswith("mocksig-") and block.thinking.startswith("Mock thinking"), block
+costs.append(first.usage.model_extra["cost"])
+uses = [b for b in first.content if b.type == "tool_use"]
+turn = [ask, {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id, "content": "sunny"}]}]
+
+# Sent back with the tool result: it reaches Anthropic unchanged, and nothing is said dropped.
+raw = c.messages.with_raw_response.create(model="claude-opus-4-1", max_tokens=4096, thinking=thinking,
+    tools=tools, messages=turn)
+assert "x-lumina-dropped" not in raw.headers, raw.headers
+costs.append(raw.parse().usage.model_extra["cost"])
+
+# Streamed: thinking deltas and the signature, assembled by the SDK into the same block.
+with c.messages.stream(model="claude-opus-4-1", max_tokens=4096, thinking=thinking, messages=[ask]) as s:
+    thought, cost = "", None
+    for event in s:
+        if event.type == "thinking":
+            thought += event.thinking
+        elif event.type == "message_delta":
+            cost = event.usage.model_extra["cost"]
+    final = s.get_final_message()
+assert final.content[0].type == "thinking" and final.content[0].thinking == thought, final.content
+assert final.content[0].signature == block.signature, (final.content[0], block)
+assert final.content[1].type == "text"
+costs.append(cost)
+
+# Haiku routes to an OpenAI-compatible upstream: the blocks are left out, and said so.
+raw = c.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=4096, thinking=thinking,
+    tools=tools, messages=turn)
+assert raw.headers["x-lumina-dropped"] == "thinking", raw.headers
+costs.append(raw.parse().usage.model_extra["cost"])
+print(json.dumps({"block": block.model_dump(), "costs": [str(x) for x in costs]}))
+"#;
+
+#[tokio::test]
+async fn thinking_blocks_round_trip_unchanged_to_anthropic_and_are_left_out_and_said_so_elsewhere()
+{
+    let m = Mocked::with("").await;
+    m.mock.set("claude", "tools");
+    let account = m.lumina.account("Thinking", "5").await;
+    let (_, key) = m.lumina.key(&account).await;
+    let stdout = run_python(THINKING_SCRIPT, vec![m.lumina.url.clone(), key]).await;
+    let out: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let block = &out["block"];
+    assert_eq!(block["type"], "thinking");
+
+    // Anthropic got the client's `thinking` and, on the second turn, the block as it was.
+    let claude = m.mock.requests_of("claude");
+    assert_eq!(claude.len(), 3);
+    for r in &claude {
+        assert_eq!(
+            r.body["thinking"],
+            json!({"type": "enabled", "budget_tokens": 2048})
+        );
+    }
+    let assistant = &claude[1].body["messages"][1];
+    assert_eq!(assistant["role"], "assistant");
+    assert_eq!(&assistant["content"][0], block, "{assistant}");
+    assert_eq!(assistant["content"][2]["type"], "tool_use");
+
+    // The OpenAI-compatible upstream saw neither the setting nor the block.
+    let primary = m.mock.requests_of("primary");
+    assert_eq!(primary.len(), 1);
+    let sent = primary[0].body.to_string();
+    assert!(
+        !sent.contains("mocksig-") && !sent.contains("budget_tokens"),
+        "{sent}"
+    );
+    assert!(primary[0].body.get("thinking").is_none());
+
+    let told: i64 = out["costs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| nanos(c.as_str().unwrap()))
+        .sum();
+    assert_eq!(spent_after(&m.lumina, &account, told).await, told);
+}

@@ -2,8 +2,9 @@
 //! into the OpenAI chat view the engine runs (system prompt, text and image blocks, tools,
 //! `tool_use` and `tool_result`, `tool_choice`, stop sequences, sampling, `metadata.user_id`,
 //! extended thinking as a reasoning effort), and the engine's OpenAI-shaped answer translated
-//! back into a Messages response. Thinking blocks of earlier assistant turns are dropped (the
-//! answering upstream may not be Anthropic) and the caller is told so.
+//! back into a Messages response, thinking blocks first. The `thinking` setting and the
+//! thinking blocks of earlier assistant turns are kept aside, unchanged, for an Anthropic
+//! upstream (`AnthropicNative`); any other upstream never sees them.
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -54,8 +55,11 @@ pub struct Translated {
     pub model: String,
     /// Whether the client asked for a stream.
     pub stream: bool,
-    /// Whether thinking blocks of earlier turns were dropped.
-    pub dropped_thinking: bool,
+    /// `thinking`, as sent.
+    pub thinking: Option<Value>,
+    /// The thinking blocks of earlier assistant turns, unchanged, by the index of the chat
+    /// message they lead.
+    pub thinking_blocks: Vec<(usize, Vec<Value>)>,
 }
 
 /// The text of a `system` value (a string or text blocks).
@@ -140,7 +144,7 @@ fn translate_message(
     m: &Value,
     i: usize,
     out: &mut Vec<Value>,
-    dropped_thinking: &mut bool,
+    thinking_blocks: &mut Vec<(usize, Vec<Value>)>,
 ) -> Result<(), InvalidRequest> {
     let param = format!("messages[{i}]");
     let role = match m["role"].as_str() {
@@ -169,6 +173,7 @@ fn translate_message(
     let mut parts: Vec<Value> = Vec::new();
     let mut text = String::new();
     let mut tool_calls: Vec<Value> = Vec::new();
+    let mut thinking: Vec<Value> = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
         let bparam = format!("{param}.content[{j}]");
         match b["type"].as_str() {
@@ -209,7 +214,7 @@ fn translate_message(
                 out.push(json!({"role": "tool", "tool_call_id": id, "content": content}));
             }
             Some("thinking" | "redacted_thinking") if role == "assistant" => {
-                *dropped_thinking = true;
+                thinking.push(b.clone());
             }
             Some(kind) => {
                 return Err(invalid(
@@ -233,6 +238,9 @@ fn translate_message(
         );
         if !tool_calls.is_empty() {
             msg.insert("tool_calls".into(), Value::Array(tool_calls));
+        }
+        if !thinking.is_empty() {
+            thinking_blocks.push((out.len(), thinking));
         }
         out.push(Value::Object(msg));
     } else if !parts.is_empty() {
@@ -378,9 +386,9 @@ pub fn translate_request(bytes: &[u8], count_only: bool) -> Result<Translated, I
     if list.is_empty() {
         return Err(invalid("messages must not be empty", "messages"));
     }
-    let mut dropped_thinking = false;
+    let mut thinking_blocks = Vec::new();
     for (i, m) in list.iter().enumerate() {
-        translate_message(m, i, &mut messages, &mut dropped_thinking)?;
+        translate_message(m, i, &mut messages, &mut thinking_blocks)?;
     }
     body.insert("messages".into(), Value::Array(messages));
     let stream = match &req.stream {
@@ -422,7 +430,8 @@ pub fn translate_request(bytes: &[u8], count_only: bool) -> Result<Translated, I
     if let Some(choice) = req.tool_choice.as_ref().filter(|c| !c.is_null()) {
         translate_tool_choice(choice, &mut body)?;
     }
-    if let Some(thinking) = req.thinking.as_ref()
+    let thinking = req.thinking.filter(|t| !t.is_null());
+    if let Some(thinking) = thinking.as_ref()
         && let Some(effort) = effort_of(thinking)?
     {
         body.insert("reasoning_effort".into(), json!(effort));
@@ -435,7 +444,8 @@ pub fn translate_request(bytes: &[u8], count_only: bool) -> Result<Translated, I
         body,
         model,
         stream,
-        dropped_thinking,
+        thinking,
+        thinking_blocks,
     })
 }
 
@@ -472,7 +482,10 @@ pub fn translate_response(
     let v: Value = serde_json::from_slice(completion).map_err(|e| e.to_string())?;
     let choice = &v["choices"][0];
     let message = &choice["message"];
-    let mut content: Vec<Value> = Vec::new();
+    let mut content: Vec<Value> = message["thinking_blocks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -503,15 +516,14 @@ mod tests {
 
     #[test]
     fn a_full_request_becomes_the_openai_view() {
-        let v = translated(
-            r#"{"model":"claude-sonnet-4-5","max_tokens":256,"system":[{"type":"text","text":"be brief"}],
+        let body = r#"{"model":"claude-sonnet-4-5","max_tokens":256,"system":[{"type":"text","text":"be brief"}],
             "messages":[{"role":"user","content":[{"type":"text","text":"weather?"},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}}]},
             {"role":"assistant","content":[{"type":"thinking","thinking":"hmm","signature":"sig"},{"type":"text","text":"Checking."},{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"city":"Paris"}}]},
             {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"sunny"},{"type":"text","text":"thanks"}]}],
             "tools":[{"name":"get_weather","description":"w","input_schema":{"type":"object"}}],
             "tool_choice":{"type":"any","disable_parallel_tool_use":true},"stop_sequences":["END"],"temperature":0.2,
-            "metadata":{"user_id":"u-1"},"stream":true,"thinking":{"type":"enabled","budget_tokens":10000}}"#,
-        );
+            "metadata":{"user_id":"u-1"},"stream":true,"thinking":{"type":"enabled","budget_tokens":10000}}"#;
+        let v = translated(body);
         assert_eq!(v["model"], "claude-sonnet-4-5");
         assert_eq!(v["max_tokens"], 256);
         assert_eq!(
@@ -539,6 +551,22 @@ mod tests {
         assert_eq!(v["user"], "u-1");
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["reasoning_effort"], "medium");
+        // The thinking setting and the earlier turn's thinking block are kept aside unchanged,
+        // the block by the index of the chat message it leads (the assistant's, after system
+        // and user).
+        let t = translate_request(body.as_bytes(), false).unwrap();
+        assert_eq!(
+            t.thinking,
+            Some(json!({"type": "enabled", "budget_tokens": 10000}))
+        );
+        assert_eq!(
+            t.thinking_blocks,
+            [(
+                2,
+                vec![json!({"type": "thinking", "thinking": "hmm", "signature": "sig"})]
+            )]
+        );
+        assert!(!String::from_utf8_lossy(&t.body).contains("sig"));
     }
 
     #[test]

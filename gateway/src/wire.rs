@@ -834,6 +834,13 @@ pub struct AssistantMessage {
     /// Function calls, when any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallOut>,
+    /// The text of an Anthropic upstream's thinking, when it thought.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// Its thinking and redacted-thinking blocks as Anthropic sent them (signatures included),
+    /// for a Messages client to send back unchanged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub thinking_blocks: Vec<serde_json::Value>,
 }
 
 /// A function call in a response.
@@ -904,6 +911,13 @@ pub struct Delta {
     /// Tool call fragments.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallDelta>,
+    /// A piece of an Anthropic upstream's thinking.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// A thinking block's signature (`{"type": "thinking", "thinking": "", "signature"}`), or
+    /// a redacted-thinking block, as Anthropic sent it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub thinking_blocks: Vec<serde_json::Value>,
 }
 
 /// A fragment of a streamed tool call.

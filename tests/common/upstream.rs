@@ -514,8 +514,18 @@ async fn anthropic(
         .unwrap_or("get_weather")
         .to_string();
     let usage = json!({"input_tokens": 20, "output_tokens": 9, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 6});
+    // With thinking enabled the answer opens with a signed thinking block.
+    let thinking = (body["thinking"]["type"] == "enabled").then(|| {
+        let thought = format!("Mock thinking about: {}", last_user_text(&body));
+        let signature = format!("mocksig-{}", thought.len());
+        (thought, signature)
+    });
     if !body["stream"].as_bool().unwrap_or(false) {
-        let mut content = vec![json!({"type": "text", "text": text})];
+        let mut content = Vec::new();
+        if let Some((thought, signature)) = &thinking {
+            content.push(json!({"type": "thinking", "thinking": thought, "signature": signature}));
+        }
+        content.push(json!({"type": "text", "text": text}));
         if tools {
             content.push(json!({"type": "tool_use", "id": "toolu_1", "name": name, "input": {"city": "Paris"}}));
         }
@@ -523,33 +533,44 @@ async fn anthropic(
             "content": content, "stop_reason": if tools { "tool_use" } else { "end_turn" }, "stop_sequence": null, "usage": usage}))
         .into_response();
     }
-    let mut events: Events = vec![
-        anthropic_event(
-            "message_start",
-            json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
-            "role": "assistant", "model": model, "content": [], "stop_reason": null,
-            "usage": {"input_tokens": 20, "output_tokens": 1, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 6}}}),
-        ),
-        anthropic_event(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ),
-        anthropic_event("ping", json!({"type": "ping"})),
-    ];
+    let mut events: Events = vec![anthropic_event(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+        "role": "assistant", "model": model, "content": [], "stop_reason": null,
+        "usage": {"input_tokens": 20, "output_tokens": 1, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 6}}}),
+    )];
+    let first = usize::from(thinking.is_some());
+    if let Some((thought, signature)) = &thinking {
+        events.push(anthropic_event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}})));
+        for piece in thought.split_inclusive(' ') {
+            events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": piece}})));
+        }
+        events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": signature}})));
+        events.push(anthropic_event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+    }
+    events.push(anthropic_event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": first, "content_block": {"type": "text", "text": ""}}),
+    ));
+    events.push(anthropic_event("ping", json!({"type": "ping"})));
     for word in text.split_inclusive(' ') {
-        events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}})));
+        events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": first, "delta": {"type": "text_delta", "text": word}})));
     }
     events.push(anthropic_event(
         "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": first}),
     ));
     if tools {
-        events.push(anthropic_event("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": name, "input": {}}})));
-        events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}})));
-        events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}})));
+        let i = first + 1;
+        events.push(anthropic_event("content_block_start", json!({"type": "content_block_start", "index": i, "content_block": {"type": "tool_use", "id": "toolu_1", "name": name, "input": {}}})));
+        events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}})));
+        events.push(anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}})));
         events.push(anthropic_event(
             "content_block_stop",
-            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "content_block_stop", "index": i}),
         ));
     }
     if mode == "cut" {

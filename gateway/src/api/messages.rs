@@ -2,8 +2,11 @@
 //! request is translated into the engine's `Call` (`anthropic_wire.rs`), the engine's answer
 //! rendered as a Messages response or as Anthropic's typed SSE events (`message_start`,
 //! `content_block_start`/`_delta`/`_stop`, `message_delta`, `message_stop`, `ping`, `error`),
-//! errors in Anthropic's shape. `anthropic-version` and `anthropic-beta` reach Anthropic
-//! upstreams only. Usage is Anthropic's (input, output, cache tokens) with `cost` beside it.
+//! errors in Anthropic's shape. `anthropic-version`, `anthropic-beta`, `thinking` and the
+//! thinking blocks of earlier turns reach Anthropic upstreams only, unchanged; when another
+//! upstream answers, `x-lumina-dropped: thinking` says the blocks were left out. An Anthropic
+//! upstream's thinking comes back as thinking blocks (streamed: `thinking_delta`,
+//! `signature_delta`). Usage is Anthropic's (input, output, cache tokens) with `cost` beside it.
 
 use std::convert::Infallible;
 
@@ -22,11 +25,12 @@ use crate::anthropic_wire::{self, Translated};
 use crate::api::chat::{routed_headers, trace_id};
 use crate::api::error::ApiError;
 use crate::api::extract::{CustomerKey, RawBody};
+use crate::config::ProviderKind;
 use crate::engine::{self, Call, RenderError, StreamEnd, StreamRenderer};
 use crate::json_keys::{self, KeyCheck};
 use crate::metering::events::InboundApi;
 use crate::metering::usage;
-use crate::providers::{AnthropicHeaders, CountCall, StreamChunk};
+use crate::providers::{AnthropicNative, CountCall, StreamChunk};
 use crate::routing::catalog::ModelChoice;
 use crate::routing::classifier;
 use crate::state::AppState;
@@ -85,15 +89,27 @@ fn translate(bytes: &[u8], count_only: bool) -> Result<Translated, ApiError> {
     anthropic_wire::translate_request(bytes, count_only).map_err(ApiError::from)
 }
 
-fn anthropic_headers(headers: &HeaderMap) -> AnthropicHeaders {
+fn anthropic_headers(headers: &HeaderMap) -> AnthropicNative {
     let get = |name: &str| {
         headers
             .get(name)
             .and_then(|v| reqwest::header::HeaderValue::from_bytes(v.as_bytes()).ok())
     };
-    AnthropicHeaders {
+    AnthropicNative {
         version: get("anthropic-version"),
         beta: get("anthropic-beta"),
+        ..AnthropicNative::default()
+    }
+}
+
+/// Marks an answer whose request's thinking blocks did not reach the upstream that answered
+/// (not Anthropic).
+fn said_dropped(response: &mut Response, translated: &Translated, route: &engine::Route) {
+    if !translated.thinking_blocks.is_empty() && route.deployment.kind != ProviderKind::Anthropic {
+        response.headers_mut().insert(
+            X_LUMINA_DROPPED.clone(),
+            HeaderValue::from_static("thinking"),
+        );
     }
 }
 
@@ -112,20 +128,25 @@ pub async fn create(
 ) -> Result<Response, MessagesError> {
     let CustomerKey(key) = key?;
     let RawBody(bytes) = body?;
-    let translated = translate(&bytes, false)?;
-    let body = Bytes::from(translated.body);
+    let mut translated = translate(&bytes, false)?;
+    let body = Bytes::from(std::mem::take(&mut translated.body));
     let request = ChatRequest::parse(&body).map_err(ApiError::from)?;
     let id = message_id(&request_id);
+    let native = AnthropicNative {
+        thinking: translated.thinking.clone(),
+        thinking_blocks: translated.thinking_blocks.clone(),
+        ..anthropic_headers(&headers)
+    };
     let call = Call {
         request: &request,
         body: &body,
         key,
         request_id,
         trace_id: trace_id(&headers),
-        anthropic: Some(anthropic_headers(&headers)),
+        anthropic: Some(native),
         api: InboundApi::Messages,
     };
-    let mut response = if translated.stream {
+    let response = if translated.stream {
         let renderer = Box::new(MessagesStream::new(id, translated.model.clone()));
         let streaming = engine::stream(&state, call, renderer).await?;
         let body = Body::from_stream(
@@ -136,6 +157,7 @@ pub async fn create(
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         routed_headers(h, &streaming.route);
+        said_dropped(&mut response, &translated, &streaming.route);
         response
     } else {
         let answer = engine::complete(&state, call).await?;
@@ -155,14 +177,9 @@ pub async fn create(
             h.insert(X_LUMINA_COST.clone(), v);
         }
         routed_headers(h, &answer.route);
+        said_dropped(&mut response, &translated, &answer.route);
         response
     };
-    if translated.dropped_thinking {
-        response.headers_mut().insert(
-            X_LUMINA_DROPPED.clone(),
-            HeaderValue::from_static("thinking"),
-        );
-    }
     Ok(response)
 }
 
@@ -255,6 +272,7 @@ fn put_event(out: &mut BytesMut, kind: &str, data: &Value) {
 enum Open {
     None,
     Text(usize),
+    Thinking(usize),
     Tool { block: usize, call: u64 },
 }
 
@@ -298,7 +316,7 @@ impl MessagesStream {
     fn close(&mut self, out: &mut BytesMut) {
         let index = match self.open {
             Open::None => return,
-            Open::Text(i) | Open::Tool { block: i, .. } => i,
+            Open::Text(i) | Open::Thinking(i) | Open::Tool { block: i, .. } => i,
         };
         put_event(
             out,
@@ -331,6 +349,59 @@ impl MessagesStream {
             &json!({"type": "content_block_delta", "index": index,
                 "delta": {"type": "text_delta", "text": text}}),
         );
+    }
+
+    /// Opens a block of `content_block` (JSON) and returns its index.
+    fn open_block(&mut self, content_block: Value, out: &mut BytesMut) -> usize {
+        self.close(out);
+        let i = self.next_block;
+        self.next_block += 1;
+        put_event(
+            out,
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": i, "content_block": content_block}),
+        );
+        i
+    }
+
+    fn thinking(&mut self, text: &str, out: &mut BytesMut) -> usize {
+        let index = match self.open {
+            Open::Thinking(i) => i,
+            _ => {
+                let i = self.open_block(json!({"type": "thinking", "thinking": ""}), out);
+                self.open = Open::Thinking(i);
+                i
+            }
+        };
+        if !text.is_empty() {
+            put_event(
+                out,
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "thinking_delta", "thinking": text}}),
+            );
+        }
+        index
+    }
+
+    /// A thinking block's signature (ending the block) or a redacted-thinking block.
+    fn thinking_block(&mut self, block: &Value, out: &mut BytesMut) {
+        if block["type"] == "redacted_thinking" {
+            self.open_block(block.clone(), out);
+            self.open = Open::Thinking(self.next_block - 1);
+            self.close(out);
+            return;
+        }
+        let index = self.thinking("", out);
+        if let Some(signature) = block["signature"].as_str() {
+            put_event(
+                out,
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "signature_delta", "signature": signature}}),
+            );
+        }
+        self.close(out);
     }
 
     fn tool(&mut self, call: &Value, out: &mut BytesMut) {
@@ -376,6 +447,15 @@ impl StreamRenderer for MessagesStream {
         self.start(out);
         for choice in v["choices"].as_array().into_iter().flatten() {
             let delta = &choice["delta"];
+            if let Some(text) = delta["reasoning_content"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+            {
+                self.thinking(text, out);
+            }
+            for block in delta["thinking_blocks"].as_array().into_iter().flatten() {
+                self.thinking_block(block, out);
+            }
             if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
                 self.text(text, out);
             }
@@ -485,6 +565,48 @@ mod tests {
         let mut end = BytesMut::new();
         r.fail("gone", "upstream_cut", &mut end);
         assert_eq!(events(&end)[0].0, "error");
+    }
+
+    #[test]
+    fn thinking_streams_as_thinking_blocks_with_their_signatures() {
+        let mut r = MessagesStream::new("msg_1".into(), "claude-x".into());
+        let mut out = BytesMut::new();
+        for c in [
+            json!({"choices": [{"index": 0, "delta": {"reasoning_content": "let me "}}]}),
+            json!({"choices": [{"index": 0, "delta": {"reasoning_content": "see"}}]}),
+            json!({"choices": [{"index": 0, "delta": {"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "c2ln"}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"thinking_blocks": [{"type": "redacted_thinking", "data": "ZGF0YQ=="}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"content": "Answer"}}]}),
+        ] {
+            r.chunk(&chunk(c), &mut out).unwrap();
+        }
+        let all = events(&out);
+        let kinds: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta"
+            ]
+        );
+        assert_eq!(all[2].1["content_block"]["type"], "thinking");
+        assert_eq!(all[4].1["delta"]["thinking"], "see");
+        assert_eq!(
+            all[5].1["delta"],
+            json!({"type": "signature_delta", "signature": "c2ln"})
+        );
+        assert_eq!(all[7].1["content_block"]["data"], "ZGF0YQ==");
+        assert_eq!(all[7].1["index"], 1);
+        assert_eq!(all[9].1["index"], 2);
     }
 
     #[test]

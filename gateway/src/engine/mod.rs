@@ -35,7 +35,7 @@ use crate::metering::events::{InboundApi, Outcome, RequestMeta, Routing as Routi
 use crate::metering::limits::LimitStatus;
 use crate::metering::usage;
 use crate::providers::{
-    AnthropicHeaders, ChunkStream, ErrorClass, ProviderError, StreamChunk, UpstreamCall,
+    AnthropicNative, ChunkStream, ErrorClass, ProviderError, StreamChunk, UpstreamCall,
 };
 use crate::routing::catalog::{ModelChoice, RoutePath};
 use crate::routing::classifier::{self, Decision};
@@ -63,7 +63,7 @@ pub struct Call<'a> {
     /// W3C trace id from `traceparent`, when sent.
     pub trace_id: Option<String>,
     /// Anthropic's protocol headers, when the request came in as a Messages request.
-    pub anthropic: Option<AnthropicHeaders>,
+    pub anthropic: Option<AnthropicNative>,
     /// The API it came in on.
     pub api: InboundApi,
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::providers::sse::{SseEvent, events};
 use crate::providers::{
-    AnthropicHeaders, BodyLimits, ChunkStream, Completion, CountCall, ErrorClass,
+    AnthropicNative, BodyLimits, ChunkStream, Completion, CountCall, ErrorClass,
     MAX_REPORTED_TOKENS, Provider, ProviderError, ReportedUsage, StreamChunk, Timeouts,
     UpstreamCall, http_client, read_bounded, send,
 };
@@ -58,6 +58,8 @@ struct MessagesRequest<'a> {
     top_p: Option<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     stop_sequences: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Value>,
     stream: bool,
 }
 
@@ -134,22 +136,28 @@ fn assistant_blocks(m: &Message<'_>) -> Vec<Value> {
     blocks
 }
 
-/// Translates an OpenAI request into a Messages API request.
+/// Translates an OpenAI request into a Messages API request; a Messages client's `thinking`
+/// and the thinking blocks of its earlier turns (`native`) go along unchanged.
 fn translate_request<'a>(
     request: &'a ChatRequest<'a>,
     model: &'a str,
     default_max_tokens: u32,
     stream: bool,
+    native: Option<&AnthropicNative>,
 ) -> MessagesRequest<'a> {
     let mut system = Vec::new();
     let mut messages: Vec<AMessage> = Vec::new();
-    for m in &request.messages {
+    for (i, m) in request.messages.iter().enumerate() {
         let (role, blocks) = match m.role.as_str() {
             "system" | "developer" => {
                 system.push(text_of(&m.content));
                 continue;
             }
-            "assistant" => ("assistant", assistant_blocks(m)),
+            "assistant" => {
+                let mut blocks = native.map_or_else(Vec::new, |n| n.thinking_of(i).to_vec());
+                blocks.extend(assistant_blocks(m));
+                ("assistant", blocks)
+            }
             "tool" | "function" => (
                 "user",
                 vec![serde_json::json!({
@@ -214,6 +222,7 @@ fn translate_request<'a>(
         temperature: request.temperature,
         top_p: request.top_p,
         stop_sequences: request.stop.iter().map(|s| s.as_str()).collect(),
+        thinking: native.and_then(|n| n.thinking.clone()),
         stream,
     }
 }
@@ -285,9 +294,16 @@ struct MessagesResponse {
 fn completion_from(response: MessagesResponse) -> (ChatCompletion, ReportedUsage) {
     let mut text = String::new();
     let mut tool_calls = Vec::new();
+    let mut reasoning = String::new();
+    let mut thinking_blocks = Vec::new();
     for block in &response.content {
         match block["type"].as_str() {
             Some("text") => text.push_str(block["text"].as_str().unwrap_or("")),
+            Some("thinking") => {
+                reasoning.push_str(block["thinking"].as_str().unwrap_or(""));
+                thinking_blocks.push(block.clone());
+            }
+            Some("redacted_thinking") => thinking_blocks.push(block.clone()),
             Some("tool_use") => tool_calls.push(ToolCallOut {
                 id: block["id"].as_str().unwrap_or("").to_string(),
                 kind: "function",
@@ -314,6 +330,8 @@ fn completion_from(response: MessagesResponse) -> (ChatCompletion, ReportedUsage
                 content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
                 refusal: None,
                 tool_calls,
+                reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+                thinking_blocks,
             },
             logprobs: None,
             finish_reason: finish_reason(response.stop_reason.as_deref()).into(),
@@ -366,6 +384,7 @@ impl Anthropic {
             call.upstream_model,
             self.default_max_tokens,
             stream,
+            call.anthropic,
         );
         let body = serde_json::to_vec(&body)
             .map_err(|e| ProviderError::new(ErrorClass::ClientError, e.to_string()))?;
@@ -377,7 +396,7 @@ impl Anthropic {
         &self,
         url: &reqwest::Url,
         body: Vec<u8>,
-        client: Option<&AnthropicHeaders>,
+        client: Option<&AnthropicNative>,
         deadline: Instant,
     ) -> Result<reqwest::Response, ProviderError> {
         let version = client
@@ -507,6 +526,18 @@ impl StreamState {
                         Some(Self::piece(self.chunk(Some(delta), None, None)?, name)),
                         false,
                     )
+                } else if block["type"] == "redacted_thinking" {
+                    let delta = Delta {
+                        thinking_blocks: vec![block.clone()],
+                        ..Delta::default()
+                    };
+                    (
+                        Some(Self::piece(
+                            self.chunk(Some(delta), None, None)?,
+                            String::new(),
+                        )),
+                        false,
+                    )
                 } else {
                     (None, false)
                 }
@@ -522,6 +553,32 @@ impl StreamState {
                         };
                         (
                             Some(Self::piece(self.chunk(Some(delta), None, None)?, text)),
+                            false,
+                        )
+                    }
+                    Some("thinking_delta") => {
+                        let text = d["thinking"].as_str().unwrap_or("").to_string();
+                        let delta = Delta {
+                            reasoning_content: Some(text.clone()),
+                            ..Delta::default()
+                        };
+                        (
+                            Some(Self::piece(self.chunk(Some(delta), None, None)?, text)),
+                            false,
+                        )
+                    }
+                    Some("signature_delta") => {
+                        let signature = d["signature"].as_str().unwrap_or("");
+                        let delta = Delta {
+                            thinking_blocks: vec![serde_json::json!({
+                                "type": "thinking", "thinking": "", "signature": signature})],
+                            ..Delta::default()
+                        };
+                        (
+                            Some(Self::piece(
+                                self.chunk(Some(delta), None, None)?,
+                                String::new(),
+                            )),
                             false,
                         )
                     }
@@ -718,8 +775,8 @@ mod tests {
             "tools":[{"type":"function","function":{"name":"lookup","description":"find","parameters":{"type":"object"}}}],
             "tool_choice":{"type":"function","function":{"name":"lookup"}},"parallel_tool_calls":false,"stop":["END"]}"#;
         let request = ChatRequest::parse(body).unwrap();
-        let out =
-            serde_json::to_value(translate_request(&request, "claude-x", 4096, false)).unwrap();
+        let out = serde_json::to_value(translate_request(&request, "claude-x", 4096, false, None))
+            .unwrap();
         assert_eq!(out["system"], "be kind");
         assert_eq!(out["max_tokens"], 100);
         assert_eq!(
@@ -736,6 +793,72 @@ mod tests {
         assert_eq!(out["tool_choice"]["type"], "tool");
         assert_eq!(out["tool_choice"]["disable_parallel_tool_use"], true);
         assert_eq!(out["stop_sequences"][0], "END");
+    }
+
+    #[test]
+    fn thinking_goes_out_and_comes_back_unchanged() {
+        let body = br#"{"model":"m","max_tokens":5000,"messages":[
+            {"role":"user","content":"q"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"toolu_1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","tool_call_id":"toolu_1","content":"r"}]}"#;
+        let request = ChatRequest::parse(body).unwrap();
+        let block = serde_json::json!({"type": "thinking", "thinking": "hmm", "signature": "c2ln"});
+        let native = AnthropicNative {
+            thinking: Some(serde_json::json!({"type": "enabled", "budget_tokens": 2048})),
+            thinking_blocks: vec![(1, vec![block.clone()])],
+            ..AnthropicNative::default()
+        };
+        let out = serde_json::to_value(translate_request(
+            &request,
+            "claude-x",
+            4096,
+            false,
+            Some(&native),
+        ))
+        .unwrap();
+        assert_eq!(out["thinking"]["budget_tokens"], 2048);
+        assert_eq!(out["messages"][1]["content"][0], block);
+        assert_eq!(out["messages"][1]["content"][1]["type"], "tool_use");
+
+        let response: MessagesResponse = serde_json::from_str(r#"{"id":"msg_1","type":"message","model":"claude-x",
+            "content":[{"type":"thinking","thinking":"let me see","signature":"c2ln"},{"type":"redacted_thinking","data":"ZGF0YQ=="},{"type":"text","text":"done"}],
+            "stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":4}}"#).unwrap();
+        let (completion, _) = completion_from(response);
+        let message = serde_json::to_value(&completion.choices[0].message).unwrap();
+        assert_eq!(message["reasoning_content"], "let me see");
+        assert_eq!(message["thinking_blocks"][0]["signature"], "c2ln");
+        assert_eq!(message["thinking_blocks"][1]["data"], "ZGF0YQ==");
+        assert_eq!(message["content"], "done");
+
+        let mut state = StreamState {
+            id: "chatcmpl-1".into(),
+            model: "claude-x".into(),
+            created: 0,
+            tools: HashMap::new(),
+            usage: serde_json::Map::new(),
+            finish: None,
+        };
+        let mut delta_of = |data: &str| {
+            let event = SseEvent {
+                event: None,
+                data: Bytes::from(data.to_string()),
+            };
+            let (chunk, _) = state.translate(&event).unwrap();
+            let v: Value = serde_json::from_slice(&chunk.unwrap().data).unwrap();
+            v["choices"][0]["delta"].clone()
+        };
+        let d = delta_of(
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"step"}}"#,
+        );
+        assert_eq!(d["reasoning_content"], "step");
+        let d = delta_of(
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"c2ln"}}"#,
+        );
+        assert_eq!(d["thinking_blocks"][0]["signature"], "c2ln");
+        let d = delta_of(
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"redacted_thinking","data":"ZGF0YQ=="}}"#,
+        );
+        assert_eq!(d["thinking_blocks"][0]["type"], "redacted_thinking");
     }
 
     #[test]

@@ -397,17 +397,33 @@ pub struct UpstreamCall<'a> {
     /// Lumina's request id, for ids the adapter makes up.
     pub request_id: &'a str,
     /// Anthropic's protocol headers the client sent, for Anthropic upstreams only.
-    pub anthropic: Option<&'a AnthropicHeaders>,
+    pub anthropic: Option<&'a AnthropicNative>,
 }
 
-/// The `anthropic-version` and `anthropic-beta` headers of a Messages request: forwarded to
-/// Anthropic upstreams, never sent to others.
+/// What a Messages request carries for Anthropic upstreams only, never sent to others: the
+/// `anthropic-version` and `anthropic-beta` headers, its `thinking` setting, and the thinking
+/// blocks of its earlier assistant turns, signatures and all.
 #[derive(Debug, Clone, Default)]
-pub struct AnthropicHeaders {
+pub struct AnthropicNative {
     /// `anthropic-version`
     pub version: Option<reqwest::header::HeaderValue>,
     /// `anthropic-beta`
     pub beta: Option<reqwest::header::HeaderValue>,
+    /// `thinking`, as the client sent it.
+    pub thinking: Option<serde_json::Value>,
+    /// Thinking and redacted-thinking blocks, unchanged, by the index in the chat view's
+    /// `messages` of the assistant message they lead.
+    pub thinking_blocks: Vec<(usize, Vec<serde_json::Value>)>,
+}
+
+impl AnthropicNative {
+    /// The thinking blocks leading chat message `index`.
+    pub fn thinking_of(&self, index: usize) -> &[serde_json::Value] {
+        self.thinking_blocks
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map_or(&[], |(_, blocks)| blocks.as_slice())
+    }
 }
 
 /// What an embeddings attempt is asked.
@@ -435,7 +451,7 @@ pub struct CountCall<'a> {
     /// The model name the deployment uses upstream.
     pub upstream_model: &'a str,
     /// The client's `anthropic-version` and `anthropic-beta`.
-    pub anthropic: &'a AnthropicHeaders,
+    pub anthropic: &'a AnthropicNative,
 }
 
 /// An upstream adapter.

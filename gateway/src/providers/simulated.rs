@@ -286,6 +286,8 @@ impl Provider for Simulated {
                                 },
                             })
                             .collect(),
+                        reasoning_content: None,
+                        thinking_blocks: Vec::new(),
                     },
                     logprobs: None,
                     finish_reason: answer.finish_reason.into(),
