@@ -482,6 +482,40 @@ async fn conversations_reach_each_upstream_kind_fall_back_once_and_a_gone_client
     assert_eq!(status, 404, "{body}");
     assert_openai_error(&body);
 
+    // A request its account cannot pay for is refused in OpenAI's shape and leaves no
+    // response behind, streamed or not.
+    let poor = lumina.account("Poor", "0.000001").await;
+    let (_, poor_key) = lumina.key(&poor).await;
+    for stream in [false, true] {
+        let body = json!({"model": "lumina-fast", "input": "hello", "max_output_tokens": 4000,
+            "stream": stream})
+        .to_string();
+        let (status, headers, refused) = lumina
+            .request(Method::POST, "/v1/responses", Some(&poor_key), Some(&body))
+            .await;
+        assert_eq!(status, 402, "{refused}");
+        assert_eq!(assert_openai_error(&refused)["code"], "insufficient_quota");
+        let id = header(&headers, "x-request-id")
+            .trim_start_matches("req_")
+            .to_string();
+        let (status, _, _) = lumina
+            .request(
+                Method::GET,
+                &format!("/v1/responses/resp_{id}"),
+                Some(&poor_key),
+                None,
+            )
+            .await;
+        assert_eq!(
+            status, 404,
+            "a refused request left a response (stream={stream})"
+        );
+    }
+    assert!(
+        mock.requests().is_empty(),
+        "a refused request reached an upstream"
+    );
+
     // Everything the client was told equals the ledger, and the journal reconciles.
     assert!(told > 0);
     assert_eq!(spent_after(&lumina, &account, told).await, told);

@@ -39,16 +39,31 @@ use crate::responses_wire::{
 use crate::state::AppState;
 use crate::wire::{ChatRequest, duplicate_member};
 
-/// A stored response being written: its row exists `in_progress` from [`Keeper::begin`] on;
-/// dropped before [`Keeper::finish`] (the client went away from a whole answer), it is made
-/// `cancelled`.
+/// A stored response being written: its row exists `in_progress` from [`Keeper::begin`] on.
+/// A response is kept once its client saw its id: dropped before [`Keeper::finish`] (the
+/// request was refused, or its client went away before the whole answer), the row is deleted.
 struct Keeper {
-    store: ResponseStore,
-    id: String,
+    row: Row,
     /// The conversation before this turn's answer (JSON array text).
     conversation: Arc<str>,
     finished: bool,
-    cancelled: Option<String>,
+}
+
+/// Where a stored response's row is.
+#[derive(Clone)]
+struct Row {
+    store: ResponseStore,
+    account_id: String,
+    id: String,
+}
+
+impl Row {
+    /// Deletes the row of a response its client never saw.
+    async fn discard(self) {
+        if let Err(e) = self.store.delete(&self.account_id, &self.id).await {
+            tracing::error!(error = %e, response = %self.id, "could not delete an unanswered response");
+        }
+    }
 }
 
 impl Keeper {
@@ -79,24 +94,14 @@ impl Keeper {
                     "The response could not be stored ({e}); nothing was charged."
                 ))
             })?;
-        let cancelled = response_json(
-            &Head {
-                ids: head.ids,
-                created_at: head.created_at,
-                status: "cancelled",
-                model: head.model,
-                parsed: head.parsed,
-                error: None,
-            },
-            Vec::new(),
-            None,
-        );
         Ok(Keeper {
-            store: store.clone(),
-            id: head.ids.response.clone(),
+            row: Row {
+                store: store.clone(),
+                account_id: key.account_id.as_str().to_string(),
+                id: head.ids.response.clone(),
+            },
             conversation: conversation.into(),
             finished: false,
-            cancelled: Some(cancelled),
         })
     }
 
@@ -116,11 +121,10 @@ impl Keeper {
             }
             None => self.conversation.to_string(),
         };
-        let store = self.store.clone();
-        let id = self.id.clone();
+        let row = self.row.clone();
         Box::pin(async move {
-            store
-                .finish(&id, status, &response, &conversation)
+            row.store
+                .finish(&row.id, status, &response, &conversation)
                 .await
                 .map_err(|e| RenderError(e.to_string()))
         })
@@ -132,16 +136,8 @@ impl Drop for Keeper {
         if self.finished {
             return;
         }
-        let Some(response) = self.cancelled.take() else {
-            return;
-        };
-        let work = self.finish("cancelled", response, None);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = work.await {
-                    tracing::error!(error = %e, "could not record a cancelled response");
-                }
-            });
+            handle.spawn(self.row.clone().discard());
         }
     }
 }
@@ -231,13 +227,22 @@ pub async fn create(
         api: InboundApi::Responses,
     };
     if parsed.stream {
+        let row = keeper.as_ref().map(|k| k.row.clone());
         let renderer = Box::new(ResponsesStream::new(
             ids,
             created_at,
             parsed.clone(),
             keeper,
         ));
-        let streaming = engine::stream(&state, call, renderer).await?;
+        let streaming = match engine::stream(&state, call, renderer).await {
+            Ok(streaming) => streaming,
+            Err(e) => {
+                if let Some(row) = row {
+                    row.discard().await;
+                }
+                return Err(e);
+            }
+        };
         let body = Body::from_stream(
             tokio_stream::wrappers::ReceiverStream::new(streaming.body).map(Ok::<_, Infallible>),
         );
@@ -263,21 +268,9 @@ async fn whole(
     let answer = match engine::complete(state, call).await {
         Ok(answer) => answer,
         Err(e) => {
-            if let Some(k) = keeper.as_mut() {
-                let head = Head {
-                    ids,
-                    created_at,
-                    status: "failed",
-                    model: &parsed.model,
-                    parsed,
-                    error: Some(json!({"code": "server_error", "message": e.to_string()})),
-                };
-                if let Err(stored) = k
-                    .finish("failed", response_json(&head, Vec::new(), None), None)
-                    .await
-                {
-                    tracing::error!(error = %stored, "could not record a failed response");
-                }
+            if let Some(mut k) = keeper.take() {
+                k.finished = true;
+                k.row.clone().discard().await;
             }
             return Err(e);
         }
