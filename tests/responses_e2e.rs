@@ -132,6 +132,16 @@ unstored = told(c.responses.with_raw_response.create(model="lumina-fast", input=
 assert unstored.store is False
 raises(openai.NotFoundError, lambda: c.responses.retrieve(unstored.id))
 
+# A client that stops reading mid-stream and closes it.
+s = c.responses.create(model="lumina-balanced", input="Write a long essay about gateways " * 4, stream=True)
+gone = None
+for ev in s:
+    if ev.type == "response.created":
+        gone = ev.response.id
+    if ev.type == "response.output_text.delta":
+        break
+s.close()
+
 # Structured output and a reasoning effort are accepted and echoed.
 shaped = told(c.responses.with_raw_response.create(model="lumina-auto", input="Plan a migration in three steps",
     reasoning={"effort": "high"}, text={"format": {"type": "json_schema", "name": "plan",
@@ -156,7 +166,7 @@ for body in ['{"model": "lumina-fast", "input": ', '[1]', '{"model": "lumina-fas
     assert status == 400 and error["error"]["type"] == "invalid_request_error", (body, error)
 raises(openai.AuthenticationError, lambda: OpenAI(base_url=base + "/v1", api_key="lum_nope",
     max_retries=0).responses.create(model="lumina-fast", input="x"))
-print(json.dumps({"costs": costs}))
+print(json.dumps({"costs": costs, "gone": gone}))
 "#;
 
 #[tokio::test]
@@ -177,16 +187,51 @@ async fn the_openai_sdk_creates_streams_continues_retrieves_and_deletes_response
         .collect();
     assert_eq!(costs.len(), 7, "{told}");
     assert!(costs.iter().all(|&c| c > 0), "{costs:?}");
-    let total: i64 = costs.iter().sum();
+
+    // The stream its client closed is settled once, whether the pump saw the client go
+    // (cancelled) or had already finished (completed), and its response is final.
+    let gone = told["gone"].as_str().unwrap();
+    let gone_request = format!("req_{}", gone.trim_start_matches("resp_"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gone_charge = loop {
+        let settled: Vec<Value> = lumina
+            .events_of(&gone_request)
+            .into_iter()
+            .filter(|e| e["event_type"] == "RequestSettled")
+            .collect();
+        if let [one] = settled.as_slice() {
+            break one["payload"]["charge_nano"].as_i64().unwrap();
+        }
+        assert!(settled.is_empty(), "settled twice: {settled:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream was never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (status, _, stored) = lumina
+        .request(
+            Method::GET,
+            &format!("/v1/responses/{gone}"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    assert!(
+        stored["status"] == "cancelled" || stored["status"] == "completed",
+        "{stored}"
+    );
+    let total: i64 = costs.iter().sum::<i64>() + gone_charge;
     assert_eq!(spent_after(&lumina, &account, total).await, total);
 
     // One settlement per request, each naming the Responses API.
     let events = lumina.events();
     let routed = payloads(&events, "RequestRouted");
-    assert_eq!(routed.len(), 7, "{routed:?}");
+    assert_eq!(routed.len(), 8, "{routed:?}");
     assert!(routed.iter().all(|p| p["api"] == "responses"), "{routed:?}");
     let settled = payloads(&events, "RequestSettled");
-    assert_eq!(settled.len(), 7);
+    assert_eq!(settled.len(), 8);
     let charged: i64 = settled
         .iter()
         .map(|p| p["charge_nano"].as_i64().unwrap())
@@ -206,7 +251,7 @@ async fn the_openai_sdk_creates_streams_continues_retrieves_and_deletes_response
             .iter()
             .map(|r| &r["api"])
             .collect();
-        if apis.len() == 7 {
+        if apis.len() == 8 {
             assert!(apis.iter().all(|a| *a == "responses"), "{page}");
             break;
         }
