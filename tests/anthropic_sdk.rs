@@ -1,8 +1,9 @@
 //! Anthropic's Messages API (`/v1/messages`) against the real binary, driven by the official
 //! `anthropic` Python SDK and by requests shaped as Claude Code sends them: text, streams, a
 //! system prompt, a tool call round trip, `count_tokens`, errors in Anthropic's shape, the
-//! `anthropic-beta` header reaching Anthropic upstreams only, and every charge equal to the
-//! ledger's.
+//! `anthropic-beta` header reaching Anthropic upstreams only, extended thinking's signed blocks
+//! round-tripped unchanged to an Anthropic upstream with tools and left out (and said so)
+//! elsewhere, and every charge equal to the ledger's with `lumina reconcile` clean.
 //!
 //! Needs `LUMINA_TEST_PYTHON`, a Python with the `anthropic` package (`scripts/test.sh` builds
 //! one).
@@ -12,7 +13,7 @@ mod common;
 
 use common::upstream::{COUNTED_TOKENS, Mocked};
 use common::{
-    Lumina, assert_openai_error, header, nanos, parse_anthropic_sse, run_python, spent_after,
+    Lumina, assert_openai_error, header, nanos, parse_anthropic_sse, run, run_python, spent_after,
 };
 use serde_json::{Value, json};
 
@@ -98,6 +99,15 @@ async fn sdk_round_trip(lumina: &Lumina, model: &str) {
     let routed: Vec<&Value> = common::payloads(&events, "RequestRouted");
     assert_eq!(routed.len(), 4, "{routed:?}");
     assert!(routed.iter().all(|p| p["api"] == "messages"), "{routed:?}");
+    reconciles(lumina);
+}
+
+/// `lumina reconcile` finds the journal and the events in agreement.
+fn reconciles(lumina: &Lumina) {
+    let data = lumina.data_dir.to_str().unwrap().to_string();
+    let (ok, stdout, stderr) = run(&["reconcile", "--data-dir", &data, "--wait", "10"], &[]);
+    assert!(ok, "reconcile failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("reconcile: clean"), "{stdout}");
 }
 
 #[tokio::test]
@@ -403,4 +413,5 @@ async fn thinking_blocks_round_trip_unchanged_to_anthropic_and_are_left_out_and_
         .map(|c| nanos(c.as_str().unwrap()))
         .sum();
     assert_eq!(spent_after(&m.lumina, &account, told).await, told);
+    reconciles(&m.lumina);
 }
