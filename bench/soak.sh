@@ -2,8 +2,10 @@
 # Soak benchmark: lumina serve (release) in front of the fixed-response upstream (nginx) under a
 # steady load for MINUTES, its resident memory sampled every few seconds. Reports RSS idle,
 # after warm-up and at the end, the spread after warm-up (the share by which the highest and
-# lowest samples differ from the warm-up figure), what the RSS consists of at the end
-# (/proc/PID/smaps_rollup: anonymous, file-backed), and the load's own figures.
+# lowest samples differ from the warm-up figure) of the whole RSS and of its two parts —
+# anonymous (heap, stacks: what the process holds) and file-backed (the binary's code as the
+# kernel pages it in, at most its text size) — what the RSS consists of at the end
+# (/proc/PID/smaps_rollup), and the load's own figures.
 #
 # Usage: bench/soak.sh [minutes, default 10]
 #   RATE=1000        requests/s (non-streamed and streamed alternate: half each)
@@ -25,6 +27,8 @@ cargo build --release --locked --bin lumina >&2
 start_lumina "$CARGO_TARGET_DIR/release/lumina" soak
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$LUMINA_PID/status"; }
+# VmRSS, RssAnon and RssFile (+ RssShmem), tab-separated.
+rss_parts() { awk '/^VmRSS:/ {t=$2} /^RssAnon:/ {a=$2} /^RssFile:/ {f=$2} /^RssShmem:/ {s=$2} END {printf "%s\t%s\t%s", t, a, f + s}' "/proc/$LUMINA_PID/status"; }
 IDLE=$(rss_kib)
 SECONDS_TOTAL=$((MINUTES * 60))
 HALF=$((RATE / 2))
@@ -39,31 +43,33 @@ JSON_LOAD=$!
 STREAM_LOAD=$!
 
 START=$(date +%s)
-printf 'seconds\trss_kib\n' > "$WORK/rss.tsv"
+printf 'seconds\trss_kib\tanon_kib\tfile_kib\n' > "$WORK/rss.tsv"
 while kill -0 "$JSON_LOAD" 2>/dev/null || kill -0 "$STREAM_LOAD" 2>/dev/null; do
-  printf '%s\t%s\n' "$(($(date +%s) - START))" "$(rss_kib)" >> "$WORK/rss.tsv"
+  printf '%s\t%s\n' "$(($(date +%s) - START))" "$(rss_parts)" >> "$WORK/rss.tsv"
   sleep "$INTERVAL"
 done
 wait "$JSON_LOAD" "$STREAM_LOAD"
-grep -E '^(Rss|Anonymous|Private|Shared)' "/proc/$LUMINA_PID/smaps_rollup" > "$WORK/smaps.txt" || true
+grep -E '^(Rss|Anonymous|LazyFree|Private|Shared)' "/proc/$LUMINA_PID/smaps_rollup" > "$WORK/smaps.txt" || true
 EVENTS=$(curl -sf "http://127.0.0.1:$GW_PORT/readyz" | python3 -c 'import sys,json; print(json.load(sys.stdin)["log"]["committed_position"])')
 
 python3 - "$WORK" "$IDLE" "$WARMUP" "$EVENTS" <<'PY'
 import json, sys
 work, idle, warmup, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rows = [tuple(map(int, l.split("\t"))) for l in open(f"{work}/rss.tsv").read().splitlines()[1:]]
-after = [r for s, r in rows if s >= warmup]
 mib = lambda k: k / 1024
 print(f"samples: {len(rows)} over {rows[-1][0]} s; idle before load {mib(idle):.1f} MiB")
-if after:
+for col, name in [(1, "RSS"), (2, "anonymous"), (3, "file-backed")]:
+    after = [r[col] for r in rows if r[0] >= warmup]
+    if not after:
+        continue
     base = after[0]
     lo, hi = min(after), max(after)
-    print(f"after warm-up ({warmup} s): {mib(base):.1f} MiB; min {mib(lo):.1f}, max {mib(hi):.1f}, "
+    print(f"{name} after warm-up ({warmup} s): {mib(base):.1f} MiB; min {mib(lo):.1f}, max {mib(hi):.1f}, "
           f"end {mib(after[-1]):.1f} MiB; spread {100 * (lo - base) / base:+.1f}% / {100 * (hi - base) / base:+.1f}%")
-by_minute = {}
-for s, r in rows:
-    by_minute.setdefault(s // 60, r)
-print("RSS at the start of each minute (MiB): " + " ".join(f"{mib(r):.0f}" for _, r in sorted(by_minute.items())))
+    by_minute = {}
+    for r in rows:
+        by_minute.setdefault(r[0] // 60, r[col])
+    print(f"  {name} at the start of each minute (MiB): " + " ".join(f"{mib(v):.0f}" for _, v in sorted(by_minute.items())))
 for kind in ["json", "stream"]:
     r = json.load(open(f"{work}/oha-{kind}.json"))
     s, p = r["summary"], r["latencyPercentiles"]

@@ -318,3 +318,49 @@ fn unsafe_free_kill(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// The largest the WAL file grew while `appends` events were committed one by one with a
+/// reader polling the log all along, as consumers do.
+async fn largest_wal(wal_limit_mib: u32, appends: i64) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let options = LogOptions {
+        wal_limit_mib,
+        ..LogOptions::default()
+    };
+    let log = EventLog::open(&path, options).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let reader = log.reader().unwrap();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut after = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(last) = reader.read_after_blocking(after, 100).unwrap().last() {
+                    after = last.position;
+                }
+            }
+        })
+    };
+    let wal = dir.path().join("events.db-wal");
+    let mut largest = 0;
+    for i in 0..appends {
+        log.append_event(&grant("acct_w", i)).await.unwrap();
+        if i % 100 == 0 {
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    largest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_under_a_steady_stream_of_commits_and_reads() {
+    let largest = largest_wal(1, 40_000).await;
+    assert!(
+        largest < 24 * 1024 * 1024,
+        "the WAL grew to {} MiB with a 1 MiB limit",
+        largest / (1024 * 1024)
+    );
+}
