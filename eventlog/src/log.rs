@@ -156,6 +156,9 @@ struct Shared {
     healthy: AtomicBool,
     dropped: AtomicU64,
     committed: watch::Sender<u64>,
+    /// Set by the checkpointer when the WAL passed its limit; the writer then finishes the
+    /// checkpoint itself between two commits, so SQLite can start the WAL over.
+    wal_over_limit: AtomicBool,
 }
 
 /// Handle to the local log; cheap to clone, shared by every appender.
@@ -195,33 +198,36 @@ fn open_connection(path: &Path, fsync: FsyncMode) -> Result<Connection, LogError
 /// How often the checkpointer folds the WAL back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
-/// Runs passive checkpoints beside the writer until `stop` receives or disconnects; when the
-/// WAL holds more than `truncate_after` frames (pages), a truncating one right after the
-/// passive one (which already copied nearly every frame), holding the writer back only for
-/// the rest. Under a steady stream of commits a passive checkpoint never finds the whole WAL
-/// copied before the next commit, so SQLite never starts the WAL over: without the truncation
-/// it grows without bound (measured: ~650 MB a minute at 1,000 req/s), and with it the WAL
-/// index every process maps.
-fn run_checkpointer(conn: Connection, stop: flume::Receiver<()>, truncate_after: i64) {
-    let checkpoint = |mode: &str| {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            r.get::<_, i64>(1)
-        })
-    };
+/// Runs passive checkpoints beside the writer until `stop` receives or disconnects, and tells
+/// the writer when the WAL holds more than `limit` frames (pages).
+///
+/// Under a steady stream of commits a checkpoint run beside the writer never finds the whole
+/// WAL copied before the next commit, so SQLite never starts the WAL over: it grew without
+/// bound (measured: ~650 MB a minute at 1,000 req/s), and with it the WAL index every process
+/// maps. The writer, told, runs one more passive checkpoint between two of its commits: with
+/// no commit beside it that one copies the last frames (few: this one just copied the rest),
+/// and the next commit starts the WAL over, which `journal_size_limit` then cuts back to the
+/// limit. Only when that fails until the WAL is twice the limit (a reader held on to the WAL
+/// each time) does this thread truncate it, which makes the writer wait on SQLite's busy
+/// handler, sleeping in steps of milliseconds.
+fn run_checkpointer(conn: Connection, stop: flume::Receiver<()>, shared: Arc<Shared>, limit: i64) {
     loop {
         match stop.recv_timeout(CHECKPOINT_EVERY) {
             Err(flume::RecvTimeoutError::Timeout) => {}
             _ => {
-                let _ = checkpoint("TRUNCATE");
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
                 return;
             }
         }
-        match checkpoint("PASSIVE") {
-            Ok(frames) if frames > truncate_after => {
-                if let Err(e) = checkpoint("TRUNCATE") {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            // The writer's checkpoint did not let the WAL start over (a reader held on to it
+            // each time): truncate it, waiting for the readers.
+            Ok(frames) if frames > 2 * limit => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "event log WAL truncation failed");
                 }
             }
+            Ok(frames) if frames > limit => shared.wal_over_limit.store(true, Ordering::Relaxed),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "event log checkpoint failed"),
         }
@@ -247,15 +253,18 @@ impl EventLog {
             healthy: AtomicBool::new(true),
             dropped: AtomicU64::new(0),
             committed: watch::Sender::new(last),
+            wal_over_limit: AtomicBool::new(false),
         });
         let checkpoint_conn = open_connection(&path, options.fsync)?;
         let (stop_checkpoints, checkpoint_stop) = flume::bounded::<()>(1);
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let truncate_after =
-            i64::from(options.wal_limit_mib.max(1)) * 1024 * 1024 / page_size.max(512);
+        let limit_bytes = i64::from(options.wal_limit_mib.max(1)) * 1024 * 1024;
+        conn.pragma_update(None, "journal_size_limit", limit_bytes)?;
+        let limit = limit_bytes / page_size.max(512);
+        let checkpointed = shared.clone();
         std::thread::Builder::new()
             .name("lumina-log-checkpoint".into())
-            .spawn(move || run_checkpointer(checkpoint_conn, checkpoint_stop, truncate_after))
+            .spawn(move || run_checkpointer(checkpoint_conn, checkpoint_stop, checkpointed, limit))
             .map_err(|e| LogError::Storage(format!("cannot start checkpoint thread: {e}")))?;
         let writer = Writer {
             conn,
@@ -428,6 +437,13 @@ impl Writer {
                         if let Some(ack) = cmd.ack {
                             let _ = ack.send(Ok(position));
                         }
+                    }
+                    if self.shared.wal_over_limit.swap(false, Ordering::Relaxed)
+                        && let Err(e) =
+                            self.conn
+                                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "event log checkpoint failed");
                     }
                 }
                 Err(e) => {
