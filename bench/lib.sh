@@ -6,7 +6,8 @@ CACHE="${LUMINA_CACHE:-$HOME/.cache/lumina}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 OHA="$CACHE/tools/bin/oha"
 WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null; rm -rf "$WORK"' EXIT
+# Children of the jobs too: a WRAP= wrapper (heaptrack, valgrind) does not pass the signal on.
+trap 'for j in $(jobs -p); do pkill -P "$j" 2>/dev/null || true; kill "$j" 2>/dev/null || true; done; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null; rm -rf "$WORK"' EXIT
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
