@@ -17,7 +17,7 @@ use lumina_schemas::ids::RequestId;
 
 use crate::api::error::{ApiError, rate_limit_headers};
 use crate::api::extract::{CustomerKey, RawBody};
-use crate::engine::{self, Call, RenderError, Route, StreamEnd, StreamRenderer};
+use crate::engine::{self, Call, RenderError, Route, StreamEnd, StreamRenderer, Streaming};
 use crate::metering::cost;
 use crate::metering::events::InboundApi;
 use crate::providers::StreamChunk;
@@ -63,6 +63,43 @@ pub fn routed_headers(headers: &mut HeaderMap, route: &Route) {
     rate_limit_headers(headers, &route.limits);
 }
 
+/// A whole answer as the client gets it: `body` (JSON) with `x-lumina-cost` (`cost`, in
+/// credits) and the routing headers.
+pub fn answered(body: impl Into<Body>, cost: &str, route: &Route) -> Response {
+    let mut response = (StatusCode::OK, body.into()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(cost) {
+        headers.insert(X_LUMINA_COST.clone(), v);
+    }
+    routed_headers(headers, route);
+    response
+}
+
+/// A stream as the client gets it: server-sent events with the routing headers.
+pub fn streamed(streaming: Streaming) -> Response {
+    let body = Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(streaming.body).map(Ok::<_, Infallible>),
+    );
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    routed_headers(headers, &streaming.route);
+    response
+}
+
+/// Appends `event: <kind>\ndata: <data>\n\n`, a typed server-sent event (Anthropic's and the
+/// Responses API's streams).
+pub fn put_event(out: &mut BytesMut, kind: &str, data: &str) {
+    out.reserve(kind.len() + data.len() + 16);
+    out.put_slice(b"event: ");
+    out.put_slice(kind.as_bytes());
+    out.put_slice(b"\ndata: ");
+    out.put_slice(data.as_bytes());
+    out.put_slice(b"\n\n");
+}
+
 /// The handler.
 pub async fn create(
     State(state): State<AppState>,
@@ -85,16 +122,7 @@ pub async fn create(
         let renderer = Box::new(ChatStream {
             include_usage: request.include_usage,
         });
-        let streaming = engine::stream(&state, call, renderer).await?;
-        let body = Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(streaming.body).map(Ok::<_, Infallible>),
-        );
-        let mut response = (StatusCode::OK, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        routed_headers(headers, &streaming.route);
-        return Ok(response);
+        return Ok(streamed(engine::stream(&state, call, renderer).await?));
     }
     let answer = engine::complete(&state, call).await?;
     let body = cost::with_cost(
@@ -103,14 +131,7 @@ pub async fn create(
         answer.charge,
         answer.replace_usage,
     );
-    let mut response = (StatusCode::OK, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Ok(v) = HeaderValue::from_str(&answer.charge.to_string()) {
-        headers.insert(X_LUMINA_COST.clone(), v);
-    }
-    routed_headers(headers, &answer.route);
-    Ok(response)
+    Ok(answered(body, &answer.charge.to_string(), &answer.route))
 }
 
 /// Appends `data: <json>\n\n`.

@@ -4,12 +4,11 @@
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use lumina_schemas::ids::RequestId;
 
-use crate::api::chat::{X_LUMINA_COST, routed_headers, trace_id};
+use crate::api::chat::{answered, trace_id};
 use crate::api::error::ApiError;
 use crate::api::extract::{CustomerKey, RawBody};
 use crate::embeddings::EmbeddingsRequest;
@@ -36,12 +35,9 @@ pub async fn create(
         },
     )
     .await?;
-    let mut response = (StatusCode::OK, embedded.body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Ok(v) = HeaderValue::from_str(&embedded.charge.to_string()) {
-        headers.insert(X_LUMINA_COST.clone(), v);
-    }
-    routed_headers(headers, &embedded.route);
-    Ok(response)
+    Ok(answered(
+        embedded.body,
+        &embedded.charge.to_string(),
+        &embedded.route,
+    ))
 }

@@ -8,21 +8,17 @@
 //! upstream's thinking comes back as thinking blocks (streamed: `thinking_delta`,
 //! `signature_delta`). Usage is Anthropic's (input, output, cache tokens) with `cost` beside it.
 
-use std::convert::Infallible;
-
 use axum::Extension;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::{Bytes, BytesMut};
 use lumina_schemas::ids::RequestId;
 use serde_json::{Value, json};
 
 use crate::anthropic_wire::{self, Translated};
-use crate::api::chat::{routed_headers, trace_id};
+use crate::api::chat::{answered, put_event, streamed, trace_id};
 use crate::api::error::ApiError;
 use crate::api::extract::{CustomerKey, RawBody};
 use crate::config::ProviderKind;
@@ -36,7 +32,6 @@ use crate::routing::classifier;
 use crate::state::AppState;
 use crate::wire::{ChatRequest, duplicate_member};
 
-static X_LUMINA_COST: HeaderName = HeaderName::from_static("x-lumina-cost");
 static X_LUMINA_DROPPED: HeaderName = HeaderName::from_static("x-lumina-dropped");
 
 /// An error in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}`, with the
@@ -102,15 +97,21 @@ fn anthropic_headers(headers: &HeaderMap) -> AnthropicNative {
     }
 }
 
-/// Marks an answer whose request's thinking blocks did not reach the upstream that answered
-/// (not Anthropic).
-fn said_dropped(response: &mut Response, translated: &Translated, route: &engine::Route) {
-    if !translated.thinking_blocks.is_empty() && route.deployment.kind != ProviderKind::Anthropic {
+/// Whether the request's thinking blocks did not reach the upstream that answered (not
+/// Anthropic).
+fn dropped_thinking(translated: &Translated, route: &engine::Route) -> bool {
+    !translated.thinking_blocks.is_empty() && route.deployment.kind != ProviderKind::Anthropic
+}
+
+/// Says `x-lumina-dropped: thinking` on `response` when `dropped`.
+fn said_dropped(mut response: Response, dropped: bool) -> Response {
+    if dropped {
         response.headers_mut().insert(
             X_LUMINA_DROPPED.clone(),
             HeaderValue::from_static("thinking"),
         );
     }
+    response
 }
 
 /// `msg_…` for a request.
@@ -149,16 +150,8 @@ pub async fn create(
     let response = if translated.stream {
         let renderer = Box::new(MessagesStream::new(id, translated.model.clone()));
         let streaming = engine::stream(&state, call, renderer).await?;
-        let body = Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(streaming.body).map(Ok::<_, Infallible>),
-        );
-        let mut response = (StatusCode::OK, body).into_response();
-        let h = response.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        routed_headers(h, &streaming.route);
-        said_dropped(&mut response, &translated, &streaming.route);
-        response
+        let dropped = dropped_thinking(&translated, &streaming.route);
+        said_dropped(streamed(streaming), dropped)
     } else {
         let answer = engine::complete(&state, call).await?;
         let cost = answer.charge.to_string();
@@ -170,15 +163,8 @@ pub async fn create(
             &cost,
         )
         .map_err(|e| ApiError::Internal(format!("the answer could not be translated: {e}")))?;
-        let mut response = (StatusCode::OK, out).into_response();
-        let h = response.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Ok(v) = HeaderValue::from_str(&cost) {
-            h.insert(X_LUMINA_COST.clone(), v);
-        }
-        routed_headers(h, &answer.route);
-        said_dropped(&mut response, &translated, &answer.route);
-        response
+        let dropped = dropped_thinking(&translated, &answer.route);
+        said_dropped(answered(out, &cost, &answer.route), dropped)
     };
     Ok(response)
 }
@@ -257,14 +243,8 @@ async fn upstream_count(
 }
 
 /// Appends one Anthropic SSE event.
-fn put_event(out: &mut BytesMut, kind: &str, data: &Value) {
-    let text = data.to_string();
-    out.reserve(kind.len() + text.len() + 16);
-    out.put_slice(b"event: ");
-    out.put_slice(kind.as_bytes());
-    out.put_slice(b"\ndata: ");
-    out.put_slice(text.as_bytes());
-    out.put_slice(b"\n\n");
+fn put_json(out: &mut BytesMut, kind: &str, data: &Value) {
+    put_event(out, kind, &data.to_string());
 }
 
 /// The block being written.
@@ -303,14 +283,14 @@ impl MessagesStream {
             return;
         }
         self.started = true;
-        put_event(
+        put_json(
             out,
             "message_start",
             &json!({"type": "message_start", "message": {"id": self.id, "type": "message",
                 "role": "assistant", "model": self.model, "content": [], "stop_reason": null,
                 "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}}}),
         );
-        put_event(out, "ping", &json!({"type": "ping"}));
+        put_json(out, "ping", &json!({"type": "ping"}));
     }
 
     fn close(&mut self, out: &mut BytesMut) {
@@ -318,7 +298,7 @@ impl MessagesStream {
             Open::None => return,
             Open::Text(i) | Open::Thinking(i) | Open::Tool { block: i, .. } => i,
         };
-        put_event(
+        put_json(
             out,
             "content_block_stop",
             &json!({"type": "content_block_stop", "index": index}),
@@ -333,7 +313,7 @@ impl MessagesStream {
                 self.close(out);
                 let i = self.next_block;
                 self.next_block += 1;
-                put_event(
+                put_json(
                     out,
                     "content_block_start",
                     &json!({"type": "content_block_start", "index": i,
@@ -343,7 +323,7 @@ impl MessagesStream {
                 i
             }
         };
-        put_event(
+        put_json(
             out,
             "content_block_delta",
             &json!({"type": "content_block_delta", "index": index,
@@ -356,7 +336,7 @@ impl MessagesStream {
         self.close(out);
         let i = self.next_block;
         self.next_block += 1;
-        put_event(
+        put_json(
             out,
             "content_block_start",
             &json!({"type": "content_block_start", "index": i, "content_block": content_block}),
@@ -374,7 +354,7 @@ impl MessagesStream {
             }
         };
         if !text.is_empty() {
-            put_event(
+            put_json(
                 out,
                 "content_block_delta",
                 &json!({"type": "content_block_delta", "index": index,
@@ -394,7 +374,7 @@ impl MessagesStream {
         }
         let index = self.thinking("", out);
         if let Some(signature) = block["signature"].as_str() {
-            put_event(
+            put_json(
                 out,
                 "content_block_delta",
                 &json!({"type": "content_block_delta", "index": index,
@@ -411,7 +391,7 @@ impl MessagesStream {
             self.close(out);
             let i = self.next_block;
             self.next_block += 1;
-            put_event(
+            put_json(
                 out,
                 "content_block_start",
                 &json!({"type": "content_block_start", "index": i, "content_block": {
@@ -430,7 +410,7 @@ impl MessagesStream {
             .as_str()
             .filter(|a| !a.is_empty())
         {
-            put_event(
+            put_json(
                 out,
                 "content_block_delta",
                 &json!({"type": "content_block_delta", "index": block,
@@ -479,10 +459,8 @@ impl StreamRenderer for MessagesStream {
         );
         delta.push_str(&usage);
         delta.push('}');
-        out.put_slice(b"event: message_delta\ndata: ");
-        out.put_slice(delta.as_bytes());
-        out.put_slice(b"\n\n");
-        put_event(out, "message_stop", &json!({"type": "message_stop"}));
+        put_event(out, "message_delta", &delta);
+        put_json(out, "message_stop", &json!({"type": "message_stop"}));
         Ok(())
     }
 
@@ -492,7 +470,7 @@ impl StreamRenderer for MessagesStream {
         } else {
             "api_error"
         };
-        put_event(
+        put_json(
             out,
             "error",
             &json!({"type": "error", "error": {"type": kind, "message": message}}),

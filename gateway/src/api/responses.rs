@@ -8,22 +8,19 @@
 //! before the last byte (`response_store.rs`). One request, one settlement, one charge.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use lumina_schemas::ids::RequestId;
 use serde_json::{Value, json};
 
-use crate::api::chat::{X_LUMINA_COST, routed_headers, trace_id};
+use crate::api::chat::{answered, put_event, streamed, trace_id};
 use crate::api::error::ApiError;
 use crate::api::extract::{CustomerKey, RawBody};
 use crate::auth::KeyIdentity;
@@ -243,15 +240,7 @@ pub async fn create(
                 return Err(e);
             }
         };
-        let body = Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(streaming.body).map(Ok::<_, Infallible>),
-        );
-        let mut response = (StatusCode::OK, body).into_response();
-        let h = response.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        routed_headers(h, &streaming.route);
-        return Ok(response);
+        return Ok(streamed(streaming));
     }
     whole(&state, call, &parsed, &ids, created_at, keeper).await
 }
@@ -301,14 +290,7 @@ async fn whole(
                 ))
             })?;
     }
-    let mut response = (StatusCode::OK, text).into_response();
-    let h = response.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Ok(v) = HeaderValue::from_str(&cost) {
-        h.insert(X_LUMINA_COST.clone(), v);
-    }
-    routed_headers(h, &answer.route);
-    Ok(response)
+    Ok(answered(text, &cost, &answer.route))
 }
 
 /// `GET /v1/responses/{id}`: a stored response of the key's account.
@@ -606,16 +588,6 @@ impl ResponsesStream {
             Some(&usage_json(end.usage, &end.charge.to_string())),
         )
     }
-}
-
-/// Appends `event: <kind>\ndata: <data>\n\n`.
-fn put_event(out: &mut BytesMut, kind: &str, data: &str) {
-    out.reserve(kind.len() + data.len() + 16);
-    out.put_slice(b"event: ");
-    out.put_slice(kind.as_bytes());
-    out.put_slice(b"\ndata: ");
-    out.put_slice(data.as_bytes());
-    out.put_slice(b"\n\n");
 }
 
 impl StreamRenderer for ResponsesStream {
