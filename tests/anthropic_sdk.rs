@@ -13,7 +13,8 @@ mod common;
 
 use common::upstream::{COUNTED_TOKENS, Mocked};
 use common::{
-    Lumina, assert_openai_error, header, nanos, parse_anthropic_sse, run, run_python, spent_after,
+    Lumina, assert_openai_error, header, nanos, parse_anthropic_sse, reconciles, run_python,
+    spent_after,
 };
 use serde_json::{Value, json};
 
@@ -100,14 +101,6 @@ async fn sdk_round_trip(lumina: &Lumina, model: &str) {
     assert_eq!(routed.len(), 4, "{routed:?}");
     assert!(routed.iter().all(|p| p["api"] == "messages"), "{routed:?}");
     reconciles(lumina);
-}
-
-/// `lumina reconcile` finds the journal and the events in agreement.
-fn reconciles(lumina: &Lumina) {
-    let data = lumina.data_dir.to_str().unwrap().to_string();
-    let (ok, stdout, stderr) = run(&["reconcile", "--data-dir", &data, "--wait", "10"], &[]);
-    assert!(ok, "reconcile failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("reconcile: clean"), "{stdout}");
 }
 
 #[tokio::test]

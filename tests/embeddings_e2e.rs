@@ -9,10 +9,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::upstream::{EMBED_TOKENS_PER_INPUT, MockUpstream, Mocked, reset};
-use common::{Lumina, assert_openai_error, header, nanos, payloads, run, run_python, spent_after};
+use common::{
+    Lumina, assert_openai_error, header, logged_apis, nanos, payloads, reconciles, run_python,
+    spent_after,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -114,26 +115,9 @@ async fn the_openai_sdk_embeds_a_string_and_a_list_and_each_cost_is_the_ledgers(
     assert_eq!(charged, total);
 
     // The request log names the inbound API.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, _, page) = lumina
-            .request(Method::GET, "/v1/requests?limit=100", Some(&key), None)
-            .await;
-        assert_eq!(status, 200, "{page}");
-        let apis: Vec<&Value> = page["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["path"] == "embeddings")
-            .map(|r| &r["api"])
-            .collect();
-        if apis.len() == 3 {
-            assert!(apis.iter().all(|a| *a == "embeddings"), "{page}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{page}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let apis = logged_apis(&lumina, &key, Some("embeddings"), 3).await;
+    assert_eq!(apis.len(), 3, "{apis:?}");
+    assert!(apis.iter().all(|a| *a == "embeddings"), "{apis:?}");
 }
 
 /// Two OpenAI-compatible upstreams serving embeddings, `primary` first.
@@ -315,8 +299,5 @@ async fn embeddings_route_fall_back_refuse_bad_answers_and_bad_input_and_reconci
     // Everything the client was told equals the ledger, and the journal reconciles.
     assert!(told > 0);
     assert_eq!(spent_after(&lumina, &account, told).await, told);
-    let data = lumina.data_dir.to_str().unwrap().to_string();
-    let (ok, stdout, stderr) = run(&["reconcile", "--data-dir", &data, "--wait", "10"], &[]);
-    assert!(ok, "reconcile failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("reconcile: clean"), "{stdout}");
+    reconciles(&lumina);
 }

@@ -14,7 +14,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::upstream::{Mocked, reset};
-use common::{Lumina, assert_openai_error, header, nanos, payloads, run, run_python, spent_after};
+use common::{
+    Lumina, assert_openai_error, header, logged_apis, nanos, payloads, reconciles, run_python,
+    spent_after,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -239,25 +242,9 @@ async fn the_openai_sdk_creates_streams_continues_retrieves_and_deletes_response
     assert_eq!(charged, total);
 
     // The request log names the inbound API.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, _, page) = lumina
-            .request(Method::GET, "/v1/requests?limit=100", Some(&key), None)
-            .await;
-        assert_eq!(status, 200, "{page}");
-        let apis: Vec<&Value> = page["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| &r["api"])
-            .collect();
-        if apis.len() == 8 {
-            assert!(apis.iter().all(|a| *a == "responses"), "{page}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{page}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let apis = logged_apis(&lumina, &key, None, 8).await;
+    assert_eq!(apis.len(), 8, "{apis:?}");
+    assert!(apis.iter().all(|a| *a == "responses"), "{apis:?}");
 }
 
 /// The chat messages an upstream received.
@@ -564,8 +551,5 @@ async fn conversations_reach_each_upstream_kind_fall_back_once_and_a_gone_client
     // Everything the client was told equals the ledger, and the journal reconciles.
     assert!(told > 0);
     assert_eq!(spent_after(&lumina, &account, told).await, told);
-    let data = lumina.data_dir.to_str().unwrap().to_string();
-    let (ok, stdout, stderr) = run(&["reconcile", "--data-dir", &data, "--wait", "10"], &[]);
-    assert!(ok, "reconcile failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("reconcile: clean"), "{stdout}");
+    reconciles(&lumina);
 }

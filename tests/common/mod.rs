@@ -594,6 +594,43 @@ pub async fn run_python(script: &'static str, args: Vec<String>) -> String {
     stdout
 }
 
+/// Asserts `lumina reconcile` finds the journal of `lumina`'s data dir and its events in
+/// agreement.
+pub fn reconciles(lumina: &Lumina) {
+    let data = lumina.data_dir.to_str().unwrap().to_string();
+    let (ok, stdout, stderr) = run(&["reconcile", "--data-dir", &data, "--wait", "10"], &[]);
+    assert!(ok, "reconcile failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("reconcile: clean"), "{stdout}");
+}
+
+/// The `api` of each request `key`'s account logged on `path` (every path when `None`), once
+/// `/v1/requests` shows `n` of them (or after 20 s).
+pub async fn logged_apis(lumina: &Lumina, key: &str, path: Option<&str>, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _, page) = lumina
+            .request(
+                reqwest::Method::GET,
+                "/v1/requests?limit=100",
+                Some(key),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let apis: Vec<Value> = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| path.is_none_or(|p| r["path"] == p))
+            .map(|r| r["api"].clone())
+            .collect();
+        if apis.len() == n || Instant::now() > deadline {
+            return apis;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The account's ledger spend once it has journaled `spent` nano-credits and holds nothing
 /// (or after 20 s).
 pub async fn spent_after(lumina: &Lumina, account: &str, spent: i64) -> i64 {
