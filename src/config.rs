@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use lumina_eventlog::LogOptions;
 use lumina_gateway::config::{
-    BreakerConfig, GatewayConfig, ProviderConfig, RouteConfig, ServerConfig,
+    BreakerConfig, FusionConfig, GatewayConfig, ProviderConfig, RouteConfig, ServerConfig,
 };
 use lumina_gateway::metering::pricing::{PriceTable, PricingConfig};
 use lumina_gateway::routing::catalog::{Alias, DEFAULT_ALIASES};
@@ -35,8 +35,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Admin key and key-hashing secret.
     pub auth: AuthConfig,
-    /// Model catalog switches.
-    pub catalog: CatalogConfig,
+    /// `[fusion]`: Model Fusion's panel, judge, synthesizer and bounds.
+    pub fusion: FusionConfig,
     /// `[aliases]`: other model names (exact, or patterns with `*`) and the path each routes
     /// to; absent, Claude's model families route as haiku → fast, sonnet → balanced,
     /// opus → reasoning.
@@ -81,14 +81,6 @@ pub struct AuthConfig {
     /// 64 hex digits keys are hashed under; every gateway of a deployment needs the same.
     /// Environment: `LUMINA_KEY_SECRET`. Default: generated into `<data_dir>/key_secret`.
     pub key_secret: Option<String>,
-}
-
-/// `[catalog]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CatalogConfig {
-    /// List and accept `lumina-fusion`.
-    pub fusion: bool,
 }
 
 /// `[demo]`
@@ -149,6 +141,7 @@ impl Config {
             routes: std::mem::take(&mut config.routes),
             breaker: config.breaker.clone(),
             server: config.server.clone(),
+            fusion: config.fusion.clone(),
         }
         .resolve(|var| std::env::var(var).ok())
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -222,9 +215,6 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("demo.credits: {e}"))?;
         PriceTable::from_config(&self.pricing)
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        if self.catalog.fusion {
-            bail!("catalog.fusion: Model Fusion is not available yet; leave it false");
-        }
         Ok(())
     }
 

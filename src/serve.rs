@@ -10,6 +10,7 @@ use lumina_eventlog::{
 };
 use lumina_gateway::admin::{Admin, KeyRequest};
 use lumina_gateway::auth::KeyCache;
+use lumina_gateway::engine::fusion::Fusion;
 use lumina_gateway::metering::credit::{CreditBook, Reflection};
 use lumina_gateway::metering::limits::Limits;
 use lumina_gateway::metering::pricing::PriceTable;
@@ -187,6 +188,8 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
 
     let routes = RouteTable::build(&config.gateway, |var| std::env::var(var).ok())
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let fusion = Fusion::resolve(&config.gateway.fusion, &routes)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let server = config.gateway.server.clone();
     let state = AppState::new(AppInner {
         admin,
@@ -195,11 +198,12 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         ledger: ledger.clone(),
         keys,
         admin_key: secrets.admin_key.clone(),
-        catalog: Catalog::new(config.catalog.fusion, routes.serves_embeddings())
+        catalog: Catalog::new(fusion.enabled, routes.serves_embeddings())
             .with_aliases(config.aliases()?),
         log: log.clone(),
         readiness,
         routes,
+        fusion,
         limits: Limits::new(),
         instance: config.instance().into(),
         server: server.clone(),

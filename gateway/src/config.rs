@@ -113,6 +113,9 @@ pub struct SimulatedConfig {
     pub failure_rate: f64,
     /// Failures to draw from: `server_error`, `rate_limited`, `timeout`, `overload`, `cut`.
     pub failure_kinds: Vec<String>,
+    /// A fixed answer instead of text derived from the prompt (a Fusion panel member with a
+    /// planted claim, a judge's JSON); its tokens are its words.
+    pub answer: Option<String>,
 }
 
 impl Default for SimulatedConfig {
@@ -124,6 +127,7 @@ impl Default for SimulatedConfig {
             completion_tokens: 48,
             failure_rate: 0.0,
             failure_kinds: vec!["server_error".into()],
+            answer: None,
         }
     }
 }
@@ -200,6 +204,42 @@ impl Default for ServerConfig {
     }
 }
 
+/// `[fusion]`: Model Fusion, the panel behind `lumina-fusion`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FusionConfig {
+    /// List and accept `lumina-fusion`.
+    pub enabled: bool,
+    /// The panel: 2 to 8 paths (`fast`, `balanced`, `reasoning`) or deployments
+    /// (`provider/model`), each answering the prompt in parallel.
+    pub panel: Vec<String>,
+    /// The path or deployment that compares the answers as structured JSON; none: Lumina's
+    /// own comparison only.
+    pub judge: Option<String>,
+    /// The path or deployment that writes the fused answer.
+    pub synthesizer: String,
+    /// Members that must answer before synthesis starts; default: a majority of the panel.
+    pub quorum: Option<usize>,
+    /// How long synthesis waits for the members past the quorum; later ones are cancelled.
+    pub member_deadline_ms: u64,
+    /// The most one Fusion request may hold and be charged, in credits (decimal string).
+    pub max_cost: Option<String>,
+}
+
+impl Default for FusionConfig {
+    fn default() -> Self {
+        FusionConfig {
+            enabled: false,
+            panel: vec!["fast".into(), "balanced".into(), "reasoning".into()],
+            judge: None,
+            synthesizer: "balanced".into(),
+            quorum: None,
+            member_deadline_ms: 60_000,
+            max_cost: None,
+        }
+    }
+}
+
 /// The gateway's sections of the configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -212,6 +252,8 @@ pub struct GatewayConfig {
     pub breaker: BreakerConfig,
     /// `[server]`
     pub server: ServerConfig,
+    /// `[fusion]`
+    pub fusion: FusionConfig,
 }
 
 /// The provider used when the configuration lists none.

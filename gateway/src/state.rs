@@ -10,6 +10,7 @@ use lumina_projector::ReadModel;
 use crate::admin::Admin;
 use crate::auth::KeyCache;
 use crate::config::ServerConfig;
+use crate::engine::fusion::Fusion;
 use crate::metering::credit::CreditBook;
 use crate::metering::limits::Limits;
 use crate::metering::pricing::PriceTable;
@@ -43,6 +44,8 @@ pub struct AppInner {
     pub readiness: Readiness,
     /// Deployments per path.
     pub routes: RouteTable,
+    /// Model Fusion's panel, judge and synthesizer.
+    pub fusion: Fusion,
     /// Per-key rate limiters.
     pub limits: Limits,
     /// This gateway's name in events.

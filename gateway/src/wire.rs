@@ -4,11 +4,14 @@
 //! response and chunk shapes Lumina writes itself for translated or simulated upstreams.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use lumina_schemas::NanoCredits;
 
 use crate::json_keys::{self, DuplicateKey, KeyCheck};
 use crate::routing::catalog::RoutePath;
@@ -304,7 +307,25 @@ pub struct ChatRequest<'a> {
     pub top_p: Option<f64>,
     /// `lumina.routing`: how `lumina-auto` should choose; never sent upstream.
     pub routing: RoutingOptions,
+    /// `lumina.fusion`: this request's Fusion panel settings, over the configured ones.
+    pub fusion: Option<FusionOptions>,
 }
+
+/// A request's `"lumina": {"fusion": {…}}`: overrides of the configured Fusion panel.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FusionOptions {
+    /// `panel`: paths (`fast`, `balanced`, `reasoning`) or deployments (`provider/model`).
+    pub panel: Option<Vec<String>>,
+    /// `quorum`: members that must answer before synthesis starts.
+    pub quorum: Option<usize>,
+    /// `max_cost`: the most this request may hold and be charged, in credits.
+    pub max_cost: Option<NanoCredits>,
+    /// `member_deadline_ms`: how long synthesis waits for members beyond the quorum.
+    pub member_deadline_ms: Option<u64>,
+}
+
+/// Most members of a Fusion panel.
+pub const MAX_PANEL: usize = 8;
 
 /// A request's `"lumina": {"routing": {…}}`.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -317,25 +338,127 @@ pub struct RoutingOptions {
     pub max_path: Option<RoutePath>,
 }
 
-/// Parses the `lumina` member: an object whose only member so far is `routing`.
-fn parse_lumina(raw: &RawValue) -> Result<RoutingOptions, InvalidRequest> {
-    let lumina: serde_json::Map<String, serde_json::Value> =
+/// Parses the `lumina` member: an object of `routing` and `fusion`.
+fn parse_lumina(raw: &RawValue) -> Result<(RoutingOptions, Option<FusionOptions>), InvalidRequest> {
+    #[derive(Deserialize)]
+    struct Lumina<'a> {
+        #[serde(borrow, default)]
+        routing: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        fusion: Option<&'a RawValue>,
+    }
+    let members: serde_json::Map<String, serde_json::Value> =
         parse_field(raw, "lumina", "an object")?;
-    let mut options = RoutingOptions::default();
-    for (name, value) in &lumina {
-        if name != "routing" {
-            return Err(invalid(
-                format!("Unknown parameter: 'lumina.{name}'."),
-                format!("lumina.{name}"),
-            ));
+    if let Some(name) = members
+        .keys()
+        .find(|k| !matches!(k.as_str(), "routing" | "fusion"))
+    {
+        return Err(invalid(
+            format!("Unknown parameter: 'lumina.{name}'."),
+            format!("lumina.{name}"),
+        ));
+    }
+    let lumina: Lumina<'_> = parse_field(raw, "lumina", "an object")?;
+    let routing = match lumina.routing.filter(|v| !is_null(v)) {
+        Some(raw) => parse_routing(raw)?,
+        None => RoutingOptions::default(),
+    };
+    let fusion = match lumina.fusion.filter(|v| !is_null(v)) {
+        Some(raw) => Some(parse_fusion(raw)?),
+        None => None,
+    };
+    Ok((routing, fusion))
+}
+
+/// Parses `lumina.fusion`.
+fn parse_fusion(raw: &RawValue) -> Result<FusionOptions, InvalidRequest> {
+    let members: serde_json::Map<String, serde_json::Value> =
+        parse_field(raw, "lumina.fusion", "an object")?;
+    let raw_members: BTreeMap<&str, &RawValue> = parse_field(raw, "lumina.fusion", "an object")?;
+    let mut options = FusionOptions::default();
+    for (key, value) in &members {
+        let param = format!("lumina.fusion.{key}");
+        if value.is_null() {
+            continue;
         }
-        let Some(routing) = value.as_object() else {
-            return Err(invalid(
-                "Invalid type for 'lumina.routing': expected an object.",
-                "lumina.routing",
-            ));
-        };
-        for (key, v) in routing {
+        match key.as_str() {
+            "panel" => {
+                let panel: Vec<String> = serde_json::from_value(value.clone()).map_err(|_| {
+                    invalid(
+                        format!("Invalid '{param}': expected an array of paths or deployments."),
+                        param.as_str(),
+                    )
+                })?;
+                if !(2..=MAX_PANEL).contains(&panel.len()) {
+                    return Err(invalid(
+                        format!(
+                            "Invalid '{param}': a panel has 2 to {MAX_PANEL} members (got {}).",
+                            panel.len()
+                        ),
+                        param.as_str(),
+                    ));
+                }
+                options.panel = Some(panel);
+            }
+            "quorum" => {
+                let quorum = value.as_u64().filter(|q| *q >= 1).ok_or_else(|| {
+                    invalid(
+                        format!("Invalid '{param}': expected a positive integer."),
+                        param.as_str(),
+                    )
+                })?;
+                options.quorum = Some(usize::try_from(quorum).unwrap_or(usize::MAX));
+            }
+            "member_deadline_ms" => {
+                let ms = value.as_u64().filter(|ms| *ms >= 1).ok_or_else(|| {
+                    invalid(
+                        format!("Invalid '{param}': expected a positive integer."),
+                        param.as_str(),
+                    )
+                })?;
+                options.member_deadline_ms = Some(ms);
+            }
+            "max_cost" => {
+                // The number's own digits, never a float: credits are exact.
+                let text = raw_members.get(key.as_str()).map_or("", |r| r.get());
+                let digits = text.trim_matches('"');
+                let cost = NanoCredits::parse_credits(digits)
+                    .ok()
+                    .filter(|c| c.is_positive())
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("Invalid '{param}': expected a positive number of credits."),
+                            param.as_str(),
+                        )
+                    })?;
+                options.max_cost = Some(cost);
+            }
+            _ => {
+                return Err(invalid(
+                    format!("Unknown parameter: '{param}'."),
+                    param.as_str(),
+                ));
+            }
+        }
+    }
+    if let (Some(panel), Some(quorum)) = (&options.panel, options.quorum)
+        && quorum > panel.len()
+    {
+        return Err(invalid(
+            "'lumina.fusion.quorum' is larger than the panel.",
+            "lumina.fusion.quorum",
+        ));
+    }
+    Ok(options)
+}
+
+/// Parses `lumina.routing`.
+fn parse_routing(raw: &RawValue) -> Result<RoutingOptions, InvalidRequest> {
+    let mut options = RoutingOptions::default();
+    {
+        let routing: serde_json::Map<String, serde_json::Value> =
+            parse_field(raw, "lumina.routing", "an object")?;
+        for (key, v) in &routing {
             let param = format!("lumina.routing.{key}");
             let text = v.as_str();
             match key.as_str() {
@@ -501,9 +624,9 @@ impl<'a> ChatRequest<'a> {
             None => Vec::new(),
         };
         let tool_choice = fields.get("tool_choice").filter(|v| !is_null(v));
-        let routing = match fields.get("lumina").filter(|v| !is_null(v)) {
+        let (routing, fusion) = match fields.get("lumina").filter(|v| !is_null(v)) {
             Some(raw) => parse_lumina(raw)?,
-            None => RoutingOptions::default(),
+            None => (RoutingOptions::default(), None),
         };
         Ok(ChatRequest {
             model,
@@ -520,6 +643,7 @@ impl<'a> ChatRequest<'a> {
             temperature,
             top_p,
             routing,
+            fusion,
             fields,
         })
     }

@@ -105,6 +105,7 @@ fn traffic() -> Vec<Event> {
                 error_class: None,
                 http_status: None,
                 fell_back: false,
+                role: None,
             },
         ));
         events.push(Event::new(

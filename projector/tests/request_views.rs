@@ -31,6 +31,7 @@ fn attempt(n: i32, deployment: &str, ok: bool, fell_back: bool) -> UpstreamAttem
         error_class: (!ok).then(|| if n == 1 { "timeout" } else { "server_error" }.into()),
         http_status: (!ok).then_some(500),
         fell_back,
+        role: None,
     }
 }
 

@@ -187,7 +187,7 @@ event_types! {
     PolicyPublished => "policy_published" [1] current 1;
     PolicyActivated => "policy_activated" [1] current 1;
     RequestRouted => "request_routed" [1, 2, 3, 4] current 4;
-    UpstreamAttempted => "upstream_attempted" [1] current 1;
+    UpstreamAttempted => "upstream_attempted" [1, 2] current 2;
     RequestSettled => "request_settled" [1, 2] current 2;
     FeedbackReceived => "feedback_received" [1] current 1;
     HoldExpired => "hold_expired" [1] current 1;

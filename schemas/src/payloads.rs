@@ -196,6 +196,10 @@ pub struct UpstreamAttempted {
     pub http_status: Option<i32>,
     /// Whether this attempt's failure led to another attempt.
     pub fell_back: bool,
+    /// What the call was for in a Fusion request (`panel`, `judge`, `synthesizer`); `None`
+    /// for every other request; v2.
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// Token usage of a request.

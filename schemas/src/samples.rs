@@ -113,6 +113,7 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             error_class: Some("timeout".into()),
             http_status: Some(504),
             fell_back: true,
+            role: Some("panel".into()),
         }
         .into(),
         EventType::RequestSettled => RequestSettled {

@@ -172,6 +172,26 @@ impl ChatStream {
     }
 }
 
+impl ChatStream {
+    /// The chunk with empty `choices` that carries Lumina's `report` (a Fusion panel's).
+    fn report_chunk(end: &StreamEnd<'_>, report: &[u8]) -> Vec<u8> {
+        let head = serde_json::json!({
+            "id": format!("chatcmpl-{}", end.meta.request_id.as_str().trim_start_matches("req_")),
+            "object": "chat.completion.chunk",
+            "created": end.meta.started_at / 1_000_000,
+            "model": end.upstream_model,
+            "choices": [],
+        })
+        .to_string();
+        let mut chunk = Vec::with_capacity(head.len() + report.len() + 12);
+        chunk.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+        chunk.extend_from_slice(b",\"lumina\":");
+        chunk.extend_from_slice(report);
+        chunk.push(b'}');
+        chunk
+    }
+}
+
 impl StreamRenderer for ChatStream {
     fn chunk(&mut self, chunk: &StreamChunk, out: &mut BytesMut) -> Result<(), RenderError> {
         put_sse(out, &chunk.data);
@@ -179,6 +199,9 @@ impl StreamRenderer for ChatStream {
     }
 
     fn finish(&mut self, end: StreamEnd<'_>, out: &mut BytesMut) -> Result<(), RenderError> {
+        if let Some(report) = &end.report {
+            put_sse(out, &Self::report_chunk(&end, report));
+        }
         if self.include_usage {
             let chunk = match end.usage_chunk {
                 Some(upstream) => upstream.clone(),

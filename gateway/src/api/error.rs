@@ -75,6 +75,16 @@ pub enum ApiError {
         /// The hold the request needs.
         needed: lumina_schemas::NanoCredits,
     },
+    /// A Fusion request's hold is more than its `max_cost` allows (402 before any call).
+    #[error(
+        "This Fusion request needs {needed} credits held for its panel, judge and synthesizer, more than its max_cost of {cap}. Raise lumina.fusion.max_cost, or use a smaller panel or a lower max_tokens."
+    )]
+    OverCostCap {
+        /// `max_cost`.
+        cap: lumina_schemas::NanoCredits,
+        /// The hold the request needs.
+        needed: lumina_schemas::NanoCredits,
+    },
     /// Too many or too large request headers.
     #[error("The request has {0}; this server accepts at most {1}.")]
     HeadersTooLarge(String, String),
@@ -150,7 +160,9 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::HeadersTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::InsufficientQuota { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::InsufficientQuota { .. } | ApiError::OverCostCap { .. } => {
+                StatusCode::PAYMENT_REQUIRED
+            }
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -183,6 +195,7 @@ impl ApiError {
             ApiError::InsufficientQuota { .. } => {
                 ("insufficient_quota", Some("insufficient_quota"))
             }
+            ApiError::OverCostCap { .. } => ("insufficient_quota", Some("fusion_max_cost")),
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
             ApiError::PreviousResponseNotFound(_) => {
                 ("invalid_request_error", Some("previous_response_not_found"))
@@ -208,6 +221,7 @@ impl ApiError {
             }
             ApiError::ModelNotFound(_) => Some("model"),
             ApiError::PreviousResponseNotFound(_) => Some("previous_response_id"),
+            ApiError::OverCostCap { .. } => Some("lumina.fusion.max_cost"),
             ApiError::Upstream(e) => e.param.as_deref(),
             _ => None,
         }

@@ -6,12 +6,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use lumina_eventlog::EventLog;
 
 use crate::api::error::ApiError;
-use crate::metering::events::{AttemptRecord, RequestMeta};
+use crate::metering::events::{AttemptRecord, RequestMeta, Role};
 use crate::providers::breaker::{Admission, Breaker};
 use crate::providers::{ErrorClass, ProviderError};
 use crate::routing::table::Deployment;
@@ -27,6 +28,8 @@ pub struct Attempt {
     pub started_at: i64,
     /// When it started, for durations.
     pub started: Instant,
+    /// Its role in a Fusion request.
+    pub role: Option<Role>,
 }
 
 impl Attempt {
@@ -44,6 +47,7 @@ impl Attempt {
             duration: self.started.elapsed(),
             error: error.map(|e| (e.class, e.status)),
             fell_back: false,
+            role: self.role,
         }
     }
 }
@@ -104,6 +108,11 @@ pub struct Attempts<'a> {
     meta: &'a RequestMeta,
     log: &'a EventLog,
     made: i32,
+    /// Numbers attempts across the calls of one request (a Fusion request's several).
+    numbers: Option<&'a AtomicI32>,
+    role: Option<Role>,
+    /// The attempt under way, until its outcome is known.
+    current: Option<Attempt>,
     held: Option<AttemptRecord>,
     failures: Vec<(String, ProviderError)>,
     skipped: Vec<String>,
@@ -116,15 +125,44 @@ impl<'a> Attempts<'a> {
             meta,
             log,
             made: 0,
+            numbers: None,
+            role: None,
+            current: None,
             held: None,
             failures: Vec::new(),
             skipped: Vec::new(),
         }
     }
 
-    /// Attempts made so far.
+    /// The attempts of one call of a Fusion request, in `role`, numbered from `numbers`, which
+    /// every call of the request shares.
+    pub fn in_role(
+        meta: &'a RequestMeta,
+        log: &'a EventLog,
+        role: Role,
+        numbers: &'a AtomicI32,
+    ) -> Self {
+        Attempts {
+            numbers: Some(numbers),
+            role: Some(role),
+            ..Attempts::new(meta, log)
+        }
+    }
+
+    /// Attempts made so far (by every call of the request, when they share numbers).
     pub fn count(&self) -> i32 {
-        self.made
+        self.numbers
+            .map_or(self.made, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// Records the attempt under way, if any, as abandoned by the gateway (`cancelled`), after
+    /// the run was dropped; the failure is this call's last.
+    pub async fn abandon(&mut self, why: &str) {
+        if let Some(attempt) = self.current.take() {
+            let e = ProviderError::new(ErrorClass::Cancelled, why);
+            self.emit(&attempt.record(None, Some(&e))).await;
+            self.failures.push((attempt.deployment.id.clone(), e));
+        }
     }
 
     /// Queues an attempt's `UpstreamAttempted`.
@@ -142,12 +180,18 @@ impl<'a> Attempts<'a> {
     async fn begin(&mut self, deployment: &Arc<Deployment>) -> Attempt {
         self.release_held(true).await;
         self.made += 1;
-        Attempt {
-            number: self.made,
+        let number = self
+            .numbers
+            .map_or(self.made, |n| n.fetch_add(1, Ordering::Relaxed) + 1);
+        let attempt = Attempt {
+            number,
             deployment: deployment.clone(),
             started_at: lumina_schemas::now_micros(),
             started: Instant::now(),
-        }
+            role: self.role,
+        };
+        self.current = Some(attempt.clone());
+        attempt
     }
 
     async fn release_held(&mut self, fell_back: bool) {
@@ -178,7 +222,9 @@ impl<'a> Attempts<'a> {
             };
             let attempt = self.begin(d).await;
             started(attempt.number);
-            match call(d).await {
+            let result = call(d).await;
+            self.current = None;
+            match result {
                 Ok(value) => {
                     return Tried::Answered {
                         attempt,
@@ -202,9 +248,8 @@ impl<'a> Attempts<'a> {
         Tried::Exhausted
     }
 
-    /// The error for a request none of whose attempts succeeded.
-    pub fn exhausted(&self) -> ApiError {
-        let path = self.meta.path.as_str();
+    /// Each failed or skipped attempt, in order: `[1] deployment: class (HTTP status)`.
+    pub fn failure_summary(&self) -> String {
         let mut parts: Vec<String> = self
             .failures
             .iter()
@@ -215,6 +260,12 @@ impl<'a> Attempts<'a> {
             })
             .collect();
         parts.extend(self.skipped.iter().map(|d| format!("{d}: circuit open")));
+        parts.join("; ")
+    }
+
+    /// The error for a request none of whose attempts succeeded.
+    pub fn exhausted(&self) -> ApiError {
+        let path = self.meta.path.as_str();
         let all = |class: ErrorClass| {
             !self.failures.is_empty() && self.failures.iter().all(|(_, e)| e.class == class)
         };
@@ -235,7 +286,7 @@ impl<'a> Attempts<'a> {
             status,
             message: format!(
                 "All upstream attempts for the {path} path failed: {}",
-                parts.join("; ")
+                self.failure_summary()
             ),
             retry_after: self
                 .failures

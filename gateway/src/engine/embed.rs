@@ -74,6 +74,7 @@ pub async fn embed(state: &AppState, call: EmbedRequest<'_>) -> Result<Embedding
         prompt_estimate: request.quick_estimate(),
         max_tokens: Some(0),
         n: 1,
+        panel: None,
     };
     let origin = Origin {
         key: &call.key,

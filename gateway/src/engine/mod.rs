@@ -12,6 +12,7 @@
 
 pub mod attempt;
 pub mod embed;
+pub mod fusion;
 pub mod settle;
 pub mod stream;
 
@@ -133,6 +134,18 @@ struct Plan<'a> {
     prompt_estimate: u64,
     max_tokens: Option<u64>,
     n: u32,
+    panel: Option<PanelPlan>,
+}
+
+/// What a request of several calls (a Fusion panel) holds and counts, instead of one call on
+/// its path.
+pub struct PanelPlan {
+    /// The sum of its calls' holds.
+    pub hold: NanoCredits,
+    /// Every deployment it may call, for `RequestRouted.candidates`.
+    pub candidates: Vec<Arc<Deployment>>,
+    /// The tokens its calls may use, for the key's TPM limit.
+    pub tokens: u64,
 }
 
 /// Refuses every paid request while the event log cannot take writes.
@@ -146,8 +159,13 @@ fn writable(state: &AppState) -> Result<(), ApiError> {
 }
 
 /// Checks everything that comes before an upstream is called: the log takes writes, `n` is
-/// within bounds, the model exists; classifies; then [`admit_plan`].
-async fn admit(state: &AppState, call: &Call<'_>) -> Result<Admitted, ApiError> {
+/// within bounds, the model exists; classifies; then [`admit_plan`] (for `panel`'s calls when
+/// it is a Fusion request).
+async fn admit(
+    state: &AppState,
+    call: &Call<'_>,
+    panel: Option<PanelPlan>,
+) -> Result<Admitted, ApiError> {
     let started = Instant::now();
     let request = call.request;
     writable(state)?;
@@ -201,6 +219,7 @@ async fn admit(state: &AppState, call: &Call<'_>) -> Result<Admitted, ApiError> 
         prompt_estimate: usage::quick_prompt_estimate(request),
         max_tokens: request.max_tokens,
         n: request.n,
+        panel,
     };
     admit_plan(state, origin, plan, started, &routing).await
 }
@@ -223,18 +242,23 @@ async fn admit_plan(
         prompt_estimate,
         max_tokens,
         n,
+        panel,
     } = plan;
     let completion_estimate = max_tokens
         .unwrap_or(ASSUMED_COMPLETION_TOKENS)
         .saturating_mul(u64::from(n));
+    let tokens = match &panel {
+        Some(p) => p.tokens,
+        None => prompt_estimate.saturating_add(completion_estimate),
+    };
     let limits = state
         .limits
-        .check(
-            origin.key,
-            prompt_estimate.saturating_add(completion_estimate),
-        )
+        .check(origin.key, tokens)
         .map_err(|e| ApiError::RateLimited(Box::new(e)))?;
-    let deployments = state.routes.deployments(routing, decision.path);
+    let deployments: Arc<[Arc<Deployment>]> = match &panel {
+        Some(p) => p.candidates.iter().cloned().collect(),
+        None => state.routes.deployments(routing, decision.path),
+    };
     let meta = Arc::new(RequestMeta {
         request_id: origin.request_id.clone(),
         key: origin.key.clone(),
@@ -247,9 +271,12 @@ async fn admit_plan(
     });
     let path = decision.path.as_str();
     let deployment_ids: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
-    let hold = state
-        .prices
-        .hold(path, &deployment_ids, prompt_estimate, max_tokens, n);
+    let hold = match &panel {
+        Some(p) => p.hold,
+        None => state
+            .prices
+            .hold(path, &deployment_ids, prompt_estimate, max_tokens, n),
+    };
     if hold.is_positive() {
         state
             .credits
@@ -387,8 +414,20 @@ async fn whole<'a, T>(
     }
 }
 
-/// A whole answer: attempts until a deployment answers, then bills and settles it.
+/// Whether `call` asks for Model Fusion.
+fn is_fusion(state: &AppState, call: &Call<'_>) -> bool {
+    matches!(
+        state.catalog.resolve(call.request.model.as_str()),
+        Some(ModelChoice::Path(RoutePath::Fusion))
+    )
+}
+
+/// A whole answer: attempts until a deployment answers, then bills and settles it (a Fusion
+/// request: its panel, judge and synthesis).
 pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
+    if is_fusion(state, &call) {
+        return fusion::complete(state, call).await;
+    }
     let Admitted {
         meta,
         policy_version,
@@ -396,7 +435,7 @@ pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiErr
         limits,
         allowance,
         mut settlement,
-    } = admit(state, &call).await?;
+    } = admit(state, &call, None).await?;
     let mut attempts = Attempts::new(&meta, &state.log);
     let tried = attempts
         .run(
@@ -460,6 +499,9 @@ pub async fn stream(
     call: Call<'_>,
     renderer: Box<dyn StreamRenderer>,
 ) -> Result<Streaming, ApiError> {
+    if is_fusion(state, &call) {
+        return fusion::stream(state, call, renderer).await;
+    }
     let Admitted {
         meta,
         policy_version,
@@ -467,7 +509,7 @@ pub async fn stream(
         limits,
         allowance,
         mut settlement,
-    } = admit(state, &call).await?;
+    } = admit(state, &call, None).await?;
     let mut attempts = Attempts::new(&meta, &state.log);
     let tried = attempts
         .run(
@@ -510,6 +552,7 @@ pub async fn stream(
         allowance,
         settlement,
         renderer,
+        report: None,
         tx,
     };
     tokio::spawn(pump.run(chunks, first));

@@ -1,6 +1,8 @@
 //! Settlement: what a request is billed and the `RequestSettled` that says so, committed before
-//! the client receives the end of its answer. The charge is computed here and nowhere else. A
-//! request the client abandons is still settled, as `cancelled`, by a guard that fires on drop.
+//! the client receives the end of its answer. The charge is computed here and nowhere else
+//! ([`call_charge`]); a request of several calls (a Fusion panel, its judge, its synthesizer)
+//! is charged the sum of its calls' charges. A request the client abandons is still settled,
+//! as `cancelled` with the calls that completed, by a guard that fires on drop.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use crate::metering::events::{Outcome, RequestMeta, SettleInfo};
 use crate::metering::pricing::{Price, PriceTable, Tokens};
 use crate::metering::usage::{self, Billed, UsageAnomaly};
 use crate::providers::ReportedUsage;
+use crate::routing::catalog::RoutePath;
 use crate::routing::table::Deployment;
 use crate::wire::{ChatRequest, TokenUsage};
 
@@ -78,6 +81,39 @@ async fn estimate_usage(body: Bytes, answer: AnswerText) -> TokenUsage {
     .unwrap_or_default()
 }
 
+fn tokens(usage: TokenUsage) -> Tokens {
+    Tokens {
+        prompt: usage.prompt_tokens,
+        completion: usage.completion_tokens,
+        cached: usage.cached_tokens,
+        reasoning: usage.reasoning_tokens,
+    }
+}
+
+/// What `usage` of one call costs at `price`: the one place a charge is computed.
+pub fn call_charge(price: &Price, usage: TokenUsage) -> NanoCredits {
+    PriceTable::charge(price, tokens(usage))
+}
+
+/// The sum of two usages.
+pub fn add_usage(a: TokenUsage, b: TokenUsage) -> TokenUsage {
+    TokenUsage {
+        prompt_tokens: a.prompt_tokens.saturating_add(b.prompt_tokens),
+        completion_tokens: a.completion_tokens.saturating_add(b.completion_tokens),
+        cached_tokens: a.cached_tokens.saturating_add(b.cached_tokens),
+        reasoning_tokens: a.reasoning_tokens.saturating_add(b.reasoning_tokens),
+    }
+}
+
+/// Calls billed with a request before its answering one (a Fusion panel and judge).
+#[derive(Debug, Clone, Copy, Default)]
+struct Prior {
+    usage: TokenUsage,
+    charge: NanoCredits,
+    estimated: bool,
+    calls: usize,
+}
+
 /// A request's settlement, from its hold to its `RequestSettled`; dropped before it settled,
 /// it settles the request as cancelled from a spawned task, so no request ends unaccounted.
 pub struct Settlement {
@@ -88,6 +124,10 @@ pub struct Settlement {
     price_version: Arc<str>,
     /// The answering deployment's price, once one answered.
     price: Option<Price>,
+    /// The path the answering call is priced as (the request's, or a Fusion synthesizer's).
+    price_path: RoutePath,
+    /// Calls billed before the answering one.
+    prior: Prior,
     /// What the drop guard records if the request is abandoned now.
     pending: Option<SettleInfo>,
     /// The request body, kept only when the key stores content.
@@ -106,6 +146,7 @@ impl Settlement {
         body: &Bytes,
     ) -> Self {
         let content_body = meta.key.store_content.then(|| body.clone());
+        let price_path = meta.path;
         Settlement {
             content_body,
             log,
@@ -114,6 +155,8 @@ impl Settlement {
             hold,
             price_version,
             price: None,
+            price_path,
+            prior: Prior::default(),
             pending: Some(SettleInfo {
                 outcome: Outcome::Cancelled,
                 provider: None,
@@ -145,9 +188,40 @@ impl Settlement {
         }
     }
 
+    /// The answering call is priced as `path` (a Fusion synthesizer's own path).
+    pub fn priced_as(&mut self, path: RoutePath) {
+        self.price_path = path;
+    }
+
+    /// Bills a call made before the answering one (a Fusion panel member, its judge): its
+    /// `usage` and `charge` join the request's, from now on even if the request is abandoned.
+    pub fn add_call(&mut self, billed: &Billed, charge: NanoCredits) {
+        let prior = &mut self.prior;
+        prior.usage = add_usage(prior.usage, billed.usage);
+        prior.charge = NanoCredits(prior.charge.0.saturating_add(charge.0));
+        prior.estimated |= billed.estimated;
+        prior.calls += 1;
+        if let Some(p) = self.pending.as_mut() {
+            p.usage = prior.usage;
+            p.charge = prior.charge;
+            p.estimated = prior.estimated;
+        }
+    }
+
+    /// The usage and charge of the calls billed before the answering one.
+    pub fn prior(&self) -> (TokenUsage, NanoCredits) {
+        (self.prior.usage, self.prior.charge)
+    }
+
+    /// Whether calls were billed before the answering one (a stream's own usage chunk is then
+    /// not the request's).
+    pub fn has_prior(&self) -> bool {
+        self.prior.calls > 0
+    }
+
     /// `deployment` answers, at `prices`' price for it, its first byte after `ttft`.
     pub fn answered_by(&mut self, prices: &PriceTable, deployment: &Deployment, ttft: Duration) {
-        self.price = Some(prices.price(self.meta.path.as_str(), Some(&deployment.id)));
+        self.price = Some(prices.price(self.price_path.as_str(), Some(&deployment.id)));
         if let Some(p) = self.pending.as_mut() {
             p.provider = Some(deployment.provider_name.clone());
             p.deployment = Some(deployment.id.clone());
@@ -155,24 +229,17 @@ impl Settlement {
         }
     }
 
-    /// What `usage` costs on the answering deployment: the one place a charge is computed.
+    /// What `usage` costs on the answering deployment.
     fn charge(&self, usage: TokenUsage) -> NanoCredits {
-        let Some(price) = &self.price else {
-            return NanoCredits::ZERO;
-        };
-        PriceTable::charge(
-            price,
-            Tokens {
-                prompt: usage.prompt_tokens,
-                completion: usage.completion_tokens,
-                cached: usage.cached_tokens,
-                reasoning: usage.reasoning_tokens,
-            },
-        )
+        match &self.price {
+            Some(price) => call_charge(price, usage),
+            None => NanoCredits::ZERO,
+        }
     }
 
-    /// Settles an answer that ended as `outcome` after `attempts` attempts, billed `billed`;
-    /// `answer` (its JSON pieces) is recorded for keys that store content. Returns the charge.
+    /// Settles an answer that ended as `outcome` after `attempts` attempts, billed `billed`
+    /// (with the calls billed before it); `answer` (its JSON pieces) is recorded for keys that
+    /// store content. Returns the request's charge.
     pub async fn answered(
         &mut self,
         outcome: Outcome,
@@ -181,7 +248,11 @@ impl Settlement {
         error_class: Option<String>,
         answer: &[Bytes],
     ) -> Result<NanoCredits, ApiError> {
-        let charge = self.charge(billed.usage);
+        let charge = NanoCredits(
+            self.charge(billed.usage)
+                .0
+                .saturating_add(self.prior.charge.0),
+        );
         let (provider, deployment, ttft) = match &self.pending {
             Some(p) => (p.provider.clone(), p.deployment.clone(), p.ttft),
             None => (None, None, None),
@@ -190,8 +261,8 @@ impl Settlement {
             outcome,
             provider,
             deployment,
-            usage: billed.usage,
-            estimated: billed.estimated,
+            usage: add_usage(self.prior.usage, billed.usage),
+            estimated: billed.estimated || self.prior.estimated,
             anomaly: billed.anomaly,
             reported_completion: billed.reported_completion,
             ttft,
@@ -203,24 +274,37 @@ impl Settlement {
         self.commit(info, answer).await.map(|()| charge)
     }
 
-    /// Settles a request none of whose attempts answered; `deployment` refused it, if one did.
+    /// Settles a request none of whose attempts answered (charged only the calls billed before
+    /// the answering one); `deployment` refused it, if one did.
     pub async fn failed(
         &mut self,
         attempts: &Attempts<'_>,
+        deployment: Option<&Deployment>,
+    ) -> Result<(), ApiError> {
+        self.failed_as(attempts.count(), attempts.error_class(), deployment)
+            .await
+    }
+
+    /// Settles a request that ended without an answer after `attempts` attempts, failing as
+    /// `error_class` (charged only the calls billed before the answering one).
+    pub async fn failed_as(
+        &mut self,
+        attempts: i32,
+        error_class: Option<String>,
         deployment: Option<&Deployment>,
     ) -> Result<(), ApiError> {
         let info = SettleInfo {
             outcome: Outcome::Failed,
             provider: deployment.map(|d| d.provider_name.clone()),
             deployment: deployment.map(|d| d.id.clone()),
-            usage: TokenUsage::default(),
-            estimated: false,
+            usage: self.prior.usage,
+            estimated: self.prior.estimated,
             anomaly: None,
             reported_completion: None,
             ttft: None,
-            attempts: attempts.count(),
-            error_class: attempts.error_class(),
-            charge: NanoCredits::ZERO,
+            attempts,
+            error_class,
+            charge: self.prior.charge,
             hold: self.hold,
         };
         self.commit(info, &[]).await

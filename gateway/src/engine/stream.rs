@@ -16,7 +16,7 @@ use lumina_schemas::NanoCredits;
 use tokio::sync::mpsc;
 
 use crate::engine::attempt::Attempt;
-use crate::engine::settle::{AnswerText, Settlement, bill};
+use crate::engine::settle::{AnswerText, Settlement, add_usage, bill};
 use crate::metering::events::{Outcome, RequestMeta};
 use crate::providers::{ChunkStream, ProviderError, ReportedUsage, StreamChunk};
 use crate::wire::TokenUsage;
@@ -41,7 +41,14 @@ pub struct StreamEnd<'a> {
     pub meta: &'a RequestMeta,
     /// The model that answered upstream.
     pub upstream_model: &'a str,
+    /// Lumina's own report on the answer (a Fusion request's `lumina` object, JSON), written
+    /// before the usage by surfaces that carry it.
+    pub report: Option<Bytes>,
 }
+
+/// Writes a stream's [`StreamEnd::report`] from the answering call's own billed usage and
+/// charge (the request's, less the calls billed before it).
+pub type EndReport = Box<dyn FnOnce(TokenUsage, NanoCredits) -> Option<Bytes> + Send>;
 
 /// How a stream ended, for [`StreamRenderer::record`].
 pub enum Ending<'a> {
@@ -96,6 +103,8 @@ pub struct Pump {
     pub settlement: Settlement,
     /// The surface's protocol.
     pub renderer: Box<dyn StreamRenderer>,
+    /// Lumina's report at the end, if the request has one.
+    pub report: Option<EndReport>,
     /// To the client.
     pub tx: mpsc::Sender<Bytes>,
 }
@@ -283,13 +292,18 @@ impl Pump {
             (End::Completed, Err(e)) => Some((e.to_string(), "not_recorded")),
             (End::Completed, Ok(charge)) => {
                 let meta = self.meta.clone();
+                let (prior_usage, prior_charge) = self.settlement.prior();
+                let report = self.report.take().and_then(|report| {
+                    report(billed.usage, NanoCredits(charge.0 - prior_charge.0))
+                });
                 let end = StreamEnd {
-                    usage: billed.usage,
+                    usage: add_usage(prior_usage, billed.usage),
                     charge,
-                    replace_usage: billed.anomaly.is_some(),
+                    replace_usage: billed.anomaly.is_some() || self.settlement.has_prior(),
                     usage_chunk: usage_chunk.as_ref(),
                     meta: &meta,
                     upstream_model: &deployment.upstream_model,
+                    report,
                 };
                 match self.recorded(Ending::Completed(&end)).await {
                     Err(e) => Some((
@@ -433,12 +447,14 @@ mod tests {
                 deployment,
                 started_at: 0,
                 started: Instant::now(),
+                role: None,
             },
             ttfb: Duration::ZERO,
             body,
             allowance: 100,
             settlement,
             renderer: Box::new(renderer),
+            report: None,
             tx,
         };
         tokio::spawn(pump.run(Box::pin(futures::stream::iter(rest)), chunk(0)));

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use crate::metering::pricing::ROUNDING;
 use lumina_schemas::ids::RequestId;
 use lumina_schemas::payloads::{
-    CreditHold, RequestContentRecorded, RequestRouted, RequestSettled, UpstreamAttempted, Usage,
+    CreditHold, FusionPanelCompleted, RequestContentRecorded, RequestRouted, RequestSettled,
+    UpstreamAttempted, Usage,
 };
 use lumina_schemas::{Envelope, Event, NanoCredits};
 
@@ -132,6 +133,30 @@ pub struct AttemptRecord {
     pub error: Option<(ErrorClass, Option<u16>)>,
     /// Whether another attempt followed.
     pub fell_back: bool,
+    /// Its role in a Fusion request.
+    pub role: Option<Role>,
+}
+
+/// What a call of a Model Fusion request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A panel member answering the prompt.
+    Panel,
+    /// The judge comparing the panel's answers.
+    Judge,
+    /// The synthesizer writing the fused answer.
+    Synthesizer,
+}
+
+impl Role {
+    /// Name recorded in `UpstreamAttempted.role`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Panel => "panel",
+            Role::Judge => "judge",
+            Role::Synthesizer => "synthesizer",
+        }
+    }
 }
 
 /// How a request settles.
@@ -223,6 +248,7 @@ impl RequestMeta {
                 error_class: a.error.map(|(c, _)| c.as_str().to_string()),
                 http_status: a.error.and_then(|(_, s)| s).map(i32::from),
                 fell_back: a.fell_back,
+                role: a.role.map(|r| r.as_str().to_string()),
             },
         )
     }
@@ -255,6 +281,11 @@ impl RequestMeta {
                 reported_completion_tokens: s.reported_completion.map(tokens),
             },
         )
+    }
+
+    /// `FusionPanelCompleted`.
+    pub fn fusion(&self, panel: FusionPanelCompleted) -> Event {
+        Event::new(self.envelope(), panel)
     }
 
     /// `RequestContentRecorded`, for keys that opted in to content storage.

@@ -46,6 +46,9 @@ pub enum ErrorClass {
     Malformed,
     /// The answer broke off.
     Cut,
+    /// The gateway stopped waiting (a Fusion member past its deadline, a panel that could no
+    /// longer reach its quorum).
+    Cancelled,
 }
 
 impl ErrorClass {
@@ -61,6 +64,7 @@ impl ErrorClass {
             ErrorClass::Misconfigured => "misconfigured",
             ErrorClass::Malformed => "malformed",
             ErrorClass::Cut => "cut",
+            ErrorClass::Cancelled => "cancelled",
         }
     }
 

@@ -140,7 +140,8 @@ fn forced_tool(request: &ChatRequest<'_>) -> Option<String> {
 }
 
 struct Answer {
-    texts: Vec<Vec<&'static str>>,
+    /// Each choice's text.
+    texts: Vec<String>,
     tool: Option<String>,
     usage: TokenUsage,
     finish_reason: &'static str,
@@ -161,15 +162,22 @@ impl Simulated {
             });
         let count = u32::try_from(cap).unwrap_or(u32::MAX).max(1);
         let tool = forced_tool(request);
-        let texts: Vec<Vec<&'static str>> = if tool.is_some() {
-            vec![Vec::new(); request.n as usize]
+        let texts: Vec<String> = if tool.is_some() {
+            vec![String::new(); request.n as usize]
+        } else if let Some(fixed) = &self.config.answer {
+            vec![fixed.clone(); request.n as usize]
         } else {
-            (0..request.n).map(|i| words(hash, i, count)).collect()
+            (0..request.n)
+                .map(|i| sentence(&words(hash, i, count)))
+                .collect()
         };
         let completion_tokens = if tool.is_some() {
             8 * u64::from(request.n)
         } else {
-            texts.iter().map(|w| w.len() as u64).sum()
+            texts
+                .iter()
+                .map(|t| t.split_whitespace().count() as u64)
+                .sum()
         };
         let finish_reason = if tool.is_some() {
             "tool_calls"
@@ -269,7 +277,7 @@ impl Provider for Simulated {
                     index: i as u32,
                     message: AssistantMessage {
                         role: "assistant",
-                        content: answer.tool.is_none().then(|| sentence(w)),
+                        content: answer.tool.is_none().then(|| w.clone()),
                         refusal: None,
                         tool_calls: answer
                             .tool
@@ -393,8 +401,7 @@ impl Provider for Simulated {
                         usage_only: false,
                     });
                 }
-                let text = sentence(w);
-                let pieces: Vec<&str> = text.split_inclusive(' ').collect();
+                let pieces: Vec<&str> = w.split_inclusive(' ').collect();
                 for piece in pieces {
                     items.push(StreamChunk {
                         data: chunk(

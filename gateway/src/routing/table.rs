@@ -256,6 +256,15 @@ impl RouteTable {
         &self.paths[index(path)]
     }
 
+    /// The deployment `id` (`provider/model`) and the first path it serves, among the
+    /// classifier's paths.
+    pub fn find(&self, id: &str) -> Option<(RoutePath, Arc<Deployment>)> {
+        PATHS
+            .iter()
+            .zip(&self.paths)
+            .find_map(|(path, list)| list.iter().find(|d| d.id == id).map(|d| (*path, d.clone())))
+    }
+
     /// Whether any deployment serves embeddings.
     pub fn serves_embeddings(&self) -> bool {
         !self.embeddings.is_empty()
