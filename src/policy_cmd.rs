@@ -103,9 +103,10 @@ pub async fn build_policy(args: BuildArgs<'_>) -> anyhow::Result<()> {
     }
     for (class, bounds) in &doc.task_classes {
         eprintln!(
-            "  task class {class}: min {} max {}",
+            "  task class {class}: min {} max {}{}",
             bounds.min_path.as_deref().unwrap_or("-"),
-            bounds.max_path.as_deref().unwrap_or("-")
+            bounds.max_path.as_deref().unwrap_or("-"),
+            if bounds.fusion { " fusion" } else { "" }
         );
     }
     Ok(())
@@ -175,9 +176,10 @@ pub fn diff_lines(a: &PolicyDocument, b: &PolicyDocument) -> Vec<String> {
         let render = |doc: &PolicyDocument| {
             doc.task_classes.get(class).map_or("-".to_string(), |t| {
                 format!(
-                    "min {} max {}",
+                    "min {} max {}{}",
                     t.min_path.as_deref().unwrap_or("-"),
-                    t.max_path.as_deref().unwrap_or("-")
+                    t.max_path.as_deref().unwrap_or("-"),
+                    if t.fusion { " fusion" } else { "" }
                 )
             })
         };

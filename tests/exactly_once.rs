@@ -55,6 +55,7 @@ fn history() -> Vec<LogRecord> {
                     rpm: Some(10 * k as i64 + 1),
                     tpm: None,
                     routing_prefer: None,
+                    fusion_barred: false,
                 },
             ));
         }

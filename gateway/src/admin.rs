@@ -77,6 +77,8 @@ pub struct KeyRequest {
     pub store_content: bool,
     /// Default routing preference of its requests.
     pub routing_prefer: Option<crate::routing::policy::Prefer>,
+    /// Refuse it Model Fusion.
+    pub fusion_barred: bool,
 }
 
 /// Issues admin events and waits for the read model to apply them.
@@ -371,6 +373,7 @@ impl Admin {
                 rpm,
                 tpm,
                 routing_prefer: request.routing_prefer.map(|p| p.as_str().to_string()),
+                fusion_barred: request.fusion_barred,
             },
         );
         self.record(&[event]).await?;

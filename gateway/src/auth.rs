@@ -125,6 +125,8 @@ pub struct KeyIdentity {
     pub store_content: bool,
     /// The default routing preference of its requests.
     pub prefer: Option<Prefer>,
+    /// Refused `lumina-fusion`, and kept off Fusion panels by `lumina-auto`.
+    pub fusion_barred: bool,
 }
 
 /// Why a presented key was refused.
@@ -165,6 +167,7 @@ fn add_row(map: &mut KeyMap, row: KeyRow) {
             tpm: row.tpm,
             store_content: row.store_content,
             prefer: row.routing_prefer.as_deref().and_then(Prefer::parse),
+            fusion_barred: row.fusion_barred,
         }),
     });
 }
@@ -380,6 +383,7 @@ mod tests {
             created_at: 0,
             revoked_at: None,
             routing_prefer: None,
+            fusion_barred: false,
         }
     }
 

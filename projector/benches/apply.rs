@@ -173,6 +173,7 @@ fn history() -> Vec<Event> {
                     rpm: None,
                     tpm: None,
                     routing_prefer: None,
+                    fusion_barred: false,
                 },
             ));
         }

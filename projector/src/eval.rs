@@ -104,6 +104,8 @@ struct Attempt {
     error_class: Option<String>,
     duration_ms: f64,
     fell_back: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -228,7 +230,7 @@ impl ReadModel {
 
     async fn attempt_summaries(&self, request_id: &str) -> Result<Vec<Attempt>, sqlx::Error> {
         sqlx::query(
-            "SELECT deployment, provider, outcome, error_class, duration_us, fell_back
+            "SELECT deployment, provider, outcome, error_class, duration_us, fell_back, role
              FROM request_attempts WHERE request_id = $1 ORDER BY attempt",
         )
         .bind(request_id)
@@ -243,6 +245,7 @@ impl ReadModel {
                 error_class: a.try_get(3)?,
                 duration_ms: ms(a.try_get(4)?),
                 fell_back: a.try_get::<i64, _>(5)? != 0,
+                role: a.try_get(6)?,
             })
         })
         .collect()

@@ -126,8 +126,9 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                     "INSERT INTO api_keys
                          (id, account_id, project_id, name, key_hash, key_prefix, status,
                           store_content, rpm, tpm, created_at, revoked_at, updated_at,
-                          created_event_id, routing_prefer)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, NULL, $10, $11, $12)
+                          created_event_id, routing_prefer, fusion_barred)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, NULL, $10, $11, $12,
+                             $13)
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(&p.key_id)
@@ -142,6 +143,7 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                 .bind(env.occurred_at)
                 .bind(env.event_id.to_string())
                 .bind(p.routing_prefer.as_deref())
+                .bind(i64::from(p.fusion_barred))
                 .execute(&mut *conn)
                 .await?;
             }
@@ -282,6 +284,8 @@ pub struct KeyRow {
     /// Default routing preference of its requests (`cost`, `balanced`, `quality`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing_prefer: Option<String>,
+    /// Whether the key is refused Model Fusion.
+    pub fusion_barred: bool,
 }
 
 impl KeyRow {
@@ -292,7 +296,8 @@ impl KeyRow {
 }
 
 const KEY_COLUMNS: &str = "id, account_id, project_id, name, key_hash, key_prefix, status, \
-                           store_content, rpm, tpm, created_at, revoked_at, routing_prefer";
+                           store_content, rpm, tpm, created_at, revoked_at, routing_prefer, \
+                           fusion_barred";
 
 fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
     Ok(KeyRow {
@@ -309,6 +314,7 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
         created_at: r.try_get(10)?,
         revoked_at: r.try_get(11)?,
         routing_prefer: r.try_get(12)?,
+        fusion_barred: r.try_get::<i64, _>(13)? != 0,
     })
 }
 

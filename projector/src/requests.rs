@@ -182,8 +182,8 @@ async fn insert_attempts(conn: &mut AnyConnection, rows: &[&Event]) -> Result<()
         conn,
         "INSERT INTO request_attempts (request_id, attempt, event_id, provider, deployment,
              upstream_model, started_at, ttfb_us, duration_us, outcome, error_class,
-             http_status, fell_back)",
-        13,
+             http_status, fell_back, role)",
+        14,
         "ON CONFLICT (request_id, attempt) DO NOTHING",
         ROWS,
         rows,
@@ -204,6 +204,7 @@ async fn insert_attempts(conn: &mut AnyConnection, rows: &[&Event]) -> Result<()
                 .bind(a.error_class.as_deref())
                 .bind(a.http_status.map(i64::from))
                 .bind(i64::from(a.fell_back))
+                .bind(a.role.as_deref())
         },
     )
     .await?;

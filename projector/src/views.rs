@@ -135,6 +135,8 @@ pub struct AttemptRow {
     pub http_status: Option<i64>,
     /// Whether another attempt followed.
     pub fell_back: bool,
+    /// `panel`, `judge` or `synthesizer` in a Fusion request; none for an ordinary attempt.
+    pub role: Option<String>,
 }
 
 /// Filters of a request listing.
@@ -361,7 +363,7 @@ impl ReadModel {
         };
         let attempts = sqlx::query(
             "SELECT attempt, provider, deployment, upstream_model, started_at, ttfb_us, duration_us,
-                 outcome, error_class, http_status, fell_back
+                 outcome, error_class, http_status, fell_back, role
              FROM request_attempts WHERE request_id = $1 ORDER BY attempt",
         )
         .bind(request_id)
@@ -381,6 +383,7 @@ impl ReadModel {
                 error_class: r.try_get(8)?,
                 http_status: r.try_get(9)?,
                 fell_back: r.try_get::<i64, _>(10)? != 0,
+                role: r.try_get(11)?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

@@ -57,6 +57,7 @@ fn admin_history() -> Vec<Event> {
                     rpm: Some(60),
                     tpm: None,
                     routing_prefer: None,
+                    fusion_barred: false,
                 },
             ));
         }

@@ -181,7 +181,7 @@ macro_rules! event_types {
 event_types! {
     AccountOpened => "account_opened" [1] current 1;
     CreditsGranted => "credits_granted" [1] current 1;
-    ApiKeyCreated => "api_key_created" [1, 2, 3] current 3;
+    ApiKeyCreated => "api_key_created" [1, 2, 3, 4] current 4;
     ApiKeyRevoked => "api_key_revoked" [1] current 1;
     LimitsChanged => "limits_changed" [1] current 1;
     PolicyPublished => "policy_published" [1] current 1;

@@ -53,6 +53,10 @@ pub struct ApiKeyCreated {
     /// The key's default routing preference (`cost`, `balanced`, `quality`) (v3).
     #[serde(default)]
     pub routing_prefer: Option<String>,
+    /// Whether the key is refused `lumina-fusion` and kept off Fusion panels by `lumina-auto`
+    /// (v4).
+    #[serde(default)]
+    pub fusion_barred: bool,
 }
 
 /// An API key was revoked.

@@ -42,6 +42,7 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             rpm: Some(60 + n),
             tpm: Some(100_000),
             routing_prefer: Some("cost".into()),
+            fusion_barred: seed.is_multiple_of(3),
         }
         .into(),
         EventType::ApiKeyRevoked => ApiKeyRevoked {

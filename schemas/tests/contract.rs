@@ -154,6 +154,7 @@ fn api_key_created_v1_decodes_with_the_v2_reader_filling_defaults() {
             rpm: None,
             tpm: None,
             routing_prefer: None,
+            fusion_barred: false,
             ..original.clone()
         }
     );

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use crate::eval_run::check::Check;
 use crate::eval_run::dataset::Item;
 use crate::eval_run::gateway::{Completion, Gateway};
-use crate::eval_run::report::{Outcome, Report, result_line, summarize};
+use crate::eval_run::report::{Outcome, Report, compare_fusion, result_line, summarize};
 
 /// Results recorded per `POST /v1/evals/results`.
 const BATCH: usize = 25;
@@ -318,11 +318,12 @@ fn report(run: &Run, outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {
             let of: Vec<&Outcome> = outcomes.iter().filter(|o| o.model == m).collect();
             summarize(name, &of)
         })
-        .collect();
+        .collect::<Vec<_>>();
     let report = Report {
         run_id: &run.run_id,
         dataset: &run.dataset,
         items: run.items.len(),
+        fusion: compare_fusion(&models),
         models,
         results: outcomes
             .iter()

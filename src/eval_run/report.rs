@@ -114,8 +114,83 @@ pub struct Report<'a> {
     pub items: usize,
     /// Per model, in `--models` order.
     pub models: Vec<ModelSummary>,
+    /// `lumina-fusion` against the best other model, when the run has both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<FusionComparison>,
     /// Per item × model, in dataset order.
     pub results: Vec<ResultLine<'a>>,
+}
+
+/// Model Fusion weighed against the best single model of the same run, on the same items:
+/// whether the panel is worth its cost.
+#[derive(Debug, Serialize)]
+pub struct FusionComparison {
+    /// The Fusion model (`lumina-fusion`).
+    pub model: String,
+    /// The other model with the highest mean score (the cheaper one on a tie).
+    pub versus: String,
+    /// Fusion's mean score minus the other's.
+    pub mean_score_delta: Option<f64>,
+    /// Fusion's pass rate minus the other's.
+    pub pass_rate_delta: Option<f64>,
+    /// What Fusion cost beyond the other over the run, credits (exact decimal; negative when
+    /// cheaper).
+    pub extra_cost: String,
+    /// Fusion's cost over the other's (none when the other cost nothing).
+    pub cost_ratio: Option<f64>,
+    /// Fusion's median latency over the other's.
+    pub p50_ratio: Option<f64>,
+}
+
+/// The model of the Fusion panel.
+pub const FUSION_MODEL: &str = "lumina-fusion";
+
+/// `lumina-fusion`'s summary weighed against the best of the other models in `models`.
+pub fn compare_fusion(models: &[ModelSummary]) -> Option<FusionComparison> {
+    let fusion = models.iter().find(|m| m.model == FUSION_MODEL)?;
+    let versus = models
+        .iter()
+        .filter(|m| m.model != FUSION_MODEL)
+        .max_by(|a, b| {
+            let score = |m: &ModelSummary| m.mean_score.unwrap_or(f64::NEG_INFINITY);
+            score(a)
+                .total_cmp(&score(b))
+                .then(b.cost_nano.cmp(&a.cost_nano))
+        })?;
+    let delta = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+    let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    Some(FusionComparison {
+        model: fusion.model.clone(),
+        versus: versus.model.clone(),
+        mean_score_delta: delta(fusion.mean_score, versus.mean_score),
+        pass_rate_delta: delta(fusion.pass_rate, versus.pass_rate),
+        extra_cost: NanoCredits(fusion.cost_nano.saturating_sub(versus.cost_nano)).to_string(),
+        cost_ratio: ratio(fusion.cost_nano as f64, versus.cost_nano as f64),
+        p50_ratio: match (&fusion.latency_ms, &versus.latency_ms) {
+            (Some(f), Some(v)) => ratio(f.p50, v.p50),
+            _ => None,
+        },
+    })
+}
+
+impl FusionComparison {
+    /// One line for people.
+    fn render(&self) -> String {
+        let signed = |v: Option<f64>, scale: f64, unit: &str| {
+            v.map_or("-".into(), |v| format!("{:+.3}{unit}", v * scale))
+        };
+        let times = |v: Option<f64>| v.map_or("-".into(), |v| format!("×{v:.2}"));
+        format!(
+            "{} vs {} (the best single model): mean score {}, pass rate {}, cost {} ({} credits more), p50 latency {}\n",
+            self.model,
+            self.versus,
+            signed(self.mean_score_delta, 1.0, ""),
+            signed(self.pass_rate_delta, 100.0, " pts"),
+            times(self.cost_ratio),
+            self.extra_cost,
+            times(self.p50_ratio),
+        )
+    }
 }
 
 /// The value at quantile `q` of sorted `values` (nearest rank).
@@ -254,6 +329,10 @@ impl Report<'_> {
             let cells: Vec<&str> = row.iter().map(String::as_str).collect();
             line(&cells);
         }
+        if let Some(f) = &self.fusion {
+            out.push('\n');
+            out.push_str(&f.render());
+        }
         out
     }
 }
@@ -321,6 +400,7 @@ mod tests {
             dataset: "smoke",
             items: 1,
             models: vec![summarize("lumina-fast", &refs)],
+            fusion: None,
             results: Vec::new(),
         };
         let text = report.render();
@@ -329,5 +409,33 @@ mod tests {
         assert!(lines[3].starts_with("lumina-fast"));
         assert!(lines[3].contains("100.0%") && lines[3].contains("0.000000005"));
         assert_eq!(lines[2].len(), lines[3].len());
+    }
+
+    #[test]
+    fn fusion_is_weighed_against_the_best_scoring_single_model() {
+        let of = |score: f64, cost: i64, latency: f64| [outcome(Some(score), cost, None, latency)];
+        let (fusion, strong, weak) = (of(1.0, 9, 30.0), of(0.5, 3, 10.0), of(0.0, 1, 5.0));
+        let summaries = vec![
+            summarize("lumina-fast", &weak.iter().collect::<Vec<_>>()),
+            summarize(FUSION_MODEL, &fusion.iter().collect::<Vec<_>>()),
+            summarize("lumina-reasoning", &strong.iter().collect::<Vec<_>>()),
+        ];
+        let c = compare_fusion(&summaries).unwrap();
+        assert_eq!(c.versus, "lumina-reasoning");
+        assert_eq!(c.mean_score_delta, Some(0.5));
+        assert_eq!(c.extra_cost, "0.000000006");
+        assert_eq!(c.cost_ratio, Some(3.0));
+        assert_eq!(c.p50_ratio, Some(3.0));
+        let line = c.render();
+        assert!(
+            line.starts_with("lumina-fusion vs lumina-reasoning"),
+            "{line}"
+        );
+        assert!(
+            line.contains("mean score +0.500") && line.contains("cost ×3.00"),
+            "{line}"
+        );
+        assert!(compare_fusion(&summaries[..1]).is_none());
+        assert!(compare_fusion(&summaries[1..2]).is_none());
     }
 }

@@ -110,7 +110,8 @@ impl MockUpstream {
             .collect()
     }
 
-    fn clear(&self) {
+    /// Forgets the recorded requests.
+    pub fn clear(&self) {
         self.state.requests.lock().unwrap().clear();
     }
 }

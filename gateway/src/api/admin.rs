@@ -209,6 +209,7 @@ pub struct KeyView {
     store_content: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     routing: Option<serde_json::Value>,
+    allow_fusion: bool,
     created_at: i64,
     revoked_at: Option<i64>,
 }
@@ -228,6 +229,7 @@ impl KeyView {
             tpm: k.tpm,
             store_content: k.store_content,
             routing: k.routing_prefer.map(|p| serde_json::json!({ "prefer": p })),
+            allow_fusion: !k.fusion_barred,
             created_at: unix_seconds(k.created_at),
             revoked_at: k.revoked_at.map(unix_seconds),
         }
@@ -249,6 +251,13 @@ pub struct CreateKey {
     store_content: bool,
     #[serde(default)]
     routing: Option<KeyRouting>,
+    /// `false` refuses the key Model Fusion.
+    #[serde(default = "allowed")]
+    allow_fusion: bool,
+}
+
+fn allowed() -> bool {
+    true
 }
 
 /// A key's `routing` defaults.
@@ -275,6 +284,7 @@ pub async fn create_key(
             tpm: body.tpm,
             store_content: body.store_content,
             routing_prefer: body.routing.and_then(|r| r.prefer),
+            fusion_barred: !body.allow_fusion,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(KeyView::new(row, Some(key)))))

@@ -35,6 +35,11 @@ pub enum ApiError {
     /// The key was revoked.
     #[error("This API key has been revoked.")]
     RevokedKey,
+    /// The key is barred from Model Fusion.
+    #[error(
+        "This API key may not use lumina-fusion. Ask an admin to issue a key with allow_fusion, or use lumina-auto or a single path."
+    )]
+    FusionBarred,
     /// The admin key is missing or wrong.
     #[error("This endpoint requires the admin key: 'Authorization: Bearer <admin key>'.")]
     AdminRequired,
@@ -154,7 +159,7 @@ impl ApiError {
             ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminRequired => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::RevokedKey => StatusCode::FORBIDDEN,
+            ApiError::RevokedKey | ApiError::FusionBarred => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } | ApiError::UnknownRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -184,6 +189,7 @@ impl ApiError {
             ApiError::InvalidKey => ("invalid_request_error", Some("invalid_api_key")),
             ApiError::RevokedKey => ("invalid_request_error", Some("api_key_revoked")),
             ApiError::AdminRequired => ("invalid_request_error", Some("admin_key_required")),
+            ApiError::FusionBarred => ("invalid_request_error", Some("fusion_not_allowed")),
             ApiError::NotFound { .. } => ("invalid_request_error", Some("not_found")),
             ApiError::UnknownRoute { .. } => ("invalid_request_error", Some("unknown_url")),
             ApiError::MethodNotAllowed { .. } => {
@@ -219,7 +225,7 @@ impl ApiError {
             ApiError::InvalidRequest { param, .. } | ApiError::NotFound { param, .. } => {
                 param.as_deref()
             }
-            ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::ModelNotFound(_) | ApiError::FusionBarred => Some("model"),
             ApiError::PreviousResponseNotFound(_) => Some("previous_response_id"),
             ApiError::OverCostCap { .. } => Some("lumina.fusion.max_cost"),
             ApiError::Upstream(e) => e.param.as_deref(),

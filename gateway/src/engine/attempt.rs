@@ -165,6 +165,16 @@ impl<'a> Attempts<'a> {
         }
     }
 
+    /// Records that `attempt` answered whole: its breaker's success and its
+    /// `UpstreamAttempted`, then gives back its probe; returns how long it took.
+    pub async fn answered(&self, attempt: &Attempt, probe: ProbeGuard<'_>) -> Duration {
+        attempt.deployment.breaker.record(true);
+        let took = attempt.started.elapsed();
+        self.emit(&attempt.record(Some(took), None)).await;
+        drop(probe);
+        took
+    }
+
     /// Queues an attempt's `UpstreamAttempted`.
     pub async fn emit(&self, record: &AttemptRecord) {
         if let Err(e) = self
@@ -246,6 +256,11 @@ impl<'a> Attempts<'a> {
         }
         self.release_held(false).await;
         Tried::Exhausted
+    }
+
+    /// The deployment of the last failed attempt, if one failed.
+    pub fn last_failed(&self) -> Option<&str> {
+        self.failures.last().map(|(d, _)| d.as_str())
     }
 
     /// Each failed or skipped attempt, in order: `[1] deployment: class (HTTP status)`.

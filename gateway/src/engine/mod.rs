@@ -192,18 +192,9 @@ async fn admit(
         Some(choice) => choice,
     };
     let routing = state.routes.routing();
-    let policy = &routing.policy;
-    let asked = request.routing;
-    // The request's preference, else its key's, else the policy's.
-    let prefer = asked.prefer.or(call.key.prefer).unwrap_or(policy.prefer);
-    let mut decision = classifier::classify_preferring(request, policy, prefer);
-    match choice {
-        ModelChoice::Path(path) => decision.path = path,
-        ModelChoice::Auto => {
-            // The request's bounds, where it sets them, else the policy's for the task class.
-            let (class_min, class_max) = policy.bounds(decision.task_class);
-            decision.bound(asked.min_path.or(class_min), asked.max_path.or(class_max));
-        }
+    let mut decision = decide(call, &routing, choice);
+    if panel.is_some() {
+        decision.path = RoutePath::Fusion;
     }
     let origin = Origin {
         key: &call.key,
@@ -222,6 +213,25 @@ async fn admit(
         panel,
     };
     admit_plan(state, origin, plan, started, &routing).await
+}
+
+/// The route of `call`, which asked for `choice`: classified, then the path it named, or for
+/// `lumina-auto` the classifier's bounded by the request's, else the policy's task class's.
+fn decide(call: &Call<'_>, routing: &Routing, choice: ModelChoice) -> Decision {
+    let request = call.request;
+    let policy = &routing.policy;
+    let asked = request.routing;
+    // The request's preference, else its key's, else the policy's.
+    let prefer = asked.prefer.or(call.key.prefer).unwrap_or(policy.prefer);
+    let mut decision = classifier::classify_preferring(request, policy, prefer);
+    match choice {
+        ModelChoice::Path(path) => decision.path = path,
+        ModelChoice::Auto => {
+            let (class_min, class_max) = policy.bounds(decision.task_class);
+            decision.bound(asked.min_path.or(class_min), asked.max_path.or(class_max));
+        }
+    }
+    decision
 }
 
 /// Counts the key's limits, holds credit and queues `RequestRouted` for a request whose route
@@ -400,10 +410,7 @@ async fn whole<'a, T>(
             value,
             probe,
         } => {
-            attempt.deployment.breaker.record(true);
-            let ttfb = attempt.started.elapsed();
-            attempts.emit(&attempt.record(Some(ttfb), None)).await;
-            drop(probe);
+            let ttfb = attempts.answered(&attempt, probe).await;
             settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
             Ok((attempt, value))
         }
@@ -414,18 +421,64 @@ async fn whole<'a, T>(
     }
 }
 
-/// Whether `call` asks for Model Fusion.
-fn is_fusion(state: &AppState, call: &Call<'_>) -> bool {
-    matches!(
-        state.catalog.resolve(call.request.model.as_str()),
-        Some(ModelChoice::Path(RoutePath::Fusion))
-    )
+/// The first chunk of attempts that open a stream: the answering deployment made the
+/// settlement's, its time to first byte; or the request settled as failed and the error to
+/// answer. The stream's outcome decides a probing breaker (the pump records it).
+async fn opened<'a, T>(
+    state: &AppState,
+    tried: Tried<'a, T>,
+    attempts: &Attempts<'_>,
+    settlement: &mut Settlement,
+) -> Result<(Attempt, T, Duration), ApiError> {
+    match tried {
+        Tried::Answered {
+            attempt,
+            value,
+            probe,
+        } => {
+            probe.disarm();
+            let ttfb = attempt.started.elapsed();
+            settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
+            Ok((attempt, value, ttfb))
+        }
+        Tried::Refused(deployment, e) => {
+            Err(unanswered(settlement, attempts, Some((deployment, e))).await)
+        }
+        Tried::Exhausted => Err(unanswered(settlement, attempts, None).await),
+    }
+}
+
+/// Whether a Fusion panel answers `call`: it asks for `lumina-fusion` (refused when its key is
+/// barred from Fusion), or for `lumina-auto` and the policy sends its task class's reasoning
+/// requests to Fusion (a text request, `n` 1, its key not barred).
+fn is_fusion(state: &AppState, call: &Call<'_>) -> Result<bool, ApiError> {
+    let request = call.request;
+    match state.catalog.resolve(request.model.as_str()) {
+        Some(ModelChoice::Path(RoutePath::Fusion)) if call.key.fusion_barred => {
+            Err(ApiError::FusionBarred)
+        }
+        Some(ModelChoice::Path(RoutePath::Fusion)) => Ok(true),
+        Some(ModelChoice::Auto)
+            if state.fusion.enabled
+                && !call.key.fusion_barred
+                && request.n == 1
+                && request.tools.is_empty() =>
+        {
+            let routing = state.routes.routing();
+            if routing.policy.fusion_classes.is_empty() {
+                return Ok(false);
+            }
+            let decision = decide(call, &routing, ModelChoice::Auto);
+            Ok(decision.path == RoutePath::Reasoning && routing.policy.fuses(decision.task_class))
+        }
+        _ => Ok(false),
+    }
 }
 
 /// A whole answer: attempts until a deployment answers, then bills and settles it (a Fusion
 /// request: its panel, judge and synthesis).
 pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
-    if is_fusion(state, &call) {
+    if is_fusion(state, &call)? {
         return fusion::complete(state, call).await;
     }
     let Admitted {
@@ -499,7 +552,7 @@ pub async fn stream(
     call: Call<'_>,
     renderer: Box<dyn StreamRenderer>,
 ) -> Result<Streaming, ApiError> {
-    if is_fusion(state, &call) {
+    if is_fusion(state, &call)? {
         return fusion::stream(state, call, renderer).await;
     }
     let Admitted {
@@ -518,23 +571,7 @@ pub async fn stream(
             |d| first_chunk(d, upstream_call(&call, &meta, d)),
         )
         .await;
-    let (attempt, (chunks, first)) = match tried {
-        Tried::Answered {
-            attempt,
-            value,
-            probe,
-        } => {
-            // The stream's outcome decides the probe; the pump records it.
-            probe.disarm();
-            (attempt, value)
-        }
-        Tried::Refused(deployment, e) => {
-            return Err(unanswered(&mut settlement, &attempts, Some((deployment, e))).await);
-        }
-        Tried::Exhausted => return Err(unanswered(&mut settlement, &attempts, None).await),
-    };
-    let ttfb: Duration = attempt.started.elapsed();
-    settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
+    let (attempt, (chunks, first), ttfb) = opened(state, tried, &attempts, &mut settlement).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let route = Route {
         meta: meta.clone(),

@@ -367,6 +367,7 @@ mod tests {
                 tpm: None,
                 store_content: false,
                 prefer: None,
+                fusion_barred: false,
             }),
             trace_id: None,
             instance: "test".into(),

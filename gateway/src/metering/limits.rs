@@ -245,6 +245,7 @@ mod tests {
             tpm,
             store_content: false,
             prefer: None,
+            fusion_barred: false,
         }
     }
 

@@ -96,6 +96,7 @@ pub fn build(input: BuildInput<'_>) -> PolicyDocument {
         if stronger {
             *entry = PathBounds {
                 max_path: entry.max_path.take(),
+                fusion: entry.fusion,
                 ..bounds
             };
         }
@@ -241,6 +242,7 @@ fn feedback_floors(feedback: &[&FeedbackSample]) -> BTreeMap<String, PathBounds>
                 PathBounds {
                     min_path: Some(next.to_string()),
                     max_path: None,
+                    fusion: false,
                     reason: Some(format!(
                         "mean feedback and eval score {:.2} over {n} answers on {path}",
                         round4(mean)

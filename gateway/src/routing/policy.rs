@@ -6,7 +6,7 @@
 //! never half-applied), its canonical rendering (what `lumina policy train` writes, byte for
 //! byte), and the default policy shipped in `gateway/policies/default.json`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
@@ -137,6 +137,10 @@ pub struct PathBounds {
     /// The strongest path for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_path: Option<String>,
+    /// `lumina-auto` answers its requests that classify as reasoning with the Fusion panel
+    /// (when Fusion is enabled and the key is not barred from it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fusion: bool,
     /// Why, for people reading the document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -239,6 +243,8 @@ pub struct Policy {
     pub routes: [Option<Vec<(String, f64)>>; 3],
     /// Per task class: the weakest and strongest path.
     pub task_classes: BTreeMap<String, (Option<RoutePath>, Option<RoutePath>)>,
+    /// Task classes whose reasoning requests `lumina-auto` sends to the Fusion panel.
+    pub fusion_classes: BTreeSet<String>,
 }
 
 /// A ready classifier.
@@ -262,6 +268,7 @@ impl Policy {
             prefer: Prefer::Balanced,
             routes: Default::default(),
             task_classes: BTreeMap::new(),
+            fusion_classes: BTreeSet::new(),
         }
     }
 
@@ -306,6 +313,7 @@ impl Policy {
             routes[usize::from(p.rank())] = Some(list);
         }
         let mut task_classes = BTreeMap::new();
+        let mut fusion_classes = BTreeSet::new();
         for (class, bounds) in &doc.task_classes {
             let tier = |name: &Option<String>, which: &str| match name {
                 None => Ok(None),
@@ -324,6 +332,14 @@ impl Policy {
                     "task_classes.{class}: min_path is stronger than max_path"
                 )));
             }
+            if bounds.fusion {
+                if max.is_some_and(|m| m != RoutePath::Reasoning) {
+                    return Err(invalid(format!(
+                        "task_classes.{class}.fusion: its max_path keeps it off reasoning, the path Fusion stands in for"
+                    )));
+                }
+                fusion_classes.insert(class.clone());
+            }
             task_classes.insert(class.clone(), (min, max));
         }
         Ok(Policy {
@@ -332,6 +348,7 @@ impl Policy {
             prefer: doc.prefer,
             routes,
             task_classes,
+            fusion_classes,
         })
     }
 
@@ -341,6 +358,11 @@ impl Policy {
             .get(task_class)
             .copied()
             .unwrap_or((None, None))
+    }
+
+    /// Whether `lumina-auto` sends `task_class`'s reasoning requests to the Fusion panel.
+    pub fn fuses(&self, task_class: &str) -> bool {
+        self.fusion_classes.contains(task_class)
     }
 }
 
@@ -563,6 +585,23 @@ mod tests {
         assert!(Policy::parse(&doc.to_string()).is_err());
         assert!(Policy::parse("{\"version\": 3}").is_err());
         assert!(Policy::parse("not json").is_err());
+    }
+
+    #[test]
+    fn fusion_is_an_option_of_the_task_classes_that_allow_it() {
+        let mut doc: serde_json::Value = serde_json::from_str(DEFAULT_POLICY_JSON).unwrap();
+        doc["task_classes"] = serde_json::json!({
+            "math": {"min_path": "reasoning", "fusion": true},
+            "code": {"min_path": "balanced"},
+        });
+        let p = Policy::parse(&doc.to_string()).unwrap();
+        assert!(p.fuses("math"));
+        assert!(!p.fuses("code") && !p.fuses("chat"));
+        let canonical: PolicyDocument = serde_json::from_value(doc.clone()).unwrap();
+        assert!(canonical.to_json().unwrap().contains("\"fusion\": true"));
+        doc["task_classes"]["code"] = serde_json::json!({"max_path": "balanced", "fusion": true});
+        let err = Policy::parse(&doc.to_string()).unwrap_err().to_string();
+        assert!(err.contains("task_classes.code.fusion"), "{err}");
     }
 
     #[test]

@@ -36,9 +36,10 @@ use crate::engine::settle::{AnswerText, Settlement, add_usage, bill, call_charge
 use crate::engine::stream::{EndReport, Pump};
 use crate::engine::{
     Admitted, Answer, Call, PanelPlan, Route, StreamRenderer, Streaming, admit, first_chunk,
-    unanswered, whole,
+    opened, whole,
 };
 use crate::metering::events::{Outcome, RequestMeta, Role};
+use crate::metering::limits::LimitStatus;
 use crate::metering::usage::{self, Billed};
 use crate::providers::UpstreamCall;
 use crate::routing::catalog::RoutePath;
@@ -513,11 +514,7 @@ async fn ask(
             value,
             probe,
         }) => {
-            attempt.deployment.breaker.record(true);
-            attempts
-                .emit(&attempt.record(Some(attempt.started.elapsed()), None))
-                .await;
-            drop(probe);
+            attempts.answered(&attempt, probe).await;
             let b = bill_call(
                 cx.state,
                 member.path,
@@ -542,6 +539,7 @@ async fn ask(
             });
         }
         Some(Tried::Exhausted) => {
+            result.deployment = attempts.last_failed().map(str::to_string);
             result.error = Some(attempts.failure_summary());
         }
         None => {
@@ -681,11 +679,7 @@ async fn judged(
             value,
             probe,
         } => {
-            attempt.deployment.breaker.record(true);
-            attempts
-                .emit(&attempt.record(Some(attempt.started.elapsed()), None))
-                .await;
-            drop(probe);
+            attempts.answered(&attempt, probe).await;
             let b = bill_call(
                 cx.state,
                 judge.path,
@@ -894,9 +888,29 @@ fn with_report(body: &[u8], report: &[u8]) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(out))
 }
 
-/// A Fusion request answered whole.
-pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
-    let (settings, admitted, deployments) = admitted(state, &call).await?;
+/// A Fusion request admitted and deliberated, its synthesis still to write.
+struct Deliberated {
+    meta: Arc<RequestMeta>,
+    policy_version: i64,
+    limits: LimitStatus,
+    settlement: Settlement,
+    /// Numbers the request's calls, panel to synthesizer.
+    numbers: AtomicI32,
+    deliberation: Deliberation,
+    /// The synthesizer's deployments, in attempt order.
+    deployments: Deployments,
+    /// The synthesizer's request.
+    body: Bytes,
+}
+
+/// Admits a Fusion request, runs its panel and judge, and writes the synthesizer's request
+/// (`stream`ed or not); a missed quorum is settled and answered as an error.
+async fn deliberated(
+    state: &AppState,
+    call: &Call<'_>,
+    stream: bool,
+) -> Result<Deliberated, ApiError> {
+    let (settings, admitted, deployments) = admitted(state, call).await?;
     let Admitted {
         meta,
         policy_version,
@@ -910,14 +924,38 @@ pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiErr
         meta: &meta,
         numbers: &numbers,
     };
-    let deliberation = match deliberate(&cx, &settings, &call, &mut settlement).await {
+    let deliberation = match deliberate(&cx, &settings, call, &mut settlement).await {
         Ok(d) => d,
         Err(e) => return Err(missed(&mut settlement, &numbers, e).await),
     };
+    let body = synthesis_body(call.request, &deliberation, stream)?;
+    settlement.priced_as(state.fusion.synthesizer.path);
+    Ok(Deliberated {
+        meta,
+        policy_version,
+        limits,
+        settlement,
+        numbers,
+        deliberation,
+        deployments,
+        body,
+    })
+}
+
+/// A Fusion request answered whole.
+pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
+    let Deliberated {
+        meta,
+        policy_version,
+        limits,
+        mut settlement,
+        numbers,
+        deliberation,
+        deployments,
+        body,
+    } = deliberated(state, &call, false).await?;
     let synthesizer = &state.fusion.synthesizer;
-    let body = synthesis_body(call.request, &deliberation, false)?;
     let request = ChatRequest::parse(&body)?;
-    settlement.priced_as(synthesizer.path);
     let started = Instant::now();
     let mut attempts = Attempts::in_role(&meta, &state.log, Role::Synthesizer, &numbers);
     let tried = attempts
@@ -997,28 +1035,18 @@ pub async fn stream(
     call: Call<'_>,
     renderer: Box<dyn StreamRenderer>,
 ) -> Result<Streaming, ApiError> {
-    let (settings, admitted, deployments) = admitted(state, &call).await?;
-    let Admitted {
+    let Deliberated {
         meta,
         policy_version,
         limits,
         mut settlement,
-        ..
-    } = admitted;
-    let numbers = AtomicI32::new(0);
-    let cx = Context {
-        state,
-        meta: &meta,
-        numbers: &numbers,
-    };
-    let deliberation = match deliberate(&cx, &settings, &call, &mut settlement).await {
-        Ok(d) => d,
-        Err(e) => return Err(missed(&mut settlement, &numbers, e).await),
-    };
+        numbers,
+        deliberation,
+        deployments,
+        body,
+    } = deliberated(state, &call, true).await?;
     let synthesizer = &state.fusion.synthesizer;
-    let body = synthesis_body(call.request, &deliberation, true)?;
     let request = ChatRequest::parse(&body)?;
-    settlement.priced_as(synthesizer.path);
     let mut attempts = Attempts::in_role(&meta, &state.log, Role::Synthesizer, &numbers);
     let tried = attempts
         .run(
@@ -1037,22 +1065,7 @@ pub async fn stream(
             },
         )
         .await;
-    let (attempt, (chunks, first)) = match tried {
-        Tried::Answered {
-            attempt,
-            value,
-            probe,
-        } => {
-            probe.disarm();
-            (attempt, value)
-        }
-        Tried::Refused(deployment, e) => {
-            return Err(unanswered(&mut settlement, &attempts, Some((deployment, e))).await);
-        }
-        Tried::Exhausted => return Err(unanswered(&mut settlement, &attempts, None).await),
-    };
-    let ttfb = attempt.started.elapsed();
-    settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
+    let (attempt, (chunks, first), ttfb) = opened(state, tried, &attempts, &mut settlement).await?;
     put_panel_event(state, &meta, &deliberation, &attempt.deployment).await;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let route = Route {
