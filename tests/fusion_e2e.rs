@@ -43,6 +43,24 @@ fn simulated_panel() -> String {
     )
 }
 
+/// [`simulated_panel`] with a simulated judge (behind `gamma` on reasoning) that answers
+/// `verdict`.
+fn simulated_panel_with_judge(verdict: &str) -> String {
+    let judged = simulated_panel()
+        .replace(
+            "providers = [\"gamma\"]",
+            "providers = [\"gamma\", \"judge\"]",
+        )
+        .replace(
+            "synthesizer = \"writer/writer-1\"",
+            "synthesizer = \"writer/writer-1\"\njudge = \"judge/judge-1\"",
+        );
+    format!(
+        "[[providers]]\nname = \"judge\"\nkind = \"simulated\"\nmodels = {{ reasoning = \"judge-1\" }}\n[providers.simulated]\nanswer = {}\n\n{judged}",
+        json!(verdict)
+    )
+}
+
 /// Members `m1` (fast), `m2` (balanced) and `m3` (reasoning) and the synthesizer `synth`
 /// (behind `m2` on balanced) on the mock upstream, breakers that do not open; `extra` goes
 /// into `[fusion]`.
@@ -660,6 +678,25 @@ async fn a_policy_sends_the_task_classes_it_allows_to_fusion_and_a_barred_key_ne
     let error = assert_openai_error(&v);
     assert_eq!(error["code"], "fusion_not_allowed");
     assert_eq!(error["param"], "model");
+    let listed = |key: String| {
+        let lumina = &lumina;
+        async move {
+            let (status, _, v) = lumina
+                .request(reqwest::Method::GET, "/v1/models", Some(&key), None)
+                .await;
+            assert_eq!(status, 200, "{v}");
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == "lumina-fusion")
+        }
+    };
+    assert!(
+        listed(key.clone()).await,
+        "an allowed key sees lumina-fusion"
+    );
+    assert!(!listed(barred.clone()).await, "a barred key does not");
     let keys = lumina
         .admin(
             reqwest::Method::GET,
@@ -784,4 +821,86 @@ async fn eval_run_weighs_fusion_against_the_best_single_path_on_the_shipped_data
         2 * costs,
         "two runs of the same answers"
     );
+}
+
+#[tokio::test]
+async fn a_judge_verdict_is_validated_and_one_that_does_not_validate_leaves_lumina_s_analysis() {
+    let valid = json!({
+        "consensus": ["The Eiffel Tower stands in Paris."],
+        "contradictions": [{"claim": "The tower's height", "sides": [
+            {"position": "330 metres", "members": ["alpha/alpha-1", "gamma/gamma-1"]},
+            {"position": "324 metres", "members": ["beta/beta-1"]}]}],
+        "partial_coverage": [],
+        "unique_insights": [{"claim": "Built for the 1889 fair.", "member": "gamma/gamma-1"}],
+        "blind_spots": ["The antennas added since."]
+    })
+    .to_string();
+    let naming_a_stranger = valid.replace("gamma/gamma-1\"}]", "delta/delta-1\"}]");
+    assert_ne!(valid, naming_a_stranger);
+    for (verdict, status) in [
+        (valid.as_str(), "valid"),
+        (naming_a_stranger.as_str(), "invalid"),
+        ("The panel mostly agrees.", "invalid"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let lumina = Lumina::start_with_config(
+            &tmp.path().join("data"),
+            &tmp.path().join("out"),
+            &[],
+            Some(&simulated_panel_with_judge(verdict)),
+        )
+        .await;
+        let (account, key) = customer(&lumina).await;
+        let (code, headers, text) = lumina
+            .chat(
+                &key,
+                &user("lumina-fusion", "How tall is the Eiffel Tower?"),
+            )
+            .await;
+        assert_eq!(code, 200, "{text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        let fusion = &body["lumina"]["fusion"];
+        let judge = &fusion["judge"];
+        assert_eq!(judge["status"], status, "{judge}");
+        assert_eq!(judge["deployment"], "judge/judge-1");
+        assert!(
+            nanos(&judge["cost"].to_string()) > 0,
+            "the judge's call is charged"
+        );
+        if status == "valid" {
+            assert_eq!(
+                judge["verdict"]["contradictions"][0]["sides"][1]["members"],
+                json!(["beta/beta-1"])
+            );
+            assert_eq!(
+                judge["verdict"]["blind_spots"][0],
+                "The antennas added since."
+            );
+        } else {
+            assert!(judge["verdict"].is_null());
+            assert!(!judge["error"].as_str().unwrap().is_empty(), "{judge}");
+        }
+        // Lumina's own analysis stands either way.
+        assert_planted_contradiction(fusion);
+        let cost = nanos(&body["usage"]["cost"].to_string());
+        let calls: i64 = fusion["panel"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain([judge, &fusion["synthesizer"]])
+            .map(|c| nanos(&c["cost"].to_string()))
+            .sum();
+        assert_eq!(
+            calls, cost,
+            "every call, the judge's included, is in usage.cost"
+        );
+        assert_eq!(spent_after(&lumina, &account, cost).await, cost);
+        let events = lumina.events_of(header(&headers, "x-request-id"));
+        let judged: Vec<&Value> = payloads(&events, "UpstreamAttempted")
+            .into_iter()
+            .filter(|p| p["role"] == "judge")
+            .collect();
+        assert_eq!(judged.len(), 1, "{events:?}");
+        assert_eq!(judged[0]["deployment"], "judge/judge-1");
+    }
 }

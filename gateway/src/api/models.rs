@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::api::error::ApiError;
 use crate::api::extract::CustomerKey;
-use crate::routing::catalog::{CATALOG_CREATED, CatalogEntry};
+use crate::auth::KeyIdentity;
+use crate::routing::catalog::{CATALOG_CREATED, CatalogEntry, ModelChoice, RoutePath};
 use crate::state::AppState;
 
 /// One model object.
@@ -36,23 +37,32 @@ pub struct ModelList {
     data: Vec<ModelObject>,
 }
 
+/// The catalog's entries `key` may use (`lumina-fusion` only when it is not barred from it).
+fn offered<'a>(
+    state: &'a AppState,
+    key: &'a KeyIdentity,
+) -> impl Iterator<Item = &'static CatalogEntry> + 'a {
+    state
+        .catalog
+        .entries()
+        .filter(move |e| !(key.fusion_barred && e.choice == ModelChoice::Path(RoutePath::Fusion)))
+}
+
 /// Lists the catalog for a customer key.
-pub async fn list(State(state): State<AppState>, _key: CustomerKey) -> Json<ModelList> {
+pub async fn list(State(state): State<AppState>, key: CustomerKey) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
-        data: state.catalog.entries().map(ModelObject::from).collect(),
+        data: offered(&state, &key.0).map(ModelObject::from).collect(),
     })
 }
 
 /// One model of the catalog.
 pub async fn retrieve(
     State(state): State<AppState>,
-    _key: CustomerKey,
+    key: CustomerKey,
     Path(id): Path<String>,
 ) -> Result<Json<ModelObject>, ApiError> {
-    state
-        .catalog
-        .entries()
+    offered(&state, &key.0)
         .find(|e| e.id == id)
         .map(|e| Json(ModelObject::from(e)))
         .ok_or_else(|| ApiError::NotFound {

@@ -460,18 +460,26 @@ struct Context<'a> {
     numbers: &'a AtomicI32,
 }
 
-/// Asks one member, within `deadline` and until `stop` says the panel gave up.
+/// When a member's call is given up.
+struct Cutoff {
+    /// The member deadline.
+    deadline: tokio::time::Instant,
+    /// Says `true` once the panel can no longer reach its quorum.
+    stop: watch::Receiver<bool>,
+}
+
+/// Asks one member on `deployments`, until it answers or `cutoff`.
 async fn ask(
     cx: &Context<'_>,
     member: &Member,
+    deployments: &[Arc<Deployment>],
     request: &ChatRequest<'_>,
     body: &Bytes,
     call: &Call<'_>,
-    deadline: tokio::time::Instant,
-    mut stop: watch::Receiver<bool>,
+    cutoff: Cutoff,
 ) -> (MemberResult, Option<Billing>) {
+    let Cutoff { deadline, mut stop } = cutoff;
     let started = Instant::now();
-    let deployments = member.deployments(cx.state);
     let allowance = cx
         .state
         .prices
@@ -490,7 +498,7 @@ async fn ask(
     };
     let tried = {
         let run = attempts.run(
-            &deployments,
+            deployments,
             |_| {},
             |d| {
                 d.provider.complete(UpstreamCall {
@@ -560,6 +568,25 @@ async fn ask(
     (result, billing)
 }
 
+/// The members' deployment lists, each led where possible by a provider no earlier member is
+/// led by, so the panel's answers come from distinct providers; the rest keep their order.
+fn spread(lists: impl Iterator<Item = Deployments>) -> Vec<Vec<Arc<Deployment>>> {
+    let mut leads: Vec<String> = Vec::new();
+    lists
+        .map(|list| {
+            let mut list = list.to_vec();
+            if let Some(i) = list.iter().position(|d| !leads.contains(&d.provider_name)) {
+                let lead = list.remove(i);
+                list.insert(0, lead);
+            }
+            if let Some(first) = list.first() {
+                leads.push(first.provider_name.clone());
+            }
+            list
+        })
+        .collect()
+}
+
 /// Runs the panel, then the judge: every completed call billed into `settlement` as it ends.
 async fn deliberate(
     cx: &Context<'_>,
@@ -571,14 +598,19 @@ async fn deliberate(
     let request = ChatRequest::parse(&body)?;
     let deadline = tokio::time::Instant::now() + settings.deadline;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let lists = spread(settings.panel.iter().map(|m| m.deployments(cx.state)));
     let mut pending: FuturesUnordered<_> = settings
         .panel
         .iter()
+        .zip(&lists)
         .enumerate()
-        .map(|(i, m)| {
-            let stop = stop_rx.clone();
+        .map(|(i, (m, list))| {
+            let cutoff = Cutoff {
+                deadline,
+                stop: stop_rx.clone(),
+            };
             let (request, body) = (&request, &body);
-            async move { (i, ask(cx, m, request, body, call, deadline, stop).await) }
+            async move { (i, ask(cx, m, list, request, body, call, cutoff).await) }
         })
         .collect();
     let mut results: Vec<Option<MemberResult>> = settings.panel.iter().map(|_| None).collect();
@@ -1120,6 +1152,33 @@ mod tests {
         let named = named_uniquely(vec![m("fast"), m("balanced"), m("fast"), m("fast")]);
         let names: Vec<&str> = named.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["fast", "balanced", "fast#2", "fast#3"]);
+    }
+
+    #[test]
+    fn the_panel_is_spread_over_distinct_providers_where_it_can_be() {
+        let d = |provider: &str| {
+            Arc::new(Deployment {
+                id: format!("{provider}/m"),
+                provider_name: provider.into(),
+                kind: crate::config::ProviderKind::Simulated,
+                upstream_model: "m".into(),
+                provider: Arc::new(crate::providers::simulated::Simulated::new(
+                    Default::default(),
+                )),
+                breaker: crate::providers::breaker::Breaker::new(Default::default()),
+            })
+        };
+        let (a, b, c) = (d("a"), d("b"), d("c"));
+        let lists: Vec<Deployments> = vec![
+            Arc::from(vec![a.clone(), b.clone()]),
+            Arc::from(vec![a.clone(), b.clone()]),
+            Arc::from(vec![a.clone(), c.clone()]),
+            Arc::from(vec![a.clone()]),
+        ];
+        let spread = spread(lists.into_iter());
+        let leads: Vec<&str> = spread.iter().map(|l| l[0].provider_name.as_str()).collect();
+        assert_eq!(leads, ["a", "b", "c", "a"]);
+        assert_eq!(spread[1][1].provider_name, "a", "the fallback stays behind");
     }
 
     #[test]
