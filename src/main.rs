@@ -68,6 +68,9 @@ enum Command {
     /// Manage API keys through the admin API.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage an account's projects through the admin API.
+    #[command(subcommand)]
+    Projects(ProjectsCommand),
 }
 
 #[derive(Args)]
@@ -434,6 +437,46 @@ enum AccountsCommand {
 }
 
 #[derive(Subcommand)]
+enum ProjectsCommand {
+    /// Create a project in an account.
+    Create {
+        /// Account id (acct_…).
+        #[arg(long)]
+        account: String,
+        /// Project name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List an account's projects.
+    List {
+        /// Account id (acct_…).
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Rename a project.
+    Rename {
+        /// Project id (proj_…).
+        id: String,
+        /// The new name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Archive a project: its keys stop authenticating.
+    Archive {
+        /// Project id (proj_…).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCommand {
     /// Issue an API key (printed once).
     Create {
@@ -455,6 +498,9 @@ enum KeysCommand {
         /// Allow keeping prompts and answers for eval datasets.
         #[arg(long)]
         store_content: bool,
+        /// Bar the key from Model Fusion (lumina-fusion).
+        #[arg(long)]
+        no_fusion: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -791,6 +837,56 @@ async fn run_accounts(command: AccountsCommand) -> anyhow::Result<()> {
     print_json(&value)
 }
 
+async fn run_projects(command: ProjectsCommand) -> anyhow::Result<()> {
+    let value = match command {
+        ProjectsCommand::Create {
+            account,
+            name,
+            admin,
+        } => {
+            admin
+                .client()?
+                .call(
+                    Method::POST,
+                    &format!("/admin/accounts/{}/projects", query_param(&account)),
+                    Some(json!({"name": name})),
+                )
+                .await?
+        }
+        ProjectsCommand::List { account, admin } => {
+            admin
+                .client()?
+                .call(
+                    Method::GET,
+                    &format!("/admin/accounts/{}/projects", query_param(&account)),
+                    None,
+                )
+                .await?
+        }
+        ProjectsCommand::Rename { id, name, admin } => {
+            admin
+                .client()?
+                .call(
+                    Method::PATCH,
+                    &format!("/admin/projects/{}", query_param(&id)),
+                    Some(json!({"name": name})),
+                )
+                .await?
+        }
+        ProjectsCommand::Archive { id, admin } => {
+            admin
+                .client()?
+                .call(
+                    Method::POST,
+                    &format!("/admin/projects/{}/archive", query_param(&id)),
+                    None,
+                )
+                .await?
+        }
+    };
+    print_json(&value)
+}
+
 async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
     let value = match command {
         KeysCommand::Create {
@@ -800,11 +896,13 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
             rpm,
             tpm,
             store_content,
+            no_fusion,
             admin,
         } => {
             let body = json!({
                 "account_id": account, "name": name, "project_id": project,
                 "rpm": rpm, "tpm": tpm, "store_content": store_content,
+                "allow_fusion": !no_fusion,
             });
             admin
                 .client()?
@@ -930,5 +1028,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Accounts(command) => run_accounts(command).await,
         Command::Keys(command) => run_keys(command).await,
+        Command::Projects(command) => run_projects(command).await,
     }
 }

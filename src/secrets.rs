@@ -46,11 +46,16 @@ fn read_trimmed(path: &Path) -> anyhow::Result<Option<String>> {
 }
 
 impl Secrets {
-    /// Resolves both secrets for `config`, creating missing files in its data dir.
-    pub fn load_or_create(config: &Config) -> anyhow::Result<Secrets> {
+    /// Resolves both secrets for `config`, creating missing files in its data dir; `shared`
+    /// (a gateway of the distributed mode) requires the key secret from the configuration, as
+    /// every gateway must hash keys under the same one.
+    pub fn load_or_create(config: &Config, shared: bool) -> anyhow::Result<Secrets> {
         let dir = config.data_dir();
         let key_secret = match &config.auth.key_secret {
             Some(hex) => KeySecret::from_hex(hex)?,
+            None if shared => anyhow::bail!(
+                "lumina gateway needs auth.key_secret (or LUMINA_KEY_SECRET): every gateway of a deployment must hash API keys under the same secret, or each refuses the keys the others issued. Generate one (64 hex digits, e.g. `openssl rand -hex 32`) and give it to every gateway."
+            ),
             None => {
                 let path = dir.join(KEY_SECRET_FILE);
                 match read_trimmed(&path)? {

@@ -69,12 +69,13 @@ pub enum Mode {
 pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     crate::data_dir::prepare(&data_dir)?;
-    let secrets = Secrets::load_or_create(&config)?;
+    let secrets = Secrets::load_or_create(&config, mode == Mode::Gateway)?;
     let metrics = lumina_gateway::api::metrics::install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     let log = open_log(&config).await?;
     let fresh = log.committed_position() == 0;
     let db = connect_database(&config).await?;
+    lumina_gateway::auth::check_shared_secret(&db, &secrets.key_secret).await?;
     crate::data_dir::tighten(&data_dir)?;
     let read_model = ReadModel::new(db.clone());
 

@@ -361,6 +361,46 @@ async fn a_failed_member_is_named_and_free_and_a_missed_quorum_is_a_502_charging
     assert_eq!(row("synth/synth-model")["requests"], 1, "{stats}");
     assert_eq!(row("m2/m2-model")["attempts"], 1, "{stats}");
     assert_eq!(row("m2/m2-model")["error_rate"], 1.0, "{stats}");
+    // The eval export carries the panel: every call with its role.
+    let data = lumina.data_dir.to_str().unwrap().to_string();
+    let (ok, exported, stderr) = common::run(
+        &[
+            "eval",
+            "export",
+            "--data-dir",
+            &data,
+            "--since",
+            "2020-01-01",
+            "--account",
+            &account,
+            "--out",
+            "-",
+        ],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    let line: Value = exported
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["request_id"] == id)
+        .unwrap_or_else(|| panic!("{id} not exported: {exported}"));
+    let roles: Vec<(&str, &str)> = line["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["deployment"].as_str().unwrap(),
+                a["role"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(roles.len(), 4, "{line}");
+    assert!(roles.contains(&("m2/m2-model", "panel")), "{roles:?}");
+    assert!(
+        roles.contains(&("synth/synth-model", "synthesizer")),
+        "{roles:?}"
+    );
 
     // What one answered call of m1 (fast) and of m3 (reasoning) costs, on its own path.
     mock.set("m2", "ok");

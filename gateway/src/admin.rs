@@ -11,12 +11,12 @@ use lumina_eventlog::consumer::has_applied;
 use lumina_eventlog::{ConsumerWatch, EventLog, LogError, Projection};
 use lumina_ledger::{Balance, Ledger};
 use lumina_projector::policies::PolicyRow;
-use lumina_projector::{AccountRow, KeyRow, ReadModel};
+use lumina_projector::{AccountRow, KeyRow, ProjectRow, ReadModel};
 use lumina_schemas::ids::new_id;
 use lumina_schemas::money::MAX_ACCOUNT_CREDITS;
 use lumina_schemas::payloads::{
     AccountOpened, ApiKeyCreated, ApiKeyRevoked, CreditsGranted, LimitsChanged, PolicyActivated,
-    PolicyPublished,
+    PolicyPublished, ProjectArchived, ProjectCreated, ProjectRenamed,
 };
 use lumina_schemas::{Envelope, Event, NanoCredits};
 
@@ -309,6 +309,95 @@ impl Admin {
             })
     }
 
+    /// Creates a project in an existing account.
+    pub async fn create_project(
+        &self,
+        account_id: &str,
+        name: &str,
+    ) -> Result<ProjectRow, AdminError> {
+        let name = valid_name(name, "name")?;
+        let account = self.account(account_id).await?;
+        let project_id = new_id("proj");
+        let mut envelope = self.envelope(&account.id);
+        envelope.project_id = Some(project_id.clone());
+        let event = Event::new(
+            envelope,
+            ProjectCreated {
+                project_id: project_id.clone(),
+                name,
+            },
+        );
+        self.record(&[event]).await?;
+        self.project(&project_id).await
+    }
+
+    /// One project, or `NotFound`.
+    pub async fn project(&self, project_id: &str) -> Result<ProjectRow, AdminError> {
+        self.read_model
+            .project(project_id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound {
+                what: "project",
+                id: project_id.to_string(),
+                param: "project_id",
+            })
+    }
+
+    /// The projects of an existing account, oldest (the default one) first.
+    pub async fn projects(&self, account_id: &str) -> Result<Vec<ProjectRow>, AdminError> {
+        self.account(account_id).await?;
+        Ok(self.read_model.projects(account_id).await?)
+    }
+
+    /// Renames a project.
+    pub async fn rename_project(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<ProjectRow, AdminError> {
+        let name = valid_name(name, "name")?;
+        let project = self.project(project_id).await?;
+        let mut envelope = self.envelope(&project.account_id);
+        envelope.project_id = Some(project.id.clone());
+        let event = Event::new(
+            envelope,
+            ProjectRenamed {
+                project_id: project.id.clone(),
+                name,
+            },
+        );
+        self.record(&[event]).await?;
+        self.project(project_id).await
+    }
+
+    /// Archives a project (not the account's default one): its keys stop authenticating and
+    /// no key can be issued in it. Archiving an archived project changes nothing.
+    pub async fn archive_project(&self, project_id: &str) -> Result<ProjectRow, AdminError> {
+        let project = self.project(project_id).await?;
+        let account = self.account(&project.account_id).await?;
+        if account.default_project_id == project.id {
+            return Err(AdminError::Invalid {
+                message: format!(
+                    "'{project_id}' is the account's default project, which cannot be archived"
+                ),
+                param: "project_id",
+            });
+        }
+        if project.archived_at.is_none() {
+            let mut envelope = self.envelope(&project.account_id);
+            envelope.project_id = Some(project.id.clone());
+            let event = Event::new(
+                envelope,
+                ProjectArchived {
+                    project_id: project.id.clone(),
+                },
+            );
+            self.record(&[event]).await?;
+            self.refresh_keys().await?;
+        }
+        self.project(project_id).await
+    }
+
     /// Grants `amount` (positive) to an existing account; returns the account afterwards.
     pub async fn grant_credits(
         &self,
@@ -347,6 +436,12 @@ impl Admin {
         let project_id = match request.project_id {
             None => account.default_project_id.clone(),
             Some(project_id) => match self.read_model.project(&project_id).await? {
+                Some(p) if p.account_id == account.id && p.archived_at.is_some() => {
+                    return Err(AdminError::Invalid {
+                        message: format!("project '{project_id}' is archived"),
+                        param: "project_id",
+                    });
+                }
                 Some(p) if p.account_id == account.id => p.id,
                 _ => {
                     return Err(AdminError::NotFound {

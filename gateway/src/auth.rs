@@ -81,6 +81,57 @@ impl KeySecret {
     }
 }
 
+/// The text whose HMAC under a key secret is that secret's fingerprint.
+const FINGERPRINT_TEXT: &str = "lumina key-secret fingerprint v1";
+
+/// Why a gateway may not run with its key secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedSecretError {
+    /// The database records another secret's fingerprint.
+    #[error(
+        "auth.key_secret (or LUMINA_KEY_SECRET) differs from the one the other gateways on this database use (fingerprint {recorded}…, this one {ours}…): keys issued through them would all be refused here. Give every gateway the same auth.key_secret."
+    )]
+    Differs {
+        /// The first digits of the recorded fingerprint.
+        recorded: String,
+        /// The first digits of this secret's.
+        ours: String,
+    },
+    /// The database could not be asked.
+    #[error("cannot check auth.key_secret against the database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Records `secret`'s fingerprint in `db` if none is, and refuses a secret whose fingerprint
+/// differs from the recorded one: gateways sharing a database must hash keys alike.
+pub async fn check_shared_secret(
+    db: &lumina_eventlog::db::Database,
+    secret: &KeySecret,
+) -> Result<(), SharedSecretError> {
+    let ours = hex::encode(secret.hash(FINGERPRINT_TEXT));
+    sqlx::query(
+        "INSERT INTO key_secret_fingerprint (id, fingerprint, recorded_at) VALUES (1, $1, $2)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&ours)
+    .bind(lumina_schemas::now_micros())
+    .execute(&db.pool)
+    .await?;
+    let recorded: String = sqlx::Row::try_get(
+        &sqlx::query("SELECT fingerprint FROM key_secret_fingerprint WHERE id = 1")
+            .fetch_one(&db.pool)
+            .await?,
+        0,
+    )?;
+    if recorded != ours {
+        return Err(SharedSecretError::Differs {
+            recorded: recorded.chars().take(12).collect(),
+            ours: ours.chars().take(12).collect(),
+        });
+    }
+    Ok(())
+}
+
 /// A newly generated key: the secret text (shown once), its prefix and hash.
 pub struct NewKey {
     /// The full key, `lum_…`; returned to the caller once and never stored.
@@ -138,12 +189,15 @@ pub enum AuthFailure {
     Unknown,
     /// The key was revoked.
     Revoked,
+    /// The key's project was archived.
+    Archived,
 }
 
 #[derive(Clone)]
 struct CachedKey {
     hash: [u8; 32],
-    active: bool,
+    /// Why the key no longer authenticates, if it does not.
+    refused: Option<AuthFailure>,
     identity: Arc<KeyIdentity>,
 }
 
@@ -155,10 +209,14 @@ fn add_row(map: &mut KeyMap, row: KeyRow) {
         tracing::warn!(key_id = %row.id, "skipping key with a malformed hash");
         return;
     }
-    let active = row.is_active();
+    let refused = match row.status.as_str() {
+        "active" => None,
+        "archived" => Some(AuthFailure::Archived),
+        _ => Some(AuthFailure::Revoked),
+    };
     map.entry(row.key_prefix).or_default().push(CachedKey {
         hash,
-        active,
+        refused,
         identity: Arc::new(KeyIdentity {
             key_id: row.id.into(),
             account_id: row.account_id.into(),
@@ -335,10 +393,9 @@ impl KeyCache {
         let hash = self.secret.hash(presented);
         for candidate in candidates {
             if bool::from(candidate.hash.ct_eq(&hash)) {
-                return if candidate.active {
-                    Ok(candidate.identity.clone())
-                } else {
-                    Err(AuthFailure::Revoked)
+                return match candidate.refused {
+                    None => Ok(candidate.identity.clone()),
+                    Some(why) => Err(why),
                 };
             }
         }

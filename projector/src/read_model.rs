@@ -30,6 +30,9 @@ impl lumina_eventlog::Projection for ReadModelProjection {
         matches!(
             event_type,
             EventType::AccountOpened
+                | EventType::ProjectCreated
+                | EventType::ProjectRenamed
+                | EventType::ProjectArchived
                 | EventType::CreditsGranted
                 | EventType::ApiKeyCreated
                 | EventType::ApiKeyRevoked
@@ -89,6 +92,37 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                 .bind(&env.account_id)
                 .bind(&p.default_project_name)
                 .bind(env.occurred_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::ProjectCreated(p) => {
+                sqlx::query(
+                    "INSERT INTO projects (id, account_id, name, created_at)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&p.project_id)
+                .bind(&env.account_id)
+                .bind(&p.name)
+                .bind(env.occurred_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::ProjectRenamed(p) => {
+                sqlx::query("UPDATE projects SET name = $1 WHERE id = $2 AND account_id = $3")
+                    .bind(&p.name)
+                    .bind(&p.project_id)
+                    .bind(&env.account_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Payload::ProjectArchived(p) => {
+                sqlx::query(
+                    "UPDATE projects SET archived_at = $1
+                     WHERE id = $2 AND account_id = $3 AND archived_at IS NULL",
+                )
+                .bind(env.occurred_at)
+                .bind(&p.project_id)
+                .bind(&env.account_id)
                 .execute(&mut *conn)
                 .await?;
             }
@@ -251,7 +285,21 @@ pub struct ProjectRow {
     pub name: String,
     /// µs since the epoch.
     pub created_at: i64,
+    /// When it was archived, µs since the epoch.
+    pub archived_at: Option<i64>,
 }
+
+fn project_row(r: &AnyRow) -> Result<ProjectRow, sqlx::Error> {
+    Ok(ProjectRow {
+        id: r.try_get(0)?,
+        account_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+        archived_at: r.try_get(4)?,
+    })
+}
+
+const PROJECT_COLUMNS: &str = "id, account_id, name, created_at, archived_at";
 
 /// An API key as the read model holds it: never the key itself, only its keyed hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -269,7 +317,7 @@ pub struct KeyRow {
     pub key_hash: String,
     /// First characters of the key.
     pub key_prefix: String,
-    /// `active` or `revoked`.
+    /// `active`, `revoked`, or `archived` (its project was archived).
     pub status: String,
     /// Whether prompts and answers may be kept for eval datasets.
     pub store_content: bool,
@@ -295,9 +343,13 @@ impl KeyRow {
     }
 }
 
-const KEY_COLUMNS: &str = "id, account_id, project_id, name, key_hash, key_prefix, status, \
-                           store_content, rpm, tpm, created_at, revoked_at, routing_prefer, \
-                           fusion_barred";
+/// Keys with their projects.
+const KEY_SOURCE: &str = "api_keys k LEFT JOIN projects p ON p.id = k.project_id";
+
+/// A key's columns, read from `KEY_SOURCE`; its status is `archived` while its project is.
+const KEY_COLUMNS: &str = "k.id, k.account_id, k.project_id, k.name, k.key_hash, k.key_prefix, \
+     CASE WHEN k.status = 'active' AND p.archived_at IS NOT NULL THEN 'archived' ELSE k.status END, \
+     k.store_content, k.rpm, k.tpm, k.created_at, k.revoked_at, k.routing_prefer, k.fusion_barred";
 
 fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
     Ok(KeyRow {
@@ -347,7 +399,9 @@ impl ReadModel {
 
     /// Every key, active and revoked (the gateway's cache needs both to answer 401 vs 403).
     pub async fn all_keys(&self) -> Result<Vec<KeyRow>, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"));
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM {KEY_SOURCE} ORDER BY k.id"
+        ));
         let rows = sqlx::query(sql).fetch_all(&self.db.pool).await?;
         rows.iter().map(key_row).collect()
     }
@@ -355,7 +409,7 @@ impl ReadModel {
     /// Keys of `account_id`, or of every account, in creation order.
     pub async fn keys(&self, account_id: Option<&str>) -> Result<Vec<KeyRow>, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 IS NULL OR account_id = $1) ORDER BY id"
+            "SELECT {KEY_COLUMNS} FROM {KEY_SOURCE} WHERE ($1 IS NULL OR k.account_id = $1) ORDER BY k.id"
         ));
         let rows = sqlx::query(sql)
             .bind(account_id)
@@ -367,7 +421,7 @@ impl ReadModel {
     /// The key whose HMAC is `key_hash` (hex), if any.
     pub async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRow>, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
+            "SELECT {KEY_COLUMNS} FROM {KEY_SOURCE} WHERE k.key_hash = $1"
         ));
         let row = sqlx::query(sql)
             .bind(key_hash)
@@ -378,7 +432,9 @@ impl ReadModel {
 
     /// One key by id.
     pub async fn key(&self, id: &str) -> Result<Option<KeyRow>, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"));
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM {KEY_SOURCE} WHERE k.id = $1"
+        ));
         let row = sqlx::query(sql)
             .bind(id)
             .fetch_optional(&self.db.pool)
@@ -408,20 +464,26 @@ impl ReadModel {
 
     /// One project by id.
     pub async fn project(&self, id: &str) -> Result<Option<ProjectRow>, sqlx::Error> {
-        let row =
-            sqlx::query("SELECT id, account_id, name, created_at FROM projects WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.db.pool)
-                .await?;
-        row.map(|r| {
-            Ok(ProjectRow {
-                id: r.try_get(0)?,
-                account_id: r.try_get(1)?,
-                name: r.try_get(2)?,
-                created_at: r.try_get(3)?,
-            })
-        })
-        .transpose()
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1"
+        ));
+        let row = sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.as_ref().map(project_row).transpose()
+    }
+
+    /// An account's projects, oldest first.
+    pub async fn projects(&self, account_id: &str) -> Result<Vec<ProjectRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects WHERE account_id = $1 ORDER BY created_at, id"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(account_id)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter().map(project_row).collect()
     }
 }
 

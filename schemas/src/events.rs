@@ -194,6 +194,9 @@ event_types! {
     FusionPanelCompleted => "fusion_panel_completed" [1] current 1;
     RequestContentRecorded => "request_content_recorded" [1] current 1;
     EvalCompleted => "eval_completed" [1] current 1;
+    ProjectCreated => "project_created" [1] current 1;
+    ProjectRenamed => "project_renamed" [1] current 1;
+    ProjectArchived => "project_archived" [1] current 1;
 }
 
 /// Something done with a payload struct, generic over its type.

@@ -19,6 +19,31 @@ pub struct AccountOpened {
     pub default_project_name: String,
 }
 
+/// A project was created in an account (besides the default one [`AccountOpened`] creates).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectCreated {
+    /// The new project's id (`proj_…`).
+    pub project_id: String,
+    /// Its display name.
+    pub name: String,
+}
+
+/// A project of the account was given a new name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectRenamed {
+    /// The project.
+    pub project_id: String,
+    /// The new display name.
+    pub name: String,
+}
+
+/// A project was archived: no new keys are issued in it and its keys stop authenticating.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectArchived {
+    /// The project.
+    pub project_id: String,
+}
+
 /// Credits were added to an account's balance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreditsGranted {

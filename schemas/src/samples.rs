@@ -27,6 +27,20 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             default_project_name: "Default".into(),
         }
         .into(),
+        EventType::ProjectCreated => ProjectCreated {
+            project_id: format!("proj_{seed:032x}"),
+            name: format!("Project {seed}"),
+        }
+        .into(),
+        EventType::ProjectRenamed => ProjectRenamed {
+            project_id: format!("proj_{seed:032x}"),
+            name: format!("Renamed {seed}"),
+        }
+        .into(),
+        EventType::ProjectArchived => ProjectArchived {
+            project_id: format!("proj_{seed:032x}"),
+        }
+        .into(),
         EventType::CreditsGranted => CreditsGranted {
             amount_nano: 1_000_000_000 + n,
             reason: Some("top-up".into()),

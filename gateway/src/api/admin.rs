@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use lumina_ledger::Balance;
-use lumina_projector::{AccountRow, KeyRow};
+use lumina_projector::{AccountRow, KeyRow, ProjectRow};
 use lumina_schemas::NanoCredits;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -353,4 +353,95 @@ pub async fn change_limits(
 ) -> Result<Json<KeyView>, ApiError> {
     let key = state.admin.change_limits(&id, body.rpm, body.tpm).await?;
     Ok(Json(KeyView::new(key, None)))
+}
+
+/// A project as the admin API shows it.
+#[derive(Serialize)]
+pub struct ProjectView {
+    id: String,
+    object: &'static str,
+    account_id: String,
+    name: String,
+    status: &'static str,
+    created_at: i64,
+    archived_at: Option<i64>,
+}
+
+impl From<ProjectRow> for ProjectView {
+    fn from(p: ProjectRow) -> ProjectView {
+        ProjectView {
+            id: p.id,
+            object: "project",
+            account_id: p.account_id,
+            name: p.name,
+            status: if p.archived_at.is_some() {
+                "archived"
+            } else {
+                "active"
+            },
+            created_at: unix_seconds(p.created_at),
+            archived_at: p.archived_at.map(unix_seconds),
+        }
+    }
+}
+
+/// Body of `POST /admin/accounts/{id}/projects` and `PATCH /admin/projects/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectName {
+    name: String,
+}
+
+/// `POST /admin/accounts/{id}/projects`: creates a project in the account.
+pub async fn create_project(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ProjectName>,
+) -> Result<(StatusCode, Json<ProjectView>), ApiError> {
+    let project = state.admin.create_project(&id, &body.name).await?;
+    Ok((StatusCode::CREATED, Json(project.into())))
+}
+
+/// `GET /admin/accounts/{id}/projects`: the account's projects, the default one first.
+pub async fn list_projects(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<ListView<ProjectView>>, ApiError> {
+    let projects = state.admin.projects(&id).await?;
+    Ok(Json(ListView {
+        object: "list",
+        data: projects.into_iter().map(ProjectView::from).collect(),
+    }))
+}
+
+/// `GET /admin/projects/{id}`
+pub async fn get_project(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<ProjectView>, ApiError> {
+    Ok(Json(state.admin.project(&id).await?.into()))
+}
+
+/// `PATCH /admin/projects/{id}`: renames a project.
+pub async fn rename_project(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ProjectName>,
+) -> Result<Json<ProjectView>, ApiError> {
+    Ok(Json(
+        state.admin.rename_project(&id, &body.name).await?.into(),
+    ))
+}
+
+/// `POST /admin/projects/{id}/archive`: archives a project; its keys stop authenticating.
+pub async fn archive_project(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<ProjectView>, ApiError> {
+    Ok(Json(state.admin.archive_project(&id).await?.into()))
 }

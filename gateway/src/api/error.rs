@@ -35,6 +35,9 @@ pub enum ApiError {
     /// The key was revoked.
     #[error("This API key has been revoked.")]
     RevokedKey,
+    /// The key's project was archived.
+    #[error("This API key belongs to an archived project.")]
+    ArchivedProject,
     /// The key is barred from Model Fusion.
     #[error(
         "This API key may not use lumina-fusion. Ask an admin to issue a key with allow_fusion, or use lumina-auto or a single path."
@@ -159,7 +162,9 @@ impl ApiError {
             ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminRequired => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::RevokedKey | ApiError::FusionBarred => StatusCode::FORBIDDEN,
+            ApiError::RevokedKey | ApiError::ArchivedProject | ApiError::FusionBarred => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound { .. } | ApiError::UnknownRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -188,6 +193,7 @@ impl ApiError {
             ApiError::MissingKey => ("invalid_request_error", Some("missing_api_key")),
             ApiError::InvalidKey => ("invalid_request_error", Some("invalid_api_key")),
             ApiError::RevokedKey => ("invalid_request_error", Some("api_key_revoked")),
+            ApiError::ArchivedProject => ("invalid_request_error", Some("project_archived")),
             ApiError::AdminRequired => ("invalid_request_error", Some("admin_key_required")),
             ApiError::FusionBarred => ("invalid_request_error", Some("fusion_not_allowed")),
             ApiError::NotFound { .. } => ("invalid_request_error", Some("not_found")),
@@ -282,6 +288,7 @@ impl From<AuthFailure> for ApiError {
             AuthFailure::Missing => ApiError::MissingKey,
             AuthFailure::Unknown => ApiError::InvalidKey,
             AuthFailure::Revoked => ApiError::RevokedKey,
+            AuthFailure::Archived => ApiError::ArchivedProject,
         }
     }
 }

@@ -123,6 +123,15 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/accounts", post(admin::create_account))
         .route("/admin/accounts/{id}", get(admin::get_account))
         .route("/admin/accounts/{id}/credits", post(admin::grant_credits))
+        .route(
+            "/admin/accounts/{id}/projects",
+            post(admin::create_project).get(admin::list_projects),
+        )
+        .route(
+            "/admin/projects/{id}",
+            get(admin::get_project).patch(admin::rename_project),
+        )
+        .route("/admin/projects/{id}/archive", post(admin::archive_project))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route(
             "/admin/keys/{id}",
