@@ -501,6 +501,22 @@ enum KeysCommand {
         /// Bar the key from Model Fusion (lumina-fusion).
         #[arg(long)]
         no_fusion: bool,
+        /// Unix seconds from which the key no longer authenticates.
+        #[arg(long)]
+        expires_at: Option<i64>,
+        /// Paths the key may use, comma-separated (fast, balanced, reasoning, fusion, embeddings).
+        #[arg(long, value_delimiter = ',')]
+        paths: Option<Vec<String>>,
+        /// Inbound APIs the key may call, comma-separated (chat_completions, messages,
+        /// responses, embeddings).
+        #[arg(long, value_delimiter = ',')]
+        surfaces: Option<Vec<String>>,
+        /// The key only reads usage and requests.
+        #[arg(long)]
+        read_only: bool,
+        /// Requests of the key in flight at once on one gateway.
+        #[arg(long)]
+        max_parallel_requests: Option<i64>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -516,6 +532,16 @@ enum KeysCommand {
     Revoke {
         /// Key id (key_…).
         id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Rotate a key: a new one now (printed once), the old one expiring after the overlap.
+    Rotate {
+        /// Key id (key_…).
+        id: String,
+        /// How long the old key keeps working: 24h, 30m, 90s, 2d or seconds.
+        #[arg(long, default_value = "24h")]
+        overlap: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -897,12 +923,19 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
             tpm,
             store_content,
             no_fusion,
+            expires_at,
+            paths,
+            surfaces,
+            read_only,
+            max_parallel_requests,
             admin,
         } => {
             let body = json!({
                 "account_id": account, "name": name, "project_id": project,
                 "rpm": rpm, "tpm": tpm, "store_content": store_content,
-                "allow_fusion": !no_fusion,
+                "allow_fusion": !no_fusion, "expires_at": expires_at,
+                "scopes": {"paths": paths, "surfaces": surfaces, "read_only": read_only},
+                "max_parallel_requests": max_parallel_requests,
             });
             admin
                 .client()?
@@ -915,6 +948,16 @@ async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
                 None => "/admin/keys".to_string(),
             };
             admin.client()?.call(Method::GET, &path, None).await?
+        }
+        KeysCommand::Rotate { id, overlap, admin } => {
+            admin
+                .client()?
+                .call(
+                    Method::POST,
+                    &format!("/admin/keys/{}/rotate", query_param(&id)),
+                    Some(json!({ "overlap": overlap })),
+                )
+                .await?
         }
         KeysCommand::Revoke { id, admin } => {
             admin

@@ -56,6 +56,7 @@ fn history() -> Vec<LogRecord> {
                     tpm: None,
                     routing_prefer: None,
                     fusion_barred: false,
+                    ..Default::default()
                 },
             ));
         }

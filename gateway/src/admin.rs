@@ -15,13 +15,16 @@ use lumina_projector::{AccountRow, KeyRow, ProjectRow, ReadModel};
 use lumina_schemas::ids::new_id;
 use lumina_schemas::money::MAX_ACCOUNT_CREDITS;
 use lumina_schemas::payloads::{
-    AccountOpened, ApiKeyCreated, ApiKeyRevoked, CreditsGranted, LimitsChanged, PolicyActivated,
-    PolicyPublished, ProjectArchived, ProjectCreated, ProjectRenamed,
+    AccountOpened, ApiKeyCreated, ApiKeyExpirySet, ApiKeyRevoked, CreditsGranted, LimitsChanged,
+    PolicyActivated, PolicyPublished, ProjectArchived, ProjectCreated, ProjectRenamed,
 };
 use lumina_schemas::{Envelope, Event, NanoCredits};
 
 use crate::auth::{KeyCache, SecretError, generate_key};
 use crate::metering::credit::CreditBook;
+use crate::metering::events::InboundApi;
+use crate::routing::catalog::RoutePath;
+use crate::routing::policy::Prefer;
 
 /// Why an admin operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +79,66 @@ pub struct KeyRequest {
     /// Keep prompts and answers for eval datasets.
     pub store_content: bool,
     /// Default routing preference of its requests.
-    pub routing_prefer: Option<crate::routing::policy::Prefer>,
+    pub routing_prefer: Option<Prefer>,
     /// Refuse it Model Fusion.
     pub fusion_barred: bool,
+    /// When it stops authenticating, µs since the epoch.
+    pub expires_at: Option<i64>,
+    /// The paths it may be routed to (`fast`, `balanced`, `reasoning`, `fusion`,
+    /// `embeddings`); `None`: all.
+    pub paths: Option<Vec<String>>,
+    /// The inbound APIs it may call (`chat_completions`, `messages`, `responses`,
+    /// `embeddings`); `None`: all.
+    pub surfaces: Option<Vec<String>>,
+    /// It reads usage and requests but makes no completion.
+    pub read_only: bool,
+    /// Its requests in flight at once on one gateway.
+    pub max_parallel_requests: Option<i64>,
+}
+
+/// `names`, each checked by `known`: a non-empty list without repeats.
+fn valid_names(
+    names: Option<Vec<String>>,
+    known: impl Fn(&str) -> bool,
+    accepted: &str,
+    param: &'static str,
+) -> Result<Option<Vec<String>>, AdminError> {
+    let Some(names) = names else {
+        return Ok(None);
+    };
+    if names.is_empty() {
+        return Err(AdminError::Invalid {
+            message: format!("'{param}' must name at least one of {accepted}, or be left out"),
+            param,
+        });
+    }
+    for (i, name) in names.iter().enumerate() {
+        if !known(name) || names[..i].contains(name) {
+            return Err(AdminError::Invalid {
+                message: format!(
+                    "'{param}[{i}]' is '{name}': expected one of {accepted}, each once"
+                ),
+                param,
+            });
+        }
+    }
+    Ok(Some(names))
+}
+
+/// The controls of a new key, checked: its expiry in the future, known paths and surfaces, a
+/// positive parallel limit.
+fn valid_controls(request: &KeyRequest) -> Result<(), AdminError> {
+    if request
+        .expires_at
+        .is_some_and(|at| at <= lumina_schemas::now_micros())
+    {
+        return Err(AdminError::Invalid {
+            message: "'expires_at' must be in the future".into(),
+            param: "expires_at",
+        });
+    }
+    valid_limit(request.max_parallel_requests, "max_parallel_requests")?;
+    Ok(())
 }
 
 /// Issues admin events and waits for the read model to apply them.
@@ -432,6 +492,19 @@ impl Admin {
         let name = valid_name(&request.name, "name")?;
         let rpm = valid_limit(request.rpm, "rpm")?;
         let tpm = valid_limit(request.tpm, "tpm")?;
+        valid_controls(&request)?;
+        let paths = valid_names(
+            request.paths.clone(),
+            |n| RoutePath::parse(n).is_some(),
+            "fast, balanced, reasoning, fusion, embeddings",
+            "scopes.paths",
+        )?;
+        let surfaces = valid_names(
+            request.surfaces.clone(),
+            |n| InboundApi::parse(n).is_some(),
+            "chat_completions, messages, responses, embeddings",
+            "scopes.surfaces",
+        )?;
         let account = self.account(&request.account_id).await?;
         let project_id = match request.project_id {
             None => account.default_project_id.clone(),
@@ -469,12 +542,70 @@ impl Admin {
                 tpm,
                 routing_prefer: request.routing_prefer.map(|p| p.as_str().to_string()),
                 fusion_barred: request.fusion_barred,
+                expires_at: request.expires_at,
+                paths,
+                surfaces,
+                read_only: request.read_only,
+                max_parallel_requests: request.max_parallel_requests,
             },
         );
         self.record(&[event]).await?;
         self.refresh_keys().await?;
         let row = self.key(&key_id).await?;
         Ok((row, new_key.key))
+    }
+
+    /// Rotates a key: a new key with the same account, project, limits and scopes now, and the
+    /// old one expiring after `overlap` (or at its own expiry, if sooner). Returns the new key's
+    /// row and secret, and the old key's row.
+    pub async fn rotate_key(
+        &self,
+        key_id: &str,
+        overlap: Duration,
+    ) -> Result<(KeyRow, String, KeyRow), AdminError> {
+        let old = self.key(key_id).await?;
+        if !old.is_active() {
+            return Err(AdminError::Invalid {
+                message: format!(
+                    "key '{key_id}' is {}; only an active key rotates",
+                    old.status
+                ),
+                param: "id",
+            });
+        }
+        let overlap_us = i64::try_from(overlap.as_micros()).unwrap_or(i64::MAX);
+        let ends = lumina_schemas::now_micros().saturating_add(overlap_us);
+        let (new, key) = self
+            .create_key(KeyRequest {
+                account_id: old.account_id.clone(),
+                name: old.name.clone(),
+                project_id: Some(old.project_id.clone()),
+                rpm: old.rpm,
+                tpm: old.tpm,
+                store_content: old.store_content,
+                routing_prefer: old.routing_prefer.as_deref().and_then(Prefer::parse),
+                fusion_barred: old.fusion_barred,
+                expires_at: old.expires_at,
+                paths: old.paths.clone(),
+                surfaces: old.surfaces.clone(),
+                read_only: old.read_only,
+                max_parallel_requests: old.max_parallel_requests,
+            })
+            .await?;
+        let mut envelope = self.envelope(&old.account_id);
+        envelope.project_id = Some(old.project_id.clone());
+        envelope.api_key_id = Some(old.id.clone());
+        let event = Event::new(
+            envelope,
+            ApiKeyExpirySet {
+                key_id: old.id.clone(),
+                expires_at: old.expires_at.map_or(ends, |at| at.min(ends)),
+                replaced_by: Some(new.id.clone()),
+            },
+        );
+        self.record(&[event]).await?;
+        self.refresh_keys().await?;
+        Ok((new, key, self.key(key_id).await?))
     }
 
     /// One key, or `NotFound`.

@@ -6,6 +6,8 @@
 //! with each candidate in constant time. The cache is rebuilt from the read model at least
 //! every second and right after this gateway's own admin writes.
 
+use crate::metering::events::InboundApi;
+use crate::routing::catalog::RoutePath;
 use crate::routing::policy::Prefer;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -178,6 +180,16 @@ pub struct KeyIdentity {
     pub prefer: Option<Prefer>,
     /// Refused `lumina-fusion`, and kept off Fusion panels by `lumina-auto`.
     pub fusion_barred: bool,
+    /// From this instant (µs since the epoch) the key no longer authenticates.
+    pub expires_at: Option<i64>,
+    /// The paths its requests may take; `None`: all.
+    pub paths: Option<Vec<RoutePath>>,
+    /// The inbound APIs it may call; `None`: all.
+    pub surfaces: Option<Vec<InboundApi>>,
+    /// It reads usage and requests but makes no completion.
+    pub read_only: bool,
+    /// Its requests in flight at once on this gateway.
+    pub max_parallel_requests: Option<u64>,
 }
 
 /// Why a presented key was refused.
@@ -191,6 +203,8 @@ pub enum AuthFailure {
     Revoked,
     /// The key's project was archived.
     Archived,
+    /// The key expired.
+    Expired,
 }
 
 #[derive(Clone)]
@@ -226,6 +240,19 @@ fn add_row(map: &mut KeyMap, row: KeyRow) {
             store_content: row.store_content,
             prefer: row.routing_prefer.as_deref().and_then(Prefer::parse),
             fusion_barred: row.fusion_barred,
+            expires_at: row.expires_at,
+            paths: row
+                .paths
+                .as_ref()
+                .map(|p| p.iter().filter_map(|n| RoutePath::parse(n)).collect()),
+            surfaces: row
+                .surfaces
+                .as_ref()
+                .map(|s| s.iter().filter_map(|n| InboundApi::parse(n)).collect()),
+            read_only: row.read_only,
+            max_parallel_requests: row
+                .max_parallel_requests
+                .and_then(|n| u64::try_from(n).ok()),
         }),
     });
 }
@@ -394,8 +421,15 @@ impl KeyCache {
         for candidate in candidates {
             if bool::from(candidate.hash.ct_eq(&hash)) {
                 return match candidate.refused {
-                    None => Ok(candidate.identity.clone()),
                     Some(why) => Err(why),
+                    None if candidate
+                        .identity
+                        .expires_at
+                        .is_some_and(|at| lumina_schemas::now_micros() >= at) =>
+                    {
+                        Err(AuthFailure::Expired)
+                    }
+                    None => Ok(candidate.identity.clone()),
                 };
             }
         }
@@ -441,6 +475,11 @@ mod tests {
             revoked_at: None,
             routing_prefer: None,
             fusion_barred: false,
+            expires_at: None,
+            paths: None,
+            surfaces: None,
+            read_only: false,
+            max_parallel_requests: None,
         }
     }
 

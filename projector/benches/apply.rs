@@ -174,6 +174,7 @@ fn history() -> Vec<Event> {
                     tpm: None,
                     routing_prefer: None,
                     fusion_barred: false,
+                    ..Default::default()
                 },
             ));
         }

@@ -36,6 +36,7 @@ impl lumina_eventlog::Projection for ReadModelProjection {
                 | EventType::CreditsGranted
                 | EventType::ApiKeyCreated
                 | EventType::ApiKeyRevoked
+                | EventType::ApiKeyExpirySet
                 | EventType::LimitsChanged
                 | EventType::RequestRouted
                 | EventType::UpstreamAttempted
@@ -160,9 +161,10 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                     "INSERT INTO api_keys
                          (id, account_id, project_id, name, key_hash, key_prefix, status,
                           store_content, rpm, tpm, created_at, revoked_at, updated_at,
-                          created_event_id, routing_prefer, fusion_barred)
+                          created_event_id, routing_prefer, fusion_barred, expires_at, paths,
+                          surfaces, read_only, max_parallel_requests)
                      VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, NULL, $10, $11, $12,
-                             $13)
+                             $13, $14, $15, $16, $17, $18)
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(&p.key_id)
@@ -178,6 +180,23 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                 .bind(env.event_id.to_string())
                 .bind(p.routing_prefer.as_deref())
                 .bind(i64::from(p.fusion_barred))
+                .bind(p.expires_at)
+                .bind(names_json(p.paths.as_deref()))
+                .bind(names_json(p.surfaces.as_deref()))
+                .bind(i64::from(p.read_only))
+                .bind(p.max_parallel_requests)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::ApiKeyExpirySet(p) => {
+                sqlx::query(
+                    "UPDATE api_keys SET expires_at = $1, updated_at = $2
+                     WHERE id = $3 AND account_id = $4",
+                )
+                .bind(p.expires_at)
+                .bind(env.occurred_at)
+                .bind(&p.key_id)
+                .bind(&env.account_id)
                 .execute(&mut *conn)
                 .await?;
             }
@@ -241,6 +260,16 @@ async fn add_grant(
         }
     }
     Ok(())
+}
+
+/// A list of names as stored: a JSON array, or NULL for none.
+fn names_json(names: Option<&[String]>) -> Option<String> {
+    names.and_then(|n| serde_json::to_string(n).ok())
+}
+
+/// The inverse of [`names_json`].
+fn names_from_json(text: Option<String>) -> Option<Vec<String>> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
 async fn default_project(
@@ -334,6 +363,16 @@ pub struct KeyRow {
     pub routing_prefer: Option<String>,
     /// Whether the key is refused Model Fusion.
     pub fusion_barred: bool,
+    /// When it stops authenticating, µs since the epoch.
+    pub expires_at: Option<i64>,
+    /// The paths it may be routed to; `None`: all.
+    pub paths: Option<Vec<String>>,
+    /// The inbound APIs it may call; `None`: all.
+    pub surfaces: Option<Vec<String>>,
+    /// It reads usage and requests but makes no completion.
+    pub read_only: bool,
+    /// Its requests in flight at once on one gateway.
+    pub max_parallel_requests: Option<i64>,
 }
 
 impl KeyRow {
@@ -349,7 +388,8 @@ const KEY_SOURCE: &str = "api_keys k LEFT JOIN projects p ON p.id = k.project_id
 /// A key's columns, read from `KEY_SOURCE`; its status is `archived` while its project is.
 const KEY_COLUMNS: &str = "k.id, k.account_id, k.project_id, k.name, k.key_hash, k.key_prefix, \
      CASE WHEN k.status = 'active' AND p.archived_at IS NOT NULL THEN 'archived' ELSE k.status END, \
-     k.store_content, k.rpm, k.tpm, k.created_at, k.revoked_at, k.routing_prefer, k.fusion_barred";
+     k.store_content, k.rpm, k.tpm, k.created_at, k.revoked_at, k.routing_prefer, k.fusion_barred, \
+     k.expires_at, k.paths, k.surfaces, k.read_only, k.max_parallel_requests";
 
 fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
     Ok(KeyRow {
@@ -367,6 +407,11 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
         revoked_at: r.try_get(11)?,
         routing_prefer: r.try_get(12)?,
         fusion_barred: r.try_get::<i64, _>(13)? != 0,
+        expires_at: r.try_get(14)?,
+        paths: names_from_json(r.try_get(15)?),
+        surfaces: names_from_json(r.try_get(16)?),
+        read_only: r.try_get::<i64, _>(17)? != 0,
+        max_parallel_requests: r.try_get(18)?,
     })
 }
 

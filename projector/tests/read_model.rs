@@ -58,6 +58,7 @@ fn admin_history() -> Vec<Event> {
                     tpm: None,
                     routing_prefer: None,
                     fusion_barred: false,
+                    ..Default::default()
                 },
             ));
         }

@@ -181,7 +181,7 @@ macro_rules! event_types {
 event_types! {
     AccountOpened => "account_opened" [1] current 1;
     CreditsGranted => "credits_granted" [1] current 1;
-    ApiKeyCreated => "api_key_created" [1, 2, 3, 4] current 4;
+    ApiKeyCreated => "api_key_created" [1, 2, 3, 4, 5] current 5;
     ApiKeyRevoked => "api_key_revoked" [1] current 1;
     LimitsChanged => "limits_changed" [1] current 1;
     PolicyPublished => "policy_published" [1] current 1;
@@ -197,6 +197,7 @@ event_types! {
     ProjectCreated => "project_created" [1] current 1;
     ProjectRenamed => "project_renamed" [1] current 1;
     ProjectArchived => "project_archived" [1] current 1;
+    ApiKeyExpirySet => "api_key_expiry_set" [1] current 1;
 }
 
 /// Something done with a payload struct, generic over its type.

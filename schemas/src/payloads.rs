@@ -56,7 +56,7 @@ pub struct CreditsGranted {
 }
 
 /// An API key was issued. The key itself is never part of any event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ApiKeyCreated {
     /// The key's public id (`key_…`).
     pub key_id: String,
@@ -82,6 +82,33 @@ pub struct ApiKeyCreated {
     /// (v4).
     #[serde(default)]
     pub fusion_barred: bool,
+    /// From this instant (µs since the epoch) the key no longer authenticates (v5).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// The paths the key may be routed to; `None`: all (v5).
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+    /// The inbound APIs the key may call; `None`: all (v5).
+    #[serde(default)]
+    pub surfaces: Option<Vec<String>>,
+    /// The key reads its usage and requests but makes no completion (v5).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Requests of the key in flight at once on one gateway (v5).
+    #[serde(default)]
+    pub max_parallel_requests: Option<i64>,
+}
+
+/// A key was given an expiry (rotation: the old key expires once the overlap ends).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyExpirySet {
+    /// The key.
+    pub key_id: String,
+    /// From this instant (µs since the epoch) it no longer authenticates.
+    pub expires_at: i64,
+    /// The key issued in its place, when rotated.
+    #[serde(default)]
+    pub replaced_by: Option<String>,
 }
 
 /// An API key was revoked.

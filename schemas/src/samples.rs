@@ -57,6 +57,17 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             tpm: Some(100_000),
             routing_prefer: Some("cost".into()),
             fusion_barred: seed.is_multiple_of(3),
+            expires_at: Some(1_800_000_000_000_000 + n),
+            paths: Some(vec!["fast".into(), "balanced".into()]),
+            surfaces: Some(vec!["chat_completions".into()]),
+            read_only: seed.is_multiple_of(5),
+            max_parallel_requests: Some(4),
+        }
+        .into(),
+        EventType::ApiKeyExpirySet => ApiKeyExpirySet {
+            key_id: format!("key_{seed:032x}"),
+            expires_at: 1_800_000_000_000_000 + n,
+            replaced_by: Some(format!("key_{:032x}", seed + 1)),
         }
         .into(),
         EventType::ApiKeyRevoked => ApiKeyRevoked {

@@ -155,6 +155,11 @@ fn api_key_created_v1_decodes_with_the_v2_reader_filling_defaults() {
             tpm: None,
             routing_prefer: None,
             fusion_barred: false,
+            expires_at: None,
+            paths: None,
+            surfaces: None,
+            read_only: false,
+            max_parallel_requests: None,
             ..original.clone()
         }
     );

@@ -1,4 +1,6 @@
-//! The admin API (behind the admin key): accounts, credit grants and API keys.
+//! The admin API (behind the admin key): accounts, projects, credit grants and API keys.
+
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -210,6 +212,9 @@ pub struct KeyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     routing: Option<serde_json::Value>,
     allow_fusion: bool,
+    expires_at: Option<i64>,
+    scopes: ScopesView,
+    max_parallel_requests: Option<i64>,
     created_at: i64,
     revoked_at: Option<i64>,
 }
@@ -230,6 +235,13 @@ impl KeyView {
             store_content: k.store_content,
             routing: k.routing_prefer.map(|p| serde_json::json!({ "prefer": p })),
             allow_fusion: !k.fusion_barred,
+            expires_at: k.expires_at.map(unix_seconds),
+            scopes: ScopesView {
+                paths: k.paths,
+                surfaces: k.surfaces,
+                read_only: k.read_only,
+            },
+            max_parallel_requests: k.max_parallel_requests,
             created_at: unix_seconds(k.created_at),
             revoked_at: k.revoked_at.map(unix_seconds),
         }
@@ -254,6 +266,33 @@ pub struct CreateKey {
     /// `false` refuses the key Model Fusion.
     #[serde(default = "allowed")]
     allow_fusion: bool,
+    /// Unix seconds from which the key no longer authenticates.
+    #[serde(default)]
+    expires_at: Option<i64>,
+    #[serde(default)]
+    scopes: Option<KeyScopes>,
+    #[serde(default)]
+    max_parallel_requests: Option<i64>,
+}
+
+/// What a key may do: paths, inbound APIs, or only reading.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KeyScopes {
+    #[serde(default)]
+    paths: Option<Vec<String>>,
+    #[serde(default)]
+    surfaces: Option<Vec<String>>,
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// A key's scopes as the admin API shows them.
+#[derive(Serialize)]
+pub struct ScopesView {
+    paths: Option<Vec<String>>,
+    surfaces: Option<Vec<String>>,
+    read_only: bool,
 }
 
 fn allowed() -> bool {
@@ -274,6 +313,7 @@ pub async fn create_key(
     _admin: AdminKey,
     ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    let scopes = body.scopes.unwrap_or_default();
     let (row, key) = state
         .admin
         .create_key(KeyRequest {
@@ -285,6 +325,16 @@ pub async fn create_key(
             store_content: body.store_content,
             routing_prefer: body.routing.and_then(|r| r.prefer),
             fusion_barred: !body.allow_fusion,
+            expires_at: match body.expires_at {
+                Some(secs) => Some(secs.checked_mul(1_000_000).ok_or_else(|| {
+                    ApiError::invalid("'expires_at' is out of range", Some("expires_at"))
+                })?),
+                None => None,
+            },
+            paths: scopes.paths,
+            surfaces: scopes.surfaces,
+            read_only: scopes.read_only,
+            max_parallel_requests: body.max_parallel_requests,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(KeyView::new(row, Some(key)))))
@@ -444,4 +494,73 @@ pub async fn archive_project(
     Path(id): Path<String>,
 ) -> Result<Json<ProjectView>, ApiError> {
     Ok(Json(state.admin.archive_project(&id).await?.into()))
+}
+
+/// Body of `POST /admin/keys/{id}/rotate`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    /// How long the old key keeps working: `24h`, `30m`, `90s`, `2d` or seconds.
+    #[serde(default)]
+    overlap: Option<serde_json::Value>,
+}
+
+/// A rotation: the new key (with its secret, shown once) and the old one with its expiry.
+#[derive(Serialize)]
+pub struct RotatedView {
+    #[serde(flatten)]
+    key: KeyView,
+    replaces: KeyView,
+}
+
+/// The most a rotation's overlap may be.
+const MAX_OVERLAP: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// `24h`, `30m`, `90s`, `2d`, or a number of seconds.
+pub fn parse_overlap(value: &serde_json::Value) -> Option<Duration> {
+    let secs = match value {
+        serde_json::Value::Number(n) => n.as_u64()?,
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            let (digits, unit) =
+                s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+            let n: u64 = digits.parse().ok()?;
+            n.checked_mul(match unit {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return None,
+            })?
+        }
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs)).filter(|d| *d <= MAX_OVERLAP)
+}
+
+/// `POST /admin/keys/{id}/rotate`: a new key now (same account, project, limits and scopes),
+/// the old one expiring after the overlap (default 24 h).
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Rotate>,
+) -> Result<(StatusCode, Json<RotatedView>), ApiError> {
+    let overlap = match &body.overlap {
+        None => Duration::from_secs(24 * 3600),
+        Some(v) => parse_overlap(v).ok_or_else(|| {
+            ApiError::invalid(
+                "'overlap' must be a duration such as 24h, 30m, 90s or 2d (at most 90 days), or a number of seconds",
+                Some("overlap"),
+            )
+        })?,
+    };
+    let (new, key, old) = state.admin.rotate_key(&id, overlap).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RotatedView {
+            key: KeyView::new(new, Some(key)),
+            replaces: KeyView::new(old, None),
+        }),
+    ))
 }

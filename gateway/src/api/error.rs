@@ -38,6 +38,22 @@ pub enum ApiError {
     /// The key's project was archived.
     #[error("This API key belongs to an archived project.")]
     ArchivedProject,
+    /// The key expired.
+    #[error("This API key has expired.")]
+    ExpiredKey,
+    /// The key may not make this request (its scopes).
+    #[error("{message}")]
+    OutOfScope {
+        /// What the key may not do.
+        message: String,
+        /// `read_only_key`, `surface_not_allowed` or `model_not_allowed`.
+        code: &'static str,
+    },
+    /// The key has `max_parallel_requests` requests in flight already.
+    #[error(
+        "This API key has {0} requests in flight, its max_parallel_requests; retry once one of them ends."
+    )]
+    TooManyParallel(u64),
     /// The key is barred from Model Fusion.
     #[error(
         "This API key may not use lumina-fusion. Ask an admin to issue a key with allow_fusion, or use lumina-auto or a single path."
@@ -159,9 +175,12 @@ impl ApiError {
             ApiError::InvalidRequest { .. } | ApiError::PreviousResponseNotFound(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminRequired => {
-                StatusCode::UNAUTHORIZED
-            }
+            ApiError::MissingKey
+            | ApiError::InvalidKey
+            | ApiError::ExpiredKey
+            | ApiError::AdminRequired => StatusCode::UNAUTHORIZED,
+            ApiError::OutOfScope { .. } => StatusCode::FORBIDDEN,
+            ApiError::TooManyParallel(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RevokedKey | ApiError::ArchivedProject | ApiError::FusionBarred => {
                 StatusCode::FORBIDDEN
             }
@@ -194,6 +213,9 @@ impl ApiError {
             ApiError::InvalidKey => ("invalid_request_error", Some("invalid_api_key")),
             ApiError::RevokedKey => ("invalid_request_error", Some("api_key_revoked")),
             ApiError::ArchivedProject => ("invalid_request_error", Some("project_archived")),
+            ApiError::ExpiredKey => ("invalid_request_error", Some("api_key_expired")),
+            ApiError::OutOfScope { code, .. } => ("invalid_request_error", Some(*code)),
+            ApiError::TooManyParallel(_) => ("requests", Some("parallel_requests_exceeded")),
             ApiError::AdminRequired => ("invalid_request_error", Some("admin_key_required")),
             ApiError::FusionBarred => ("invalid_request_error", Some("fusion_not_allowed")),
             ApiError::NotFound { .. } => ("invalid_request_error", Some("not_found")),
@@ -232,6 +254,10 @@ impl ApiError {
                 param.as_deref()
             }
             ApiError::ModelNotFound(_) | ApiError::FusionBarred => Some("model"),
+            ApiError::OutOfScope {
+                code: "model_not_allowed",
+                ..
+            } => Some("model"),
             ApiError::PreviousResponseNotFound(_) => Some("previous_response_id"),
             ApiError::OverCostCap { .. } => Some("lumina.fusion.max_cost"),
             ApiError::Upstream(e) => e.param.as_deref(),
@@ -289,6 +315,7 @@ impl From<AuthFailure> for ApiError {
             AuthFailure::Unknown => ApiError::InvalidKey,
             AuthFailure::Revoked => ApiError::RevokedKey,
             AuthFailure::Archived => ApiError::ArchivedProject,
+            AuthFailure::Expired => ApiError::ExpiredKey,
         }
     }
 }

@@ -138,6 +138,7 @@ pub fn router(state: AppState) -> Router {
             get(admin::get_key).delete(admin::revoke_key),
         )
         .route("/admin/keys/{id}/limits", post(admin::change_limits))
+        .route("/admin/keys/{id}/rotate", post(admin::rotate_key))
         .route("/admin/ledger/accounts/{id}/entries", get(ledger::entries))
         .route("/admin/ledger/statements", get(ledger::statement))
         .fallback(unknown_route)

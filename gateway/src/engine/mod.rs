@@ -229,9 +229,69 @@ fn decide(call: &Call<'_>, routing: &Routing, choice: ModelChoice) -> Decision {
         ModelChoice::Auto => {
             let (class_min, class_max) = policy.bounds(decision.task_class);
             decision.bound(asked.min_path.or(class_min), asked.max_path.or(class_max));
+            if let Some(allowed) = &call.key.paths {
+                decision.path = within(decision.path, allowed);
+            }
         }
     }
     decision
+}
+
+/// `path`, or the path of `allowed` nearest to it: the weakest at least as strong, else the
+/// strongest weaker (a key's path scope bounding `lumina-auto`).
+fn within(path: RoutePath, allowed: &[RoutePath]) -> RoutePath {
+    let tiers = || {
+        allowed
+            .iter()
+            .copied()
+            .filter(|p| RoutePath::parse_tier(p.as_str()).is_some())
+    };
+    if allowed.contains(&path) {
+        return path;
+    }
+    tiers()
+        .filter(|p| p.rank() >= path.rank())
+        .min_by_key(|p| p.rank())
+        .or_else(|| tiers().max_by_key(|p| p.rank()))
+        .unwrap_or(path)
+}
+
+/// Refuses what `key`'s scopes do not allow: any completion of a read-only key, an inbound API
+/// or a path outside its scopes.
+fn in_scope(key: &KeyIdentity, api: InboundApi, path: RoutePath) -> Result<(), ApiError> {
+    if key.read_only {
+        return Err(ApiError::OutOfScope {
+            message: "This API key is read-only: it may call /v1/usage and /v1/requests, not make completions.".into(),
+            code: "read_only_key",
+        });
+    }
+    if let Some(surfaces) = &key.surfaces
+        && !surfaces.contains(&api)
+    {
+        let names: Vec<&str> = surfaces.iter().map(|s| s.as_str()).collect();
+        return Err(ApiError::OutOfScope {
+            message: format!(
+                "This API key may not call {}; it may call: {}.",
+                api.as_str(),
+                names.join(", ")
+            ),
+            code: "surface_not_allowed",
+        });
+    }
+    if let Some(paths) = &key.paths
+        && !paths.contains(&path)
+    {
+        let names: Vec<&str> = paths.iter().map(|p| p.as_str()).collect();
+        return Err(ApiError::OutOfScope {
+            message: format!(
+                "This API key may not use the {} path; it may use: {}.",
+                path.as_str(),
+                names.join(", ")
+            ),
+            code: "model_not_allowed",
+        });
+    }
+    Ok(())
 }
 
 /// Counts the key's limits, holds credit and queues `RequestRouted` for a request whose route
@@ -261,6 +321,11 @@ async fn admit_plan(
         Some(p) => p.tokens,
         None => prompt_estimate.saturating_add(completion_estimate),
     };
+    in_scope(origin.key, api, decision.path)?;
+    let in_flight = state
+        .limits
+        .enter(origin.key)
+        .map_err(|e| ApiError::TooManyParallel(e.limit))?;
     let limits = state
         .limits
         .check(origin.key, tokens)
@@ -341,7 +406,8 @@ async fn admit_plan(
             meta.clone(),
             hold,
             origin.body,
-        ),
+        )
+        .counted(in_flight),
         meta,
         policy_version: routing.version(),
         deployments,
@@ -461,6 +527,11 @@ fn is_fusion(state: &AppState, call: &Call<'_>) -> Result<bool, ApiError> {
         Some(ModelChoice::Auto)
             if state.fusion.enabled
                 && !call.key.fusion_barred
+                && call
+                    .key
+                    .paths
+                    .as_ref()
+                    .is_none_or(|p| p.contains(&RoutePath::Fusion))
                 && request.n == 1
                 && request.tools.is_empty() =>
         {

@@ -17,6 +17,7 @@ use crate::engine::attempt::Attempts;
 use crate::metering::content;
 use crate::metering::credit::CreditBook;
 use crate::metering::events::{Outcome, RequestMeta, SettleInfo};
+use crate::metering::limits::InFlight;
 use crate::metering::pricing::{Price, PriceTable, Tokens};
 use crate::metering::usage::{self, Billed, UsageAnomaly};
 use crate::providers::ReportedUsage;
@@ -132,9 +133,17 @@ pub struct Settlement {
     pending: Option<SettleInfo>,
     /// The request body, kept only when the key stores content.
     content_body: Option<Bytes>,
+    /// Counts the request among its key's requests in flight until the settlement is dropped.
+    _in_flight: Option<InFlight>,
 }
 
 impl Settlement {
+    /// The settlement counting the request among its key's in flight until it is dropped.
+    pub fn counted(mut self, in_flight: Option<InFlight>) -> Self {
+        self._in_flight = in_flight;
+        self
+    }
+
     /// The settlement of a request that holds `hold`, recorded in `log`, told to `credits`,
     /// priced with the table `price_version`.
     pub fn new(
@@ -148,6 +157,7 @@ impl Settlement {
         let content_body = meta.key.store_content.then(|| body.clone());
         let price_path = meta.path;
         Settlement {
+            _in_flight: None,
             content_body,
             log,
             credits,

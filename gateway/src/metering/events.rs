@@ -101,6 +101,19 @@ pub enum InboundApi {
 }
 
 impl InboundApi {
+    /// Every inbound API.
+    pub const ALL: [InboundApi; 4] = [
+        InboundApi::ChatCompletions,
+        InboundApi::Messages,
+        InboundApi::Responses,
+        InboundApi::Embeddings,
+    ];
+
+    /// By its recorded name.
+    pub fn parse(name: &str) -> Option<InboundApi> {
+        InboundApi::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
     /// The name recorded.
     pub fn as_str(self) -> &'static str {
         match self {

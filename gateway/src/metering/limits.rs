@@ -1,9 +1,11 @@
 //! Per-key requests-per-minute and tokens-per-minute limits, enforced in memory with
-//! `governor` (GCRA: a full minute's quota may burst, then it refills evenly). The limiter of a
-//! key is rebuilt when its limits change (`LimitsChanged`).
+//! `governor` (GCRA: a full minute's quota may burst, then it refills evenly), and the count of
+//! a key's requests in flight against its `max_parallel_requests`. The limiter of a key is
+//! rebuilt when its limits change (`LimitsChanged`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,6 +93,23 @@ pub struct LimitExceeded {
 #[derive(Default)]
 pub struct Limits {
     keys: Mutex<HashMap<KeyId, Arc<Mutex<KeyWindows>>>>,
+    in_flight: Mutex<HashMap<KeyId, Arc<AtomicU64>>>,
+}
+
+/// A request counted among its key's requests in flight until it is dropped.
+pub struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request over its key's `max_parallel_requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyInFlight {
+    /// The limit.
+    pub limit: u64,
 }
 
 fn state_after(window: &Window, remaining: u32) -> LimitState {
@@ -121,6 +140,25 @@ impl Limits {
             }))
         });
         Some(entry.clone())
+    }
+
+    /// Counts one more request of `key` in flight, or refuses it when `max_parallel_requests`
+    /// are already; `None` for a key without that limit.
+    pub fn enter(&self, key: &KeyIdentity) -> Result<Option<InFlight>, TooManyInFlight> {
+        let Some(limit) = key.max_parallel_requests else {
+            return Ok(None);
+        };
+        let counter = match self.in_flight.lock() {
+            Ok(mut map) => map.entry(key.key_id.clone()).or_default().clone(),
+            Err(_) => return Ok(None),
+        };
+        let entered = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        });
+        match entered {
+            Ok(_) => Ok(Some(InFlight(counter))),
+            Err(_) => Err(TooManyInFlight { limit }),
+        }
     }
 
     /// Counts one request of `tokens` estimated tokens against `key`'s limits.
@@ -246,6 +284,11 @@ mod tests {
             store_content: false,
             prefer: None,
             fusion_barred: false,
+            expires_at: None,
+            paths: None,
+            surfaces: None,
+            read_only: false,
+            max_parallel_requests: None,
         }
     }
 

@@ -30,6 +30,15 @@ impl RoutePath {
         }
     }
 
+    /// Any path by name: the three classifier paths, `fusion` or `embeddings`.
+    pub fn parse(name: &str) -> Option<RoutePath> {
+        match name {
+            "fusion" => Some(RoutePath::Fusion),
+            "embeddings" => Some(RoutePath::Embeddings),
+            tier => RoutePath::parse_tier(tier),
+        }
+    }
+
     /// One of the three classifier paths by name (`fast`, `balanced`, `reasoning`).
     pub fn parse_tier(name: &str) -> Option<RoutePath> {
         match name {
