@@ -88,6 +88,9 @@ enum Mode {
     Distributed,
 }
 
+/// The key secret of the test's gateway.
+const KEY_SECRET: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
+
 async fn start(mode: Mode) -> World {
     let mock = MockUpstream::start().await;
     let tmp = tempfile::tempdir().unwrap();
@@ -99,6 +102,8 @@ async fn start(mode: Mode) -> World {
     };
     let mut env: Vec<(&str, &str)> = GATEWAY_ENV.to_vec();
     env.push(("LUMINA_DATABASE_URL", url.as_str()));
+    // Every gateway of a deployment shares the key secret (`lumina gateway` requires it).
+    env.push(("LUMINA_KEY_SECRET", KEY_SECRET));
     let mut config = gateway_config(&mock, PRICES);
     let (lumina, distributed) = if mode == Mode::Distributed {
         let broker = Broker::start(&tmp.path().join("kafka")).await;

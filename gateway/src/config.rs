@@ -189,6 +189,9 @@ pub struct ServerConfig {
     /// Most connections open at once; the effective bound is also kept below the process's
     /// file-descriptor limit.
     pub max_connections: usize,
+    /// Browser origins (`https://app.example.com`) allowed to call the `/v1` API; none: CORS
+    /// is closed and no answer carries `access-control-allow-origin`. The admin API never is.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -200,6 +203,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 30_000,
             max_n: 8,
             max_connections: 10_000,
+            cors_origins: Vec::new(),
         }
     }
 }

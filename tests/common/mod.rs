@@ -17,13 +17,22 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_lumina")
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and never handed out before in this test process (the
+/// kernel may give a just-closed port again, and two servers of concurrent tests would race
+/// for it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A running `lumina serve`.

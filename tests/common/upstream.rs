@@ -294,6 +294,33 @@ async fn openai(
         tokio::time::sleep(Duration::from_millis(param.parse().unwrap_or(0))).await;
     }
     match mode_name {
+        "echo400" => {
+            let sent = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .trim_start_matches("Bearer ")
+                .to_string();
+            return error(
+                400,
+                "invalid_request_error",
+                &format!("The key {sent} may not use this model."),
+            );
+        }
+        "echo401" => {
+            // A careless upstream that repeats the key it was sent.
+            let sent = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .trim_start_matches("Bearer ")
+                .to_string();
+            return error(
+                401,
+                "invalid_request_error",
+                &format!("Incorrect API key provided: {sent}. Check your key."),
+            );
+        }
         "fail401" => {
             return error(
                 401,

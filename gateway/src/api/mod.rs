@@ -86,9 +86,44 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     }
 }
 
+/// CORS for `origins` on the `/v1` API only; `None` when no origin is configured.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::header;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    let origin = AllowOrigin::predicate(move |origin, request| {
+        request.uri.path().starts_with("/v1/") && allowed.contains(origin)
+    });
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("anthropic-version"),
+                HeaderName::from_static("anthropic-beta"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("x-lumina-cost"),
+                HeaderName::from_static("x-lumina-route"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
 /// The gateway's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = cors(&state.server.cors_origins);
+    let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
@@ -145,6 +180,9 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit_headers))
         .layer(middleware::from_fn(assign_request_id))
-        .layer(middleware::from_fn(keepalive::drain_unread_body))
-        .with_state(state)
+        .layer(middleware::from_fn(keepalive::drain_unread_body));
+    match cors {
+        Some(layer) => router.layer(layer).with_state(state),
+        None => router.with_state(state),
+    }
 }

@@ -412,7 +412,7 @@ impl Anthropic {
         if let Some(beta) = client.and_then(|h| h.beta.clone()) {
             request = request.header("anthropic-beta", beta);
         }
-        send(request, &self.timeouts, deadline).await
+        send(request, &self.timeouts, deadline, Some(&self.key)).await
     }
 }
 

@@ -179,6 +179,22 @@ impl ProviderError {
         }
     }
 
+    /// Masks `secret` (a provider key) wherever the upstream's message repeated it.
+    pub fn redact(&mut self, secret: &str) {
+        const MASK: &str = "[redacted]";
+        if secret.len() < 8 {
+            return;
+        }
+        if self.message.contains(secret) {
+            self.message = self.message.replace(secret, MASK);
+        }
+        if let Some(c) = &mut self.client_error
+            && c.message.contains(secret)
+        {
+            c.message = c.message.replace(secret, MASK);
+        }
+    }
+
     /// A success status whose body is not what the protocol promises.
     pub fn malformed(message: impl Into<String>) -> ProviderError {
         ProviderError::new(ErrorClass::Malformed, message)
@@ -291,11 +307,13 @@ pub async fn read_bounded(
 }
 
 /// Sends `request` under the attempt's first-byte deadline and turns a non-success status
-/// into its error (the body read up to a small bound; `retry-after` kept for rate limits).
+/// into its error (the body read up to a small bound; `retry-after` kept for rate limits;
+/// `credential`, the key the request carries, masked wherever the upstream repeated it).
 pub async fn send(
     request: reqwest::RequestBuilder,
     timeouts: &Timeouts,
     deadline: tokio::time::Instant,
+    credential: Option<&reqwest::header::HeaderValue>,
 ) -> Result<reqwest::Response, ProviderError> {
     let first_byte = (tokio::time::Instant::now() + timeouts.first_byte).min(deadline);
     let response = match tokio::time::timeout_at(first_byte, request.send()).await {
@@ -323,6 +341,9 @@ pub async fn send(
         .unwrap_or_default();
     let mut error = ProviderError::from_status(status, &body);
     error.retry_after = retry_after;
+    if let Some(secret) = credential.and_then(|c| c.to_str().ok()) {
+        error.redact(secret.strip_prefix("Bearer ").unwrap_or(secret));
+    }
     Err(error)
 }
 
@@ -642,6 +663,18 @@ mod tests {
         }
         assert_eq!(usage("null"), ReportedUsage::Missing);
         assert_eq!(openai_usage(None), ReportedUsage::Missing);
+    }
+
+    #[test]
+    fn a_provider_key_the_upstream_repeats_is_masked() {
+        let mut e = ProviderError::from_status(
+            400,
+            br#"{"error":{"message":"key sk-live-1234567890 is not valid for this model"}}"#,
+        );
+        e.redact("sk-live-1234567890");
+        assert!(!e.message.contains("sk-live"), "{}", e.message);
+        let client = e.client_error.unwrap();
+        assert_eq!(client.message, "key [redacted] is not valid for this model");
     }
 
     #[test]

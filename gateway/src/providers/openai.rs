@@ -81,7 +81,7 @@ impl OpenAi {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        send(request, &self.timeouts, deadline).await
+        send(request, &self.timeouts, deadline, self.auth.as_ref()).await
     }
 }
 
