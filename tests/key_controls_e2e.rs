@@ -247,4 +247,15 @@ async fn rotation_keeps_both_keys_working_during_the_overlap_only() {
         .await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(assert_openai_error(&v)["param"], "overlap");
+    // The key rotated first has expired: it cannot be rotated again.
+    let (status, _, v) = lumina
+        .request(
+            Method::POST,
+            &format!("/admin/keys/{old_id}/rotate"),
+            Some(&lumina.admin_key),
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(assert_openai_error(&v)["param"], "id");
 }

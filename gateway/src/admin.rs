@@ -573,6 +573,15 @@ impl Admin {
                 param: "id",
             });
         }
+        if old
+            .expires_at
+            .is_some_and(|at| at <= lumina_schemas::now_micros())
+        {
+            return Err(AdminError::Invalid {
+                message: format!("key '{key_id}' has expired; issue a new key instead"),
+                param: "id",
+            });
+        }
         let overlap_us = i64::try_from(overlap.as_micros()).unwrap_or(i64::MAX);
         let ends = lumina_schemas::now_micros().saturating_add(overlap_us);
         let (new, key) = self
