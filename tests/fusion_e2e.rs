@@ -944,3 +944,47 @@ async fn a_judge_verdict_is_validated_and_one_that_does_not_validate_leaves_lumi
         assert_eq!(judged[0]["deployment"], "judge/judge-1");
     }
 }
+
+#[tokio::test]
+async fn anthropic_messages_clients_get_the_fusion_report_too() {
+    let (_tmp, lumina) = simulated().await;
+    let (account, key) = customer(&lumina).await;
+    let http = reqwest::Client::new();
+    let mut spent = 0;
+    for stream in [false, true] {
+        let body = json!({"model": "lumina-fusion", "max_tokens": 256, "stream": stream,
+            "messages": [{"role": "user", "content": "How tall is the Eiffel Tower?"}]});
+        let res = http
+            .post(format!("{}/v1/messages", lumina.url))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        let (report, usage, answer) = if stream {
+            let events = common::parse_anthropic_sse(&text);
+            let delta = &events
+                .iter()
+                .find(|(kind, _)| kind == "message_delta")
+                .unwrap_or_else(|| panic!("no message_delta: {text}"))
+                .1;
+            let answer: String = events
+                .iter()
+                .filter_map(|(_, e)| e["delta"]["text"].as_str())
+                .collect();
+            (delta["lumina"].clone(), delta["usage"].clone(), answer)
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let answer = v["content"][0]["text"].as_str().unwrap_or("").to_string();
+            (v["lumina"].clone(), v["usage"].clone(), answer)
+        };
+        assert!(answer.contains("330 metres"), "{text}");
+        assert_planted_contradiction(&report["fusion"]);
+        spent += nanos(&usage["cost"].to_string());
+    }
+    assert!(spent > 0);
+    assert_eq!(spent_after(&lumina, &account, spent).await, spent);
+}

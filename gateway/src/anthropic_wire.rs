@@ -471,7 +471,8 @@ pub fn usage_json(usage: TokenUsage, cost: &str) -> String {
     )
 }
 
-/// The Messages response for an OpenAI `chat.completion` body.
+/// The Messages response for an OpenAI `chat.completion` body (its `lumina` report, a Fusion
+/// request's, carried over as is).
 pub fn translate_response(
     completion: &[u8],
     id: &str,
@@ -502,6 +503,10 @@ pub fn translate_response(
     out.pop();
     out.extend_from_slice(br#","usage":"#);
     out.extend_from_slice(usage_json(usage, cost).as_bytes());
+    if let Some(report) = v.get("lumina") {
+        out.extend_from_slice(br#","lumina":"#);
+        out.extend_from_slice(&serde_json::to_vec(report).map_err(|e| e.to_string())?);
+    }
     out.push(b'}');
     Ok(out)
 }

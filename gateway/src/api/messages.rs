@@ -458,6 +458,14 @@ impl StreamRenderer for MessagesStream {
             self.stop_reason
         );
         delta.push_str(&usage);
+        if let Some(report) = end
+            .report
+            .as_ref()
+            .and_then(|r| std::str::from_utf8(r).ok())
+        {
+            delta.push_str(r#","lumina":"#);
+            delta.push_str(report);
+        }
         delta.push('}');
         put_event(out, "message_delta", &delta);
         put_json(out, "message_stop", &json!({"type": "message_stop"}));
