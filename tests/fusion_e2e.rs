@@ -988,3 +988,49 @@ async fn anthropic_messages_clients_get_the_fusion_report_too() {
     assert!(spent > 0);
     assert_eq!(spent_after(&lumina, &account, spent).await, spent);
 }
+
+#[tokio::test]
+async fn responses_clients_get_the_fusion_report_too() {
+    let (_tmp, lumina) = simulated().await;
+    let (account, key) = customer(&lumina).await;
+    let mut spent = 0;
+    for stream in [false, true] {
+        let body = json!({"model": "lumina-fusion", "stream": stream,
+            "input": "How tall is the Eiffel Tower?"});
+        let res = reqwest::Client::new()
+            .post(format!("{}/v1/responses", lumina.url))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        let response = if stream {
+            common::parse_anthropic_sse(&text)
+                .into_iter()
+                .find(|(kind, _)| kind == "response.completed")
+                .unwrap_or_else(|| panic!("no response.completed: {text}"))
+                .1["response"]
+                .clone()
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()
+        };
+        assert_planted_contradiction(&response["lumina"]["fusion"]);
+        spent += nanos(&response["usage"]["cost"].to_string());
+        // The stored response keeps it.
+        let id = response["id"].as_str().unwrap();
+        let (status, _, stored) = lumina
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/responses/{id}"),
+                Some(&key),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{stored}");
+        assert_planted_contradiction(&stored["lumina"]["fusion"]);
+    }
+    assert_eq!(spent_after(&lumina, &account, spent).await, spent);
+}

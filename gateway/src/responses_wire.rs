@@ -652,6 +652,8 @@ pub struct Head<'a> {
     pub parsed: &'a Parsed,
     /// `error` of a failed response.
     pub error: Option<Value>,
+    /// Lumina's report on the answer (a Fusion request's `lumina` object, JSON text).
+    pub report: Option<String>,
 }
 
 /// A response object (JSON text); `usage` is [`usage_json`]'s text, spliced in as is so the
@@ -688,6 +690,10 @@ pub fn response_json(head: &Head<'_>, output: Vec<Value>, usage: Option<&str>) -
     out.pop();
     out.push_str(r#","usage":"#);
     out.push_str(usage.unwrap_or("null"));
+    if let Some(report) = &head.report {
+        out.push_str(r#","lumina":"#);
+        out.push_str(report);
+    }
     out.push('}');
     out
 }
@@ -848,6 +854,7 @@ mod tests {
             model: "m-up",
             parsed: &parsed,
             error: None,
+            report: None,
         };
         let text = response_json(&head, items, Some(&usage_json(usage, "0.000012")));
         assert!(text.contains(r#""cost":0.000012"#), "{text}");

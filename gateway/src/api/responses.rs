@@ -209,6 +209,7 @@ pub async fn create(
             model: &parsed.model,
             parsed: &parsed,
             error: None,
+            report: None,
         };
         Some(Keeper::begin(&state.responses, &key, &request_id, &head, conversation).await?)
     } else {
@@ -275,6 +276,7 @@ async fn whole(
         model: &answer.route.deployment.upstream_model,
         parsed,
         error: None,
+        report: completion.get("lumina").map(Value::to_string),
     };
     let text = response_json(
         &head,
@@ -417,6 +419,7 @@ impl ResponsesStream {
             model: &self.parsed.model,
             parsed: &self.parsed,
             error,
+            report: None,
         }
     }
 
@@ -582,6 +585,11 @@ impl ResponsesStream {
         output.extend(self.open_item());
         let mut head = self.head("completed", None);
         head.model = end.upstream_model;
+        head.report = end
+            .report
+            .as_ref()
+            .and_then(|r| std::str::from_utf8(r).ok())
+            .map(str::to_string);
         response_json(
             &head,
             output,
