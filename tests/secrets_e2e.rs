@@ -92,27 +92,9 @@ async fn no_secret_appears_in_logs_events_metrics_traces_exports_or_answers() {
 
     // CORS is closed: no preflight is granted, no answer names an allowed origin.
     let http = reqwest::Client::new();
-    let preflight = http
-        .request(
-            Method::OPTIONS,
-            format!("{}/v1/chat/completions", lumina.url),
-        )
-        .header("origin", "https://evil.example")
-        .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "authorization, content-type",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        preflight
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none(),
-        "{:?}",
-        preflight.headers()
+    assert_eq!(
+        allowed_origin(&lumina, "/v1/chat/completions", "https://evil.example").await,
+        None
     );
     let with_origin = http
         .get(format!("{}/v1/models", lumina.url))
@@ -167,15 +149,7 @@ async fn no_secret_appears_in_logs_events_metrics_traces_exports_or_answers() {
         let v = lumina.admin(Method::GET, path, None, 200).await;
         surfaces.push(("admin views", v.to_string()));
     }
-    let metrics = http
-        .get(format!("{}/metrics", lumina.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    surfaces.push(("metrics", metrics));
+    surfaces.push(("metrics", lumina.metrics_text().await));
     let data = lumina.data_dir.to_str().unwrap().to_string();
     let (ok, events, stderr) = run(&["replay", "--data-dir", &data], &[]);
     assert!(ok, "{stderr}");
@@ -225,6 +199,24 @@ async fn no_secret_appears_in_logs_events_metrics_traces_exports_or_answers() {
     }
 }
 
+/// The origin a CORS preflight from `origin` for `path` is granted, if any.
+async fn allowed_origin(lumina: &Lumina, path: &str, origin: &str) -> Option<String> {
+    let r = reqwest::Client::new()
+        .request(Method::OPTIONS, format!("{}{path}", lumina.url))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    r.headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
 /// The text around the first `needle`.
 fn excerpt(text: &str, needle: &str) -> String {
     let at = text.find(needle).unwrap_or(0);
@@ -246,37 +238,16 @@ async fn cors_opens_the_v1_api_to_configured_origins_only_and_never_the_admin_ap
         Some("[server]\ncors_origins = [\"https://app.example.com\"]\n"),
     )
     .await;
-    let http = reqwest::Client::new();
-    let preflight = |path: &'static str, origin: &'static str| {
-        let http = http.clone();
-        let url = format!("{}{path}", lumina.url);
-        async move {
-            let r = http
-                .request(Method::OPTIONS, url)
-                .header("origin", origin)
-                .header("access-control-request-method", "POST")
-                .header(
-                    "access-control-request-headers",
-                    "authorization, content-type",
-                )
-                .send()
-                .await
-                .unwrap();
-            r.headers()
-                .get("access-control-allow-origin")
-                .map(|v| v.to_str().unwrap().to_string())
-        }
-    };
     assert_eq!(
-        preflight("/v1/chat/completions", "https://app.example.com").await,
+        allowed_origin(&lumina, "/v1/chat/completions", "https://app.example.com").await,
         Some("https://app.example.com".into())
     );
     assert_eq!(
-        preflight("/v1/chat/completions", "https://evil.example").await,
+        allowed_origin(&lumina, "/v1/chat/completions", "https://evil.example").await,
         None
     );
     assert_eq!(
-        preflight("/admin/keys", "https://app.example.com").await,
+        allowed_origin(&lumina, "/admin/keys", "https://app.example.com").await,
         None,
         "the admin API is never open to a browser origin"
     );

@@ -390,18 +390,23 @@ impl Lumina {
         (status, headers, res.text().await.unwrap())
     }
 
-    /// The sum of every series of Prometheus metric `name` in `/metrics` (0 when absent).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
+    /// What `/metrics` shows now.
+    pub async fn metrics_text(&self) -> String {
+        self.http
             .get(format!("{}/metrics", self.url))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// The sum of every series of Prometheus metric `name` in `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .filter(|l| {
                 l.strip_prefix(name)
                     .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))

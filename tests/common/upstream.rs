@@ -282,6 +282,16 @@ async fn embeddings(
     axum::Json(answer).into_response()
 }
 
+/// The bearer key a request carried.
+fn sent_key(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .trim_start_matches("Bearer ")
+        .to_string()
+}
+
 async fn openai(
     State(state): State<Arc<MockState>>,
     Path(provider): Path<String>,
@@ -295,12 +305,7 @@ async fn openai(
     }
     match mode_name {
         "echo400" => {
-            let sent = headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .trim_start_matches("Bearer ")
-                .to_string();
+            let sent = sent_key(&headers);
             return error(
                 400,
                 "invalid_request_error",
@@ -309,12 +314,7 @@ async fn openai(
         }
         "echo401" => {
             // A careless upstream that repeats the key it was sent.
-            let sent = headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .trim_start_matches("Bearer ")
-                .to_string();
+            let sent = sent_key(&headers);
             return error(
                 401,
                 "invalid_request_error",

@@ -256,6 +256,29 @@ fn within(path: RoutePath, allowed: &[RoutePath]) -> RoutePath {
         .unwrap_or(path)
 }
 
+/// Refuses `asked` when it is not one of `scope` (a key's surfaces or paths), naming those it
+/// may `verb` instead.
+fn allowed<T: Copy + PartialEq>(
+    scope: &[T],
+    asked: T,
+    name: fn(T) -> &'static str,
+    verb: &str,
+    code: &'static str,
+) -> Result<(), ApiError> {
+    if scope.contains(&asked) {
+        return Ok(());
+    }
+    let names: Vec<&str> = scope.iter().map(|s| name(*s)).collect();
+    Err(ApiError::OutOfScope {
+        message: format!(
+            "This API key may not {verb} {}; it may {verb}: {}.",
+            name(asked),
+            names.join(", ")
+        ),
+        code,
+    })
+}
+
 /// Refuses what `key`'s scopes do not allow: any completion of a read-only key, an inbound API
 /// or a path outside its scopes.
 fn in_scope(key: &KeyIdentity, api: InboundApi, path: RoutePath) -> Result<(), ApiError> {
@@ -265,31 +288,17 @@ fn in_scope(key: &KeyIdentity, api: InboundApi, path: RoutePath) -> Result<(), A
             code: "read_only_key",
         });
     }
-    if let Some(surfaces) = &key.surfaces
-        && !surfaces.contains(&api)
-    {
-        let names: Vec<&str> = surfaces.iter().map(|s| s.as_str()).collect();
-        return Err(ApiError::OutOfScope {
-            message: format!(
-                "This API key may not call {}; it may call: {}.",
-                api.as_str(),
-                names.join(", ")
-            ),
-            code: "surface_not_allowed",
-        });
+    if let Some(surfaces) = &key.surfaces {
+        allowed(
+            surfaces,
+            api,
+            InboundApi::as_str,
+            "call",
+            "surface_not_allowed",
+        )?;
     }
-    if let Some(paths) = &key.paths
-        && !paths.contains(&path)
-    {
-        let names: Vec<&str> = paths.iter().map(|p| p.as_str()).collect();
-        return Err(ApiError::OutOfScope {
-            message: format!(
-                "This API key may not use the {} path; it may use: {}.",
-                path.as_str(),
-                names.join(", ")
-            ),
-            code: "model_not_allowed",
-        });
+    if let Some(paths) = &key.paths {
+        allowed(paths, path, RoutePath::as_str, "use", "model_not_allowed")?;
     }
     Ok(())
 }
