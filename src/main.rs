@@ -71,6 +71,9 @@ enum Command {
     /// Manage an account's projects through the admin API.
     #[command(subcommand)]
     Projects(ProjectsCommand),
+    /// Manage budgets on accounts, projects and keys through the admin API.
+    #[command(subcommand)]
+    Budgets(BudgetsCommand),
 }
 
 #[derive(Args)]
@@ -470,6 +473,100 @@ enum ProjectsCommand {
     /// Archive a project: its keys stop authenticating.
     Archive {
         /// Project id (proj_…).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Which account, project or key a budget command is about: exactly one.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct BudgetScope {
+    /// Account id (acct_…).
+    #[arg(long)]
+    account: Option<String>,
+    /// Project id (proj_…).
+    #[arg(long)]
+    project: Option<String>,
+    /// Key id (key_…).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl BudgetScope {
+    /// `/admin/{accounts|projects|keys}/{id}/budgets`.
+    fn path(&self) -> anyhow::Result<String> {
+        let (kind, id) = match (&self.account, &self.project, &self.key) {
+            (Some(a), _, _) => ("accounts", a),
+            (_, Some(p), _) => ("projects", p),
+            (_, _, Some(k)) => ("keys", k),
+            (None, None, None) => anyhow::bail!("name one of --account, --project or --key"),
+        };
+        Ok(format!("/admin/{kind}/{}/budgets", query_param(id)))
+    }
+}
+
+/// What a budget is set to.
+#[derive(Args)]
+struct BudgetTerms {
+    /// The most the scope may spend in a period, in credits (e.g. 25 or 0.5).
+    #[arg(long)]
+    limit: String,
+    /// day, week (Monday to Sunday), month or total.
+    #[arg(long)]
+    period: String,
+    /// IANA time zone of the calendar (e.g. Europe/Paris); UTC by default.
+    #[arg(long)]
+    timezone: Option<String>,
+    /// Spend past which BudgetThresholdCrossed is recorded once per period, in credits.
+    #[arg(long)]
+    soft_limit: Option<String>,
+}
+
+impl BudgetTerms {
+    fn body(&self) -> serde_json::Value {
+        let mut body = json!({"limit": self.limit, "period": self.period});
+        if let Some(tz) = &self.timezone {
+            body["timezone"] = json!(tz);
+        }
+        if let Some(soft) = &self.soft_limit {
+            body["soft_limit"] = json!(soft);
+        }
+        body
+    }
+}
+
+#[derive(Subcommand)]
+enum BudgetsCommand {
+    /// Set a new budget on an account, a project or a key.
+    Set {
+        #[command(flatten)]
+        scope: BudgetScope,
+        #[command(flatten)]
+        terms: BudgetTerms,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Replace a budget's limit, period, zone and soft limit.
+    Update {
+        /// Budget id (bud_…).
+        id: String,
+        #[command(flatten)]
+        terms: BudgetTerms,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List budgets with their current period's spend (an account's: all of its budgets).
+    List {
+        #[command(flatten)]
+        scope: BudgetScope,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a budget.
+    Remove {
+        /// Budget id (bud_…).
         id: String,
         #[command(flatten)]
         admin: AdminArgs,
@@ -913,6 +1010,48 @@ async fn run_projects(command: ProjectsCommand) -> anyhow::Result<()> {
     print_json(&value)
 }
 
+async fn run_budgets(command: BudgetsCommand) -> anyhow::Result<()> {
+    let value = match command {
+        BudgetsCommand::Set {
+            scope,
+            terms,
+            admin,
+        } => {
+            admin
+                .client()?
+                .call(Method::POST, &scope.path()?, Some(terms.body()))
+                .await?
+        }
+        BudgetsCommand::Update { id, terms, admin } => {
+            admin
+                .client()?
+                .call(
+                    Method::PUT,
+                    &format!("/admin/budgets/{}", query_param(&id)),
+                    Some(terms.body()),
+                )
+                .await?
+        }
+        BudgetsCommand::List { scope, admin } => {
+            admin
+                .client()?
+                .call(Method::GET, &scope.path()?, None)
+                .await?
+        }
+        BudgetsCommand::Remove { id, admin } => {
+            admin
+                .client()?
+                .call(
+                    Method::DELETE,
+                    &format!("/admin/budgets/{}", query_param(&id)),
+                    None,
+                )
+                .await?
+        }
+    };
+    print_json(&value)
+}
+
 async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
     let value = match command {
         KeysCommand::Create {
@@ -1072,5 +1211,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Accounts(command) => run_accounts(command).await,
         Command::Keys(command) => run_keys(command).await,
         Command::Projects(command) => run_projects(command).await,
+        Command::Budgets(command) => run_budgets(command).await,
     }
 }

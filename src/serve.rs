@@ -151,10 +151,12 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         Mode::Gateway => Reflection::AppliedEvent,
     }));
     let ledger = Ledger::new(db.clone());
+    credits.refresh_budgets(&read_model).await?;
     credits.refresh(&ledger).await?;
     let credit_refresher = tokio::spawn(refresh_credits(
         credits.clone(),
         ledger.clone(),
+        read_model.clone(),
         cancel.clone(),
     ));
     let prices = PriceTable::from_config(&config.pricing)
@@ -307,16 +309,24 @@ async fn follow_policies(state: AppState, mut follower: PolicyFollower, cancel: 
     }
 }
 
-/// How often the credit book reloads the ledger's balances.
+/// How often the credit book reloads the budgets and the ledger's balances and spend.
 const CREDIT_REFRESH: Duration = Duration::from_millis(250);
 
-async fn refresh_credits(credits: Arc<CreditBook>, ledger: Ledger, cancel: CancellationToken) {
+async fn refresh_credits(
+    credits: Arc<CreditBook>,
+    ledger: Ledger,
+    read_model: ReadModel,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(CREDIT_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {
+                if let Err(e) = credits.refresh_budgets(&read_model).await {
+                    tracing::warn!(error = %e, "budget refresh failed; keeping the previous budgets");
+                }
                 if let Err(e) = credits.refresh(&ledger).await {
                     tracing::warn!(error = %e, "credit refresh failed; keeping the previous balances");
                 }

@@ -1,4 +1,4 @@
-//! The admin service: accounts, keys, grants and routing policies. Every admin write is an event appended to the log, and the call returns
+//! The admin service: accounts, projects, keys, grants, budgets and routing policies. Every admin write is an event appended to the log, and the call returns
 //! only once the read models and the ledger have applied it (and this gateway's key cache has reloaded), so a
 //! key it issues works on the very next request and a key it revokes fails on the next one.
 //!
@@ -9,18 +9,21 @@ use std::time::Duration;
 
 use lumina_eventlog::consumer::has_applied;
 use lumina_eventlog::{ConsumerWatch, EventLog, LogError, Projection};
+use lumina_ledger::SpendScope;
 use lumina_ledger::{Balance, Ledger};
 use lumina_projector::policies::PolicyRow;
-use lumina_projector::{AccountRow, KeyRow, ProjectRow, ReadModel};
+use lumina_projector::{AccountRow, BudgetRow, KeyRow, ProjectRow, ReadModel};
 use lumina_schemas::ids::new_id;
 use lumina_schemas::money::MAX_ACCOUNT_CREDITS;
 use lumina_schemas::payloads::{
-    AccountOpened, ApiKeyCreated, ApiKeyExpirySet, ApiKeyRevoked, CreditsGranted, LimitsChanged,
-    PolicyActivated, PolicyPublished, ProjectArchived, ProjectCreated, ProjectRenamed,
+    AccountOpened, ApiKeyCreated, ApiKeyExpirySet, ApiKeyRevoked, BudgetRemoved, BudgetSet,
+    CreditsGranted, LimitsChanged, PolicyActivated, PolicyPublished, ProjectArchived,
+    ProjectCreated, ProjectRenamed,
 };
 use lumina_schemas::{Envelope, Event, NanoCredits};
 
 use crate::auth::{KeyCache, SecretError, generate_key};
+use crate::metering::budget::{self, Period};
 use crate::metering::credit::CreditBook;
 use crate::metering::events::InboundApi;
 use crate::routing::catalog::RoutePath;
@@ -61,6 +64,19 @@ pub enum AdminError {
     /// No randomness for a key.
     #[error(transparent)]
     Secret(#[from] SecretError),
+}
+
+/// What a budget is set to.
+#[derive(Debug, Clone)]
+pub struct BudgetRequest {
+    /// The most its scope may spend in a period.
+    pub limit: NanoCredits,
+    /// `day`, `week`, `month` or `total`.
+    pub period: String,
+    /// IANA time zone of its calendar; UTC when `None`.
+    pub timezone: Option<String>,
+    /// Use past which the crossing is recorded and clients are told what is left.
+    pub soft_limit: Option<NanoCredits>,
 }
 
 /// What a new key needs.
@@ -353,6 +369,7 @@ impl Admin {
     }
 
     async fn refresh_credits(&self) -> Result<(), AdminError> {
+        self.credits.refresh_budgets(&self.read_model).await?;
         self.credits.refresh(&self.ledger).await?;
         Ok(())
     }
@@ -456,6 +473,151 @@ impl Admin {
             self.refresh_keys().await?;
         }
         self.project(project_id).await
+    }
+
+    /// The account a budget on `scope_id` belongs to, and the project and key it names in its
+    /// events' envelope; `NotFound` for an unknown id.
+    async fn budget_owner(
+        &self,
+        scope: SpendScope,
+        scope_id: &str,
+    ) -> Result<(String, Option<String>, Option<String>), AdminError> {
+        Ok(match scope {
+            SpendScope::Account => (self.account(scope_id).await?.id, None, None),
+            SpendScope::Project => {
+                let project = self.project(scope_id).await?;
+                (project.account_id, Some(project.id), None)
+            }
+            SpendScope::Key => {
+                let key = self.key(scope_id).await?;
+                (key.account_id, Some(key.project_id), Some(key.id))
+            }
+        })
+    }
+
+    /// Sets a budget on an account, a project or a key: a new one, or with `budget_id` the
+    /// replacement of one in force on the same scope. In force on this gateway on return.
+    pub async fn set_budget(
+        &self,
+        scope: SpendScope,
+        scope_id: &str,
+        budget_id: Option<&str>,
+        request: BudgetRequest,
+    ) -> Result<BudgetRow, AdminError> {
+        if Period::parse(&request.period).is_none() {
+            return Err(AdminError::Invalid {
+                message: format!(
+                    "'period' is '{}': expected day, week, month or total",
+                    request.period
+                ),
+                param: "period",
+            });
+        }
+        let timezone = request.timezone.unwrap_or_else(|| "UTC".into());
+        if budget::timezone(&timezone).is_none() {
+            return Err(AdminError::Invalid {
+                message: format!(
+                    "'timezone' is '{timezone}': expected an IANA time zone such as Europe/Paris or UTC"
+                ),
+                param: "timezone",
+            });
+        }
+        if request.limit > MAX_ACCOUNT_CREDITS {
+            return Err(AdminError::Invalid {
+                message: format!(
+                    "'limit' is more than {MAX_ACCOUNT_CREDITS}, the most an account can hold"
+                ),
+                param: "limit",
+            });
+        }
+        if let Some(soft) = request.soft_limit
+            && soft > request.limit
+        {
+            return Err(AdminError::Invalid {
+                message: format!(
+                    "'soft_limit' ({soft}) must not be more than 'limit' ({})",
+                    request.limit
+                ),
+                param: "soft_limit",
+            });
+        }
+        let (account_id, project_id, key_id) = self.budget_owner(scope, scope_id).await?;
+        let budget_id = match budget_id {
+            Some(id) => id.to_string(),
+            None => new_id("bud"),
+        };
+        let mut envelope = self.envelope(&account_id);
+        envelope.project_id = project_id;
+        envelope.api_key_id = key_id;
+        let event = Event::new(
+            envelope,
+            BudgetSet {
+                budget_id: budget_id.clone(),
+                scope: scope.as_str().into(),
+                scope_id: scope_id.to_string(),
+                limit_nano: request.limit.0,
+                period: request.period,
+                timezone,
+                soft_limit_nano: request.soft_limit.map(|s| s.0),
+            },
+        );
+        self.record(&[event]).await?;
+        self.refresh_credits().await?;
+        self.budget(&budget_id).await
+    }
+
+    /// Replaces a budget in force with `request`, on the same scope.
+    pub async fn update_budget(
+        &self,
+        budget_id: &str,
+        request: BudgetRequest,
+    ) -> Result<BudgetRow, AdminError> {
+        let budget = self.budget(budget_id).await?;
+        let scope = SpendScope::parse(&budget.scope).ok_or_else(|| AdminError::NotFound {
+            what: "budget",
+            id: budget_id.to_string(),
+            param: "budget_id",
+        })?;
+        self.set_budget(scope, &budget.scope_id, Some(&budget.id), request)
+            .await
+    }
+
+    /// Removes a budget; requests are no longer held against it from the return on.
+    pub async fn remove_budget(&self, budget_id: &str) -> Result<BudgetRow, AdminError> {
+        let budget = self.budget(budget_id).await?;
+        let event = Event::new(
+            self.envelope(&budget.account_id),
+            BudgetRemoved {
+                budget_id: budget.id.clone(),
+            },
+        );
+        self.record(&[event]).await?;
+        self.refresh_credits().await?;
+        Ok(budget)
+    }
+
+    /// One budget in force, or `NotFound`.
+    pub async fn budget(&self, budget_id: &str) -> Result<BudgetRow, AdminError> {
+        self.read_model
+            .budget(budget_id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound {
+                what: "budget",
+                id: budget_id.to_string(),
+                param: "budget_id",
+            })
+    }
+
+    /// The budgets in force on `scope_id` (an existing account, project or key).
+    pub async fn budgets_on(
+        &self,
+        scope: SpendScope,
+        scope_id: &str,
+    ) -> Result<Vec<BudgetRow>, AdminError> {
+        let (account_id, ..) = self.budget_owner(scope, scope_id).await?;
+        let mut budgets = self.read_model.budgets(Some(&account_id)).await?;
+        budgets.retain(|b| b.scope == scope.as_str() && b.scope_id == scope_id);
+        Ok(budgets)
     }
 
     /// Grants `amount` (positive) to an existing account; returns the account afterwards.

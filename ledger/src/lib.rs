@@ -12,7 +12,10 @@ pub mod store;
 pub mod sweeper;
 
 pub use journal::{EntryKind, HoldState, JournalEntry, LedgerAccount, Posting, entry_for};
-pub use store::{Available, Balance, Ledger, LedgerProjection};
+pub use store::{
+    Available, Balance, Ledger, LedgerProjection, Snapshot, Spend, SpendQuery, SpendScope, Spends,
+    spend_bucket,
+};
 
 /// Consumer name of the ledger: the key of its positions and applied event ids.
 pub const CONSUMER: &str = "ledger";

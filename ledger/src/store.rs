@@ -85,6 +85,8 @@ async fn load_balances(
 /// A hold as the batch sees it, loaded or placed within the batch.
 struct HoldRow {
     account_id: String,
+    project_id: Option<String>,
+    api_key_id: Option<String>,
     amount: i64,
     placed_at: i64,
     ttl_ms: i64,
@@ -110,7 +112,8 @@ async fn load_holds(
     let mut holds = HashMap::with_capacity(request_ids.len());
     for chunk in pieces(request_ids, ROWS) {
         let sql = format!(
-            "SELECT request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at
+            "SELECT request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at,
+                    project_id, api_key_id
              FROM ledger_holds WHERE request_id IN {}",
             in_list(conn, chunk.len())
         );
@@ -133,6 +136,8 @@ async fn load_holds(
                         _ => "expired",
                     },
                     closed_at: r.try_get(6)?,
+                    project_id: r.try_get(7)?,
+                    api_key_id: r.try_get(8)?,
                     changed: false,
                 },
             );
@@ -153,6 +158,7 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
     request_ids.dedup();
     let mut holds = load_holds(conn, &request_ids).await?;
     let mut entries: Vec<JournalEntry> = Vec::with_capacity(events.len());
+    let mut spend: HashMap<(String, i64), i64> = HashMap::new();
     for event in events {
         let request = event.envelope.request_id.as_deref();
         let state = match (&event.payload, request) {
@@ -181,6 +187,8 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
                         r.to_string(),
                         HoldRow {
                             account_id: entry.account_id.clone(),
+                            project_id: event.envelope.project_id.clone(),
+                            api_key_id: event.envelope.api_key_id.clone(),
                             amount,
                             placed_at: entry.occurred_at,
                             ttl_ms,
@@ -205,6 +213,9 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
                 }
                 _ => {}
             }
+        }
+        if let Some(charged) = entry.charged.filter(|c| c.0 > 0) {
+            add_spend(&mut spend, &event.envelope, entry.occurred_at, charged.0);
         }
         entries.push(entry);
     }
@@ -267,8 +278,8 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
     let changed: Vec<(&String, &HoldRow)> = holds.iter().filter(|(_, h)| h.changed).collect();
     insert_rows(
         conn,
-        "INSERT INTO ledger_holds (request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at)",
-        7,
+        "INSERT INTO ledger_holds (request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at, project_id, api_key_id)",
+        9,
         "ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, closed_at = excluded.closed_at",
         ROWS,
         &changed,
@@ -280,7 +291,23 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
                 .bind(h.ttl_ms)
                 .bind(h.status)
                 .bind(h.closed_at)
+                .bind(h.project_id.as_deref())
+                .bind(h.api_key_id.as_deref())
         },
+    )
+    .await?;
+
+    // What each scope spent, by quarter hour and in all.
+    let spend: Vec<((String, i64), i64)> = spend.into_iter().collect();
+    insert_rows(
+        conn,
+        "INSERT INTO ledger_spend (scope, bucket, charged_nano)",
+        3,
+        "ON CONFLICT (scope, bucket) DO UPDATE SET
+             charged_nano = ledger_spend.charged_nano + excluded.charged_nano",
+        ROWS,
+        &spend,
+        |q, ((scope, bucket), charged)| q.bind(scope.as_str()).bind(*bucket).bind(*charged),
     )
     .await?;
 
@@ -397,6 +424,153 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
     Ok(())
 }
 
+/// Width of a spend bucket, µs: a quarter hour, so that every time zone's midnight (all
+/// offsets are whole quarter hours) starts one.
+pub const SPEND_BUCKET_MICROS: i64 = 15 * 60 * 1_000_000;
+
+/// The bucket of a scope's all-time spend.
+const TOTAL_BUCKET: i64 = -1;
+
+/// The spend bucket holding `micros`: its start.
+pub fn spend_bucket(micros: i64) -> i64 {
+    micros - micros.rem_euclid(SPEND_BUCKET_MICROS)
+}
+
+/// What a budget limits, as the ledger keys its spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpendScope {
+    /// Every request of an account.
+    Account,
+    /// Every request of a project.
+    Project,
+    /// Every request of a key.
+    Key,
+}
+
+impl SpendScope {
+    /// `account`, `project` or `key`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpendScope::Account => "account",
+            SpendScope::Project => "project",
+            SpendScope::Key => "key",
+        }
+    }
+
+    /// The scope named `name`.
+    pub fn parse(name: &str) -> Option<SpendScope> {
+        match name {
+            "account" => Some(SpendScope::Account),
+            "project" => Some(SpendScope::Project),
+            "key" => Some(SpendScope::Key),
+            _ => None,
+        }
+    }
+
+    /// The `ledger_spend.scope` of `id` in this scope.
+    fn key(self, id: &str) -> String {
+        format!("{}:{id}", self.as_str())
+    }
+
+    /// The `ledger_holds` column naming a hold's id in this scope.
+    fn hold_column(self) -> &'static str {
+        match self {
+            SpendScope::Account => "account_id",
+            SpendScope::Project => "project_id",
+            SpendScope::Key => "api_key_id",
+        }
+    }
+}
+
+/// Adds a charge to the quarter hour and the total of each scope its envelope names.
+fn add_spend(
+    spend: &mut HashMap<(String, i64), i64>,
+    envelope: &lumina_schemas::Envelope,
+    occurred_at: i64,
+    charged: i64,
+) {
+    let scopes = [
+        Some((SpendScope::Account, envelope.account_id.as_str())),
+        envelope
+            .project_id
+            .as_deref()
+            .map(|p| (SpendScope::Project, p)),
+        envelope.api_key_id.as_deref().map(|k| (SpendScope::Key, k)),
+    ];
+    for (scope, id) in scopes.into_iter().flatten() {
+        for bucket in [spend_bucket(occurred_at), TOTAL_BUCKET] {
+            let sum = spend.entry((scope.key(id), bucket)).or_insert(0);
+            *sum = sum.saturating_add(charged);
+        }
+    }
+}
+
+/// The spend a budget asks the ledger about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendQuery {
+    /// Names the answer.
+    pub budget_id: String,
+    /// What is limited.
+    pub scope: SpendScope,
+    /// Its account, project or key id.
+    pub scope_id: String,
+    /// The period's start, µs; `None`: all time.
+    pub since: Option<i64>,
+}
+
+/// What a scope spent in a period and holds now, as the ledger has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spend {
+    /// Charges settled since the period's start.
+    pub settled: i64,
+    /// Open holds.
+    pub held: i64,
+}
+
+/// The spend of each query, keyed by budget id.
+pub type Spends = HashMap<String, Spend>;
+
+/// `SELECT kind, name, settled, held` rows answering `queries`, to append to a snapshot's
+/// statement with `UNION ALL`; its parameters start at `$first` and are bound by
+/// [`bind_spend_queries`].
+fn spend_selects(queries: &[SpendQuery], first: usize) -> String {
+    let mut sql = String::new();
+    for (i, q) in queries.iter().enumerate() {
+        let n = first + i * 4;
+        let bucket = if q.since.is_some() {
+            format!("bucket >= ${}", n + 2)
+        } else {
+            format!("bucket = ${}", n + 2)
+        };
+        let _ = write!(
+            sql,
+            " UNION ALL SELECT 2, CAST(${n} AS TEXT), \
+               CAST((SELECT COALESCE(SUM(charged_nano), 0) FROM ledger_spend \
+                 WHERE scope = ${} AND {bucket}) AS BIGINT), \
+               CAST((SELECT COALESCE(SUM(amount_nano), 0) FROM ledger_holds \
+                 WHERE status = 'open' AND {} = ${}) AS BIGINT)",
+            n + 1,
+            q.scope.hold_column(),
+            n + 3,
+        );
+    }
+    sql
+}
+
+fn bind_spend_queries<'q>(
+    mut query: lumina_eventlog::db::AnyQuery<'q>,
+    queries: &'q [SpendQuery],
+) -> lumina_eventlog::db::AnyQuery<'q> {
+    for q in queries {
+        query = query
+            .bind(q.budget_id.as_str())
+            .bind(q.scope.key(&q.scope_id))
+            .bind(q.since.map_or(TOTAL_BUCKET, spend_bucket))
+            .bind(q.scope_id.as_str());
+    }
+    query
+}
+
 fn account_of(posting_account: &LedgerAccount) -> Option<&str> {
     match posting_account {
         LedgerAccount::Available(a) | LedgerAccount::Held(a) => Some(a),
@@ -433,6 +607,34 @@ pub struct Ledger {
 /// Every account's available balance, as one snapshot.
 pub type Available = HashMap<String, i64>;
 
+/// What a gateway's credit book reads from the ledger in one statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every account's available balance.
+    pub available: Available,
+    /// The ledger's next position in the gateway's local log (embedded mode).
+    pub ledger_next: u64,
+    /// The spend each budget asked about.
+    pub spend: Spends,
+}
+
+impl Snapshot {
+    /// Takes one row of kind 1 (a balance) or 2 (a budget's spend).
+    fn read(&mut self, kind: i32, name: String, a: i64, b: i64) {
+        if kind == 1 {
+            self.available.insert(name, a);
+        } else {
+            self.spend.insert(
+                name,
+                Spend {
+                    settled: a,
+                    held: b,
+                },
+            );
+        }
+    }
+}
+
 impl Ledger {
     /// The ledger in `db`.
     pub fn new(db: Database) -> Ledger {
@@ -444,46 +646,53 @@ impl Ledger {
         &self.db
     }
 
-    /// Every account's available balance and the ledger's next position in a gateway's local
-    /// log (embedded mode), read in one statement so the two agree.
-    pub async fn available_at_position(&self) -> Result<(Available, u64), sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT '' AS account_id, next_offset FROM consumer_positions
+    /// Every account's available balance, the ledger's next position in a gateway's local log
+    /// (embedded mode) and the spend `budgets` ask about, read in one statement so they agree.
+    pub async fn available_at_position(
+        &self,
+        budgets: &[SpendQuery],
+    ) -> Result<Snapshot, sqlx::Error> {
+        let sql = format!(
+            "SELECT 0 AS kind, '' AS name, next_offset AS a, 0 AS b FROM consumer_positions
                WHERE consumer = $1 AND stream = 'local' AND partition_id = 0
              UNION ALL
-             SELECT account_id, available_nano FROM ledger_balances",
-        )
-        .bind(CONSUMER)
-        .fetch_all(&self.db.pool)
-        .await?;
-        let mut available = HashMap::with_capacity(rows.len());
-        let mut next = 0u64;
+             SELECT 1, account_id, available_nano, 0 FROM ledger_balances{}",
+            spend_selects(budgets, 2)
+        );
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(CONSUMER);
+        let rows = bind_spend_queries(query, budgets)
+            .fetch_all(&self.db.pool)
+            .await?;
+        let mut snapshot = Snapshot::default();
         for row in &rows {
-            let account: String = row.try_get(0)?;
-            let value: i64 = row.try_get(1)?;
-            if account.is_empty() {
-                next = u64::try_from(value).unwrap_or(0);
-            } else {
-                available.insert(account, value);
+            let kind: i32 = row.try_get(0)?;
+            let value: i64 = row.try_get(2)?;
+            match kind {
+                0 => snapshot.ledger_next = u64::try_from(value).unwrap_or(0),
+                _ => snapshot.read(kind, row.try_get(1)?, value, row.try_get(3)?),
             }
         }
-        Ok((available, next))
+        Ok(snapshot)
     }
 
-    /// Every account's available balance and which of `events` the ledger applied (distributed
-    /// mode, where its positions are topic offsets), read in one statement so the two agree.
+    /// Every account's available balance, the spend `budgets` ask about and which of
+    /// `events` the ledger applied (distributed mode, where its positions are topic offsets),
+    /// read in one statement so they agree.
     pub async fn available_with_applied(
         &self,
         events: &[Uuid],
-    ) -> Result<(Available, HashSet<Uuid>), sqlx::Error> {
-        let mut sql =
-            String::from("SELECT 0 AS kind, account_id, available_nano FROM ledger_balances");
+        budgets: &[SpendQuery],
+    ) -> Result<(Snapshot, HashSet<Uuid>), sqlx::Error> {
+        let mut sql = String::from(
+            "SELECT 1 AS kind, account_id AS name, available_nano AS a, 0 AS b FROM ledger_balances",
+        );
+        sql.push_str(&spend_selects(budgets, 1));
         if !events.is_empty() {
             // Uuids render as hex and dashes only, so they are safe as literals; one parameter
             // per id would run into PostgreSQL's limit of 65,535.
             let _ = write!(
                 sql,
-                " UNION ALL SELECT 1, event_id, 0 FROM consumer_applied_events \
+                " UNION ALL SELECT 3, event_id, 0, 0 FROM consumer_applied_events \
                  WHERE consumer = '{CONSUMER}' AND event_id IN ("
             );
             for (i, id) in events.iter().enumerate() {
@@ -492,21 +701,42 @@ impl Ledger {
             }
             sql.push(')');
         }
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let rows = bind_spend_queries(query, budgets)
             .fetch_all(&self.db.pool)
             .await?;
-        let mut available = HashMap::with_capacity(rows.len());
+        let mut snapshot = Snapshot::default();
         let mut applied = HashSet::new();
         for row in &rows {
             let kind: i32 = row.try_get(0)?;
             let name: String = row.try_get(1)?;
-            if kind == 0 {
-                available.insert(name, row.try_get::<i64, _>(2)?);
-            } else if let Ok(id) = Uuid::parse_str(&name) {
-                applied.insert(id);
+            if kind == 3 {
+                if let Ok(id) = Uuid::parse_str(&name) {
+                    applied.insert(id);
+                }
+            } else {
+                snapshot.read(kind, name, row.try_get(2)?, row.try_get(3)?);
             }
         }
-        Ok((available, applied))
+        Ok((snapshot, applied))
+    }
+
+    /// What `budgets` spent and hold now, as the ledger has it.
+    pub async fn spend(&self, budgets: &[SpendQuery]) -> Result<Spends, sqlx::Error> {
+        if budgets.is_empty() {
+            return Ok(Spends::new());
+        }
+        let sql = spend_selects(budgets, 1);
+        let sql = sql.trim_start_matches(" UNION ALL ").to_string();
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut snapshot = Snapshot::default();
+        for row in bind_spend_queries(query, budgets)
+            .fetch_all(&self.db.pool)
+            .await?
+        {
+            snapshot.read(2, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        }
+        Ok(snapshot.spend)
     }
 
     /// The balance of `account_id` (zero when it has no entries yet).
@@ -760,7 +990,8 @@ impl Ledger {
 }
 
 /// Tables the ledger writes, in deletion order.
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 6] = [
+    "ledger_spend",
     "ledger_daily",
     "ledger_holds",
     "ledger_balances",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use lumina_eventlog::{
     Backend, Consumer, ConsumerOptions, Database, EventLog, LocalLogSource, LogOptions, LogRecord,
 };
-use lumina_ledger::{Ledger, LedgerProjection};
+use lumina_ledger::{Ledger, LedgerProjection, Spend, SpendQuery, SpendScope, spend_bucket};
 use lumina_schemas::money::MAX_ACCOUNT_CREDITS;
 use lumina_schemas::payloads::CreditsGranted;
 use lumina_schemas::{Envelope, Event, EventType};
@@ -188,6 +188,96 @@ async fn database_refuses_unbalanced_entries(backend: Backend) {
             .await
             .is_err()
     );
+}
+
+/// `event_type`'s sample, for request `request` of key `key` in project `project`.
+fn request_event(event_type: EventType, request: &str, project: &str, key: &str) -> Event {
+    let mut event = lumina_schemas::samples::sample(event_type, 7);
+    // A fresh id and time: samples of one seed share theirs.
+    event.envelope = Envelope::new("acct_s", "test");
+    event.envelope.request_id = Some(request.into());
+    event.envelope.project_id = Some(project.into());
+    event.envelope.api_key_id = Some(key.into());
+    event
+}
+
+async fn spend_by_scope(backend: Backend) {
+    let (_t, db) = migrated_database(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path().join("events.db"), LogOptions::default()).unwrap();
+    log.append_event(&grant("acct_s", 10_000_000_000))
+        .await
+        .unwrap();
+    // r1 (key k1) settles; r2 (key k2, same project) stays open.
+    let settled = request_event(EventType::RequestSettled, "r1", "p1", "k1");
+    let charge = match &settled.payload {
+        lumina_schemas::Payload::RequestSettled(s) => s.charge_nano,
+        _ => unreachable!(),
+    };
+    let open = request_event(EventType::RequestRouted, "r2", "p1", "k2");
+    let held = match &open.payload {
+        lumina_schemas::Payload::RequestRouted(r) => r.hold.as_ref().unwrap().amount_nano,
+        _ => unreachable!(),
+    };
+    for event in [
+        request_event(EventType::RequestRouted, "r1", "p1", "k1"),
+        settled.clone(),
+        open,
+    ] {
+        log.append_event(&event).await.unwrap();
+    }
+    consume(&db, &log).await;
+
+    let at = settled.envelope.occurred_at;
+    let query = |id: &str, scope: SpendScope, scope_id: &str, since: Option<i64>| SpendQuery {
+        budget_id: id.into(),
+        scope,
+        scope_id: scope_id.into(),
+        since,
+    };
+    let queries = [
+        query("account", SpendScope::Account, "acct_s", None),
+        query(
+            "project",
+            SpendScope::Project,
+            "p1",
+            Some(at - 3_600_000_000),
+        ),
+        query("k1", SpendScope::Key, "k1", Some(spend_bucket(at))),
+        query("k1-later", SpendScope::Key, "k1", Some(at + 900_000_000)),
+        query("k2", SpendScope::Key, "k2", None),
+        query("nobody", SpendScope::Key, "k3", None),
+    ];
+    let expected = [
+        ("account", charge, held),
+        ("project", charge, held),
+        ("k1", charge, 0),
+        ("k1-later", 0, 0),
+        ("k2", 0, held),
+        ("nobody", 0, 0),
+    ];
+    let ledger = Ledger::new(db.clone());
+    let by_position = ledger.available_at_position(&queries).await.unwrap();
+    let (by_event, _) = ledger.available_with_applied(&[], &queries).await.unwrap();
+    let direct = ledger.spend(&queries).await.unwrap();
+    for spends in [&by_position.spend, &by_event.spend, &direct] {
+        for (id, settled, held) in expected {
+            assert_eq!(spends[id], Spend { settled, held }, "{backend:?}: {id}");
+        }
+    }
+    assert_eq!(
+        by_position.available["acct_s"],
+        10_000_000_000 - charge - held,
+        "{backend:?}"
+    );
+    assert_eq!(by_position.available, by_event.available);
+}
+
+#[tokio::test]
+async fn the_ledger_derives_each_scopes_spend_and_open_holds() {
+    for backend in BACKENDS {
+        spend_by_scope(backend).await;
+    }
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Read models of accounts, projects, credit grants and API keys.
 //!
-//! [`ReadModelProjection`] applies `AccountOpened`, `CreditsGranted`, `ApiKeyCreated`,
-//! `ApiKeyRevoked` and `LimitsChanged` (and, through [`crate::policies`], the routing policies;
+//! [`ReadModelProjection`] applies `AccountOpened`, the project events, `CreditsGranted`, the
+//! key events, `LimitsChanged` and the budget events (and, through [`crate::policies`], the routing policies;
 //! the request views in [`crate::requests`]; eval results in [`crate::eval_results`]);
 //! [`ReadModel`] answers the queries of the admin API and
 //! the gateway's key cache. Every column comes from an event (timestamps are `occurred_at`,
@@ -38,6 +38,9 @@ impl lumina_eventlog::Projection for ReadModelProjection {
                 | EventType::ApiKeyRevoked
                 | EventType::ApiKeyExpirySet
                 | EventType::LimitsChanged
+                | EventType::BudgetSet
+                | EventType::BudgetRemoved
+                | EventType::BudgetThresholdCrossed
                 | EventType::RequestRouted
                 | EventType::UpstreamAttempted
                 | EventType::RequestSettled
@@ -208,6 +211,55 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                 .bind(env.occurred_at)
                 .bind(&p.key_id)
                 .bind(&env.account_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::BudgetSet(p) => {
+                sqlx::query(
+                    "INSERT INTO budgets
+                         (id, account_id, scope, scope_id, limit_nano, soft_limit_nano, period,
+                          timezone, created_at, updated_at, removed_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, NULL)
+                     ON CONFLICT (id) DO UPDATE SET
+                         limit_nano = excluded.limit_nano,
+                         soft_limit_nano = excluded.soft_limit_nano,
+                         period = excluded.period, timezone = excluded.timezone,
+                         updated_at = excluded.updated_at
+                     WHERE budgets.account_id = excluded.account_id
+                       AND budgets.removed_at IS NULL",
+                )
+                .bind(&p.budget_id)
+                .bind(&env.account_id)
+                .bind(&p.scope)
+                .bind(&p.scope_id)
+                .bind(p.limit_nano)
+                .bind(p.soft_limit_nano)
+                .bind(&p.period)
+                .bind(&p.timezone)
+                .bind(env.occurred_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::BudgetRemoved(p) => {
+                sqlx::query(
+                    "UPDATE budgets SET removed_at = $1, updated_at = $1
+                     WHERE id = $2 AND account_id = $3 AND removed_at IS NULL",
+                )
+                .bind(env.occurred_at)
+                .bind(&p.budget_id)
+                .bind(&env.account_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::BudgetThresholdCrossed(p) => {
+                sqlx::query(
+                    "INSERT INTO budget_thresholds (budget_id, period_start, crossed_at, used_nano)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (budget_id, period_start) DO NOTHING",
+                )
+                .bind(&p.budget_id)
+                .bind(p.period_start)
+                .bind(env.occurred_at)
+                .bind(p.used_nano)
                 .execute(&mut *conn)
                 .await?;
             }
@@ -415,6 +467,54 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
     })
 }
 
+/// A budget as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BudgetRow {
+    /// `bud_…`
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// `account`, `project` or `key`.
+    pub scope: String,
+    /// The account, project or key id.
+    pub scope_id: String,
+    /// The most its scope may spend in a period, nano-credits.
+    pub limit_nano: i64,
+    /// The soft limit, nano-credits.
+    pub soft_limit_nano: Option<i64>,
+    /// `day`, `week`, `month` or `total`.
+    pub period: String,
+    /// IANA time zone of its calendar.
+    pub timezone: String,
+    /// µs since the epoch.
+    pub created_at: i64,
+    /// µs since the epoch, of the last change.
+    pub updated_at: i64,
+    /// The latest period start (µs) whose soft limit was crossed.
+    pub crossed_period_start: Option<i64>,
+}
+
+/// A budget's columns, read from `budgets b`.
+const BUDGET_COLUMNS: &str = "b.id, b.account_id, b.scope, b.scope_id, b.limit_nano, \
+     b.soft_limit_nano, b.period, b.timezone, b.created_at, b.updated_at, \
+     (SELECT MAX(t.period_start) FROM budget_thresholds t WHERE t.budget_id = b.id)";
+
+fn budget_row(r: &AnyRow) -> Result<BudgetRow, sqlx::Error> {
+    Ok(BudgetRow {
+        id: r.try_get(0)?,
+        account_id: r.try_get(1)?,
+        scope: r.try_get(2)?,
+        scope_id: r.try_get(3)?,
+        limit_nano: r.try_get(4)?,
+        soft_limit_nano: r.try_get(5)?,
+        period: r.try_get(6)?,
+        timezone: r.try_get(7)?,
+        created_at: r.try_get(8)?,
+        updated_at: r.try_get(9)?,
+        crossed_period_start: r.try_get(10)?,
+    })
+}
+
 fn account_row(r: &AnyRow) -> Result<AccountRow, sqlx::Error> {
     Ok(AccountRow {
         id: r.try_get(0)?,
@@ -507,6 +607,32 @@ impl ReadModel {
             .try_get(0)
     }
 
+    /// Budgets in force: of `account_id`, or of every account; oldest first.
+    pub async fn budgets(&self, account_id: Option<&str>) -> Result<Vec<BudgetRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {BUDGET_COLUMNS} FROM budgets b
+             WHERE b.removed_at IS NULL AND ($1 IS NULL OR b.account_id = $1)
+             ORDER BY b.created_at, b.id"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(account_id)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter().map(budget_row).collect()
+    }
+
+    /// One budget in force by id.
+    pub async fn budget(&self, id: &str) -> Result<Option<BudgetRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {BUDGET_COLUMNS} FROM budgets b WHERE b.id = $1 AND b.removed_at IS NULL"
+        ));
+        let row = sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.as_ref().map(budget_row).transpose()
+    }
+
     /// One project by id.
     pub async fn project(&self, id: &str) -> Result<Option<ProjectRow>, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(format!(
@@ -533,7 +659,9 @@ impl ReadModel {
 }
 
 /// Tables the projector writes, in deletion order.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 14] = [
+    "budget_thresholds",
+    "budgets",
     "policy_activations",
     "policies",
     "api_keys",

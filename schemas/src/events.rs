@@ -198,6 +198,9 @@ event_types! {
     ProjectRenamed => "project_renamed" [1] current 1;
     ProjectArchived => "project_archived" [1] current 1;
     ApiKeyExpirySet => "api_key_expiry_set" [1] current 1;
+    BudgetSet => "budget_set" [1] current 1;
+    BudgetRemoved => "budget_removed" [1] current 1;
+    BudgetThresholdCrossed => "budget_threshold_crossed" [1] current 1;
 }
 
 /// Something done with a payload struct, generic over its type.

@@ -44,6 +44,49 @@ pub struct ProjectArchived {
     pub project_id: String,
 }
 
+/// A budget was set (or replaced, with the same id) on an account, a project or a key: the
+/// most its requests may spend in each period. The envelope names the account, and the project
+/// or key it is set on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetSet {
+    /// The budget (`bud_…`).
+    pub budget_id: String,
+    /// What it limits: `account`, `project` or `key`.
+    pub scope: String,
+    /// The account, project or key id.
+    pub scope_id: String,
+    /// The most its scope may spend in a period, nano-credits.
+    pub limit_nano: i64,
+    /// `day`, `week` (Monday to Sunday), `month` or `total`.
+    pub period: String,
+    /// The IANA time zone whose calendar the periods follow.
+    pub timezone: String,
+    /// Spend past which `BudgetThresholdCrossed` is recorded once per period, nano-credits.
+    pub soft_limit_nano: Option<i64>,
+}
+
+/// A budget was removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetRemoved {
+    /// The budget.
+    pub budget_id: String,
+}
+
+/// A request took a budget's use past its soft limit, the first time in the period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetThresholdCrossed {
+    /// The budget.
+    pub budget_id: String,
+    /// The start of the period, µs since the epoch (0 for a `total` budget).
+    pub period_start: i64,
+    /// The soft limit crossed, nano-credits.
+    pub soft_limit_nano: i64,
+    /// The budget's limit, nano-credits.
+    pub limit_nano: i64,
+    /// What the period had used with the request's hold, nano-credits.
+    pub used_nano: i64,
+}
+
 /// Credits were added to an account's balance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreditsGranted {

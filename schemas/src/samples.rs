@@ -70,6 +70,28 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             replaced_by: Some(format!("key_{:032x}", seed + 1)),
         }
         .into(),
+        EventType::BudgetSet => BudgetSet {
+            budget_id: format!("bud_{seed:032x}"),
+            scope: "key".into(),
+            scope_id: format!("key_{seed:032x}"),
+            limit_nano: 10_000_000_000 + n,
+            period: "month".into(),
+            timezone: "Europe/Paris".into(),
+            soft_limit_nano: Some(8_000_000_000),
+        }
+        .into(),
+        EventType::BudgetRemoved => BudgetRemoved {
+            budget_id: format!("bud_{seed:032x}"),
+        }
+        .into(),
+        EventType::BudgetThresholdCrossed => BudgetThresholdCrossed {
+            budget_id: format!("bud_{seed:032x}"),
+            period_start: 1_800_000_000_000_000 + n,
+            soft_limit_nano: 8_000_000_000,
+            limit_nano: 10_000_000_000,
+            used_nano: 8_000_000_001 + n,
+        }
+        .into(),
         EventType::ApiKeyRevoked => ApiKeyRevoked {
             key_id: format!("key_{seed:032x}"),
             reason: Some("leaked".into()),

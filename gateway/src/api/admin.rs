@@ -21,7 +21,7 @@ use crate::state::AppState;
 const GRANTED_BY: &str = "admin";
 
 /// Parses a credit amount given as a JSON number or a decimal string, exactly.
-fn parse_credits(raw: &RawValue, param: &str) -> Result<NanoCredits, ApiError> {
+pub(crate) fn parse_credits(raw: &RawValue, param: &str) -> Result<NanoCredits, ApiError> {
     let text = raw.get().trim();
     let decimal_text = if text.starts_with('"') {
         serde_json::from_str::<String>(text).map_err(|_| {
@@ -49,7 +49,7 @@ fn parse_credits(raw: &RawValue, param: &str) -> Result<NanoCredits, ApiError> {
     Ok(amount)
 }
 
-fn unix_seconds(micros: i64) -> i64 {
+pub(crate) fn unix_seconds(micros: i64) -> i64 {
     micros.div_euclid(1_000_000)
 }
 

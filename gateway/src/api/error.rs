@@ -9,11 +9,18 @@ use serde::Serialize;
 
 use crate::admin::AdminError;
 use crate::auth::AuthFailure;
+use crate::metering::credit::OverBudget;
 use crate::metering::limits::{
     LimitExceeded, LimitKind, LimitState, LimitStatus, format_reset, retry_after_secs,
 };
 use crate::providers::UpstreamClientError;
 use crate::wire::InvalidRequest;
+
+/// `x-lumina-budget`: the budget that refused a request.
+static X_LUMINA_BUDGET: HeaderName = HeaderName::from_static("x-lumina-budget");
+/// `x-lumina-budget-remaining`: credits left in the tightest budget once one passed its soft
+/// limit.
+static X_LUMINA_BUDGET_REMAINING: HeaderName = HeaderName::from_static("x-lumina-budget-remaining");
 
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +106,13 @@ pub enum ApiError {
         /// The hold the request needs.
         needed: lumina_schemas::NanoCredits,
     },
+    /// The request's hold would take a budget past its limit (402 before any call).
+    #[error(
+        "This request needs {} credits held, which would take budget {} (on {} {}, per {}) past its limit of {} credits: {} used in this period. Raise or remove the budget, or wait for its next period.",
+        lumina_schemas::NanoCredits(.0.needed), .0.budget_id, .0.scope.as_str(), .0.scope_id,
+        .0.period, lumina_schemas::NanoCredits(.0.limit), lumina_schemas::NanoCredits(.0.used)
+    )]
+    BudgetExceeded(Box<OverBudget>),
     /// A Fusion request's hold is more than its `max_cost` allows (402 before any call).
     #[error(
         "This Fusion request needs {needed} credits held for its panel, judge and synthesizer, more than its max_cost of {cap}. Raise lumina.fusion.max_cost, or use a smaller panel or a lower max_tokens."
@@ -189,9 +203,9 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::HeadersTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::InsufficientQuota { .. } | ApiError::OverCostCap { .. } => {
-                StatusCode::PAYMENT_REQUIRED
-            }
+            ApiError::InsufficientQuota { .. }
+            | ApiError::OverCostCap { .. }
+            | ApiError::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -230,6 +244,7 @@ impl ApiError {
                 ("insufficient_quota", Some("insufficient_quota"))
             }
             ApiError::OverCostCap { .. } => ("insufficient_quota", Some("fusion_max_cost")),
+            ApiError::BudgetExceeded(_) => ("insufficient_quota", Some("budget_exceeded")),
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
             ApiError::PreviousResponseNotFound(_) => {
                 ("invalid_request_error", Some("previous_response_not_found"))
@@ -297,6 +312,11 @@ impl IntoResponse for ApiError {
         {
             response.headers_mut().insert(RETRY_AFTER, v);
         }
+        if let ApiError::BudgetExceeded(b) = &self
+            && let Ok(v) = HeaderValue::from_str(&b.budget_id)
+        {
+            response.headers_mut().insert(X_LUMINA_BUDGET.clone(), v);
+        }
         if let ApiError::RateLimited(e) = &self {
             let headers = response.headers_mut();
             rate_limit_headers(headers, &e.status);
@@ -360,8 +380,15 @@ fn insert_limit(headers: &mut HeaderMap, names: [&'static str; 3], state: &Limit
     }
 }
 
-/// OpenAI's `x-ratelimit-*` headers for the limits a key has.
+/// OpenAI's `x-ratelimit-*` headers for the limits a key has, and `x-lumina-budget-remaining`
+/// once a budget passed its soft limit.
 pub fn rate_limit_headers(headers: &mut HeaderMap, status: &LimitStatus) {
+    if let Some(remaining) = status.budget_remaining
+        && let Ok(v) =
+            HeaderValue::from_str(&lumina_schemas::NanoCredits(remaining.max(0)).to_string())
+    {
+        headers.insert(X_LUMINA_BUDGET_REMAINING.clone(), v);
+    }
     if let Some(r) = &status.requests {
         insert_limit(
             headers,

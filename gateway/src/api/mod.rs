@@ -2,6 +2,7 @@
 //! between the wire and the services; they hold no logic of their own.
 
 pub mod admin;
+pub mod budgets;
 pub mod chat;
 pub mod embeddings;
 pub mod error;
@@ -115,6 +116,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 HeaderName::from_static("x-request-id"),
                 HeaderName::from_static("x-lumina-cost"),
                 HeaderName::from_static("x-lumina-route"),
+                HeaderName::from_static("x-lumina-budget-remaining"),
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )
@@ -138,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/models", get(models::list))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/budgets", get(budgets::mine))
         .route("/v1/requests", get(requests::list))
         .route("/v1/requests/{id}", get(requests::get))
         .route("/v1/feedback", post(requests::feedback))
@@ -158,6 +161,24 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/accounts", post(admin::create_account))
         .route("/admin/accounts/{id}", get(admin::get_account))
         .route("/admin/accounts/{id}/credits", post(admin::grant_credits))
+        .route(
+            "/admin/accounts/{id}/budgets",
+            post(budgets::create_on_account).get(budgets::list_of_account),
+        )
+        .route(
+            "/admin/projects/{id}/budgets",
+            post(budgets::create_on_project).get(budgets::list_on_project),
+        )
+        .route(
+            "/admin/keys/{id}/budgets",
+            post(budgets::create_on_key).get(budgets::list_on_key),
+        )
+        .route(
+            "/admin/budgets/{id}",
+            get(budgets::get_budget)
+                .put(budgets::replace_budget)
+                .delete(budgets::remove_budget),
+        )
         .route(
             "/admin/accounts/{id}/projects",
             post(admin::create_project).get(admin::list_projects),

@@ -32,6 +32,7 @@ use crate::auth::KeyIdentity;
 use crate::engine::attempt::{Attempt, Attempts, Tried};
 use crate::engine::settle::{AnswerText, Settlement, bill};
 use crate::engine::stream::Pump;
+use crate::metering::credit::{Holder, Refused};
 use crate::metering::events::{InboundApi, Outcome, RequestMeta, Routing as RoutingRecord};
 use crate::metering::limits::LimitStatus;
 use crate::metering::usage;
@@ -335,7 +336,7 @@ async fn admit_plan(
         .limits
         .enter(origin.key)
         .map_err(|e| ApiError::TooManyParallel(e.limit))?;
-    let limits = state
+    let mut limits = state
         .limits
         .check(origin.key, tokens)
         .map_err(|e| ApiError::RateLimited(Box::new(e)))?;
@@ -361,20 +362,26 @@ async fn admit_plan(
             .prices
             .hold(path, &deployment_ids, prompt_estimate, max_tokens, n),
     };
+    let mut crossings = Vec::new();
     if hold.is_positive() {
-        state
+        let holder = Holder {
+            account_id: &meta.key.account_id,
+            project_id: &meta.key.project_id,
+            key_id: &meta.key.key_id,
+        };
+        let held = state
             .credits
-            .hold(
-                &state.ledger,
-                &meta.key.account_id,
-                &meta.request_id,
-                hold.0,
-            )
+            .hold(&state.ledger, holder, &meta.request_id, hold.0)
             .await
-            .map_err(|e| ApiError::InsufficientQuota {
-                available: NanoCredits(e.available),
-                needed: NanoCredits(e.needed),
+            .map_err(|refused| match refused {
+                Refused::Insufficient(e) => ApiError::InsufficientQuota {
+                    available: NanoCredits(e.available),
+                    needed: NanoCredits(e.needed),
+                },
+                Refused::OverBudget(b) => ApiError::BudgetExceeded(b),
             })?;
+        limits.budget_remaining = held.budget_remaining;
+        crossings = held.crossings;
     }
     let routed = meta.routed(RoutingRecord {
         api,
@@ -399,6 +406,15 @@ async fn admit_plan(
             state
                 .credits
                 .queued(&meta.request_id, routed.envelope.event_id, position);
+            for crossing in &crossings {
+                if let Err(e) = state
+                    .log
+                    .append_event_nowait(&meta.threshold_crossed(crossing))
+                    .await
+                {
+                    tracing::warn!(error = %e, budget = %crossing.budget_id, "budget threshold not recorded");
+                }
+            }
         }
         Err(e) => {
             state.credits.cancel(&meta.request_id);

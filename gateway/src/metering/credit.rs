@@ -24,11 +24,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use lumina_eventlog::LogError;
-use lumina_ledger::Ledger;
-use lumina_schemas::ids::{AccountId, RequestId};
+use lumina_ledger::{Ledger, Snapshot, Spend, SpendQuery, SpendScope};
+use lumina_projector::ReadModel;
+use lumina_schemas::ids::{AccountId, KeyId, ProjectId, RequestId};
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+use crate::metering::budget::Budget;
 
 /// Where a hold's `RequestRouted` landed in the log.
 enum Position {
@@ -58,7 +62,8 @@ struct Settled {
 }
 
 struct Pending {
-    account_id: String,
+    /// The account, project and key it is for, in [`scope_index`] order.
+    scopes: [String; 3],
     amount: i64,
     position: Position,
     /// The hold's `RequestRouted` event, once queued.
@@ -92,6 +97,23 @@ impl Pending {
 /// this long (they take nothing off the balance by then; forgetting them only bounds memory).
 const FORGET_UNSETTLED: Duration = Duration::from_secs(60);
 
+/// Where a scope's entry sits in a request's scopes and in per-scope tables: account,
+/// project, key.
+fn scope_index(scope: SpendScope) -> usize {
+    match scope {
+        SpendScope::Account => 0,
+        SpendScope::Project => 1,
+        SpendScope::Key => 2,
+    }
+}
+
+/// A budget in force and what the last snapshot said it used.
+struct BudgetState {
+    budget: Budget,
+    /// The period start the snapshot's spend is for, and the spend.
+    snapshot: Option<(i64, Spend)>,
+}
+
 #[derive(Default)]
 struct Book {
     available: HashMap<String, i64>,
@@ -100,45 +122,158 @@ struct Book {
     /// The ledger's next log position in the last snapshot (embedded mode).
     ledger_next: u64,
     pending: HashMap<String, Pending>,
-    pending_by_account: HashMap<String, i64>,
+    /// What the pending requests take, per account, project and key (in [`scope_index`] order).
+    pending_by: [HashMap<String, i64>; 3],
+    budgets: Vec<BudgetState>,
+    /// Indexes into `budgets` by the id they limit, per scope (in [`scope_index`] order).
+    budgets_by: [HashMap<String, Vec<usize>>; 3],
 }
 
 impl Book {
-    fn pending_of(&self, account_id: &str) -> i64 {
-        self.pending_by_account
-            .get(account_id)
+    fn pending_of(&self, scope: SpendScope, id: &str) -> i64 {
+        self.pending_by[scope_index(scope)]
+            .get(id)
             .copied()
             .unwrap_or(0)
     }
 
-    fn remove(&mut self, request_id: &str) {
-        if let Some(p) = self.pending.remove(request_id) {
-            self.add_to_account(&p.account_id, -p.contribution());
-        }
+    fn available_to(&self, account_id: &str) -> i64 {
+        self.available.get(account_id).copied().unwrap_or(0)
+            - self.pending_of(SpendScope::Account, account_id)
     }
 
-    fn add_to_account(&mut self, account_id: &str, delta: i64) {
-        if delta == 0 {
-            return;
-        }
-        let total = self
-            .pending_by_account
-            .entry(account_id.to_string())
-            .or_insert(0);
-        *total += delta;
-        if *total == 0 {
-            self.pending_by_account.remove(account_id);
+    fn remove(&mut self, request_id: &str) {
+        if let Some(p) = self.pending.remove(request_id) {
+            add_to_scopes(&mut self.pending_by, &p.scopes, -p.contribution());
         }
     }
 
     fn recount(&mut self) {
-        let mut totals: HashMap<String, i64> = HashMap::new();
+        let mut totals: [HashMap<String, i64>; 3] = Default::default();
         for p in self.pending.values() {
-            *totals.entry(p.account_id.clone()).or_insert(0) += p.contribution();
+            add_to_scopes(&mut totals, &p.scopes, p.contribution());
         }
-        totals.retain(|_, v| *v != 0);
-        self.pending_by_account = totals;
+        self.pending_by = totals;
     }
+
+    /// What `state`'s budget has used in the period starting at `period_start`: the
+    /// snapshot's spend when it is for that period (only its open holds when the period has
+    /// turned since), plus what pending requests of its scope take.
+    fn used(&self, state: &BudgetState, period_start: i64) -> i64 {
+        let snapshot = match state.snapshot {
+            Some((start, spend)) if start == period_start => spend.settled + spend.held,
+            Some((_, spend)) => spend.held,
+            None => 0,
+        };
+        snapshot + self.pending_of(state.budget.scope, &state.budget.scope_id)
+    }
+
+    /// The budgets limiting a request of `scopes`, the key's first, then its project's, then
+    /// its account's.
+    fn budgets_of<'a>(&'a self, scopes: [&'a str; 3]) -> impl Iterator<Item = usize> + 'a {
+        (0..3).rev().flat_map(move |i| {
+            self.budgets_by[i]
+                .get(scopes[i])
+                .into_iter()
+                .flatten()
+                .copied()
+        })
+    }
+}
+
+/// Adds `delta` to what each of `scopes` has pending, dropping totals that reach zero.
+fn add_to_scopes(totals: &mut [HashMap<String, i64>; 3], scopes: &[String; 3], delta: i64) {
+    if delta == 0 {
+        return;
+    }
+    for (map, id) in totals.iter_mut().zip(scopes) {
+        match map.get_mut(id.as_str()) {
+            Some(total) => {
+                *total += delta;
+                if *total == 0 {
+                    map.remove(id.as_str());
+                }
+            }
+            None => {
+                map.insert(id.clone(), delta);
+            }
+        }
+    }
+}
+
+/// Who a hold is for: the account, project and key a budget may limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Holder<'a> {
+    /// The key's account.
+    pub account_id: &'a AccountId,
+    /// The key's project.
+    pub project_id: &'a ProjectId,
+    /// The key.
+    pub key_id: &'a KeyId,
+}
+
+impl Holder<'_> {
+    fn scopes(&self) -> [&str; 3] {
+        [
+            self.account_id.as_str(),
+            self.project_id.as_str(),
+            self.key_id.as_str(),
+        ]
+    }
+}
+
+/// A budget refused a hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverBudget {
+    /// The budget (`bud_…`).
+    pub budget_id: String,
+    /// What it limits.
+    pub scope: SpendScope,
+    /// The account, project or key id.
+    pub scope_id: String,
+    /// `day`, `week`, `month` or `total`.
+    pub period: &'static str,
+    /// Its limit, nano-credits.
+    pub limit: i64,
+    /// What the period has used, nano-credits.
+    pub used: i64,
+    /// What the request needs held.
+    pub needed: i64,
+}
+
+/// Why a hold was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The account cannot cover it.
+    Insufficient(Insufficient),
+    /// It would take a budget past its limit.
+    OverBudget(Box<OverBudget>),
+}
+
+/// A request's use took a budget past its soft limit for the first time in the period: record
+/// it (`BudgetThresholdCrossed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crossing {
+    /// The budget.
+    pub budget_id: String,
+    /// The period's start, µs (0 for `total`).
+    pub period_start: i64,
+    /// The soft limit, nano-credits.
+    pub soft_limit: i64,
+    /// The limit, nano-credits.
+    pub limit: i64,
+    /// The period's use with the request's hold, nano-credits.
+    pub used: i64,
+}
+
+/// A hold placed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// When a budget in force has reached its soft limit: what the tightest budget has left
+    /// after this hold, nano-credits (never negative).
+    pub budget_remaining: Option<i64>,
+    /// Soft limits this hold crossed first in their period.
+    pub crossings: Vec<Crossing>,
 }
 
 /// A request's hold was refused.
@@ -196,38 +331,80 @@ impl CreditBook {
 
     /// Available credit of `account_id` as this gateway sees it.
     pub fn available(&self, account_id: &AccountId) -> i64 {
-        let account_id = account_id.as_str();
-        self.book.lock().map_or(0, |b| {
-            b.available.get(account_id).copied().unwrap_or(0) - b.pending_of(account_id)
-        })
+        self.book
+            .lock()
+            .map_or(0, |b| b.available_to(account_id.as_str()))
     }
 
-    /// Holds `amount` for `request_id` when the account can cover it.
+    /// Holds `amount` for `request_id` when the account can cover it and no budget of the
+    /// holder would pass its limit in the period holding `now`.
     pub fn try_hold(
         &self,
-        account_id: &AccountId,
+        holder: Holder<'_>,
         request_id: &RequestId,
         amount: i64,
-    ) -> Result<(), Insufficient> {
-        let (account_id, request_id) = (account_id.as_str(), request_id.as_str());
+        now: DateTime<Utc>,
+    ) -> Result<Held, Refused> {
         let Ok(mut book) = self.book.lock() else {
-            return Err(Insufficient {
+            return Err(Refused::Insufficient(Insufficient {
                 available: 0,
                 needed: amount,
-            });
+            }));
         };
-        let available =
-            book.available.get(account_id).copied().unwrap_or(0) - book.pending_of(account_id);
+        let scopes = holder.scopes();
+        let available = book.available_to(scopes[0]);
         if available < amount {
-            return Err(Insufficient {
+            return Err(Refused::Insufficient(Insufficient {
                 available,
                 needed: amount,
-            });
+            }));
+        }
+        let mut held = Held::default();
+        if !book.budgets.is_empty() {
+            let mut soft_reached = false;
+            let mut remaining = i64::MAX;
+            let mut crossed = Vec::new();
+            for i in book.budgets_of(scopes) {
+                let state = &book.budgets[i];
+                let b = &state.budget;
+                let period_start = b.period_start(now);
+                let used = book.used(state, period_start);
+                let after = used.saturating_add(amount);
+                if after > b.limit {
+                    return Err(Refused::OverBudget(Box::new(OverBudget {
+                        budget_id: b.id.clone(),
+                        scope: b.scope,
+                        scope_id: b.scope_id.clone(),
+                        period: b.period.as_str(),
+                        limit: b.limit,
+                        used,
+                        needed: amount,
+                    })));
+                }
+                remaining = remaining.min(b.limit - after);
+                if let Some(soft) = b.soft_limit.filter(|soft| after >= *soft) {
+                    soft_reached = true;
+                    if b.crossed.is_none_or(|c| c < period_start) {
+                        crossed.push((i, period_start));
+                        held.crossings.push(Crossing {
+                            budget_id: b.id.clone(),
+                            period_start,
+                            soft_limit: soft,
+                            limit: b.limit,
+                            used: after,
+                        });
+                    }
+                }
+            }
+            for (i, period_start) in crossed {
+                book.budgets[i].budget.crossed = Some(period_start);
+            }
+            held.budget_remaining = soft_reached.then_some(remaining);
         }
         book.pending.insert(
             request_id.to_string(),
             Pending {
-                account_id: account_id.to_string(),
+                scopes: scopes.map(str::to_string),
                 amount,
                 position: Position::Unknown,
                 event_id: None,
@@ -236,8 +413,61 @@ impl CreditBook {
                 placed: Instant::now(),
             },
         );
-        book.add_to_account(account_id, amount);
+        let Book {
+            pending_by,
+            pending,
+            ..
+        } = &mut *book;
+        if let Some(p) = pending.get(request_id.as_str()) {
+            add_to_scopes(pending_by, &p.scopes, amount);
+        }
+        Ok(held)
+    }
+
+    /// Installs the budgets in force. What the last snapshot said a budget used stays with it
+    /// while it limits the same scope; so does the latest period whose soft limit it crossed.
+    pub fn set_budgets(&self, budgets: Vec<Budget>) {
+        let Ok(mut book) = self.book.lock() else {
+            return;
+        };
+        let mut before: HashMap<String, BudgetState> = std::mem::take(&mut book.budgets)
+            .into_iter()
+            .map(|s| (s.budget.id.clone(), s))
+            .collect();
+        let mut by: [HashMap<String, Vec<usize>>; 3] = Default::default();
+        let mut states = Vec::with_capacity(budgets.len());
+        for mut budget in budgets {
+            let mut snapshot = None;
+            if let Some(old) = before.remove(&budget.id)
+                && old.budget.scope == budget.scope
+                && old.budget.scope_id == budget.scope_id
+            {
+                snapshot = old.snapshot;
+                budget.crossed = budget.crossed.max(old.budget.crossed);
+            }
+            by[scope_index(budget.scope)]
+                .entry(budget.scope_id.clone())
+                .or_default()
+                .push(states.len());
+            states.push(BudgetState { budget, snapshot });
+        }
+        book.budgets = states;
+        book.budgets_by = by;
+    }
+
+    /// Reloads the budgets in force from the read model.
+    pub async fn refresh_budgets(&self, read_model: &ReadModel) -> Result<(), sqlx::Error> {
+        let rows = read_model.budgets(None).await?;
+        self.set_budgets(rows.iter().filter_map(Budget::from_row).collect());
         Ok(())
+    }
+
+    /// What to ask the ledger about each budget's period holding `now`.
+    fn spend_queries(&self, now: DateTime<Utc>) -> Vec<SpendQuery> {
+        self.book.lock().map_or_else(
+            |_| Vec::new(),
+            |b| b.budgets.iter().map(|s| s.budget.query(now)).collect(),
+        )
     }
 
     /// [`CreditBook::try_hold`], but an account missing from the snapshot (opened through
@@ -247,16 +477,17 @@ impl CreditBook {
     pub async fn hold(
         &self,
         ledger: &Ledger,
-        account_id: &AccountId,
+        holder: Holder<'_>,
         request_id: &RequestId,
         amount: i64,
-    ) -> Result<(), Insufficient> {
-        let refused = match self.try_hold(account_id, request_id, amount) {
-            Ok(()) => return Ok(()),
+    ) -> Result<Held, Refused> {
+        let refused = match self.try_hold(holder, request_id, amount, Utc::now()) {
+            Ok(held) => return Ok(held),
+            Err(refused @ Refused::OverBudget(_)) => return Err(refused),
             Err(refused) => refused,
         };
         let stale = self.book.lock().is_ok_and(|b| {
-            !b.available.contains_key(account_id.as_str())
+            !b.available.contains_key(holder.account_id.as_str())
                 && b.refreshed_at
                     .is_none_or(|at| at.elapsed() >= UNKNOWN_ACCOUNT_REFRESH)
         });
@@ -267,7 +498,7 @@ impl CreditBook {
             tracing::warn!(error = %e, "credit refresh for an unknown account failed");
             return Err(refused);
         }
-        self.try_hold(account_id, request_id, amount)
+        self.try_hold(holder, request_id, amount, Utc::now())
     }
 
     /// Records the hold's `RequestRouted` event and where it will land in the log.
@@ -299,10 +530,8 @@ impl CreditBook {
             return;
         };
         let before = p.contribution();
-        let account_id = p.account_id.clone();
         if carried {
-            book.pending.remove(request_id);
-            book.add_to_account(&account_id, -before);
+            book.remove(request_id);
             return;
         }
         p.settled = Some(Settled {
@@ -311,8 +540,15 @@ impl CreditBook {
             position,
             seen: if by_position { Seen::No } else { Seen::Unknown },
         });
-        let after = p.contribution();
-        book.add_to_account(&account_id, after - before);
+        let delta = p.contribution() - before;
+        let Book {
+            pending_by,
+            pending,
+            ..
+        } = &mut *book;
+        if let Some(p) = pending.get(request_id) {
+            add_to_scopes(pending_by, &p.scopes, delta);
+        }
     }
 
     /// Forgets a hold that never reached the log.
@@ -325,10 +561,12 @@ impl CreditBook {
     /// Reads every balance and what the ledger applied of this gateway's holds, then drops
     /// the holds the balances include.
     pub async fn refresh(&self, ledger: &Ledger) -> Result<(), sqlx::Error> {
+        let queries = self.spend_queries(Utc::now());
         match self.reflection {
             Reflection::LogPosition => {
-                let (available, ledger_next) = ledger.available_at_position().await?;
-                self.apply_snapshot(available, ledger_next);
+                let snapshot = ledger.available_at_position(&queries).await?;
+                self.install_spend(&queries, &snapshot);
+                self.apply_snapshot(snapshot.available, snapshot.ledger_next);
             }
             Reflection::AppliedEvent => {
                 let mut asked = HashSet::new();
@@ -346,9 +584,10 @@ impl CreditBook {
                         }
                     }
                 }
-                let (available, applied) = ledger.available_with_applied(&ids).await?;
+                let (snapshot, applied) = ledger.available_with_applied(&ids, &queries).await?;
+                self.install_spend(&queries, &snapshot);
                 self.install_applied(
-                    available,
+                    snapshot.available,
                     &Applied {
                         ids: applied,
                         asked,
@@ -357,6 +596,28 @@ impl CreditBook {
             }
         }
         Ok(())
+    }
+
+    /// Keeps what `snapshot` says each budget of `queries` used, for the period it asked
+    /// about (a budget redefined meanwhile keeps its old figure until the next snapshot).
+    fn install_spend(&self, queries: &[SpendQuery], snapshot: &Snapshot) {
+        let Ok(mut book) = self.book.lock() else {
+            return;
+        };
+        let queries: HashMap<&str, &SpendQuery> =
+            queries.iter().map(|q| (q.budget_id.as_str(), q)).collect();
+        for state in &mut book.budgets {
+            let b = &state.budget;
+            let Some(q) = queries.get(b.id.as_str()) else {
+                continue;
+            };
+            if q.scope != b.scope || q.scope_id != b.scope_id {
+                continue;
+            }
+            if let Some(spend) = snapshot.spend.get(&b.id) {
+                state.snapshot = Some((q.since.unwrap_or(0), *spend));
+            }
+        }
     }
 
     fn install_applied(&self, available: HashMap<String, i64>, applied: &Applied) {
@@ -440,6 +701,27 @@ impl CreditBook {
 mod tests {
     use super::*;
 
+    /// An account with a project and a key named after it.
+    struct Ids(AccountId, ProjectId, KeyId);
+
+    impl Ids {
+        fn holder(&self) -> Holder<'_> {
+            Holder {
+                account_id: &self.0,
+                project_id: &self.1,
+                key_id: &self.2,
+            }
+        }
+    }
+
+    fn ids(account: &str) -> Ids {
+        Ids(
+            account.into(),
+            format!("{account}-p").into(),
+            format!("{account}-k").into(),
+        )
+    }
+
     fn book_with(account: &str, available: i64) -> CreditBook {
         let book = CreditBook::new();
         if let Ok(mut b) = book.book.lock() {
@@ -451,32 +733,35 @@ mod tests {
     #[test]
     fn holds_are_refused_once_the_available_credit_is_spoken_for() {
         let book = book_with("a", 100);
-        book.try_hold(&"a".into(), &"r1".into(), 60).unwrap();
+        book.try_hold(ids("a").holder(), &"r1".into(), 60, Utc::now())
+            .unwrap();
         assert_eq!(book.available(&"a".into()), 40);
         assert_eq!(
-            book.try_hold(&"a".into(), &"r2".into(), 41),
-            Err(Insufficient {
+            book.try_hold(ids("a").holder(), &"r2".into(), 41, Utc::now()),
+            Err(Refused::Insufficient(Insufficient {
                 available: 40,
                 needed: 41
-            })
+            }))
         );
-        book.try_hold(&"a".into(), &"r3".into(), 40).unwrap();
+        book.try_hold(ids("a").holder(), &"r3".into(), 40, Utc::now())
+            .unwrap();
         assert_eq!(book.available(&"a".into()), 0);
         book.cancel(&"r1".into());
         assert_eq!(book.available(&"a".into()), 60);
         assert_eq!(
-            book.try_hold(&"b".into(), &"r4".into(), 1),
-            Err(Insufficient {
+            book.try_hold(ids("b").holder(), &"r4".into(), 1, Utc::now()),
+            Err(Refused::Insufficient(Insufficient {
                 available: 0,
                 needed: 1
-            })
+            }))
         );
     }
 
     #[test]
     fn a_snapshot_past_the_hold_replaces_it() {
         let book = book_with("a", 100);
-        book.try_hold(&"a".into(), &"r1".into(), 30).unwrap();
+        book.try_hold(ids("a").holder(), &"r1".into(), 30, Utc::now())
+            .unwrap();
         let (tx, rx) = oneshot::channel();
         book.queued(&"r1".into(), Uuid::now_v7(), rx);
         tx.send(Ok(7)).unwrap();
@@ -494,7 +779,8 @@ mod tests {
     #[test]
     fn a_settled_request_takes_its_charge_not_its_hold() {
         let book = book_with("a", 100);
-        book.try_hold(&"a".into(), &"r1".into(), 60).unwrap();
+        book.try_hold(ids("a").holder(), &"r1".into(), 60, Utc::now())
+            .unwrap();
         let (tx, rx) = oneshot::channel();
         book.queued(&"r1".into(), Uuid::now_v7(), rx);
         tx.send(Ok(7)).unwrap();
@@ -502,7 +788,8 @@ mod tests {
         // Settled at position 9 for 10: the unused 50 is spendable at once.
         book.settled(&"r1".into(), 10, Uuid::now_v7(), 9);
         assert_eq!(book.available(&"a".into()), 90);
-        book.try_hold(&"a".into(), &"r2".into(), 90).unwrap();
+        book.try_hold(ids("a").holder(), &"r2".into(), 90, Utc::now())
+            .unwrap();
         book.cancel(&"r2".into());
         // The ledger applied the hold but not the settlement: the snapshot holds back 60.
         book.apply_snapshot(HashMap::from([("a".to_string(), 40)]), 8);
@@ -517,7 +804,8 @@ mod tests {
     #[test]
     fn a_settlement_the_last_snapshot_already_carries_leaves_at_once() {
         let book = book_with("a", 100);
-        book.try_hold(&"a".into(), &"r1".into(), 60).unwrap();
+        book.try_hold(ids("a").holder(), &"r1".into(), 60, Utc::now())
+            .unwrap();
         let (tx, rx) = oneshot::channel();
         book.queued(&"r1".into(), Uuid::now_v7(), rx);
         tx.send(Ok(3)).unwrap();
@@ -542,7 +830,8 @@ mod tests {
                 asked: HashSet::new(),
             },
         );
-        book.try_hold(&"a".into(), &"r1".into(), 60).unwrap();
+        book.try_hold(ids("a").holder(), &"r1".into(), 60, Utc::now())
+            .unwrap();
         let (_tx, rx) = oneshot::channel();
         book.queued(&"r1".into(), routed, rx);
         book.settled(&"r1".into(), 10, settled, 0);
@@ -579,11 +868,163 @@ mod tests {
     #[test]
     fn a_hold_that_never_reached_the_log_is_dropped() {
         let book = book_with("a", 100);
-        book.try_hold(&"a".into(), &"r1".into(), 30).unwrap();
+        book.try_hold(ids("a").holder(), &"r1".into(), 30, Utc::now())
+            .unwrap();
         let (tx, rx) = oneshot::channel::<Result<u64, LogError>>();
         book.queued(&"r1".into(), Uuid::now_v7(), rx);
         drop(tx);
         book.apply_snapshot(HashMap::from([("a".to_string(), 100)]), 1);
         assert_eq!(book.available(&"a".into()), 100);
+    }
+
+    fn budget(id: &str, scope: SpendScope, scope_id: &str, limit: i64, period: &str) -> Budget {
+        Budget {
+            id: id.into(),
+            account_id: "a".into(),
+            scope,
+            scope_id: scope_id.into(),
+            limit,
+            soft_limit: None,
+            period: crate::metering::budget::Period::parse(period).unwrap(),
+            tz: crate::metering::budget::timezone("America/New_York").unwrap(),
+            crossed: None,
+        }
+    }
+
+    fn at(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339).unwrap().to_utc()
+    }
+
+    fn over(refused: Result<Held, Refused>) -> String {
+        match refused {
+            Err(Refused::OverBudget(o)) => o.budget_id,
+            other => panic!("expected a budget refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_key_a_project_and_an_account_budget_each_refuse_on_their_own() {
+        let now = at("2026-12-03T12:00:00Z");
+        let book = book_with("a", 1_000);
+        book.set_budgets(vec![
+            budget("bud_key", SpendScope::Key, "a-k", 100, "total"),
+            budget("bud_project", SpendScope::Project, "a-p", 200, "month"),
+            budget("bud_account", SpendScope::Account, "a", 300, "week"),
+        ]);
+        let a = ids("a");
+        book.try_hold(a.holder(), &"r1".into(), 100, now).unwrap();
+        // The key's budget is spent; its project and account have room.
+        assert_eq!(
+            over(book.try_hold(a.holder(), &"r2".into(), 1, now)),
+            "bud_key"
+        );
+        // Another key of the project passes the key budget but not the project's.
+        let other_key = Ids("a".into(), "a-p".into(), "a-k2".into());
+        book.try_hold(other_key.holder(), &"r3".into(), 100, now)
+            .unwrap();
+        assert_eq!(
+            over(book.try_hold(other_key.holder(), &"r4".into(), 1, now)),
+            "bud_project"
+        );
+        // A key of another project of the account runs into the account's budget.
+        let other_project = Ids("a".into(), "a-p2".into(), "a-k3".into());
+        book.try_hold(other_project.holder(), &"r5".into(), 100, now)
+            .unwrap();
+        assert_eq!(
+            over(book.try_hold(other_project.holder(), &"r6".into(), 1, now)),
+            "bud_account"
+        );
+        // A refused hold takes nothing; a cancelled one gives its room back.
+        assert_eq!(book.available(&"a".into()), 700);
+        book.cancel(&"r1".into());
+        book.try_hold(a.holder(), &"r7".into(), 100, now).unwrap();
+    }
+
+    #[test]
+    fn a_day_budget_in_new_york_resets_at_local_midnight() {
+        let book = book_with("a", 1_000);
+        book.set_budgets(vec![budget("bud_day", SpendScope::Key, "a-k", 100, "day")]);
+        let a = ids("a");
+        // 23:30 on 2 December in New York: the ledger says the day spent 90 and holds 0.
+        let evening = at("2026-12-03T04:30:00Z");
+        let queries = book.spend_queries(evening);
+        assert_eq!(
+            queries[0].since,
+            Some(at("2026-12-02T05:00:00Z").timestamp_micros())
+        );
+        book.install_spend(
+            &queries,
+            &Snapshot {
+                spend: HashMap::from([(
+                    "bud_day".to_string(),
+                    Spend {
+                        settled: 90,
+                        held: 0,
+                    },
+                )]),
+                ..Snapshot::default()
+            },
+        );
+        book.try_hold(a.holder(), &"r1".into(), 10, evening)
+            .unwrap();
+        assert_eq!(
+            over(book.try_hold(a.holder(), &"r2".into(), 1, at("2026-12-03T04:59:59Z"))),
+            "bud_day"
+        );
+        // Local midnight: the day starts again; only the hold still open (10) counts.
+        let midnight = at("2026-12-03T05:00:00Z");
+        book.try_hold(a.holder(), &"r3".into(), 90, midnight)
+            .unwrap();
+        assert_eq!(
+            over(book.try_hold(a.holder(), &"r4".into(), 1, midnight)),
+            "bud_day"
+        );
+        // The next snapshot asks about the new day.
+        assert_eq!(
+            book.spend_queries(midnight)[0].since,
+            Some(midnight.timestamp_micros())
+        );
+    }
+
+    #[test]
+    fn a_soft_limit_is_crossed_once_per_period() {
+        let book = book_with("a", 1_000);
+        let mut b = budget("bud_soft", SpendScope::Account, "a", 100, "day");
+        b.soft_limit = Some(50);
+        book.set_budgets(vec![b.clone()]);
+        let a = ids("a");
+        let now = at("2026-12-03T12:00:00Z");
+        let held = book.try_hold(a.holder(), &"r1".into(), 40, now).unwrap();
+        assert_eq!(held, Held::default());
+        let held = book.try_hold(a.holder(), &"r2".into(), 20, now).unwrap();
+        assert_eq!(held.budget_remaining, Some(40));
+        assert_eq!(held.crossings.len(), 1);
+        assert_eq!(held.crossings[0].used, 60);
+        assert_eq!(
+            held.crossings[0].period_start,
+            at("2026-12-03T05:00:00Z").timestamp_micros()
+        );
+        let held = book.try_hold(a.holder(), &"r3".into(), 10, now).unwrap();
+        assert_eq!(held.budget_remaining, Some(30));
+        assert!(held.crossings.is_empty());
+        // Reinstalling the budget from a read model that has not recorded the crossing yet
+        // does not forget it.
+        book.set_budgets(vec![b]);
+        assert!(
+            book.try_hold(a.holder(), &"r4".into(), 1, now)
+                .unwrap()
+                .crossings
+                .is_empty()
+        );
+        // The next day crosses again (the 11 still held count in it).
+        book.cancel(&"r1".into());
+        book.cancel(&"r2".into());
+        let tomorrow = at("2026-12-04T12:00:00Z");
+        let held = book
+            .try_hold(a.holder(), &"r5".into(), 45, tomorrow)
+            .unwrap();
+        assert_eq!(held.crossings.len(), 1);
+        assert_eq!(held.crossings[0].used, 56);
+        assert_eq!(held.budget_remaining, Some(44));
     }
 }

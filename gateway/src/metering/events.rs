@@ -5,15 +5,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::metering::pricing::ROUNDING;
 use lumina_schemas::ids::RequestId;
 use lumina_schemas::payloads::{
-    CreditHold, FusionPanelCompleted, RequestContentRecorded, RequestRouted, RequestSettled,
-    UpstreamAttempted, Usage,
+    BudgetThresholdCrossed, CreditHold, FusionPanelCompleted, RequestContentRecorded,
+    RequestRouted, RequestSettled, UpstreamAttempted, Usage,
 };
 use lumina_schemas::{Envelope, Event, NanoCredits};
 
 use crate::auth::KeyIdentity;
+use crate::metering::credit::Crossing;
+use crate::metering::pricing::ROUNDING;
 use crate::metering::usage::UsageAnomaly;
 use crate::providers::ErrorClass;
 use crate::routing::catalog::RoutePath;
@@ -217,6 +218,20 @@ impl RequestMeta {
         e.api_key_id = Some(self.key.key_id.to_string());
         e.trace_id = self.trace_id.clone();
         e
+    }
+
+    /// `BudgetThresholdCrossed`, for the soft limit this request's hold crossed.
+    pub fn threshold_crossed(&self, c: &Crossing) -> Event {
+        Event::new(
+            self.envelope(),
+            BudgetThresholdCrossed {
+                budget_id: c.budget_id.clone(),
+                period_start: c.period_start,
+                soft_limit_nano: c.soft_limit,
+                limit_nano: c.limit,
+                used_nano: c.used,
+            },
+        )
     }
 
     /// `RequestRouted`.

@@ -58,13 +58,17 @@ pub struct LimitState {
     pub reset: Duration,
 }
 
-/// Both limits' state after an admitted request.
+/// Both limits' state after an admitted request, and its budgets' once one passed its soft
+/// limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LimitStatus {
     /// Requests per minute, when limited.
     pub requests: Option<LimitState>,
     /// Tokens per minute, when limited.
     pub tokens: Option<LimitState>,
+    /// What the tightest budget has left after the request's hold, nano-credits, once a
+    /// budget in force reached its soft limit.
+    pub budget_remaining: Option<i64>,
 }
 
 /// Which limit refused a request.
@@ -181,6 +185,7 @@ impl Limits {
         let mut status = LimitStatus {
             requests: w.requests.as_ref().map(|r| state_after(r, r.limit)),
             tokens: w.tokens.as_ref().map(|t| state_after(t, t.limit)),
+            budget_remaining: None,
         };
         if let Some(r) = &w.requests {
             match r.limiter.check() {

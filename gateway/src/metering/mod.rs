@@ -2,6 +2,7 @@
 //! the events each request writes (`RequestRouted`, `UpstreamAttempted`, `RequestSettled`, and `RequestContentRecorded` for keys that
 //! opted in).
 
+pub mod budget;
 pub mod content;
 pub mod cost;
 pub mod credit;
