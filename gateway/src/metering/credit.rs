@@ -14,6 +14,11 @@
 //! statement as the balances, so the two agree). A settlement recorded after the question was
 //! asked counts cautiously until the next snapshot answers it.
 //!
+//! Budgets are checked in the same step: a budget's use = what the snapshot (read in the same
+//! statement) says its scope settled in the current period and holds, plus what the book's
+//! requests of that scope take, by the same rule as the balance. A snapshot from before the
+//! period turned counts only its open holds.
+//!
 //! Several gateways: each sees the others' holds only once the ledger applied them and its next
 //! snapshot is read, so the overspend bound is (the holds other gateways place within one
 //! refresh interval plus the ledger's lag) plus any charge above its hold (usage beyond the

@@ -1,4 +1,4 @@
-//! Metering: credit holds against the ledger's balances, per-key rate limits, token usage (reported or estimated with a tokenizer), and
+//! Metering: credit holds against the ledger's balances and the budgets in force, per-key rate limits, token usage (reported or estimated with a tokenizer), and
 //! the events each request writes (`RequestRouted`, `UpstreamAttempted`, `RequestSettled`, and `RequestContentRecorded` for keys that
 //! opted in).
 
