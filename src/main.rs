@@ -74,6 +74,36 @@ enum Command {
     /// Manage budgets on accounts, projects and keys through the admin API.
     #[command(subcommand)]
     Budgets(BudgetsCommand),
+    /// Manage admin keys and their roles through the admin API (owner keys only).
+    #[command(subcommand, name = "admin-keys")]
+    AdminKeys(AdminKeysCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminKeysCommand {
+    /// Issue an admin key; it is printed once.
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// owner, operator, finance or viewer.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the admin keys issued.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke an admin key.
+    Revoke {
+        /// Admin key id (adm_…).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Args)]
@@ -1010,6 +1040,38 @@ async fn run_projects(command: ProjectsCommand) -> anyhow::Result<()> {
     print_json(&value)
 }
 
+async fn run_admin_keys(command: AdminKeysCommand) -> anyhow::Result<()> {
+    let value = match command {
+        AdminKeysCommand::Create { name, role, admin } => {
+            admin
+                .client()?
+                .call(
+                    Method::POST,
+                    "/admin/admin-keys",
+                    Some(json!({"name": name, "role": role})),
+                )
+                .await?
+        }
+        AdminKeysCommand::List { admin } => {
+            admin
+                .client()?
+                .call(Method::GET, "/admin/admin-keys", None)
+                .await?
+        }
+        AdminKeysCommand::Revoke { id, admin } => {
+            admin
+                .client()?
+                .call(
+                    Method::DELETE,
+                    &format!("/admin/admin-keys/{}", query_param(&id)),
+                    None,
+                )
+                .await?
+        }
+    };
+    print_json(&value)
+}
+
 async fn run_budgets(command: BudgetsCommand) -> anyhow::Result<()> {
     let value = match command {
         BudgetsCommand::Set {
@@ -1212,5 +1274,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Keys(command) => run_keys(command).await,
         Command::Projects(command) => run_projects(command).await,
         Command::Budgets(command) => run_budgets(command).await,
+        Command::AdminKeys(command) => run_admin_keys(command).await,
     }
 }

@@ -28,6 +28,7 @@ fn history() -> Vec<LogRecord> {
         events.push(Event::new(
             env(),
             AccountOpened {
+                admin_key_id: None,
                 name: format!("Account {a}"),
                 default_project_id: format!("proj_{a:032x}"),
                 default_project_name: "Default".into(),
@@ -47,6 +48,7 @@ fn history() -> Vec<LogRecord> {
             events.push(Event::new(
                 env(),
                 ApiKeyCreated {
+                    admin_key_id: None,
                     key_id: format!("key_{a:030x}{k:02x}"),
                     name: format!("k{k}"),
                     key_hash: format!("{:064x}", a * 3 + k),
@@ -63,6 +65,7 @@ fn history() -> Vec<LogRecord> {
         events.push(Event::new(
             env(),
             LimitsChanged {
+                admin_key_id: None,
                 key_id: format!("key_{a:030x}00"),
                 rpm: None,
                 tpm: Some(5000),
@@ -71,6 +74,7 @@ fn history() -> Vec<LogRecord> {
         events.push(Event::new(
             env(),
             ApiKeyRevoked {
+                admin_key_id: None,
                 key_id: format!("key_{a:030x}01"),
                 reason: Some("rotated".into()),
             },
@@ -234,6 +238,7 @@ async fn scenario(backend: Backend) {
         .append_event(&Event::new(
             Envelope::new("acct_x", "t"),
             LimitsChanged {
+                admin_key_id: None,
                 key_id: "key_none".into(),
                 rpm: None,
                 tpm: None,

@@ -12,17 +12,19 @@ use lumina_eventlog::{ConsumerWatch, EventLog, LogError, Projection};
 use lumina_ledger::SpendScope;
 use lumina_ledger::{Balance, Ledger};
 use lumina_projector::policies::PolicyRow;
-use lumina_projector::{AccountRow, BudgetRow, KeyRow, ProjectRow, ReadModel};
+use lumina_projector::{AccountRow, AdminKeyRow, BudgetRow, KeyRow, ProjectRow, ReadModel};
 use lumina_schemas::ids::new_id;
 use lumina_schemas::money::MAX_ACCOUNT_CREDITS;
 use lumina_schemas::payloads::{
-    AccountOpened, ApiKeyCreated, ApiKeyExpirySet, ApiKeyRevoked, BudgetRemoved, BudgetSet,
-    CreditsGranted, LimitsChanged, PolicyActivated, PolicyPublished, ProjectArchived,
-    ProjectCreated, ProjectRenamed,
+    AccountOpened, AdminKeyCreated, AdminKeyRevoked, ApiKeyCreated, ApiKeyExpirySet, ApiKeyRevoked,
+    BudgetRemoved, BudgetSet, CreditsGranted, LimitsChanged, PolicyActivated, PolicyPublished,
+    ProjectArchived, ProjectCreated, ProjectRenamed,
 };
-use lumina_schemas::{Envelope, Event, NanoCredits};
+use lumina_schemas::{Envelope, Event, NanoCredits, SYSTEM_ACCOUNT};
 
-use crate::auth::{KeyCache, SecretError, generate_key};
+use crate::auth::{
+    ADMIN_PREFIX_LEN, AdminRole, KeyCache, SecretError, generate_admin_key, generate_key,
+};
 use crate::metering::budget::{self, Period};
 use crate::metering::credit::CreditBook;
 use crate::metering::events::InboundApi;
@@ -158,7 +160,10 @@ fn valid_controls(request: &KeyRequest) -> Result<(), AdminError> {
 }
 
 /// Issues admin events and waits for the read model to apply them.
+#[derive(Clone)]
 pub struct Admin {
+    /// The admin key its events name as the one that made each change.
+    actor: Option<Arc<str>>,
     log: EventLog,
     read_model: ReadModel,
     ledger: Ledger,
@@ -228,6 +233,7 @@ impl Admin {
         instance: impl Into<String>,
     ) -> Admin {
         Admin {
+            actor: None,
             log,
             read_model,
             ledger,
@@ -251,6 +257,83 @@ impl Admin {
     pub fn with_apply_timeout(mut self, timeout: Duration) -> Admin {
         self.apply_timeout = timeout;
         self
+    }
+
+    /// This service acting for admin key `admin_key_id`: its events name that key.
+    pub fn acting_as(&self, admin_key_id: &str) -> Admin {
+        Admin {
+            actor: Some(admin_key_id.into()),
+            ..self.clone()
+        }
+    }
+
+    fn actor(&self) -> Option<String> {
+        self.actor.as_deref().map(str::to_string)
+    }
+
+    /// Issues an admin key with `role`; returns its row and the key itself, shown only once.
+    pub async fn create_admin_key(
+        &self,
+        name: &str,
+        role: &str,
+    ) -> Result<(AdminKeyRow, String), AdminError> {
+        let name = valid_name(name, "name")?;
+        let Some(role) = AdminRole::parse(role) else {
+            return Err(AdminError::Invalid {
+                message: format!("'role' is '{role}': expected owner, operator, finance or viewer"),
+                param: "role",
+            });
+        };
+        let key = generate_admin_key()?;
+        let key_id = new_id("adm");
+        let event = Event::new(
+            self.envelope(SYSTEM_ACCOUNT),
+            AdminKeyCreated {
+                key_id: key_id.clone(),
+                name,
+                role: role.as_str().into(),
+                key_hash: hex::encode(self.keys.secret().hash(&key)),
+                key_prefix: key.chars().take(ADMIN_PREFIX_LEN).collect(),
+                admin_key_id: self.actor(),
+            },
+        );
+        self.record(&[event]).await?;
+        self.refresh_keys().await?;
+        Ok((self.admin_key(&key_id).await?, key))
+    }
+
+    /// One admin key, or `NotFound`.
+    pub async fn admin_key(&self, key_id: &str) -> Result<AdminKeyRow, AdminError> {
+        self.read_model
+            .admin_key(key_id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound {
+                what: "admin key",
+                id: key_id.to_string(),
+                param: "id",
+            })
+    }
+
+    /// Every admin key issued through the API, oldest first (the bootstrap key is not one).
+    pub async fn admin_keys(&self) -> Result<Vec<AdminKeyRow>, AdminError> {
+        Ok(self.read_model.admin_keys().await?)
+    }
+
+    /// Revokes an admin key: it fails from the next request on.
+    pub async fn revoke_admin_key(&self, key_id: &str) -> Result<AdminKeyRow, AdminError> {
+        let key = self.admin_key(key_id).await?;
+        if key.status == "active" {
+            let event = Event::new(
+                self.envelope(SYSTEM_ACCOUNT),
+                AdminKeyRevoked {
+                    key_id: key.id.clone(),
+                    admin_key_id: self.actor(),
+                },
+            );
+            self.record(&[event]).await?;
+            self.refresh_keys().await?;
+        }
+        self.admin_key(key_id).await
     }
 
     /// The read model this service answers from.
@@ -348,6 +431,7 @@ impl Admin {
         let mut events = vec![Event::new(
             envelope,
             AccountOpened {
+                admin_key_id: self.actor(),
                 name,
                 default_project_id: project_id,
                 default_project_name: "Default".into(),
@@ -400,6 +484,7 @@ impl Admin {
         let event = Event::new(
             envelope,
             ProjectCreated {
+                admin_key_id: self.actor(),
                 project_id: project_id.clone(),
                 name,
             },
@@ -439,6 +524,7 @@ impl Admin {
         let event = Event::new(
             envelope,
             ProjectRenamed {
+                admin_key_id: self.actor(),
                 project_id: project.id.clone(),
                 name,
             },
@@ -466,6 +552,7 @@ impl Admin {
             let event = Event::new(
                 envelope,
                 ProjectArchived {
+                    admin_key_id: self.actor(),
                     project_id: project.id.clone(),
                 },
             );
@@ -552,6 +639,7 @@ impl Admin {
         let event = Event::new(
             envelope,
             BudgetSet {
+                admin_key_id: self.actor(),
                 budget_id: budget_id.clone(),
                 scope: scope.as_str().into(),
                 scope_id: scope_id.to_string(),
@@ -588,6 +676,7 @@ impl Admin {
         let event = Event::new(
             self.envelope(&budget.account_id),
             BudgetRemoved {
+                admin_key_id: self.actor(),
                 budget_id: budget.id.clone(),
             },
         );
@@ -695,6 +784,7 @@ impl Admin {
         let event = Event::new(
             envelope,
             ApiKeyCreated {
+                admin_key_id: self.actor(),
                 key_id: key_id.clone(),
                 name,
                 key_hash: new_key.hash_hex,
@@ -769,6 +859,7 @@ impl Admin {
         let event = Event::new(
             envelope,
             ApiKeyExpirySet {
+                admin_key_id: self.actor(),
                 key_id: old.id.clone(),
                 expires_at: old.expires_at.map_or(ends, |at| at.min(ends)),
                 replaced_by: Some(new.id.clone()),
@@ -809,6 +900,7 @@ impl Admin {
             let event = Event::new(
                 envelope,
                 ApiKeyRevoked {
+                    admin_key_id: self.actor(),
                     key_id: key.id.clone(),
                     reason: None,
                 },
@@ -835,6 +927,7 @@ impl Admin {
         let event = Event::new(
             envelope,
             LimitsChanged {
+                admin_key_id: self.actor(),
                 key_id: key.id.clone(),
                 rpm,
                 tpm,
@@ -845,9 +938,6 @@ impl Admin {
         self.key(key_id).await
     }
 }
-
-/// Account id of global facts such as routing policies.
-const SYSTEM_ACCOUNT: &str = "system";
 
 impl Admin {
     /// Records `snapshot_json` (a policy document, already validated) as `version` and makes it
@@ -871,6 +961,7 @@ impl Admin {
         let event = Event::new(
             self.envelope(SYSTEM_ACCOUNT),
             PolicyPublished {
+                admin_key_id: self.actor(),
                 policy_version: version,
                 snapshot_json,
                 reason: reason.to_string(),
@@ -890,6 +981,7 @@ impl Admin {
         let event = Event::new(
             self.envelope(SYSTEM_ACCOUNT),
             PolicyActivated {
+                admin_key_id: self.actor(),
                 policy_version: version,
                 reason: reason.to_string(),
             },

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hmac::{Hmac, KeyInit, Mac};
-use lumina_projector::{KeyRow, ReadModel};
+use lumina_projector::{AdminKeyRow, KeyRow, ReadModel};
 use lumina_schemas::ids::{AccountId, KeyId, ProjectId};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -154,6 +154,117 @@ pub fn generate_key(secret: &KeySecret) -> Result<NewKey, SecretError> {
         key,
     })
 }
+
+/// Characters of an admin key kept as its public prefix (`lum_admin_` and 8 hex digits).
+pub const ADMIN_PREFIX_LEN: usize = 18;
+
+/// The id events give the bootstrap admin key (the one in the data dir or configuration),
+/// the first owner.
+pub const BOOTSTRAP_ADMIN_ID: &str = "adm_bootstrap";
+
+/// What an admin key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRole {
+    /// Everything, admin keys included.
+    Owner,
+    /// Accounts, projects, keys, credits, budgets and policies, and every read.
+    Operator,
+    /// Every read, the ledger and statements included; no change.
+    Finance,
+    /// Reads, but not the ledger's entries and statements.
+    Viewer,
+}
+
+/// What an admin request does, for its key's role to allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Reads accounts, projects, keys, budgets, policies, requests and route statistics.
+    Read,
+    /// Reads the ledger's entries and statements.
+    ReadLedger,
+    /// Changes accounts, projects, keys, credits, budgets or policies.
+    Write,
+    /// Issues, lists or revokes admin keys.
+    ManageAdminKeys,
+}
+
+impl AdminAction {
+    /// The action of a request to the admin route `path` with `method`.
+    pub fn of(method: &axum::http::Method, path: &str) -> AdminAction {
+        if path.starts_with("/admin/admin-keys") {
+            AdminAction::ManageAdminKeys
+        } else if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+            if path.starts_with("/admin/ledger") {
+                AdminAction::ReadLedger
+            } else {
+                AdminAction::Read
+            }
+        } else {
+            AdminAction::Write
+        }
+    }
+}
+
+impl AdminRole {
+    /// `owner`, `operator`, `finance` or `viewer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Owner => "owner",
+            AdminRole::Operator => "operator",
+            AdminRole::Finance => "finance",
+            AdminRole::Viewer => "viewer",
+        }
+    }
+
+    /// The role named `name`.
+    pub fn parse(name: &str) -> Option<AdminRole> {
+        match name {
+            "owner" => Some(AdminRole::Owner),
+            "operator" => Some(AdminRole::Operator),
+            "finance" => Some(AdminRole::Finance),
+            "viewer" => Some(AdminRole::Viewer),
+            _ => None,
+        }
+    }
+
+    /// Whether a key of this role may do `action`.
+    pub fn allows(self, action: AdminAction) -> bool {
+        match self {
+            AdminRole::Owner => true,
+            AdminRole::Operator => action != AdminAction::ManageAdminKeys,
+            AdminRole::Finance => matches!(action, AdminAction::Read | AdminAction::ReadLedger),
+            AdminRole::Viewer => action == AdminAction::Read,
+        }
+    }
+}
+
+/// The admin key a request authenticated with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminIdentity {
+    /// `adm_…` ([`BOOTSTRAP_ADMIN_ID`] for the bootstrap key).
+    pub id: String,
+    /// What it may do.
+    pub role: AdminRole,
+}
+
+/// Why an admin key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// No admin key, or one Lumina did not issue.
+    Unknown,
+    /// The admin key was revoked.
+    Revoked,
+}
+
+#[derive(Clone)]
+struct CachedAdminKey {
+    hash: [u8; 32],
+    revoked: bool,
+    identity: Arc<AdminIdentity>,
+}
+
+/// Admin keys by public prefix.
+type AdminKeyMap = HashMap<String, Vec<CachedAdminKey>>;
 
 /// Generates a random admin key (`lum_admin_…`).
 pub fn generate_admin_key() -> Result<String, SecretError> {
@@ -315,6 +426,7 @@ impl Misses {
 pub struct KeyCache {
     secret: KeySecret,
     keys: ArcSwap<KeyMap>,
+    admin_keys: ArcSwap<AdminKeyMap>,
     misses: Mutex<Misses>,
 }
 
@@ -324,6 +436,7 @@ impl KeyCache {
         KeyCache {
             secret,
             keys: ArcSwap::from_pointee(HashMap::new()),
+            admin_keys: ArcSwap::from_pointee(HashMap::new()),
             misses: Mutex::new(Misses {
                 recent: HashMap::new(),
                 second: Instant::now(),
@@ -394,12 +507,71 @@ impl KeyCache {
         }
     }
 
-    /// Reloads every key from the read model.
+    /// Reloads every key and admin key from the read model.
     pub async fn refresh(&self, read_model: &ReadModel) -> Result<usize, sqlx::Error> {
         let rows = read_model.all_keys().await?;
         let n = rows.len();
         self.replace(rows);
+        self.replace_admin_keys(read_model.admin_keys().await?);
         Ok(n)
+    }
+
+    /// Replaces the admin keys with `rows`.
+    pub fn replace_admin_keys(&self, rows: Vec<AdminKeyRow>) {
+        let mut map = AdminKeyMap::with_capacity(rows.len());
+        for row in rows {
+            let mut hash = [0u8; 32];
+            let Some(role) = AdminRole::parse(&row.role) else {
+                tracing::warn!(admin_key_id = %row.id, role = %row.role, "skipping admin key with an unknown role");
+                continue;
+            };
+            if hex::decode_to_slice(&row.key_hash, &mut hash).is_err() {
+                tracing::warn!(admin_key_id = %row.id, "skipping admin key with a malformed hash");
+                continue;
+            }
+            map.entry(row.key_prefix).or_default().push(CachedAdminKey {
+                hash,
+                revoked: row.status != "active",
+                identity: Arc::new(AdminIdentity { id: row.id, role }),
+            });
+        }
+        self.admin_keys.store(Arc::new(map));
+    }
+
+    /// Authenticates a presented admin key: the bootstrap key `bootstrap` (an owner), or one
+    /// issued through the admin API.
+    pub fn authenticate_admin(
+        &self,
+        presented: &str,
+        bootstrap: &str,
+    ) -> Result<Arc<AdminIdentity>, AdminRefusal> {
+        if presented.is_empty() {
+            return Err(AdminRefusal::Unknown);
+        }
+        if secrets_equal(presented, bootstrap) {
+            return Ok(Arc::new(AdminIdentity {
+                id: BOOTSTRAP_ADMIN_ID.into(),
+                role: AdminRole::Owner,
+            }));
+        }
+        let keys = self.admin_keys.load();
+        let Some(candidates) = presented
+            .get(..ADMIN_PREFIX_LEN)
+            .and_then(|prefix| keys.get(prefix))
+        else {
+            return Err(AdminRefusal::Unknown);
+        };
+        let hash = self.secret.hash(presented);
+        for candidate in candidates {
+            if bool::from(candidate.hash.ct_eq(&hash)) {
+                return if candidate.revoked {
+                    Err(AdminRefusal::Revoked)
+                } else {
+                    Ok(candidate.identity.clone())
+                };
+            }
+        }
+        Err(AdminRefusal::Unknown)
     }
 
     /// Authenticates a presented key.
@@ -458,6 +630,39 @@ pub fn secrets_equal(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_role_allows_its_share_of_the_admin_api() {
+        use axum::http::Method;
+        let read = AdminAction::of(&Method::GET, "/admin/accounts/acct_1");
+        let ledger = AdminAction::of(&Method::GET, "/admin/ledger/statements");
+        let write = AdminAction::of(&Method::POST, "/admin/keys");
+        let admins = AdminAction::of(&Method::GET, "/admin/admin-keys");
+        assert_eq!(
+            [read, ledger, write, admins],
+            [
+                AdminAction::Read,
+                AdminAction::ReadLedger,
+                AdminAction::Write,
+                AdminAction::ManageAdminKeys
+            ]
+        );
+        let table = [
+            (AdminRole::Owner, [true, true, true, true]),
+            (AdminRole::Operator, [true, true, true, false]),
+            (AdminRole::Finance, [true, true, false, false]),
+            (AdminRole::Viewer, [true, false, false, false]),
+        ];
+        for (role, allowed) in table {
+            assert_eq!(
+                [read, ledger, write, admins].map(|a| role.allows(a)),
+                allowed,
+                "{role:?}"
+            );
+            assert_eq!(AdminRole::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(AdminRole::parse("root"), None);
+    }
 
     fn row(id: &str, new: &NewKey, status: &str) -> KeyRow {
         KeyRow {

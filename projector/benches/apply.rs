@@ -38,6 +38,7 @@ fn traffic() -> Vec<Event> {
         events.push(Event::new(
             Envelope::new(format!("acct_{a:032x}"), "bench"),
             AccountOpened {
+                admin_key_id: None,
                 name: format!("Account {a}"),
                 default_project_id: format!("proj_{a:032x}"),
                 default_project_name: "Default".into(),
@@ -146,6 +147,7 @@ fn history() -> Vec<Event> {
         events.push(Event::new(
             env(),
             AccountOpened {
+                admin_key_id: None,
                 name: format!("Account {a}"),
                 default_project_id: format!("proj_{a:032x}"),
                 default_project_name: "Default".into(),
@@ -165,6 +167,7 @@ fn history() -> Vec<Event> {
             events.push(Event::new(
                 env(),
                 ApiKeyCreated {
+                    admin_key_id: None,
                     key_id: format!("key_{a:030x}{k:02x}"),
                     name: "k".into(),
                     key_hash: format!("{:064x}", a * 2 + k),
@@ -181,6 +184,7 @@ fn history() -> Vec<Event> {
         events.push(Event::new(
             env(),
             LimitsChanged {
+                admin_key_id: None,
                 key_id: format!("key_{a:030x}00"),
                 rpm: Some(60),
                 tpm: None,
@@ -189,6 +193,7 @@ fn history() -> Vec<Event> {
         events.push(Event::new(
             env(),
             ApiKeyRevoked {
+                admin_key_id: None,
                 key_id: format!("key_{a:030x}01"),
                 reason: None,
             },

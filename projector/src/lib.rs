@@ -13,7 +13,9 @@ pub mod read_model;
 pub mod requests;
 pub mod views;
 
-pub use read_model::{AccountRow, BudgetRow, KeyRow, ProjectRow, ReadModel, ReadModelProjection};
+pub use read_model::{
+    AccountRow, AdminKeyRow, BudgetRow, KeyRow, ProjectRow, ReadModel, ReadModelProjection,
+};
 
 /// Consumer name of the projector: the key of its positions and applied event ids.
 pub const CONSUMER: &str = "projector";

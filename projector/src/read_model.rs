@@ -41,6 +41,8 @@ impl lumina_eventlog::Projection for ReadModelProjection {
                 | EventType::BudgetSet
                 | EventType::BudgetRemoved
                 | EventType::BudgetThresholdCrossed
+                | EventType::AdminKeyCreated
+                | EventType::AdminKeyRevoked
                 | EventType::RequestRouted
                 | EventType::UpstreamAttempted
                 | EventType::RequestSettled
@@ -211,6 +213,33 @@ async fn apply_one(conn: &mut AnyConnection, event: &Event) -> Result<(), ApplyE
                 .bind(env.occurred_at)
                 .bind(&p.key_id)
                 .bind(&env.account_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::AdminKeyCreated(p) => {
+                sqlx::query(
+                    "INSERT INTO admin_keys
+                         (id, name, role, key_hash, key_prefix, status, created_at, created_by)
+                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&p.key_id)
+                .bind(&p.name)
+                .bind(&p.role)
+                .bind(&p.key_hash)
+                .bind(&p.key_prefix)
+                .bind(env.occurred_at)
+                .bind(p.admin_key_id.as_deref())
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::AdminKeyRevoked(p) => {
+                sqlx::query(
+                    "UPDATE admin_keys SET status = 'revoked', revoked_at = $1, revoked_by = $2
+                     WHERE id = $3 AND status = 'active'",
+                )
+                .bind(env.occurred_at)
+                .bind(p.admin_key_id.as_deref())
+                .bind(&p.key_id)
                 .execute(&mut *conn)
                 .await?;
             }
@@ -467,6 +496,50 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
     })
 }
 
+/// An admin key as the read model holds it: never the key, only its keyed hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminKeyRow {
+    /// `adm_…`
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `owner`, `operator`, `finance` or `viewer`.
+    pub role: String,
+    /// Hex HMAC-SHA-256 of the key.
+    #[serde(skip)]
+    pub key_hash: String,
+    /// First characters of the key.
+    pub key_prefix: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// µs since the epoch.
+    pub created_at: i64,
+    /// The admin key that issued it.
+    pub created_by: Option<String>,
+    /// µs since the epoch, once revoked.
+    pub revoked_at: Option<i64>,
+    /// The admin key that revoked it.
+    pub revoked_by: Option<String>,
+}
+
+const ADMIN_KEY_COLUMNS: &str = "id, name, role, key_hash, key_prefix, status, created_at, \
+     created_by, revoked_at, revoked_by";
+
+fn admin_key_row(r: &AnyRow) -> Result<AdminKeyRow, sqlx::Error> {
+    Ok(AdminKeyRow {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        role: r.try_get(2)?,
+        key_hash: r.try_get(3)?,
+        key_prefix: r.try_get(4)?,
+        status: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        created_by: r.try_get(7)?,
+        revoked_at: r.try_get(8)?,
+        revoked_by: r.try_get(9)?,
+    })
+}
+
 /// A budget as the read model holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BudgetRow {
@@ -607,6 +680,27 @@ impl ReadModel {
             .try_get(0)
     }
 
+    /// Every admin key issued through the API, oldest first.
+    pub async fn admin_keys(&self) -> Result<Vec<AdminKeyRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ADMIN_KEY_COLUMNS} FROM admin_keys ORDER BY created_at, id"
+        ));
+        let rows = sqlx::query(sql).fetch_all(&self.db.pool).await?;
+        rows.iter().map(admin_key_row).collect()
+    }
+
+    /// One admin key by id.
+    pub async fn admin_key(&self, id: &str) -> Result<Option<AdminKeyRow>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ADMIN_KEY_COLUMNS} FROM admin_keys WHERE id = $1"
+        ));
+        let row = sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.as_ref().map(admin_key_row).transpose()
+    }
+
     /// Budgets in force: of `account_id`, or of every account; oldest first.
     pub async fn budgets(&self, account_id: Option<&str>) -> Result<Vec<BudgetRow>, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(format!(
@@ -659,7 +753,8 @@ impl ReadModel {
 }
 
 /// Tables the projector writes, in deletion order.
-pub const TABLES: [&str; 14] = [
+pub const TABLES: [&str; 15] = [
+    "admin_keys",
     "budget_thresholds",
     "budgets",
     "policy_activations",

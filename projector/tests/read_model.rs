@@ -26,6 +26,7 @@ fn admin_history() -> Vec<Event> {
         events.push(Event::new(
             envelope(&account),
             AccountOpened {
+                admin_key_id: None,
                 name: format!("Account {a}"),
                 default_project_id: project.clone(),
                 default_project_name: "Default".into(),
@@ -49,6 +50,7 @@ fn admin_history() -> Vec<Event> {
             events.push(Event::new(
                 env,
                 ApiKeyCreated {
+                    admin_key_id: None,
                     key_id: format!("key_{a}{k}"),
                     name: format!("key {k}"),
                     key_hash: format!("{:064x}", a * 10 + k),
@@ -65,6 +67,7 @@ fn admin_history() -> Vec<Event> {
         events.push(Event::new(
             envelope(&account),
             LimitsChanged {
+                admin_key_id: None,
                 key_id: format!("key_{a}0"),
                 rpm: Some(5),
                 tpm: Some(1000),
@@ -73,6 +76,7 @@ fn admin_history() -> Vec<Event> {
         events.push(Event::new(
             envelope(&account),
             ApiKeyRevoked {
+                admin_key_id: None,
                 key_id: format!("key_{a}1"),
                 reason: None,
             },

@@ -80,6 +80,7 @@ fn traffic() -> Vec<Event> {
         events.push(Event::new(
             Envelope::new(format!("acct_{a:032x}"), "test"),
             AccountOpened {
+                admin_key_id: None,
                 name: format!("Account {a}"),
                 default_project_id: format!("proj_{a:032x}"),
                 default_project_name: "Default".into(),

@@ -179,13 +179,13 @@ macro_rules! event_types {
 }
 
 event_types! {
-    AccountOpened => "account_opened" [1] current 1;
+    AccountOpened => "account_opened" [1, 2] current 2;
     CreditsGranted => "credits_granted" [1] current 1;
-    ApiKeyCreated => "api_key_created" [1, 2, 3, 4, 5] current 5;
-    ApiKeyRevoked => "api_key_revoked" [1] current 1;
-    LimitsChanged => "limits_changed" [1] current 1;
-    PolicyPublished => "policy_published" [1] current 1;
-    PolicyActivated => "policy_activated" [1] current 1;
+    ApiKeyCreated => "api_key_created" [1, 2, 3, 4, 5, 6] current 6;
+    ApiKeyRevoked => "api_key_revoked" [1, 2] current 2;
+    LimitsChanged => "limits_changed" [1, 2] current 2;
+    PolicyPublished => "policy_published" [1, 2] current 2;
+    PolicyActivated => "policy_activated" [1, 2] current 2;
     RequestRouted => "request_routed" [1, 2, 3, 4] current 4;
     UpstreamAttempted => "upstream_attempted" [1, 2] current 2;
     RequestSettled => "request_settled" [1, 2] current 2;
@@ -194,13 +194,15 @@ event_types! {
     FusionPanelCompleted => "fusion_panel_completed" [1] current 1;
     RequestContentRecorded => "request_content_recorded" [1] current 1;
     EvalCompleted => "eval_completed" [1] current 1;
-    ProjectCreated => "project_created" [1] current 1;
-    ProjectRenamed => "project_renamed" [1] current 1;
-    ProjectArchived => "project_archived" [1] current 1;
-    ApiKeyExpirySet => "api_key_expiry_set" [1] current 1;
+    ProjectCreated => "project_created" [1, 2] current 2;
+    ProjectRenamed => "project_renamed" [1, 2] current 2;
+    ProjectArchived => "project_archived" [1, 2] current 2;
+    ApiKeyExpirySet => "api_key_expiry_set" [1, 2] current 2;
     BudgetSet => "budget_set" [1] current 1;
     BudgetRemoved => "budget_removed" [1] current 1;
     BudgetThresholdCrossed => "budget_threshold_crossed" [1] current 1;
+    AdminKeyCreated => "admin_key_created" [1] current 1;
+    AdminKeyRevoked => "admin_key_revoked" [1] current 1;
 }
 
 /// Something done with a payload struct, generic over its type.

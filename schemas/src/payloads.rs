@@ -17,6 +17,9 @@ pub struct AccountOpened {
     pub default_project_id: String,
     /// Display name of the default project.
     pub default_project_name: String,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// A project was created in an account (besides the default one [`AccountOpened`] creates).
@@ -26,6 +29,9 @@ pub struct ProjectCreated {
     pub project_id: String,
     /// Its display name.
     pub name: String,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// A project of the account was given a new name.
@@ -35,6 +41,9 @@ pub struct ProjectRenamed {
     pub project_id: String,
     /// The new display name.
     pub name: String,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// A project was archived: no new keys are issued in it and its keys stop authenticating.
@@ -42,6 +51,35 @@ pub struct ProjectRenamed {
 pub struct ProjectArchived {
     /// The project.
     pub project_id: String,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
+}
+
+/// An admin key was issued. The key itself is never part of any event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminKeyCreated {
+    /// The new key's id (`adm_…`).
+    pub key_id: String,
+    /// Display name.
+    pub name: String,
+    /// `owner`, `operator`, `finance` or `viewer`.
+    pub role: String,
+    /// Hex HMAC-SHA-256 of the key under the deployment's key secret.
+    pub key_hash: String,
+    /// The key's first characters, to recognise it by.
+    pub key_prefix: String,
+    /// The admin key that issued it.
+    pub admin_key_id: Option<String>,
+}
+
+/// An admin key was revoked: it fails from the next request on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminKeyRevoked {
+    /// The revoked key.
+    pub key_id: String,
+    /// The admin key that revoked it.
+    pub admin_key_id: Option<String>,
 }
 
 /// A budget was set (or replaced, with the same id) on an account, a project or a key: the
@@ -63,6 +101,9 @@ pub struct BudgetSet {
     pub timezone: String,
     /// Spend past which `BudgetThresholdCrossed` is recorded once per period, nano-credits.
     pub soft_limit_nano: Option<i64>,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// A budget was removed.
@@ -70,6 +111,9 @@ pub struct BudgetSet {
 pub struct BudgetRemoved {
     /// The budget.
     pub budget_id: String,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// A request took a budget's use past its soft limit, the first time in the period.
@@ -140,6 +184,9 @@ pub struct ApiKeyCreated {
     /// Requests of the key in flight at once on one gateway (v5).
     #[serde(default)]
     pub max_parallel_requests: Option<i64>,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// A key was given an expiry (rotation: the old key expires once the overlap ends).
@@ -152,6 +199,9 @@ pub struct ApiKeyExpirySet {
     /// The key issued in its place, when rotated.
     #[serde(default)]
     pub replaced_by: Option<String>,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// An API key was revoked.
@@ -161,6 +211,9 @@ pub struct ApiKeyRevoked {
     pub key_id: String,
     /// Why, if someone said.
     pub reason: Option<String>,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// A key's rate limits were changed.
@@ -172,6 +225,9 @@ pub struct LimitsChanged {
     pub rpm: Option<i64>,
     /// New tokens-per-minute limit; `None` removes it.
     pub tpm: Option<i64>,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// A routing policy snapshot was published.
@@ -183,6 +239,9 @@ pub struct PolicyPublished {
     pub snapshot_json: String,
     /// What prompted the new version.
     pub reason: String,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// A routing policy published earlier became the active one again (`lumina policy rollback`).
@@ -192,6 +251,9 @@ pub struct PolicyActivated {
     pub policy_version: i64,
     /// Why.
     pub reason: String,
+    /// The admin key that made the change (`adm_…`); absent in events from before roles.
+    #[serde(default)]
+    pub admin_key_id: Option<String>,
 }
 
 /// The credit hold a request placed before calling upstream.

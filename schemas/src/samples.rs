@@ -25,20 +25,24 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             name: format!("Account {seed}"),
             default_project_id: format!("proj_{:032x}", seed % 7),
             default_project_name: "Default".into(),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::ProjectCreated => ProjectCreated {
             project_id: format!("proj_{seed:032x}"),
             name: format!("Project {seed}"),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::ProjectRenamed => ProjectRenamed {
             project_id: format!("proj_{seed:032x}"),
             name: format!("Renamed {seed}"),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::ProjectArchived => ProjectArchived {
             project_id: format!("proj_{seed:032x}"),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::CreditsGranted => CreditsGranted {
@@ -62,12 +66,28 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             surfaces: Some(vec!["chat_completions".into()]),
             read_only: seed.is_multiple_of(5),
             max_parallel_requests: Some(4),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::ApiKeyExpirySet => ApiKeyExpirySet {
             key_id: format!("key_{seed:032x}"),
             expires_at: 1_800_000_000_000_000 + n,
             replaced_by: Some(format!("key_{:032x}", seed + 1)),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
+        }
+        .into(),
+        EventType::AdminKeyCreated => AdminKeyCreated {
+            key_id: format!("adm_{seed:032x}"),
+            name: format!("operator {seed}"),
+            role: "operator".into(),
+            key_hash: format!("{seed:064x}"),
+            key_prefix: "lum_adm_abcd".into(),
+            admin_key_id: Some("adm_bootstrap".into()),
+        }
+        .into(),
+        EventType::AdminKeyRevoked => AdminKeyRevoked {
+            key_id: format!("adm_{seed:032x}"),
+            admin_key_id: Some("adm_bootstrap".into()),
         }
         .into(),
         EventType::BudgetSet => BudgetSet {
@@ -78,10 +98,12 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
             period: "month".into(),
             timezone: "Europe/Paris".into(),
             soft_limit_nano: Some(8_000_000_000),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::BudgetRemoved => BudgetRemoved {
             budget_id: format!("bud_{seed:032x}"),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::BudgetThresholdCrossed => BudgetThresholdCrossed {
@@ -95,23 +117,27 @@ pub fn sample(event_type: EventType, seed: u64) -> Event {
         EventType::ApiKeyRevoked => ApiKeyRevoked {
             key_id: format!("key_{seed:032x}"),
             reason: Some("leaked".into()),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::LimitsChanged => LimitsChanged {
             key_id: format!("key_{seed:032x}"),
             rpm: Some(10),
             tpm: None,
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::PolicyPublished => PolicyPublished {
             policy_version: 3 + n,
             snapshot_json: r#"{"paths":{"fast":["sim-fast"]}}"#.into(),
             reason: "stats".into(),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::PolicyActivated => PolicyActivated {
             policy_version: 2 + n,
             reason: "rollback".into(),
+            admin_key_id: Some(format!("adm_{:032x}", seed % 5)),
         }
         .into(),
         EventType::RequestRouted => RequestRouted {

@@ -160,6 +160,7 @@ fn api_key_created_v1_decodes_with_the_v2_reader_filling_defaults() {
             surfaces: None,
             read_only: false,
             max_parallel_requests: None,
+            admin_key_id: None,
             ..original.clone()
         }
     );

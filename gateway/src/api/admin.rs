@@ -1,4 +1,5 @@
-//! The admin API (behind the admin key): accounts, projects, credit grants and API keys.
+//! The admin API (behind an admin key whose role allows the request): accounts, projects,
+//! credit grants, API keys and admin keys.
 
 use std::time::Duration;
 
@@ -6,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use lumina_ledger::Balance;
-use lumina_projector::{AccountRow, KeyRow, ProjectRow};
+use lumina_projector::{AccountRow, AdminKeyRow, KeyRow, ProjectRow};
 use lumina_schemas::NanoCredits;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -16,9 +17,6 @@ use crate::api::error::ApiError;
 use crate::api::extract::{AdminKey, ApiJson, ApiQuery};
 use crate::routing::policy::Prefer;
 use crate::state::AppState;
-
-/// Who admin grants are attributed to in events.
-const GRANTED_BY: &str = "admin";
 
 /// Parses a credit amount given as a JSON number or a decimal string, exactly.
 pub(crate) fn parse_credits(raw: &RawValue, param: &str) -> Result<NanoCredits, ApiError> {
@@ -125,16 +123,16 @@ pub struct CreateAccount {
 /// `POST /admin/accounts`: opens an account, granting its initial credits.
 pub async fn create_account(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     ApiJson(body): ApiJson<CreateAccount>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     let credits = match &body.credits {
         Some(raw) => parse_credits(raw, "credits")?,
         None => NanoCredits::ZERO,
     };
-    let account = state
-        .admin
-        .open_account(&body.name, credits, GRANTED_BY)
+    let account = admin
+        .admin(&state)
+        .open_account(&body.name, credits, &admin.0.id)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -173,14 +171,14 @@ pub struct GrantView {
 /// `POST /admin/accounts/{id}/credits`: grants credits.
 pub async fn grant_credits(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<GrantCredits>,
 ) -> Result<(StatusCode, Json<GrantView>), ApiError> {
     let amount = parse_credits(&body.amount, "amount")?;
-    let account = state
-        .admin
-        .grant_credits(&id, amount, body.reason, GRANTED_BY)
+    let account = admin
+        .admin(&state)
+        .grant_credits(&id, amount, body.reason, &admin.0.id)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -310,12 +308,12 @@ pub struct KeyRouting {
 /// `POST /admin/keys`: issues a key, returned once.
 pub async fn create_key(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
     let scopes = body.scopes.unwrap_or_default();
-    let (row, key) = state
-        .admin
+    let (row, key) = admin
+        .admin(&state)
         .create_key(KeyRequest {
             account_id: body.account_id,
             name: body.name,
@@ -379,10 +377,13 @@ pub async fn get_key(
 /// `DELETE /admin/keys/{id}`: revokes a key; it fails from the next request on.
 pub async fn revoke_key(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(KeyView::new(state.admin.revoke_key(&id).await?, None)))
+    Ok(Json(KeyView::new(
+        admin.admin(&state).revoke_key(&id).await?,
+        None,
+    )))
 }
 
 /// Body of `POST /admin/keys/{id}/limits`.
@@ -397,11 +398,14 @@ pub struct ChangeLimits {
 /// `POST /admin/keys/{id}/limits`: sets or removes a key's rpm and tpm (a `LimitsChanged`).
 pub async fn change_limits(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ChangeLimits>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let key = state.admin.change_limits(&id, body.rpm, body.tpm).await?;
+    let key = admin
+        .admin(&state)
+        .change_limits(&id, body.rpm, body.tpm)
+        .await?;
     Ok(Json(KeyView::new(key, None)))
 }
 
@@ -445,11 +449,11 @@ pub struct ProjectName {
 /// `POST /admin/accounts/{id}/projects`: creates a project in the account.
 pub async fn create_project(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ProjectName>,
 ) -> Result<(StatusCode, Json<ProjectView>), ApiError> {
-    let project = state.admin.create_project(&id, &body.name).await?;
+    let project = admin.admin(&state).create_project(&id, &body.name).await?;
     Ok((StatusCode::CREATED, Json(project.into())))
 }
 
@@ -478,22 +482,26 @@ pub async fn get_project(
 /// `PATCH /admin/projects/{id}`: renames a project.
 pub async fn rename_project(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ProjectName>,
 ) -> Result<Json<ProjectView>, ApiError> {
     Ok(Json(
-        state.admin.rename_project(&id, &body.name).await?.into(),
+        admin
+            .admin(&state)
+            .rename_project(&id, &body.name)
+            .await?
+            .into(),
     ))
 }
 
 /// `POST /admin/projects/{id}/archive`: archives a project; its keys stop authenticating.
 pub async fn archive_project(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
 ) -> Result<Json<ProjectView>, ApiError> {
-    Ok(Json(state.admin.archive_project(&id).await?.into()))
+    Ok(Json(admin.admin(&state).archive_project(&id).await?.into()))
 }
 
 /// Body of `POST /admin/keys/{id}/rotate`.
@@ -542,7 +550,7 @@ pub fn parse_overlap(value: &serde_json::Value) -> Option<Duration> {
 /// the old one expiring after the overlap (default 24 h).
 pub async fn rotate_key(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Rotate>,
 ) -> Result<(StatusCode, Json<RotatedView>), ApiError> {
@@ -555,7 +563,7 @@ pub async fn rotate_key(
             )
         })?,
     };
-    let (new, key, old) = state.admin.rotate_key(&id, overlap).await?;
+    let (new, key, old) = admin.admin(&state).rotate_key(&id, overlap).await?;
     Ok((
         StatusCode::CREATED,
         Json(RotatedView {
@@ -563,4 +571,85 @@ pub async fn rotate_key(
             replaces: KeyView::new(old, None),
         }),
     ))
+}
+
+/// An admin key as the admin API shows it; `key` only in the response that issued it.
+#[derive(Serialize)]
+pub struct AdminKeyView {
+    id: String,
+    object: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    name: String,
+    role: String,
+    key_prefix: String,
+    status: String,
+    created_at: i64,
+    created_by: Option<String>,
+    revoked_at: Option<i64>,
+    revoked_by: Option<String>,
+}
+
+impl AdminKeyView {
+    fn new(row: AdminKeyRow, key: Option<String>) -> AdminKeyView {
+        AdminKeyView {
+            id: row.id,
+            object: "admin_key",
+            key,
+            name: row.name,
+            role: row.role,
+            key_prefix: row.key_prefix,
+            status: row.status,
+            created_at: unix_seconds(row.created_at),
+            created_by: row.created_by,
+            revoked_at: row.revoked_at.map(unix_seconds),
+            revoked_by: row.revoked_by,
+        }
+    }
+}
+
+/// The body that issues an admin key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdminKey {
+    name: String,
+    role: String,
+}
+
+/// `POST /admin/admin-keys` (owner): issues an admin key; the key is shown only here.
+pub async fn create_admin_key(
+    State(state): State<AppState>,
+    admin: AdminKey,
+    ApiJson(body): ApiJson<CreateAdminKey>,
+) -> Result<(StatusCode, Json<AdminKeyView>), ApiError> {
+    let (row, key) = admin
+        .admin(&state)
+        .create_admin_key(&body.name, &body.role)
+        .await?;
+    Ok((StatusCode::CREATED, Json(AdminKeyView::new(row, Some(key)))))
+}
+
+/// `GET /admin/admin-keys` (owner): every admin key issued, never the key itself.
+pub async fn list_admin_keys(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+) -> Result<Json<ListView<AdminKeyView>>, ApiError> {
+    let rows = state.admin.admin_keys().await?;
+    Ok(Json(ListView {
+        object: "list",
+        data: rows
+            .into_iter()
+            .map(|r| AdminKeyView::new(r, None))
+            .collect(),
+    }))
+}
+
+/// `DELETE /admin/admin-keys/{id}` (owner): revokes an admin key.
+pub async fn revoke_admin_key(
+    State(state): State<AppState>,
+    admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<AdminKeyView>, ApiError> {
+    let row = admin.admin(&state).revoke_admin_key(&id).await?;
+    Ok(Json(AdminKeyView::new(row, None)))
 }

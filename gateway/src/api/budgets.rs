@@ -148,12 +148,13 @@ async fn list(state: &AppState, rows: Vec<BudgetRow>) -> Result<Json<BudgetList>
 
 async fn create(
     state: &AppState,
+    admin: &AdminKey,
     scope: SpendScope,
     id: &str,
     body: BudgetBody,
 ) -> Result<(StatusCode, Json<BudgetView>), ApiError> {
-    let row = state
-        .admin
+    let row = admin
+        .admin(state)
         .set_budget(scope, id, None, body.request()?)
         .await?;
     Ok((StatusCode::CREATED, Json(view(state, row).await?)))
@@ -162,31 +163,31 @@ async fn create(
 /// `POST /admin/accounts/{id}/budgets`
 pub async fn create_on_account(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<BudgetBody>,
 ) -> Result<(StatusCode, Json<BudgetView>), ApiError> {
-    create(&state, SpendScope::Account, &id, body).await
+    create(&state, &admin, SpendScope::Account, &id, body).await
 }
 
 /// `POST /admin/projects/{id}/budgets`
 pub async fn create_on_project(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<BudgetBody>,
 ) -> Result<(StatusCode, Json<BudgetView>), ApiError> {
-    create(&state, SpendScope::Project, &id, body).await
+    create(&state, &admin, SpendScope::Project, &id, body).await
 }
 
 /// `POST /admin/keys/{id}/budgets`
 pub async fn create_on_key(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<BudgetBody>,
 ) -> Result<(StatusCode, Json<BudgetView>), ApiError> {
-    create(&state, SpendScope::Key, &id, body).await
+    create(&state, &admin, SpendScope::Key, &id, body).await
 }
 
 /// `GET /admin/accounts/{id}/budgets`: every budget of the account, on any of its scopes.
@@ -237,11 +238,14 @@ pub async fn get_budget(
 /// `PUT /admin/budgets/{id}`: replaces the budget's limit, period, zone and soft limit.
 pub async fn replace_budget(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<BudgetBody>,
 ) -> Result<Json<BudgetView>, ApiError> {
-    let row = state.admin.update_budget(&id, body.request()?).await?;
+    let row = admin
+        .admin(&state)
+        .update_budget(&id, body.request()?)
+        .await?;
     Ok(Json(view(&state, row).await?))
 }
 
@@ -256,10 +260,10 @@ pub struct Removed {
 /// `DELETE /admin/budgets/{id}`
 pub async fn remove_budget(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(id): Path<String>,
 ) -> Result<Json<Removed>, ApiError> {
-    let row = state.admin.remove_budget(&id).await?;
+    let row = admin.admin(&state).remove_budget(&id).await?;
     Ok(Json(Removed {
         id: row.id,
         object: "budget",

@@ -61,6 +61,19 @@ pub enum ApiError {
         "This API key has {0} requests in flight, its max_parallel_requests; retry once one of them ends."
     )]
     TooManyParallel(u64),
+    /// The admin key was revoked.
+    #[error("This admin key has been revoked.")]
+    AdminKeyRevoked,
+    /// The admin key's role does not allow the request.
+    #[error("This admin key's role ({role}) may not {method} {path}.")]
+    AdminRoleForbidden {
+        /// The key's role.
+        role: &'static str,
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
     /// The key is barred from Model Fusion.
     #[error(
         "This API key may not use lumina-fusion. Ask an admin to issue a key with allow_fusion, or use lumina-auto or a single path."
@@ -195,9 +208,11 @@ impl ApiError {
             | ApiError::AdminRequired => StatusCode::UNAUTHORIZED,
             ApiError::OutOfScope { .. } => StatusCode::FORBIDDEN,
             ApiError::TooManyParallel(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::RevokedKey | ApiError::ArchivedProject | ApiError::FusionBarred => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::RevokedKey
+            | ApiError::ArchivedProject
+            | ApiError::FusionBarred
+            | ApiError::AdminKeyRevoked
+            | ApiError::AdminRoleForbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } | ApiError::UnknownRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -231,6 +246,10 @@ impl ApiError {
             ApiError::OutOfScope { code, .. } => ("invalid_request_error", Some(*code)),
             ApiError::TooManyParallel(_) => ("requests", Some("parallel_requests_exceeded")),
             ApiError::AdminRequired => ("invalid_request_error", Some("admin_key_required")),
+            ApiError::AdminKeyRevoked => ("invalid_request_error", Some("admin_key_revoked")),
+            ApiError::AdminRoleForbidden { .. } => {
+                ("permission_error", Some("admin_role_forbidden"))
+            }
             ApiError::FusionBarred => ("invalid_request_error", Some("fusion_not_allowed")),
             ApiError::NotFound { .. } => ("invalid_request_error", Some("not_found")),
             ApiError::UnknownRoute { .. } => ("invalid_request_error", Some("unknown_url")),

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use crate::api::error::ApiError;
-use crate::auth::{KeyIdentity, secrets_equal};
+use crate::auth::{AdminAction, AdminIdentity, AdminRefusal, KeyIdentity};
 use crate::config::ServerConfig;
 use crate::json_keys::{self, KeyCheck};
 use crate::state::AppState;
@@ -187,18 +187,36 @@ impl FromRequestParts<AppState> for CustomerKey {
     }
 }
 
-/// A request authenticated with the admin key.
-pub struct AdminKey;
+/// A request authenticated with an admin key whose role allows what the request does
+/// ([`AdminAction::of`] its method and path).
+pub struct AdminKey(pub Arc<AdminIdentity>);
+
+impl AdminKey {
+    /// The admin service acting for this key: the events it records name it.
+    pub fn admin(&self, state: &AppState) -> crate::admin::Admin {
+        state.admin.acting_as(&self.0.id)
+    }
+}
 
 impl FromRequestParts<AppState> for AdminKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts);
-        if !token.is_empty() && secrets_equal(token, &state.admin_key) {
-            Ok(AdminKey)
-        } else {
-            Err(ApiError::AdminRequired)
+        let identity = state
+            .keys
+            .authenticate_admin(bearer(parts), &state.admin_key)
+            .map_err(|refusal| match refusal {
+                AdminRefusal::Unknown => ApiError::AdminRequired,
+                AdminRefusal::Revoked => ApiError::AdminKeyRevoked,
+            })?;
+        let action = AdminAction::of(&parts.method, parts.uri.path());
+        if !identity.role.allows(action) {
+            return Err(ApiError::AdminRoleForbidden {
+                role: identity.role.as_str(),
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+            });
         }
+        Ok(AdminKey(identity))
     }
 }

@@ -24,7 +24,7 @@ use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use lumina_schemas::ids::RequestId;
 
 use crate::api::error::ApiError;
@@ -189,6 +189,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/projects/{id}/archive", post(admin::archive_project))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route(
+            "/admin/admin-keys",
+            post(admin::create_admin_key).get(admin::list_admin_keys),
+        )
+        .route("/admin/admin-keys/{id}", delete(admin::revoke_admin_key))
         .route(
             "/admin/keys/{id}",
             get(admin::get_key).delete(admin::revoke_key),

@@ -81,11 +81,11 @@ fn validate(state: &AppState, doc: &PolicyDocument) -> Result<Arc<Policy>, ApiEr
 /// `lumina_policy_refused_total`.
 pub async fn publish(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     ApiQuery(query): ApiQuery<Reason>,
     ApiJson(document): ApiJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<PolicyView>), ApiError> {
-    let published = publish_document(&state, &query, document).await;
+    let published = publish_document(&state, &admin, &query, document).await;
     if published.is_err() {
         metrics::counter!("lumina_policy_refused_total", "source" => "admin").increment(1);
     }
@@ -94,6 +94,7 @@ pub async fn publish(
 
 async fn publish_document(
     state: &AppState,
+    admin: &AdminKey,
     query: &Reason,
     document: serde_json::Value,
 ) -> Result<PolicyView, ApiError> {
@@ -114,8 +115,8 @@ async fn publish_document(
         .to_json()
         .map_err(|e| ApiError::Internal(format!("cannot render the policy: {e}")))?;
     let reason = reason(query, "published")?;
-    let row = state
-        .admin
+    let row = admin
+        .admin(state)
         .publish_policy(doc.version, snapshot, &reason)
         .await?;
     install_if_active(state, &row, policy);
@@ -125,7 +126,7 @@ async fn publish_document(
 /// `POST /admin/policies/{version}/activate`.
 pub async fn activate(
     State(state): State<AppState>,
-    _admin: AdminKey,
+    admin: AdminKey,
     Path(version): Path<i64>,
     ApiQuery(query): ApiQuery<Reason>,
 ) -> Result<Json<PolicyView>, ApiError> {
@@ -134,7 +135,10 @@ pub async fn activate(
         .map_err(|e| ApiError::invalid(format!("not a routing policy: {e}"), Some("version")))?;
     let policy = validate(&state, &doc)?;
     let reason = reason(&query, "rollback")?;
-    let row = state.admin.activate_policy(version, &reason).await?;
+    let row = admin
+        .admin(&state)
+        .activate_policy(version, &reason)
+        .await?;
     install_if_active(&state, &row, policy);
     Ok(Json(view(row, false)))
 }

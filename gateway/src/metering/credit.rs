@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use lumina_eventlog::LogError;
-use lumina_ledger::{Ledger, Snapshot, Spend, SpendQuery, SpendScope};
+use lumina_ledger::{Ledger, Spend, SpendQuery, SpendScope, Spends};
 use lumina_projector::ReadModel;
 use lumina_schemas::ids::{AccountId, KeyId, ProjectId, RequestId};
 use tokio::sync::oneshot;
@@ -570,8 +570,14 @@ impl CreditBook {
         match self.reflection {
             Reflection::LogPosition => {
                 let snapshot = ledger.available_at_position(&queries).await?;
-                self.install_spend(&queries, &snapshot);
-                self.apply_snapshot(snapshot.available, snapshot.ledger_next);
+                let next = snapshot.ledger_next;
+                self.install(
+                    snapshot.available,
+                    Some(next),
+                    (&queries, &snapshot.spend),
+                    |p| matches!(p.position, Position::Known(position) if position < next),
+                    |s| (s.position >= next).then_some(Seen::No),
+                );
             }
             Reflection::AppliedEvent => {
                 let mut asked = HashSet::new();
@@ -590,9 +596,9 @@ impl CreditBook {
                     }
                 }
                 let (snapshot, applied) = ledger.available_with_applied(&ids, &queries).await?;
-                self.install_spend(&queries, &snapshot);
                 self.install_applied(
                     snapshot.available,
+                    (&queries, &snapshot.spend),
                     &Applied {
                         ids: applied,
                         asked,
@@ -603,12 +609,9 @@ impl CreditBook {
         Ok(())
     }
 
-    /// Keeps what `snapshot` says each budget of `queries` used, for the period it asked
-    /// about (a budget redefined meanwhile keeps its old figure until the next snapshot).
-    fn install_spend(&self, queries: &[SpendQuery], snapshot: &Snapshot) {
-        let Ok(mut book) = self.book.lock() else {
-            return;
-        };
+    /// Keeps what `spends` says each budget of `queries` used, for the period it asked about
+    /// (a budget redefined meanwhile keeps its old figure until the next snapshot).
+    fn install_spend(book: &mut Book, queries: &[SpendQuery], spends: &Spends) {
         let queries: HashMap<&str, &SpendQuery> =
             queries.iter().map(|q| (q.budget_id.as_str(), q)).collect();
         for state in &mut book.budgets {
@@ -619,16 +622,22 @@ impl CreditBook {
             if q.scope != b.scope || q.scope_id != b.scope_id {
                 continue;
             }
-            if let Some(spend) = snapshot.spend.get(&b.id) {
+            if let Some(spend) = spends.get(&b.id) {
                 state.snapshot = Some((q.since.unwrap_or(0), *spend));
             }
         }
     }
 
-    fn install_applied(&self, available: HashMap<String, i64>, applied: &Applied) {
+    fn install_applied(
+        &self,
+        available: HashMap<String, i64>,
+        spend: (&[SpendQuery], &Spends),
+        applied: &Applied,
+    ) {
         self.install(
             available,
             None,
+            spend,
             |p| p.event_id.is_some_and(|id| applied.ids.contains(&id)),
             |s| {
                 if applied.ids.contains(&s.event_id) {
@@ -648,18 +657,20 @@ impl CreditBook {
         self.install(
             available,
             Some(ledger_next),
+            (&[], &Spends::new()),
             |p| matches!(p.position, Position::Known(position) if position < ledger_next),
             |s| (s.position >= ledger_next).then_some(Seen::No),
         );
     }
 
-    /// Installs `available`; marks the holds it `includes_hold`, drops the requests whose
-    /// settlement it includes (`settlement` answers `None`) and those that never reached the
-    /// log.
+    /// Installs `available` and the budgets' `spend`; marks the holds it `includes_hold`,
+    /// drops the requests whose settlement it includes (`settlement` answers `None`) and those
+    /// that never reached the log. One lock, so no hold sees the spend without the balances.
     fn install(
         &self,
         available: HashMap<String, i64>,
         ledger_next: Option<u64>,
+        (queries, spends): (&[SpendQuery], &Spends),
         includes_hold: impl Fn(&Pending) -> bool,
         settlement: impl Fn(&Settled) -> Option<Seen>,
     ) {
@@ -667,6 +678,7 @@ impl CreditBook {
             return;
         };
         book.available = available;
+        Self::install_spend(&mut book, queries, spends);
         book.refreshed_at = Some(Instant::now());
         if let Some(next) = ledger_next {
             book.ledger_next = next;
@@ -830,6 +842,7 @@ mod tests {
         let settled = Uuid::now_v7();
         book.install_applied(
             HashMap::from([("a".to_string(), 100)]),
+            (&[], &Spends::new()),
             &Applied {
                 ids: HashSet::new(),
                 asked: HashSet::new(),
@@ -844,6 +857,7 @@ mod tests {
         // The hold applied; the settlement was not asked about: counted cautiously.
         book.install_applied(
             HashMap::from([("a".to_string(), 40)]),
+            (&[], &Spends::new()),
             &Applied {
                 ids: HashSet::from([routed]),
                 asked: HashSet::new(),
@@ -853,6 +867,7 @@ mod tests {
         // Asked and not applied: the unused part of the hold comes back.
         book.install_applied(
             HashMap::from([("a".to_string(), 40)]),
+            (&[], &Spends::new()),
             &Applied {
                 ids: HashSet::new(),
                 asked: HashSet::from([settled]),
@@ -861,6 +876,7 @@ mod tests {
         assert_eq!(book.available(&"a".into()), 90);
         book.install_applied(
             HashMap::from([("a".to_string(), 90)]),
+            (&[], &Spends::new()),
             &Applied {
                 ids: HashSet::from([settled]),
                 asked: HashSet::from([settled]),
@@ -957,17 +973,21 @@ mod tests {
             queries[0].since,
             Some(at("2026-12-02T05:00:00Z").timestamp_micros())
         );
-        book.install_spend(
-            &queries,
-            &Snapshot {
-                spend: HashMap::from([(
+        book.install_applied(
+            HashMap::from([("a".to_string(), 1_000)]),
+            (
+                &queries,
+                &Spends::from([(
                     "bud_day".to_string(),
                     Spend {
                         settled: 90,
                         held: 0,
                     },
                 )]),
-                ..Snapshot::default()
+            ),
+            &Applied {
+                ids: HashSet::new(),
+                asked: HashSet::new(),
             },
         );
         book.try_hold(a.holder(), &"r1".into(), 10, evening)
