@@ -207,7 +207,10 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         readiness,
         routes,
         fusion,
-        limits: Limits::new(),
+        limits: match mode {
+            Mode::Embedded => Limits::new(),
+            Mode::Gateway => Limits::shared(db.clone()),
+        },
         instance: config.instance().into(),
         server: server.clone(),
         price_version: prices.version.as_str().into(),

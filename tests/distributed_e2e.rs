@@ -1111,6 +1111,62 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
         let (code, _, text) = gateway.chat(&key, &body).await;
         assert_eq!(code, 402, "{text}");
     }
+
+    // A budget holds within the same bound: an account with plenty of credit, a key whose
+    // `total` budget is 0.4 credits, three clients per gateway until their first 402, each a
+    // `budget_exceeded`.
+    let rich = gateways[0].account("Budgeted Co", "10").await;
+    let (key_id, budgeted) = gateways[0].key(&rich).await;
+    gateways[0]
+        .admin(
+            Method::POST,
+            &format!("/admin/keys/{key_id}/budgets"),
+            Some(json!({"limit": "0.4", "period": "total"})),
+            201,
+        )
+        .await;
+    let client = |g: usize| {
+        let (gateway, key, body) = (&gateways[g], &budgeted, &body);
+        async move {
+            let mut paid = 0;
+            for _ in 0..40 {
+                let (code, _, text) = gateway.chat(key, body).await;
+                match code {
+                    200 => paid += 1,
+                    402 => {
+                        let v: Value = serde_json::from_str(&text).unwrap();
+                        assert_eq!(v["error"]["code"], "budget_exceeded", "{text}");
+                        return paid;
+                    }
+                    _ => panic!("{code}: {text}"),
+                }
+            }
+            panic!("never refused")
+        }
+    };
+    let paid: i64 = futures::future::join_all((0..6).map(|i| client(i % 2)))
+        .await
+        .into_iter()
+        .sum();
+    wait_for_scalar(
+        pool,
+        &format!(
+            "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'settle' AND account_id = '{rich}'"
+        ),
+        paid,
+        "budgeted settlements journaled",
+    )
+    .await;
+    let spent = scalar(
+        pool,
+        &format!("SELECT spent_nano FROM ledger_balances WHERE account_id = '{rich}'"),
+    )
+    .await;
+    assert!(paid >= 10, "the budget's ten requests got through: {paid}");
+    assert!(
+        spent <= granted + bound,
+        "spent {spent} against a budget of {granted}; the bound is {bound}"
+    );
 }
 
 /// A request whose recorded content is larger than Kafka's default message limit (1 MB) is
@@ -1290,4 +1346,59 @@ async fn a_responses_conversation_continues_on_the_other_gateway_at_once() {
         "the three turns in the request view",
     )
     .await;
+}
+
+/// A key's rpm holds across two gateways: its requests share one bucket in PostgreSQL, so
+/// together they get the limit plus the refill while they run (and at most a second's refill
+/// per gateway more), not twice the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_rate_limit_holds_across_gateways() {
+    let cluster = Cluster::start(2, "all", "").await;
+    let g = &cluster.gateways;
+    let account = g[0].account("Limited Co", "10").await;
+    let (_, key) = g[0].key_with(&account, json!({"rpm": 60})).await;
+    let body = json!({"model": "lumina-fast", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "count me"}]});
+    let started = Instant::now();
+    let client = |i: usize| {
+        let (gateway, key, body) = (&g[i % 2], &key, &body);
+        async move {
+            let (mut ok, mut limited) = (0i64, 0i64);
+            for _ in 0..30 {
+                let (code, headers, text) = gateway.chat(key, body).await;
+                match code {
+                    200 => ok += 1,
+                    429 => {
+                        let v: Value = serde_json::from_str(&text).unwrap();
+                        assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{text}");
+                        assert_eq!(common::header(&headers, "x-ratelimit-limit-requests"), "60");
+                        assert!(headers.get("retry-after").is_some());
+                        limited += 1;
+                    }
+                    _ => panic!("{code}: {text}"),
+                }
+            }
+            (ok, limited)
+        }
+    };
+    let results = futures::future::join_all((0..6).map(client)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok: i64 = results.iter().map(|r| r.0).sum();
+    let limited: i64 = results.iter().map(|r| r.1).sum();
+    assert_eq!(ok + limited, 180);
+    // The documented bound: the limit, the refill while the clients ran (1 a second), and a
+    // second's refill per gateway; each gateway on its own would have let 60 through.
+    let bound = 60 + elapsed.ceil() as i64 + 2;
+    assert!(
+        ok <= bound,
+        "{ok} requests got through in {elapsed:.1} s; the bound is {bound}"
+    );
+    assert!(
+        ok >= 55,
+        "leases must not starve the limit: {ok} got through"
+    );
+    let per_gateway: Vec<i64> = (0..2)
+        .map(|g| results.iter().skip(g).step_by(2).map(|r| r.0).sum())
+        .collect();
+    assert!(per_gateway.iter().all(|n| *n > 0), "{per_gateway:?}");
 }

@@ -338,7 +338,8 @@ async fn admit_plan(
         .map_err(|e| ApiError::TooManyParallel(e.limit))?;
     let mut limits = state
         .limits
-        .check(origin.key, tokens)
+        .admit(origin.key, tokens)
+        .await
         .map_err(|e| ApiError::RateLimited(Box::new(e)))?;
     let deployments: Arc<[Arc<Deployment>]> = match &panel {
         Some(p) => p.candidates.iter().cloned().collect(),

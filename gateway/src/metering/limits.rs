@@ -1,7 +1,8 @@
 //! Per-key requests-per-minute and tokens-per-minute limits, enforced in memory with
 //! `governor` (GCRA: a full minute's quota may burst, then it refills evenly), and the count of
 //! a key's requests in flight against its `max_parallel_requests`. The limiter of a key is
-//! rebuilt when its limits change (`LimitsChanged`).
+//! rebuilt when its limits change (`LimitsChanged`). In distributed mode rpm and tpm are
+//! counted in buckets every gateway shares instead ([`crate::metering::shared_limits`]).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -17,6 +18,7 @@ use governor::{Quota, RateLimiter};
 use lumina_schemas::ids::KeyId;
 
 use crate::auth::KeyIdentity;
+use crate::metering::shared_limits::SharedLimits;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -72,7 +74,7 @@ pub struct LimitStatus {
 }
 
 /// Which limit refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitKind {
     /// Requests per minute.
     Requests,
@@ -98,6 +100,8 @@ pub struct LimitExceeded {
 pub struct Limits {
     keys: Mutex<HashMap<KeyId, Arc<Mutex<KeyWindows>>>>,
     in_flight: Mutex<HashMap<KeyId, Arc<AtomicU64>>>,
+    /// In distributed mode: rpm and tpm kept in buckets every gateway shares.
+    shared: Option<SharedLimits>,
 }
 
 /// A request counted among its key's requests in flight until it is dropped.
@@ -125,9 +129,76 @@ fn state_after(window: &Window, remaining: u32) -> LimitState {
 }
 
 impl Limits {
-    /// No limiters yet.
+    /// No limiters yet; rpm and tpm counted in this process.
     pub fn new() -> Limits {
         Limits::default()
+    }
+
+    /// rpm and tpm counted in buckets in `db` that every gateway on it shares.
+    pub fn shared(db: lumina_eventlog::Database) -> Limits {
+        Limits {
+            shared: Some(SharedLimits::new(db)),
+            ..Limits::default()
+        }
+    }
+
+    /// Counts a request of `key` needing about `tokens` against its rpm and tpm: in the
+    /// shared buckets in distributed mode, in memory otherwise ([`Limits::check`]).
+    pub async fn admit(
+        &self,
+        key: &KeyIdentity,
+        tokens: u64,
+    ) -> Result<LimitStatus, LimitExceeded> {
+        let Some(shared) = &self.shared else {
+            return self.check(key, tokens);
+        };
+        let mut status = LimitStatus::default();
+        if let Some(rpm) = key.rpm {
+            match shared.spend(&key.key_id, LimitKind::Requests, rpm, 1).await {
+                Ok(state) => status.requests = Some(state),
+                Err(short) => {
+                    status.requests = Some(short.state);
+                    return Err(LimitExceeded {
+                        kind: LimitKind::Requests,
+                        retry_after: short.retry_after,
+                        status,
+                        message: format!(
+                            "Rate limit reached for requests: limit {rpm} per minute. Please try again in {}.",
+                            format_reset(short.retry_after)
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(tpm) = key.tpm {
+            let cost = i64::try_from(tokens.max(1)).unwrap_or(i64::MAX);
+            match shared
+                .spend(&key.key_id, LimitKind::Tokens, tpm, cost)
+                .await
+            {
+                Ok(state) => status.tokens = Some(state),
+                Err(short) => {
+                    status.tokens = Some(short.state);
+                    let message = if cost > tpm {
+                        format!(
+                            "This request needs about {tokens} tokens, more than the key's limit of {tpm} tokens per minute. Lower max_tokens or the prompt."
+                        )
+                    } else {
+                        format!(
+                            "Rate limit reached for tokens: limit {tpm} per minute, this request needs about {tokens}. Please try again in {}.",
+                            format_reset(short.retry_after)
+                        )
+                    };
+                    return Err(LimitExceeded {
+                        kind: LimitKind::Tokens,
+                        retry_after: short.retry_after,
+                        status,
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(status)
     }
 
     fn windows(&self, key: &KeyIdentity) -> Option<Arc<Mutex<KeyWindows>>> {

@@ -9,4 +9,5 @@ pub mod credit;
 pub mod events;
 pub mod limits;
 pub mod pricing;
+pub mod shared_limits;
 pub mod usage;

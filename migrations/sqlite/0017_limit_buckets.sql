@@ -1,0 +1,11 @@
+-- Rate limits shared by the gateways of a distributed deployment: one token bucket per key and
+-- limit ('requests' or 'tokens'), its level in millionths of a unit as of updated_at (µs).
+-- Gateways lease slices of it (gateway/src/metering/shared_limits.rs); one gateway on its own
+-- keeps its buckets in memory and never writes here.
+CREATE TABLE limit_buckets (
+    key_id      TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('requests', 'tokens')),
+    level_micro INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (key_id, kind)
+);
