@@ -223,6 +223,8 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot read the active routing policy; routing with the shipped one");
     }
     let policy_follower = tokio::spawn(follow_policies(state.clone(), follower, cancel.clone()));
+    let exchanger = (mode == Mode::Gateway)
+        .then(|| tokio::spawn(exchange_in_flight(state.clone(), cancel.clone())));
     let listen = config.listen();
     let listener =
         crate::http::listen(listen).with_context(|| format!("cannot listen on {listen}"))?;
@@ -242,6 +244,9 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let _ = refresher.await;
     let _ = credit_refresher.await;
     let _ = policy_follower.await;
+    if let Some(exchanger) = exchanger {
+        let _ = exchanger.await;
+    }
     let _ = sweeper.await;
     if let Some(shipper) = shipper
         && let Err(e) = shipper.await
@@ -275,6 +280,22 @@ async fn wait_for_catch_up(readiness: &Readiness) {
                 consumer = consumer.name,
                 "still catching up; serving with /readyz at 503"
             );
+        }
+    }
+}
+
+/// Distributed mode: exchanges this gateway's requests in flight with the others'.
+async fn exchange_in_flight(state: AppState, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(lumina_gateway::metering::shared_limits::EXCHANGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = state.limits.exchange(&state.instance).await {
+                    tracing::warn!(error = %e, "cannot exchange requests in flight with the other gateways");
+                }
+            }
         }
     }
 }

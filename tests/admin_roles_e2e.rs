@@ -310,6 +310,43 @@ async fn each_role_gets_its_share_of_the_admin_api_and_every_write_names_its_key
 }
 
 #[tokio::test]
+async fn every_answer_carries_the_security_headers_and_admin_answers_are_not_cached() {
+    let (_tmp, lumina) = start().await;
+    let account = lumina.account("Headers", "1").await;
+    let (_, customer) = lumina.key(&account).await;
+    let admin_key = lumina.admin_key.clone();
+    for (path, key) in [
+        (format!("/admin/accounts/{account}"), admin_key.as_str()),
+        ("/v1/models".to_string(), customer.as_str()),
+        ("/admin/nowhere".to_string(), customer.as_str()),
+        ("/healthz".to_string(), ""),
+    ] {
+        let (_, headers, _) = lumina.request(Method::GET, &path, Some(key), None).await;
+        assert_eq!(
+            common::header(&headers, "x-content-type-options"),
+            "nosniff",
+            "{path}"
+        );
+        assert_eq!(
+            common::header(&headers, "x-frame-options"),
+            "DENY",
+            "{path}"
+        );
+        assert_eq!(
+            common::header(&headers, "referrer-policy"),
+            "no-referrer",
+            "{path}"
+        );
+        let cache = common::header(&headers, "cache-control");
+        assert_eq!(
+            cache == "no-store",
+            path.starts_with("/admin/"),
+            "{path}: {cache}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn admin_keys_are_issued_listed_and_revoked_through_the_cli() {
     let (_tmp, lumina) = start().await;
     let env = [

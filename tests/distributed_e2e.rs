@@ -1402,3 +1402,35 @@ async fn a_keys_rate_limit_holds_across_gateways() {
         .collect();
     assert!(per_gateway.iter().all(|n| *n > 0), "{per_gateway:?}");
 }
+
+/// `max_parallel_requests` holds across gateways: each counts the others' requests in flight
+/// as of their last exchange (every 200 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_parallel_requests_hold_across_gateways() {
+    let slow = "[[providers]]\nname = \"sim\"\nkind = \"simulated\"\nmodels = { fast = \"f\", balanced = \"b\", reasoning = \"r\" }\n[providers.simulated]\nlatency_ms = 5000\n";
+    let cluster = Cluster::start(2, "all", slow).await;
+    let g = &cluster.gateways;
+    let account = g[0].account("Parallel Co", "10").await;
+    let (_, key) = g[0]
+        .key_with(&account, json!({"max_parallel_requests": 2}))
+        .await;
+    let body = json!({"model": "lumina-fast", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "take your time"}]});
+    // Five requests 0.8 s apart, alternating gateways, each in flight for 5 s: the first two
+    // fill the limit, the rest find it full whichever gateway they reach.
+    let requests = (0..5).map(|i| {
+        let (gateway, key, body) = (&g[i % 2], &key, &body);
+        async move {
+            tokio::time::sleep(Duration::from_millis(800 * i as u64)).await;
+            let (code, _, text) = gateway.chat(key, body).await;
+            (code, text)
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let codes: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(codes, [200, 200, 429, 429, 429], "{answers:?}");
+    for (_, text) in &answers[2..] {
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["error"]["code"], "parallel_requests_exceeded", "{text}");
+    }
+}

@@ -347,8 +347,14 @@ async fn dump_ledger(url: &str) -> Vec<String> {
         ("ledger_balances", "account_id"),
         ("ledger_holds", "request_id"),
         ("ledger_daily", "account_id, day"),
+        ("ledger_spend", "scope, bucket"),
     ];
-    dump_tables(url, &tables).await
+    let dump = dump_tables(url, &tables).await;
+    assert!(
+        dump.iter().any(|row| row.contains("key:")),
+        "the spend of every key is derived"
+    );
+    dump
 }
 
 async fn rebuild_equals_live(backend: Backend) {

@@ -9,3 +9,14 @@ CREATE TABLE limit_buckets (
     updated_at  INTEGER NOT NULL,
     PRIMARY KEY (key_id, kind)
 );
+
+-- Each gateway's requests in flight per key with max_parallel_requests, written every 200 ms;
+-- a gateway admits while its own count plus the others' fresh ones (updated_at within 2 s) is
+-- under the limit.
+CREATE TABLE limit_in_flight (
+    instance   TEXT NOT NULL,
+    key_id     TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (instance, key_id)
+);

@@ -21,7 +21,7 @@ pub mod usage;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -32,13 +32,30 @@ use crate::state::AppState;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Gives the request its id (`x-request-id` on the response) and every response the security
+/// headers no API answer should lack: never sniffed as another type, never framed, no
+/// referrer; admin answers are never cached.
 async fn assign_request_id(mut req: Request, next: Next) -> Response {
     let id = RequestId::generate();
     let header = HeaderValue::from_str(id.as_str()).ok();
     req.extensions_mut().insert(id);
+    let admin = req.uri().path().starts_with("/admin/");
     let mut response = next.run(req).await;
+    let headers = response.headers_mut();
     if let Some(header) = header {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), header);
+        headers.insert(X_REQUEST_ID.clone(), header);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if admin {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
 }

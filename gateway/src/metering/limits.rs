@@ -142,6 +142,28 @@ impl Limits {
         }
     }
 
+    /// Distributed mode: writes this gateway's (`instance`) requests in flight per key and
+    /// reads the other gateways', which [`Limits::enter`] then counts too. Keys with nothing in
+    /// flight are written once more as 0 and then forgotten.
+    pub async fn exchange(&self, instance: &str) -> Result<(), sqlx::Error> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let local: Vec<(KeyId, u64)> = match self.in_flight.lock() {
+            Ok(mut map) => {
+                let counts = map
+                    .iter()
+                    .map(|(k, n)| (k.clone(), n.load(Ordering::Acquire)))
+                    .collect();
+                // Idle keys whose count nobody else holds leave the table next time round.
+                map.retain(|_, n| Arc::strong_count(n) > 1 || n.load(Ordering::Acquire) > 0);
+                counts
+            }
+            Err(_) => Vec::new(),
+        };
+        shared.exchange(instance, &local).await
+    }
+
     /// Counts a request of `key` needing about `tokens` against its rpm and tpm: in the
     /// shared buckets in distributed mode, in memory otherwise ([`Limits::check`]).
     pub async fn admit(
@@ -227,8 +249,12 @@ impl Limits {
             Ok(mut map) => map.entry(key.key_id.clone()).or_default().clone(),
             Err(_) => return Ok(None),
         };
+        let elsewhere = self
+            .shared
+            .as_ref()
+            .map_or(0, |s| s.remote_in_flight(&key.key_id));
         let entered = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
+            (n.saturating_add(elsewhere) < limit).then_some(n + 1)
         });
         match entered {
             Ok(_) => Ok(Some(InFlight(counter))),

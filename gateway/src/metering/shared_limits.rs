@@ -7,6 +7,11 @@
 //! spent later either: every unit admitted was taken from the shared bucket within the last
 //! second, and across any number of gateways a key gets at most its limit per minute plus one
 //! second of refill (`limit / 60`) per gateway.
+//!
+//! `max_parallel_requests` across gateways: every [`EXCHANGE_EVERY`] each gateway writes its
+//! requests in flight per key (`limit_in_flight`) and reads the others'; it admits while its
+//! own count plus theirs is under the limit. Bound: beyond the limit, at most what the other
+//! gateways admitted since their last write (one exchange interval, 200 ms).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,11 +41,20 @@ struct Lease {
     bucket: i64,
 }
 
-/// The shared buckets and this gateway's leases of them.
+/// The shared buckets and this gateway's leases of them, and the other gateways' requests in
+/// flight.
 pub struct SharedLimits {
     db: Database,
     leases: Mutex<HashMap<(KeyId, LimitKind), Lease>>,
+    /// Per key, the others' requests in flight as of the last exchange.
+    remote_in_flight: Mutex<HashMap<KeyId, u64>>,
 }
+
+/// How often gateways exchange their requests in flight.
+pub const EXCHANGE_EVERY: Duration = Duration::from_millis(200);
+
+/// A gateway's count is the others' until it is this old (the gateway stopped writing).
+const IN_FLIGHT_FRESH: Duration = Duration::from_secs(2);
 
 /// A limit refused a request: what it has, for the headers and `retry-after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +96,57 @@ impl SharedLimits {
         SharedLimits {
             db,
             leases: Mutex::new(HashMap::new()),
+            remote_in_flight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The other gateways' requests of `key` in flight, as of the last exchange.
+    pub fn remote_in_flight(&self, key: &KeyId) -> u64 {
+        self.remote_in_flight
+            .lock()
+            .map_or(0, |m| m.get(key).copied().unwrap_or(0))
+    }
+
+    /// Writes this gateway's (`instance`) requests in flight per key and reads the others'.
+    pub async fn exchange(
+        &self,
+        instance: &str,
+        local: &[(KeyId, u64)],
+    ) -> Result<(), sqlx::Error> {
+        let now = lumina_schemas::now_micros();
+        for (key, n) in local {
+            sqlx::query(
+                "INSERT INTO limit_in_flight (instance, key_id, n, updated_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (instance, key_id) DO UPDATE SET n = excluded.n,
+                     updated_at = excluded.updated_at",
+            )
+            .bind(instance)
+            .bind(key.as_str())
+            .bind(i64::try_from(*n).unwrap_or(i64::MAX))
+            .bind(now)
+            .execute(&self.db.pool)
+            .await?;
+        }
+        let fresh = now - i64::try_from(IN_FLIGHT_FRESH.as_micros()).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT key_id, CAST(SUM(n) AS BIGINT) FROM limit_in_flight
+             WHERE instance <> $1 AND updated_at > $2 AND n > 0 GROUP BY key_id",
+        )
+        .bind(instance)
+        .bind(fresh)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut remote = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key: String = row.try_get(0)?;
+            let n: i64 = row.try_get(1)?;
+            remote.insert(KeyId::from(key), u64::try_from(n).unwrap_or(0));
+        }
+        if let Ok(mut m) = self.remote_in_flight.lock() {
+            *m = remote;
+        }
+        Ok(())
     }
 
     /// Spends `cost` units of `key`'s `kind` limit (`limit` per minute) from this gateway's
