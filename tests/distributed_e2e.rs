@@ -1125,6 +1125,9 @@ async fn holds_across_gateways_stay_within_the_overspend_bound() {
             201,
         )
         .await;
+    // In force on the gateway that set it at once, on the other from its next credit refresh
+    // (250 ms; waited for with room to spare on a loaded machine).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let client = |g: usize| {
         let (gateway, key, body) = (&gateways[g], &budgeted, &body);
         async move {
