@@ -135,6 +135,22 @@ async fn a_slow_deployment_loses_its_traffic_once_a_built_policy_is_published() 
         .collect();
     assert_eq!(versions.iter().filter(|v| **v == 3).count(), 40);
     assert_eq!(versions.iter().filter(|v| **v == 4).count(), 101);
+    // Feedback and eval results are a policy's inputs too: bad scores on greetings and two
+    // eval results, so the rebuilt read model must reproduce all three kinds of statistics.
+    let mut graded = Vec::new();
+    for i in 0..6 {
+        let (code, headers, text) = lumina
+            .chat(
+                &key,
+                &user("lumina-auto", &format!("Say hello to Bob {i}.")),
+            )
+            .await;
+        assert_eq!(code, 200, "{text}");
+        let id = header(&headers, "x-request-id").to_string();
+        feedback(lumina, &key, &id, 0.0).await;
+        graded.push(id);
+    }
+    eval_results(lumina, &key, &graded[..2]).await;
     let dir = lumina.data_dir.to_str().unwrap().to_string();
     let build_at = |out: &Path| {
         let (ok, _, err) = run(
@@ -154,6 +170,14 @@ async fn a_slow_deployment_loses_its_traffic_once_a_built_policy_is_published() 
         std::fs::read_to_string(out).unwrap()
     };
     let live = build_at(&m.tmp.path().join("live.json"));
+    let from: Value = serde_json::from_str(&live).unwrap();
+    let from = &from["built_from"];
+    assert_eq!(from["feedback"], 6, "{from}");
+    assert_eq!(from["evals"], 2, "{from}");
+    assert!(
+        !from["raised_task_classes"].as_array().unwrap().is_empty(),
+        "{from}"
+    );
     let mut lumina = m.lumina;
     lumina.stop().await;
     let (ok, _, err) = run(&["projector", "rebuild", "--data-dir", &dir, "--once"], &[]);
@@ -186,6 +210,32 @@ async fn feedback(lumina: &Lumina, key: &str, id: &str, score: f64) {
             return;
         }
         assert!(code == 404 && std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Records a failed eval result (score 0) on each of `ids`, retrying while the read model has
+/// not seen their settlements yet.
+async fn eval_results(lumina: &Lumina, key: &str, ids: &[String]) {
+    let results: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            json!({"run_id": "run_loop", "dataset": "greetings", "item_id": format!("g{i}"),
+                "request_id": id, "check_kind": "exact", "score": 0.0, "passed": false,
+                "latency_ms": 10.0})
+        })
+        .collect();
+    let body = json!({ "results": results }).to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (code, _, v) = lumina
+            .request(Method::POST, "/v1/evals/results", Some(key), Some(&body))
+            .await;
+        if code < 300 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{code}: {v}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -397,6 +397,21 @@ async fn the_views_show_exactly_what_happened(w: &mut World) {
         // The route decision, as decided.
         assert_eq!(trace["route"]["features"], routed["payload"]["features"]);
         assert_eq!(trace["route"]["scores"], routed["payload"]["scores"]);
+        // Why: the inputs that weighed most, the preference and bounds applied.
+        assert!(
+            !routed["payload"]["top_features"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            trace["route"]["top_features"],
+            routed["payload"]["top_features"]
+        );
+        for field in ["prefer", "min_path", "max_path", "classified_path"] {
+            assert_eq!(trace["route"][field], routed["payload"][field], "{field}");
+        }
+        assert_eq!(trace["route"]["prefer"], "balanced");
         assert_eq!(
             trace["route"]["task_class"],
             routed["payload"]["task_class"]

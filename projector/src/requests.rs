@@ -16,7 +16,8 @@ const ROWS: usize = 400;
 
 /// The request-row columns each kind of event writes, after the key columns.
 const ROUTED_COLS: &str = "requested_model, path, task_class, stream, policy_version, features, \
-    scores, candidates, hold_nano, prompt_tokens_estimate, max_tokens, routed_at, api";
+    scores, candidates, hold_nano, prompt_tokens_estimate, max_tokens, routed_at, api, top_features, \
+    prefer, min_path, max_path, classified_path";
 const SETTLED_COLS: &str = "outcome, provider, deployment, prompt_tokens, completion_tokens, \
     cached_tokens, reasoning_tokens, usage_estimated, charge_nano, price_table_version, latency_us, \
     ttft_us, attempts, error_class, settled_at";
@@ -135,7 +136,7 @@ async fn upsert_routed(
         "ON CONFLICT (request_id) DO UPDATE SET {}",
         excluded(ROUTED_COLS)
     );
-    insert_rows(conn, &prefix, 17, &suffix, ROWS, &rows, |q, e| {
+    insert_rows(conn, &prefix, 22, &suffix, ROWS, &rows, |q, e| {
         let Payload::RequestRouted(r) = &e.payload else {
             return q;
         };
@@ -153,6 +154,11 @@ async fn upsert_routed(
             .bind(r.max_tokens)
             .bind(e.envelope.occurred_at)
             .bind(r.api.as_str())
+            .bind(serde_json::to_string(&r.top_features).unwrap_or_default())
+            .bind(r.prefer.as_str())
+            .bind(r.min_path.as_deref())
+            .bind(r.max_path.as_deref())
+            .bind(r.classified_path.as_deref())
     })
     .await?;
     Ok(())

@@ -108,6 +108,16 @@ pub struct RequestRow {
     pub feedback_label: Option<String>,
     /// Feedback comment.
     pub feedback_comment: Option<String>,
+    /// The classifier inputs that weighed most (JSON array of `{name, value, contribution}`).
+    pub top_features: Option<serde_json::Value>,
+    /// The cost–quality preference applied.
+    pub prefer: Option<String>,
+    /// The weakest path allowed, when bounded.
+    pub min_path: Option<String>,
+    /// The strongest path allowed, when bounded.
+    pub max_path: Option<String>,
+    /// The classifier's own choice when the bounds moved the request to another path.
+    pub classified_path: Option<String>,
 }
 
 /// One upstream attempt of a request.
@@ -218,7 +228,8 @@ pub(crate) const REQUEST_COLUMNS: &str = "request_id, account_id, project_id, ap
     task_class, stream, policy_version, features, scores, candidates, hold_nano, prompt_tokens_estimate, \
     max_tokens, routed_at, outcome, provider, deployment, prompt_tokens, completion_tokens, cached_tokens, \
     reasoning_tokens, usage_estimated, charge_nano, price_table_version, latency_us, ttft_us, attempts, \
-    error_class, settled_at, feedback_score, feedback_label, feedback_comment, api";
+    error_class, settled_at, feedback_score, feedback_label, feedback_comment, api, top_features, prefer, min_path, max_path, \
+    classified_path";
 
 fn json_col(r: &AnyRow, i: usize) -> Result<Option<serde_json::Value>, sqlx::Error> {
     Ok(r.try_get::<Option<String>, _>(i)?
@@ -266,6 +277,11 @@ pub(crate) fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
         feedback_label: r.try_get(32)?,
         feedback_comment: r.try_get(33)?,
         api: r.try_get(34)?,
+        top_features: json_col(r, 35)?,
+        prefer: r.try_get(36)?,
+        min_path: r.try_get(37)?,
+        max_path: r.try_get(38)?,
+        classified_path: r.try_get(39)?,
     })
 }
 
