@@ -112,6 +112,41 @@ async fn a_member_sent_twice_is_refused_before_anything_is_metered() {
         assert_eq!(status, 400, "{body}: {v}");
         assert_eq!(assert_openai_error(&v)["param"], param, "{body}");
     }
+    // Every other inbound surface follows the same rule.
+    let others = [
+        (
+            "/v1/responses",
+            r#"{"model":"lumina-fast","input":"hi","max_output_tokens":16,"max_output_tokens":100000}"#,
+            "max_output_tokens",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"model":"lumina-embeddings","input":"hi","input":["a","b"]}"#,
+            "input",
+        ),
+    ];
+    for (path, body, param) in others {
+        let (status, v) = post_raw(&s.lumina, path, &key, body).await;
+        assert_eq!(status, 400, "{path} {body}: {v}");
+        assert_eq!(assert_openai_error(&v)["param"], param, "{path} {body}");
+    }
+    let (status, v) = post_raw(
+        &s.lumina,
+        "/v1/messages",
+        &key,
+        r#"{"model":"lumina-fast","max_tokens":1,"max_tokens":100000,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["type"], "error", "Anthropic's error shape: {v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens"),
+        "{v}"
+    );
     assert!(
         s.mock.requests().is_empty(),
         "a duplicate reached the upstream"
@@ -180,11 +215,22 @@ async fn silent_connections_cannot_lock_out_clients_that_talk() {
             opened.elapsed()
         );
     }
-    let (_, _, metrics) = lumina
-        .request(reqwest::Method::GET, "/metrics", None, None)
+    // The bound sits below the descriptor limit, and every silent connection is accounted
+    // for: shed to make room for a newer one, or closed at its header timeout.
+    let limit = lumina.metric("lumina_http_connections_limit").await;
+    assert!(limit > 0.0 && limit < 1024.0, "limit {limit}");
+    let shed = lumina.metric("lumina_http_connections_shed_total").await;
+    let timed_out = lumina
+        .metric("lumina_http_connections_silent_closed_total")
         .await;
-    let text = metrics["raw"].as_str().unwrap();
-    assert!(text.contains("lumina_http_connections_limit"), "{text}");
+    assert!(
+        shed > 0.0,
+        "nothing shed with 1,100 connections and a bound of {limit}"
+    );
+    assert!(
+        shed + timed_out >= 1100.0,
+        "shed {shed}, timed out {timed_out}"
+    );
 }
 
 /// A connection that never sends a byte does not hold shutdown up until its header timeout

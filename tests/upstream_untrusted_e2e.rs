@@ -366,19 +366,40 @@ async fn bodies_and_streams_that_never_end_fail_at_their_bound() {
             .json(&user("lumina-fast", &format!("endless {i}")));
         tasks.push(tokio::spawn(async move {
             let res = request.send().await.unwrap();
-            (
-                res.status().as_u16(),
-                header(res.headers(), "x-lumina-provider").to_string(),
-            )
+            let status = res.status().as_u16();
+            let headers = res.headers().clone();
+            let body: Value = res.json().await.unwrap();
+            (status, headers, body)
         }));
     }
     for task in tasks {
-        assert_eq!(task.await.unwrap(), (200, "secondary".to_string()));
+        let (status, headers, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(header(&headers, "x-lumina-provider"), "secondary");
+        // The endless attempt stopped at its byte bound, not at the 5 s timeout, and cost
+        // nothing beyond the hold.
+        let events = s.lumina.events_of(header(&headers, "x-request-id"));
+        let failed = payloads(&events, "UpstreamAttempted")[0];
+        assert_eq!(failed["provider"], "primary", "{failed}");
+        assert_eq!(failed["error_class"], "malformed", "{failed}");
+        assert!(
+            failed["duration_us"].as_i64().unwrap() < 3_000_000,
+            "{failed}"
+        );
+        let routed = payloads(&events, "RequestRouted")[0];
+        let settled = payloads(&events, "RequestSettled")[0];
+        let charge = settled["charge_nano"].as_i64().unwrap();
+        assert!(
+            charge <= routed["hold"]["amount_nano"].as_i64().unwrap(),
+            "{settled} {routed}"
+        );
+        assert_eq!(charge, told_cost(&body["usage"]));
     }
+    // The peak, not the level after the fact: memory freed again would pass the latter.
     assert!(
-        s.lumina.rss_kib() < 200 * 1024,
-        "RSS {} KiB",
-        s.lumina.rss_kib()
+        s.lumina.peak_rss_kib() < 200 * 1024,
+        "peak RSS {} KiB",
+        s.lumina.peak_rss_kib()
     );
     // A stream that never ends: it stops at 1 MiB with an error event and is charged within
     // its hold.
@@ -397,9 +418,9 @@ async fn bodies_and_streams_that_never_end_fail_at_their_bound() {
     assert!(!done);
     assert_eq!(events.last().unwrap()["error"]["code"], "upstream_cut");
     assert!(
-        s.lumina.rss_kib() < 200 * 1024,
-        "RSS {} KiB",
-        s.lumina.rss_kib()
+        s.lumina.peak_rss_kib() < 200 * 1024,
+        "peak RSS {} KiB",
+        s.lumina.peak_rss_kib()
     );
     let events = s.lumina.events_of(header(&headers, "x-request-id"));
     let routed = payloads(&events, "RequestRouted")[0];
