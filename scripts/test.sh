@@ -81,8 +81,9 @@ java_major() {
 setup_java() {
   if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ] || ! command -v mvn >/dev/null; then
     echo "installing Java and Maven from Debian" >&2
-    as_root apt-get update >/dev/null
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y default-jdk-headless maven >/dev/null
+    { as_root apt-get update >/dev/null \
+        && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y default-jdk-headless maven >/dev/null; } \
+      || echo "could not install Java and Maven (installing needs root or sudo)" >&2
   fi
   command -v java >/dev/null && [ "$(java_major)" -ge 17 ] && command -v mvn >/dev/null || {
     echo "the distributed-mode tests need Java 17 or later and Maven (apt-get install default-jdk-headless maven)" >&2
