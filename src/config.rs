@@ -13,6 +13,7 @@ use lumina_gateway::config::{
 };
 use lumina_gateway::metering::pricing::{PriceTable, PricingConfig};
 use lumina_gateway::routing::catalog::{Alias, DEFAULT_ALIASES};
+use lumina_gateway::telemetry::TelemetryConfig;
 use lumina_schemas::NanoCredits;
 use serde::Deserialize;
 
@@ -55,6 +56,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[pricing]`: the versioned price table and hold lifetime.
     pub pricing: PricingConfig,
+    /// `[telemetry]`: OpenTelemetry traces over OTLP.
+    pub telemetry: TelemetryConfig,
     /// `[kafka]`: distributed mode's broker and topics.
     pub kafka: Option<lumina_kafka::KafkaConfig>,
     /// Providers and routes resolved and checked at load.
@@ -202,6 +205,9 @@ impl Config {
         if let Some(kafka) = &self.kafka {
             kafka.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        self.telemetry
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(key) = &self.auth.admin_key
             && key.len() < 16
         {

@@ -18,6 +18,7 @@ use lumina_gateway::response_store::ResponseStore;
 use lumina_gateway::routing::catalog::Catalog;
 use lumina_gateway::routing::follow::PolicyFollower;
 use lumina_gateway::routing::table::RouteTable;
+use lumina_gateway::telemetry::Telemetry;
 use lumina_gateway::{AppInner, AppState, Readiness};
 use lumina_ledger::{Ledger, LedgerProjection};
 use lumina_projector::{ReadModel, ReadModelProjection};
@@ -194,6 +195,8 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     let fusion = Fusion::resolve(&config.gateway.fusion, &routes)
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let server = config.gateway.server.clone();
+    let telemetry = Telemetry::start(&config.telemetry, &config.instance())
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let state = AppState::new(AppInner {
         admin,
         read_model: read_model.clone(),
@@ -217,6 +220,7 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
         prices,
         credits,
         metrics: Some(metrics),
+        telemetry: telemetry.clone(),
     });
     let mut follower = PolicyFollower::default();
     if let Err(e) = follower.sync(&state).await {
@@ -260,6 +264,7 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
             Ok(Ok(())) => {}
         }
     }
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     tokio::task::spawn_blocking(move || log.close()).await?;
     Ok(())
 }

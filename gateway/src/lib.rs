@@ -18,6 +18,7 @@ pub mod response_store;
 pub mod responses_wire;
 pub mod routing;
 pub mod state;
+pub mod telemetry;
 pub mod wire;
 
 pub use api::router;

@@ -17,6 +17,7 @@ use crate::metering::pricing::PriceTable;
 use crate::response_store::ResponseStore;
 use crate::routing::catalog::Catalog;
 use crate::routing::table::RouteTable;
+use crate::telemetry::Telemetry;
 
 /// Shared handler state; cloning is one reference count.
 #[derive(Clone)]
@@ -58,6 +59,8 @@ pub struct AppInner {
     pub price_version: Arc<str>,
     /// Available credit per account, with this gateway's holds.
     pub credits: Arc<CreditBook>,
+    /// OpenTelemetry tracing (off unless `[telemetry] otlp_endpoint` is set).
+    pub telemetry: Telemetry,
     /// The Prometheus recorder behind `/metrics` (`None`: not installed, 404).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }

@@ -22,6 +22,7 @@ use crate::metering::cost;
 use crate::metering::events::InboundApi;
 use crate::providers::StreamChunk;
 use crate::state::AppState;
+use crate::telemetry::RequestTrace;
 use crate::wire::{ChatChunk, ChatRequest, UsageOut};
 
 static X_LUMINA_ROUTE: HeaderName = HeaderName::from_static("x-lumina-route");
@@ -31,15 +32,6 @@ static X_LUMINA_DEPLOYMENT: HeaderName = HeaderName::from_static("x-lumina-deplo
 /// `x-lumina-cost`: the request's charge in credits.
 pub static X_LUMINA_COST: HeaderName = HeaderName::from_static("x-lumina-cost");
 static X_LUMINA_POLICY: HeaderName = HeaderName::from_static("x-lumina-policy");
-
-/// The W3C trace id of a `traceparent` header.
-pub fn trace_id(headers: &HeaderMap) -> Option<String> {
-    let tp = headers.get("traceparent")?.to_str().ok()?;
-    let mut parts = tp.split('-');
-    let _version = parts.next()?;
-    let trace = parts.next()?;
-    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| trace.to_string())
-}
 
 /// `x-lumina-*` and the key's rate-limit headers.
 pub fn routed_headers(headers: &mut HeaderMap, route: &Route) {
@@ -105,7 +97,7 @@ pub async fn create(
     State(state): State<AppState>,
     CustomerKey(key): CustomerKey,
     Extension(request_id): Extension<RequestId>,
-    headers: HeaderMap,
+    Extension(trace): Extension<RequestTrace>,
     RawBody(bytes): RawBody,
 ) -> Result<Response, ApiError> {
     let request = ChatRequest::parse(&bytes)?;
@@ -114,7 +106,7 @@ pub async fn create(
         body: &bytes,
         key,
         request_id,
-        trace_id: trace_id(&headers),
+        trace,
         anthropic: None,
         api: InboundApi::ChatCompletions,
     };

@@ -4,23 +4,23 @@
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use lumina_schemas::ids::RequestId;
 
-use crate::api::chat::{answered, trace_id};
+use crate::api::chat::answered;
 use crate::api::error::ApiError;
 use crate::api::extract::{CustomerKey, RawBody};
 use crate::embeddings::EmbeddingsRequest;
 use crate::engine::embed::{EmbedRequest, embed};
 use crate::state::AppState;
+use crate::telemetry::RequestTrace;
 
 /// The handler.
 pub async fn create(
     State(state): State<AppState>,
     CustomerKey(key): CustomerKey,
     Extension(request_id): Extension<RequestId>,
-    headers: HeaderMap,
+    Extension(trace): Extension<RequestTrace>,
     RawBody(bytes): RawBody,
 ) -> Result<Response, ApiError> {
     let request = EmbeddingsRequest::parse(&bytes)?;
@@ -31,7 +31,7 @@ pub async fn create(
             body: &bytes,
             key,
             request_id,
-            trace_id: trace_id(&headers),
+            trace,
         },
     )
     .await?;

@@ -18,7 +18,7 @@ use lumina_schemas::ids::RequestId;
 use serde_json::{Value, json};
 
 use crate::anthropic_wire::{self, Translated};
-use crate::api::chat::{answered, put_event, streamed, trace_id};
+use crate::api::chat::{answered, put_event, streamed};
 use crate::api::error::ApiError;
 use crate::api::extract::{CustomerKey, RawBody};
 use crate::config::ProviderKind;
@@ -30,6 +30,7 @@ use crate::providers::{AnthropicNative, CountCall, StreamChunk};
 use crate::routing::catalog::ModelChoice;
 use crate::routing::classifier;
 use crate::state::AppState;
+use crate::telemetry::RequestTrace;
 use crate::wire::{ChatRequest, duplicate_member};
 
 static X_LUMINA_DROPPED: HeaderName = HeaderName::from_static("x-lumina-dropped");
@@ -124,6 +125,7 @@ pub async fn create(
     State(state): State<AppState>,
     key: Result<CustomerKey, ApiError>,
     Extension(request_id): Extension<RequestId>,
+    Extension(trace): Extension<RequestTrace>,
     headers: HeaderMap,
     body: Result<RawBody, ApiError>,
 ) -> Result<Response, MessagesError> {
@@ -143,7 +145,7 @@ pub async fn create(
         body: &body,
         key,
         request_id,
-        trace_id: trace_id(&headers),
+        trace,
         anthropic: Some(native),
         api: InboundApi::Messages,
     };

@@ -2,7 +2,9 @@
 //! applied, duplicates, dead letters, and `lumina_event_to_view_lag_seconds`, the time from an
 //! event's `occurred_at` to the commit that made it visible); the gauges of the local log, of
 //! the credit book's holds not yet in the ledger's balances and of each consumer's backlog are
-//! set here, at scrape time.
+//! set here, at scrape time, with each deployment's breaker state. The GenAI histograms and
+//! the gateway's overhead (`telemetry::instruments`) have buckets; other histograms are
+//! summaries.
 
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::state::AppState;
+use crate::telemetry::instruments;
 
 /// How often histogram samples are folded into their summaries when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -22,8 +25,10 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// seconds: the recorder keeps every sample until upkeep runs, so without it a gateway nobody
 /// scrapes would grow by every event's lag sample.
 pub fn install_recorder() -> Result<PrometheusHandle, String> {
-    let handle = PrometheusBuilder::new()
+    let builder = PrometheusBuilder::new()
         .set_quantiles(&[0.5, 0.9, 0.99, 0.999])
+        .map_err(|e| e.to_string())?;
+    let handle = instruments::with_buckets(builder)
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;
@@ -58,6 +63,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set((committed - (next - 1)).max(0) as f64);
         metrics::gauge!("lumina_consumer_last_batch_lag_seconds", "consumer" => c.name)
             .set(last_lag as f64 / 1e6);
+    }
+    for d in state.routes.every_deployment() {
+        metrics::gauge!(
+            instruments::BREAKER_STATE,
+            "deployment" => d.id.clone(),
+            "gen_ai_provider_name" => d.kind.as_str()
+        )
+        .set(d.breaker.state().gauge());
     }
     handle.run_upkeep();
     let mut response = handle.render().into_response();

@@ -20,7 +20,7 @@ pub mod responses;
 pub mod usage;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +29,7 @@ use lumina_schemas::ids::RequestId;
 
 use crate::api::error::ApiError;
 use crate::state::AppState;
+use crate::telemetry::RequestTrace;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -58,6 +59,71 @@ async fn assign_request_id(mut req: Request, next: Next) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// Gives each API request (`/v1/…`, `/admin/…`) its trace: the server span when tracing,
+/// named after the matched route and ended once the answer's last byte is written; else the
+/// client's trace context alone.
+async fn trace_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    if !(path.starts_with("/v1/") || path.starts_with("/admin/")) {
+        return next.run(req).await;
+    }
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(path, MatchedPath::as_str);
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or("", RequestId::as_str);
+    let trace = state
+        .telemetry
+        .request(req.method().as_str(), route, req.headers(), request_id);
+    req.extensions_mut().insert(trace.clone());
+    let response = next.run(req).await;
+    if !trace.is_recording() {
+        return response;
+    }
+    trace.responded(response.status().as_u16());
+    response.map(|body| axum::body::Body::new(TracedBody { body, trace }))
+}
+
+/// A response body that ends its request's server span when it is done with (written or
+/// abandoned).
+struct TracedBody {
+    body: axum::body::Body,
+    trace: RequestTrace,
+}
+
+impl http_body::Body for TracedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for TracedBody {
+    fn drop(&mut self) {
+        self.trace.end();
+    }
 }
 
 /// Total bytes of request headers accepted.
@@ -219,6 +285,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/keys/{id}/rotate", post(admin::rotate_key))
         .route("/admin/ledger/accounts/{id}/entries", get(ledger::entries))
         .route("/admin/ledger/statements", get(ledger::statement))
+        .route_layer(middleware::from_fn_with_state(state.clone(), trace_request))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit_headers))

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use lumina_schemas::ids::RequestId;
 use serde_json::{Value, json};
 
-use crate::api::chat::{answered, put_event, streamed, trace_id};
+use crate::api::chat::{answered, put_event, streamed};
 use crate::api::error::ApiError;
 use crate::api::extract::{CustomerKey, RawBody};
 use crate::auth::KeyIdentity;
@@ -34,6 +34,7 @@ use crate::responses_wire::{
     usage_json,
 };
 use crate::state::AppState;
+use crate::telemetry::RequestTrace;
 use crate::wire::{ChatRequest, duplicate_member};
 
 /// A stored response being written: its row exists `in_progress` from [`Keeper::begin`] on.
@@ -168,7 +169,7 @@ pub async fn create(
     State(state): State<AppState>,
     CustomerKey(key): CustomerKey,
     Extension(request_id): Extension<RequestId>,
-    headers: HeaderMap,
+    Extension(trace): Extension<RequestTrace>,
     RawBody(bytes): RawBody,
 ) -> Result<Response, ApiError> {
     if let KeyCheck::Duplicate(d) = json_keys::check(&bytes) {
@@ -220,7 +221,7 @@ pub async fn create(
         body: &body,
         key,
         request_id,
-        trace_id: trace_id(&headers),
+        trace,
         anthropic: None,
         api: InboundApi::Responses,
     };

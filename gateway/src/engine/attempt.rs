@@ -9,13 +9,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderValue;
 use lumina_eventlog::EventLog;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 use crate::api::error::ApiError;
 use crate::metering::events::{AttemptRecord, RequestMeta, Role};
 use crate::providers::breaker::{Admission, Breaker};
 use crate::providers::{ErrorClass, ProviderError};
+use crate::routing::catalog::RoutePath;
 use crate::routing::table::Deployment;
+use crate::telemetry::{RequestTrace, Span, instruments};
 
 /// One attempt on one deployment.
 #[derive(Clone)]
@@ -30,13 +35,62 @@ pub struct Attempt {
     pub started: Instant,
     /// Its role in a Fusion request.
     pub role: Option<Role>,
+    /// Its client span (`chat {model}`), ended once the call is billed or failed.
+    pub span: Span,
+    /// The request's path, for its metrics.
+    pub path: RoutePath,
 }
 
 impl Attempt {
-    /// The attempt as `UpstreamAttempted` records it: answered after `ttfb`, or failed with
-    /// `error`.
-    pub fn record(&self, ttfb: Option<Duration>, error: Option<&ProviderError>) -> AttemptRecord {
+    /// The attempt's end: as `UpstreamAttempted` records it (answered after `ttfb`, or failed
+    /// with `error`), its duration in the request's upstream time and in
+    /// `gen_ai_client_operation_duration_seconds`, and a failure on its span (which then
+    /// ends).
+    pub fn ended(
+        &self,
+        trace: &RequestTrace,
+        ttfb: Option<Duration>,
+        error: Option<&ProviderError>,
+    ) -> AttemptRecord {
         let d = &self.deployment;
+        let duration = self.started.elapsed();
+        // A stream's answering attempt waited upstream only until its first chunk; the rest
+        // of the stream is the client's to wait for.
+        trace.waited_upstream(if error.is_none() {
+            ttfb.unwrap_or(duration)
+        } else {
+            duration
+        });
+        let kind = d.kind.as_str();
+        match error {
+            None => d
+                .instruments
+                .on(self.path, kind, &d.upstream_model)
+                .duration
+                .record(duration.as_secs_f64()),
+            Some(e) => {
+                instruments::failed_call(
+                    self.path,
+                    kind,
+                    &d.upstream_model,
+                    e.class.as_str(),
+                    duration.as_secs_f64(),
+                );
+                self.span.fail(e.class.as_str(), &e.message);
+                self.span.set(|| {
+                    let mut attributes = Vec::with_capacity(2);
+                    if let Some(status) = e.status {
+                        attributes.push(KeyValue::new(
+                            "http.response.status_code",
+                            i64::from(status),
+                        ));
+                    }
+                    attributes.push(KeyValue::new("lumina.fell_back", e.class.falls_back()));
+                    attributes
+                });
+                self.span.end();
+            }
+        }
         AttemptRecord {
             attempt: self.number,
             provider: d.provider_name.clone(),
@@ -44,7 +98,7 @@ impl Attempt {
             upstream_model: d.upstream_model.clone(),
             started_at: self.started_at,
             ttfb,
-            duration: self.started.elapsed(),
+            duration,
             error: error.map(|e| (e.class, e.status)),
             fell_back: false,
             role: self.role,
@@ -160,7 +214,8 @@ impl<'a> Attempts<'a> {
     pub async fn abandon(&mut self, why: &str) {
         if let Some(attempt) = self.current.take() {
             let e = ProviderError::new(ErrorClass::Cancelled, why);
-            self.emit(&attempt.record(None, Some(&e))).await;
+            self.emit(&attempt.ended(&self.meta.trace, None, Some(&e)))
+                .await;
             self.failures.push((attempt.deployment.id.clone(), e));
         }
     }
@@ -170,7 +225,8 @@ impl<'a> Attempts<'a> {
     pub async fn answered(&self, attempt: &Attempt, probe: ProbeGuard<'_>) -> Duration {
         attempt.deployment.breaker.record(true);
         let took = attempt.started.elapsed();
-        self.emit(&attempt.record(Some(took), None)).await;
+        self.emit(&attempt.ended(&self.meta.trace, Some(took), None))
+            .await;
         drop(probe);
         took
     }
@@ -193,12 +249,44 @@ impl<'a> Attempts<'a> {
         let number = self
             .numbers
             .map_or(self.made, |n| n.fetch_add(1, Ordering::Relaxed) + 1);
+        let meta = self.meta;
+        let path = meta.path;
+        let span = meta.trace.child(
+            format!(
+                "{} {}",
+                instruments::operation(path),
+                deployment.upstream_model
+            ),
+            SpanKind::Client,
+            None,
+            || {
+                let mut attributes = vec![
+                    KeyValue::new("gen_ai.operation.name", instruments::operation(path)),
+                    KeyValue::new("gen_ai.provider.name", deployment.kind.as_str()),
+                    KeyValue::new("gen_ai.request.model", deployment.upstream_model.clone()),
+                    KeyValue::new("lumina.deployment", deployment.id.clone()),
+                    KeyValue::new("lumina.provider", deployment.provider_name.clone()),
+                    KeyValue::new("lumina.attempt", i64::from(number)),
+                    KeyValue::new("lumina.path", path.as_str()),
+                    KeyValue::new("lumina.breaker.state", deployment.breaker.state().as_str()),
+                ];
+                if let Some(role) = self.role {
+                    attributes.push(KeyValue::new("lumina.fusion.role", role.as_str()));
+                }
+                if let Some((_, e)) = self.failures.last() {
+                    attributes.push(KeyValue::new("lumina.fallback_reason", e.class.as_str()));
+                }
+                attributes
+            },
+        );
         let attempt = Attempt {
             number,
             deployment: deployment.clone(),
             started_at: lumina_schemas::now_micros(),
             started: Instant::now(),
             role: self.role,
+            span,
+            path,
         };
         self.current = Some(attempt.clone());
         attempt
@@ -211,7 +299,8 @@ impl<'a> Attempts<'a> {
         }
     }
 
-    /// Tries each of `deployments` in order with `call` until one answers, skipping those
+    /// Tries each of `deployments` in order with `call` (given the attempt's `traceparent`)
+    /// until one answers, skipping those
     /// whose breaker is open and falling back on every failure that is not the client's.
     /// `started` hears of each attempt as it begins (for the settlement of a request the
     /// client abandons mid-attempt).
@@ -222,7 +311,7 @@ impl<'a> Attempts<'a> {
         mut call: F,
     ) -> Tried<'a, T>
     where
-        F: FnMut(&'a Deployment) -> Fut,
+        F: FnMut(&'a Deployment, Option<HeaderValue>) -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
         for d in deployments {
@@ -232,7 +321,8 @@ impl<'a> Attempts<'a> {
             };
             let attempt = self.begin(d).await;
             started(attempt.number);
-            let result = call(d).await;
+            let traceparent = self.meta.trace.upstream_traceparent(&attempt.span);
+            let result = call(d, traceparent).await;
             self.current = None;
             match result {
                 Ok(value) => {
@@ -245,7 +335,7 @@ impl<'a> Attempts<'a> {
                 Err(e) => {
                     let falls_back = e.class.falls_back();
                     d.breaker.record(!falls_back);
-                    self.held = Some(attempt.record(None, Some(&e)));
+                    self.held = Some(attempt.ended(&self.meta.trace, None, Some(&e)));
                     self.failures.push((d.id.clone(), e.clone()));
                     if !falls_back {
                         self.release_held(false).await;

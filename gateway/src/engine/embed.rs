@@ -20,6 +20,7 @@ use crate::providers::EmbedCall;
 use crate::routing::catalog::{ModelChoice, RoutePath};
 use crate::routing::classifier::Decision;
 use crate::state::AppState;
+use crate::telemetry::RequestTrace;
 use crate::wire::TokenUsage;
 
 /// An embeddings request as its surface hands it to the engine.
@@ -32,8 +33,8 @@ pub struct EmbedRequest<'a> {
     pub key: Arc<KeyIdentity>,
     /// Its id.
     pub request_id: RequestId,
-    /// W3C trace id from `traceparent`, when sent.
-    pub trace_id: Option<String>,
+    /// Its trace.
+    pub trace: RequestTrace,
 }
 
 /// Embeddings, settled.
@@ -79,7 +80,7 @@ pub async fn embed(state: &AppState, call: EmbedRequest<'_>) -> Result<Embedding
     let origin = Origin {
         key: &call.key,
         request_id: &call.request_id,
-        trace_id: &call.trace_id,
+        trace: &call.trace,
         body: call.body,
     };
     let Admitted {
@@ -96,10 +97,11 @@ pub async fn embed(state: &AppState, call: EmbedRequest<'_>) -> Result<Embedding
         .run(
             &deployments,
             |n| settlement.attempt_started(n),
-            |d| {
+            |d, traceparent| {
                 d.provider.embed(EmbedCall {
                     request,
                     upstream_model: &d.upstream_model,
+                    traceparent,
                 })
             },
         )

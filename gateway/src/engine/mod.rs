@@ -19,12 +19,14 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use futures::StreamExt;
 use lumina_eventlog::LogRecord;
 use lumina_schemas::NanoCredits;
 use lumina_schemas::ids::RequestId;
 use lumina_schemas::payloads::CreditHold;
+use opentelemetry::KeyValue;
 use tokio::sync::mpsc;
 
 use crate::api::error::ApiError;
@@ -43,6 +45,7 @@ use crate::routing::catalog::{ModelChoice, RoutePath};
 use crate::routing::classifier::{self, Decision};
 use crate::routing::table::{Deployment, Routing};
 use crate::state::AppState;
+use crate::telemetry::{self, RequestTrace, ResponseInfo, Span, instruments};
 use crate::wire::{ChatRequest, TokenUsage};
 
 pub use stream::{Ending, RenderError, StreamEnd, StreamRenderer};
@@ -62,8 +65,8 @@ pub struct Call<'a> {
     pub key: Arc<KeyIdentity>,
     /// Its id.
     pub request_id: RequestId,
-    /// W3C trace id from `traceparent`, when sent.
-    pub trace_id: Option<String>,
+    /// Its trace.
+    pub trace: RequestTrace,
     /// Anthropic's protocol headers, when the request came in as a Messages request.
     pub anthropic: Option<AnthropicNative>,
     /// The API it came in on.
@@ -121,7 +124,7 @@ pub struct Streaming {
 struct Origin<'a> {
     key: &'a Arc<KeyIdentity>,
     request_id: &'a RequestId,
-    trace_id: &'a Option<String>,
+    trace: &'a RequestTrace,
     /// The client's bytes.
     body: &'a Bytes,
 }
@@ -200,7 +203,7 @@ async fn admit(
     let origin = Origin {
         key: &call.key,
         request_id: &call.request_id,
-        trace_id: &call.trace_id,
+        trace: &call.trace,
         body: call.body,
     };
     let plan = Plan {
@@ -348,7 +351,7 @@ async fn admit_plan(
     let meta = Arc::new(RequestMeta {
         request_id: origin.request_id.clone(),
         key: origin.key.clone(),
-        trace_id: origin.trace_id.clone(),
+        trace: origin.trace.clone(),
         instance: state.instance.clone(),
         requested_model: requested_model.to_string(),
         path: decision.path,
@@ -402,6 +405,7 @@ async fn admit_plan(
         let record = LogRecord::from_event(&routed).map_err(lumina_eventlog::LogError::from)?;
         state.log.append_deferred(record).await
     };
+    route_span(&meta, &decision, routing.version(), hold, started);
     match queued.await {
         Ok(position) => {
             state
@@ -442,17 +446,78 @@ async fn admit_plan(
     })
 }
 
-/// The call an attempt on `d` makes.
+/// The `lumina.route` span of a request routed as `decision`, from `started` (admission's
+/// start) to now.
+fn route_span(
+    meta: &RequestMeta,
+    decision: &Decision,
+    policy_version: i64,
+    hold: NanoCredits,
+    started: Instant,
+) {
+    if !meta.trace.is_recording() {
+        return;
+    }
+    let start = std::time::SystemTime::now()
+        .checked_sub(started.elapsed())
+        .unwrap_or_else(std::time::SystemTime::now);
+    let span = meta.trace.child(
+        "lumina.route".into(),
+        opentelemetry::trace::SpanKind::Internal,
+        Some(start),
+        || {
+            let mut attributes = vec![
+                KeyValue::new("lumina.policy.version", policy_version),
+                KeyValue::new("lumina.path", decision.path.as_str()),
+                KeyValue::new("lumina.task_class", decision.task_class),
+                KeyValue::new("lumina.requested_model", meta.requested_model.clone()),
+                KeyValue::new("lumina.prefer", decision.prefer.as_str()),
+                KeyValue::new("lumina.score.fast", decision.scores[0]),
+                KeyValue::new("lumina.score.balanced", decision.scores[1]),
+                KeyValue::new("lumina.score.reasoning", decision.scores[2]),
+                KeyValue::new("lumina.hold", hold.to_string()),
+            ];
+            if let Some(classified) = decision.classified {
+                attributes.push(KeyValue::new("lumina.classified_path", classified.as_str()));
+            }
+            // N-gram features quote the prompt: they are content.
+            let content = meta.trace.captures_content(meta.key.store_content);
+            let top: Vec<opentelemetry::StringValue> = decision
+                .top_features
+                .iter()
+                .filter(|c| {
+                    content
+                        || !["word:", "bigram:", "bytes:"]
+                            .iter()
+                            .any(|p| c.name.starts_with(p))
+                })
+                .map(|c| format!("{}={:+.4}", c.name, c.contribution).into())
+                .collect();
+            if !top.is_empty() {
+                attributes.push(KeyValue::new(
+                    "lumina.top_features",
+                    opentelemetry::Value::Array(opentelemetry::Array::String(top)),
+                ));
+            }
+            attributes
+        },
+    );
+    span.end();
+}
+
+/// The call an attempt on `d` makes, `traceparent` naming its span.
 fn upstream_call<'a>(
     call: &'a Call<'a>,
     meta: &'a RequestMeta,
     d: &'a Deployment,
+    traceparent: Option<HeaderValue>,
 ) -> UpstreamCall<'a> {
     UpstreamCall {
         request: call.request,
         upstream_model: &d.upstream_model,
         request_id: meta.request_id.as_str(),
         anthropic: call.anthropic.as_ref(),
+        traceparent,
     }
 }
 
@@ -503,7 +568,7 @@ async fn whole<'a, T>(
             probe,
         } => {
             let ttfb = attempts.answered(&attempt, probe).await;
-            settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
+            settlement.answered_by(&state.prices, &attempt, ttfb);
             Ok((attempt, value))
         }
         Tried::Refused(deployment, e) => {
@@ -530,7 +595,7 @@ async fn opened<'a, T>(
         } => {
             probe.disarm();
             let ttfb = attempt.started.elapsed();
-            settlement.answered_by(&state.prices, &attempt.deployment, ttfb);
+            settlement.answered_by(&state.prices, &attempt, ttfb);
             Ok((attempt, value, ttfb))
         }
         Tried::Refused(deployment, e) => {
@@ -538,6 +603,41 @@ async fn opened<'a, T>(
         }
         Tried::Exhausted => Err(unanswered(settlement, attempts, None).await),
     }
+}
+
+/// What a whole answer says of itself on its attempt's span (`gen_ai.response.*`), and for
+/// keys whose content may be traced, the conversation and the answer.
+fn traced_answer(span: &Span, meta: &RequestMeta, request: &Bytes, answer: &Bytes) {
+    if !span.is_recording() {
+        return;
+    }
+    let mut info = ResponseInfo::default();
+    info.read(answer);
+    let content = meta.trace.captures_content(meta.key.store_content);
+    span.set(|| {
+        let mut attributes = Vec::new();
+        info.attributes(&mut attributes);
+        if content {
+            telemetry::content_attributes(
+                request,
+                telemetry::Answered::Completion(answer),
+                &mut attributes,
+            );
+        }
+        attributes
+    });
+}
+
+/// A stream's first chunk is about to leave: its time to first token since the request
+/// arrived, and the time Lumina took until then (upstream waits excluded, `ttfb` of the
+/// answering attempt among them).
+pub(crate) fn first_token(meta: &RequestMeta, attempt: &Attempt, ttfb: Duration) {
+    let d = &attempt.deployment;
+    d.instruments
+        .on(meta.path, d.kind.as_str(), &d.upstream_model)
+        .ttft
+        .record(meta.trace.received().elapsed().as_secs_f64());
+    instruments::overhead(meta.path, meta.trace.overhead(ttfb).as_secs_f64());
 }
 
 /// Whether a Fusion panel answers `call`: it asks for `lumina-fusion` (refused when its key is
@@ -591,11 +691,12 @@ pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiErr
         .run(
             &deployments,
             |n| settlement.attempt_started(n),
-            |d| d.provider.complete(upstream_call(&call, &meta, d)),
+            |d, tp| d.provider.complete(upstream_call(&call, &meta, d, tp)),
         )
         .await;
     let (attempt, completion) = whole(state, tried, &attempts, &mut settlement).await?;
     let body = completion.body;
+    traced_answer(&attempt.span, &meta, call.body, &body);
     let billed = bill(completion.usage, allowance, call.body, || {
         AnswerText::Json(body.clone())
     })
@@ -609,6 +710,7 @@ pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiErr
             std::slice::from_ref(&body),
         )
         .await?;
+    instruments::overhead(meta.path, meta.trace.overhead(Duration::ZERO).as_secs_f64());
     Ok(Answer {
         route: Route {
             meta: meta.clone(),
@@ -665,10 +767,11 @@ pub async fn stream(
         .run(
             &deployments,
             |n| settlement.attempt_started(n),
-            |d| first_chunk(d, upstream_call(&call, &meta, d)),
+            |d, tp| first_chunk(d, upstream_call(&call, &meta, d, tp)),
         )
         .await;
     let (attempt, (chunks, first), ttfb) = opened(state, tried, &attempts, &mut settlement).await?;
+    first_token(&meta, &attempt, ttfb);
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let route = Route {
         meta: meta.clone(),

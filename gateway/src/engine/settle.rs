@@ -13,7 +13,7 @@ use lumina_eventlog::{EventLog, LogError};
 use lumina_schemas::{Event, NanoCredits};
 
 use crate::api::error::ApiError;
-use crate::engine::attempt::Attempts;
+use crate::engine::attempt::{Attempt, Attempts};
 use crate::metering::content;
 use crate::metering::credit::CreditBook;
 use crate::metering::events::{Outcome, RequestMeta, SettleInfo};
@@ -23,7 +23,9 @@ use crate::metering::usage::{self, Billed, UsageAnomaly};
 use crate::providers::ReportedUsage;
 use crate::routing::catalog::RoutePath;
 use crate::routing::table::Deployment;
+use crate::telemetry::{Span, instruments};
 use crate::wire::{ChatRequest, TokenUsage};
+use opentelemetry::KeyValue;
 
 /// What an answer is made of, for estimating its usage when the upstream reported none.
 pub enum AnswerText {
@@ -115,6 +117,12 @@ struct Prior {
     calls: usize,
 }
 
+/// The call that answers a request, for its telemetry.
+struct Answering {
+    deployment: Arc<Deployment>,
+    span: Span,
+}
+
 /// A request's settlement, from its hold to its `RequestSettled`; dropped before it settled,
 /// it settles the request as cancelled from a spawned task, so no request ends unaccounted.
 pub struct Settlement {
@@ -133,6 +141,8 @@ pub struct Settlement {
     pending: Option<SettleInfo>,
     /// The request body, kept only when the key stores content.
     content_body: Option<Bytes>,
+    /// The answering call, once one answered: its span ends with its usage and charge.
+    answering: Option<Answering>,
     /// Counts the request among its key's requests in flight until the settlement is dropped.
     _in_flight: Option<InFlight>,
 }
@@ -159,6 +169,7 @@ impl Settlement {
         Settlement {
             _in_flight: None,
             content_body,
+            answering: None,
             log,
             credits,
             meta,
@@ -229,8 +240,13 @@ impl Settlement {
         self.prior.calls > 0
     }
 
-    /// `deployment` answers, at `prices`' price for it, its first byte after `ttft`.
-    pub fn answered_by(&mut self, prices: &PriceTable, deployment: &Deployment, ttft: Duration) {
+    /// `attempt`'s deployment answers, at `prices`' price for it, its first byte after `ttft`.
+    pub fn answered_by(&mut self, prices: &PriceTable, attempt: &Attempt, ttft: Duration) {
+        let deployment = &attempt.deployment;
+        self.answering = Some(Answering {
+            deployment: deployment.clone(),
+            span: attempt.span.clone(),
+        });
         self.price = Some(prices.price(self.price_path.as_str(), Some(&deployment.id)));
         if let Some(p) = self.pending.as_mut() {
             p.provider = Some(deployment.provider_name.clone());
@@ -267,6 +283,7 @@ impl Settlement {
             Some(p) => (p.provider.clone(), p.deployment.clone(), p.ttft),
             None => (None, None, None),
         };
+        self.observe(billed.usage, self.charge(billed.usage));
         let info = SettleInfo {
             outcome,
             provider,
@@ -320,6 +337,34 @@ impl Settlement {
         self.commit(info, &[]).await
     }
 
+    /// The answering call's usage and charge in its span (which ends) and in the token usage
+    /// histograms.
+    fn observe(&self, usage: TokenUsage, charge: NanoCredits) {
+        let Some(a) = &self.answering else {
+            return;
+        };
+        let d = &a.deployment;
+        let calls = d
+            .instruments
+            .on(self.meta.path, d.kind.as_str(), &d.upstream_model);
+        calls.input_tokens.record(usage.prompt_tokens as f64);
+        calls.output_tokens.record(usage.completion_tokens as f64);
+        a.span.set(|| {
+            vec![
+                KeyValue::new(
+                    "gen_ai.usage.input_tokens",
+                    tokens_attr(usage.prompt_tokens),
+                ),
+                KeyValue::new(
+                    "gen_ai.usage.output_tokens",
+                    tokens_attr(usage.completion_tokens),
+                ),
+                KeyValue::new("lumina.cost", charge.to_string()),
+            ]
+        });
+        a.span.end();
+    }
+
     /// Commits the settlement (releasing the request's hold) and waits for it; for keys that
     /// store content, the prompt and `answer` go in the same commit.
     async fn commit(&mut self, info: SettleInfo, answer: &[Bytes]) -> Result<(), ApiError> {
@@ -334,11 +379,17 @@ impl Settlement {
                 tracing::error!(error = %e, "could not record a request's content");
             }
         }
+        instruments::cost(self.meta.path, info.charge.0);
         let event = self.meta.settled(&info, &self.price_version);
         commit_settlement(&self.log, &self.credits, &self.meta, &event, info.charge)
             .await
             .map_err(|e| ApiError::Unavailable(format!("The request could not be recorded: {e}")))
     }
+}
+
+/// A token count as a span attribute.
+fn tokens_attr(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Commits a `RequestSettled` and tells the credit book, which from then on counts the

@@ -19,6 +19,7 @@ use crate::engine::attempt::Attempt;
 use crate::engine::settle::{AnswerText, Settlement, add_usage, bill};
 use crate::metering::events::{Outcome, RequestMeta};
 use crate::providers::{ChunkStream, ProviderError, ReportedUsage, StreamChunk};
+use crate::telemetry::{self, ResponseInfo};
 use crate::wire::TokenUsage;
 
 /// A stream's output could not be written (a chunk failed to serialise).
@@ -124,6 +125,10 @@ struct Kept {
     text: String,
     /// Every chunk, for keys that store content.
     chunks: Option<Vec<Bytes>>,
+    /// What the answer says of itself, while its attempt's span is recorded.
+    info: Option<ResponseInfo>,
+    /// The whole delivered text, when the answer's content may be traced.
+    traced_text: Option<String>,
 }
 
 impl Kept {
@@ -139,6 +144,15 @@ impl Kept {
         if !matches!(self.usage, Some(ReportedUsage::Counted(_))) {
             self.text.push_str(&chunk.text);
         }
+        if let Some(info) = self.info.as_mut()
+            && (info.id.is_none()
+                || memchr::memmem::find(&chunk.data, b"\"finish_reason\":\"").is_some())
+        {
+            info.read(&chunk.data);
+        }
+        if let Some(text) = self.traced_text.as_mut() {
+            text.push_str(&chunk.text);
+        }
         if let Some(chunks) = self.chunks.as_mut() {
             chunks.push(chunk.data.clone());
         }
@@ -149,11 +163,19 @@ impl Kept {
 impl Pump {
     /// Pumps `chunks` (whose first, already read, is `first`) to the client.
     pub async fn run(mut self, mut chunks: ChunkStream, first: StreamChunk) {
+        let traced = self.attempt.span.is_recording();
         let mut kept = Kept {
             usage: None,
             usage_chunk: None,
             text: String::new(),
             chunks: self.meta.key.store_content.then(Vec::new),
+            info: traced.then(ResponseInfo::default),
+            traced_text: (traced
+                && self
+                    .meta
+                    .trace
+                    .captures_content(self.meta.key.store_content))
+            .then(String::new),
         };
         // Chunks already waiting upstream are sent together: one channel message and one
         // socket write instead of one per token.
@@ -229,7 +251,9 @@ impl Pump {
         };
         let deployment = self.attempt.deployment.clone();
         deployment.breaker.record(failure.is_none());
-        let record = self.attempt.record(Some(self.ttfb), failure);
+        let record = self
+            .attempt
+            .ended(&self.meta.trace, Some(self.ttfb), failure);
         if let Err(e) = self
             .log
             .append_event_nowait(&self.meta.attempted(&record))
@@ -242,7 +266,23 @@ impl Pump {
             usage_chunk,
             text,
             chunks,
+            info,
+            traced_text,
         } = kept;
+        if let Some(info) = info {
+            self.attempt.span.set(|| {
+                let mut attributes = Vec::new();
+                info.attributes(&mut attributes);
+                if let Some(answer) = &traced_text {
+                    telemetry::content_attributes(
+                        &self.body,
+                        telemetry::Answered::Text(answer),
+                        &mut attributes,
+                    );
+                }
+                attributes
+            });
+        }
         let billed = bill(
             usage.unwrap_or(ReportedUsage::Missing),
             self.allowance,
@@ -374,7 +414,7 @@ mod tests {
                 read_only: false,
                 max_parallel_requests: None,
             }),
-            trace_id: None,
+            trace: Default::default(),
             instance: "test".into(),
             requested_model: "lumina-fast".into(),
             path: RoutePath::Fast,
@@ -432,6 +472,7 @@ mod tests {
             upstream_model: "m".into(),
             provider: Arc::new(Simulated::new(SimulatedConfig::default())),
             breaker: Breaker::new(BreakerConfig::default()),
+            instruments: Default::default(),
         });
         let body =
             Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#);
@@ -454,6 +495,8 @@ mod tests {
                 started_at: 0,
                 started: Instant::now(),
                 role: None,
+                span: Default::default(),
+                path: RoutePath::Fast,
             },
             ttfb: Duration::ZERO,
             body,

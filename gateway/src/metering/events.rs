@@ -19,6 +19,7 @@ use crate::metering::usage::UsageAnomaly;
 use crate::providers::ErrorClass;
 use crate::routing::catalog::RoutePath;
 use crate::routing::classifier::Decision;
+use crate::telemetry::RequestTrace;
 use crate::wire::TokenUsage;
 
 /// How a request ended.
@@ -53,8 +54,8 @@ pub struct RequestMeta {
     pub request_id: RequestId,
     /// The key that authenticated it.
     pub key: Arc<KeyIdentity>,
-    /// W3C trace id from `traceparent`, when sent.
-    pub trace_id: Option<String>,
+    /// Its trace: spans when tracing, and the trace id its events carry.
+    pub trace: RequestTrace,
     /// This gateway.
     pub instance: Arc<str>,
     /// The `model` asked for.
@@ -216,7 +217,7 @@ impl RequestMeta {
         e.request_id = Some(self.request_id.to_string());
         e.project_id = Some(self.key.project_id.to_string());
         e.api_key_id = Some(self.key.key_id.to_string());
-        e.trace_id = self.trace_id.clone();
+        e.trace_id = self.trace.trace_id().map(str::to_string);
         e
     }
 

@@ -388,7 +388,14 @@ impl Anthropic {
         );
         let body = serde_json::to_vec(&body)
             .map_err(|e| ProviderError::new(ErrorClass::ClientError, e.to_string()))?;
-        self.post(&self.url, body, call.anthropic, deadline).await
+        self.post(
+            &self.url,
+            body,
+            call.anthropic,
+            deadline,
+            call.traceparent.clone(),
+        )
+        .await
     }
 
     /// POSTs `body` to `url` with the key and the client's protocol headers.
@@ -398,6 +405,7 @@ impl Anthropic {
         body: Vec<u8>,
         client: Option<&AnthropicNative>,
         deadline: Instant,
+        traceparent: Option<HeaderValue>,
     ) -> Result<reqwest::Response, ProviderError> {
         let version = client
             .and_then(|h| h.version.clone())
@@ -412,7 +420,14 @@ impl Anthropic {
         if let Some(beta) = client.and_then(|h| h.beta.clone()) {
             request = request.header("anthropic-beta", beta);
         }
-        send(request, &self.timeouts, deadline, Some(&self.key)).await
+        send(
+            request,
+            &self.timeouts,
+            deadline,
+            Some(&self.key),
+            traceparent,
+        )
+        .await
     }
 }
 
@@ -663,7 +678,7 @@ impl Provider for Anthropic {
                 .map_err(|e| ProviderError::new(ErrorClass::ClientError, e.message))?;
             let body = crate::wire::upstream_object(&fields, call.upstream_model, false);
             let response = self
-                .post(&self.count_url, body, Some(call.anthropic), deadline)
+                .post(&self.count_url, body, Some(call.anthropic), deadline, None)
                 .await?;
             let body = read_bounded(response, MAX_COUNT_BODY, deadline).await?;
             #[derive(Deserialize)]

@@ -306,15 +306,20 @@ pub async fn read_bounded(
     }
 }
 
-/// Sends `request` under the attempt's first-byte deadline and turns a non-success status
+/// Sends `request` (with the attempt's `traceparent`, when it has one) under the attempt's
+/// first-byte deadline and turns a non-success status
 /// into its error (the body read up to a small bound; `retry-after` kept for rate limits;
 /// `credential`, the key the request carries, masked wherever the upstream repeated it).
 pub async fn send(
-    request: reqwest::RequestBuilder,
+    mut request: reqwest::RequestBuilder,
     timeouts: &Timeouts,
     deadline: tokio::time::Instant,
     credential: Option<&reqwest::header::HeaderValue>,
+    traceparent: Option<reqwest::header::HeaderValue>,
 ) -> Result<reqwest::Response, ProviderError> {
+    if let Some(tp) = traceparent {
+        request = request.header("traceparent", tp);
+    }
     let first_byte = (tokio::time::Instant::now() + timeouts.first_byte).min(deadline);
     let response = match tokio::time::timeout_at(first_byte, request.send()).await {
         Err(_) => {
@@ -423,6 +428,8 @@ pub struct UpstreamCall<'a> {
     pub request_id: &'a str,
     /// Anthropic's protocol headers the client sent, for Anthropic upstreams only.
     pub anthropic: Option<&'a AnthropicNative>,
+    /// W3C `traceparent` of the attempt, sent upstream.
+    pub traceparent: Option<reqwest::header::HeaderValue>,
 }
 
 /// What a Messages request carries for Anthropic upstreams only, never sent to others: the
@@ -457,6 +464,8 @@ pub struct EmbedCall<'a> {
     pub request: &'a EmbeddingsRequest<'a>,
     /// The embeddings model the deployment uses upstream.
     pub upstream_model: &'a str,
+    /// W3C `traceparent` of the attempt, sent upstream.
+    pub traceparent: Option<reqwest::header::HeaderValue>,
 }
 
 /// An embeddings answer, checked ([`crate::embeddings::check_answer`]).

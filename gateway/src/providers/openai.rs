@@ -72,6 +72,7 @@ impl OpenAi {
         url: &reqwest::Url,
         body: Vec<u8>,
         deadline: Instant,
+        traceparent: Option<HeaderValue>,
     ) -> Result<reqwest::Response, ProviderError> {
         let mut request = self
             .client
@@ -81,7 +82,14 @@ impl OpenAi {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        send(request, &self.timeouts, deadline, self.auth.as_ref()).await
+        send(
+            request,
+            &self.timeouts,
+            deadline,
+            self.auth.as_ref(),
+            traceparent,
+        )
+        .await
     }
 }
 
@@ -203,7 +211,9 @@ impl Provider for OpenAi {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
             let body = call.request.upstream_body(call.upstream_model);
-            let response = self.send(&self.url, body, deadline).await?;
+            let response = self
+                .send(&self.url, body, deadline, call.traceparent.clone())
+                .await?;
             let body = read_bounded(response, self.limits.response_bytes, deadline).await?;
             let probe = probe(&body, "completion")?;
             let choices = probe.choices.as_deref().unwrap_or_default();
@@ -230,7 +240,9 @@ impl Provider for OpenAi {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
             let body = call.request.upstream_body(call.upstream_model);
-            let response = self.send(&self.url, body, deadline).await?;
+            let response = self
+                .send(&self.url, body, deadline, call.traceparent.clone())
+                .await?;
             let events = Box::pin(events(
                 response.bytes_stream(),
                 self.timeouts,
@@ -266,7 +278,14 @@ impl Provider for OpenAi {
         async move {
             let deadline = Instant::now() + self.timeouts.total;
             let body = call.request.upstream_body(call.upstream_model);
-            let response = self.send(&self.embeddings_url, body, deadline).await?;
+            let response = self
+                .send(
+                    &self.embeddings_url,
+                    body,
+                    deadline,
+                    call.traceparent.clone(),
+                )
+                .await?;
             let body = read_bounded(response, self.limits.response_bytes, deadline).await?;
             let usage = embeddings::check_answer(&body, call.request)?;
             Ok(Embedded { body, usage })

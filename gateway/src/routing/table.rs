@@ -21,6 +21,7 @@ use crate::providers::breaker::Breaker;
 use crate::providers::{self, Provider};
 use crate::routing::catalog::RoutePath;
 use crate::routing::policy::Policy;
+use crate::telemetry::instruments::DeploymentInstruments;
 
 /// Attempt orders in a path's schedule.
 pub const SLOTS: usize = 100;
@@ -39,6 +40,8 @@ pub struct Deployment {
     pub provider: Arc<dyn Provider>,
     /// Health of this deployment.
     pub breaker: Breaker,
+    /// Its GenAI metrics.
+    pub instruments: DeploymentInstruments,
 }
 
 /// Deployments per path, and the policy in force.
@@ -192,6 +195,7 @@ impl RouteTable {
                             upstream_model: model.clone(),
                             provider: adapters[i].clone(),
                             breaker: Breaker::new(config.breaker.clone()),
+                            instruments: DeploymentInstruments::default(),
                         });
                         deployments.push(d.clone());
                         d
@@ -263,6 +267,17 @@ impl RouteTable {
             .iter()
             .zip(&self.paths)
             .find_map(|(path, list)| list.iter().find(|d| d.id == id).map(|d| (*path, d.clone())))
+    }
+
+    /// Every deployment once, whatever paths it serves.
+    pub fn every_deployment(&self) -> Vec<&Arc<Deployment>> {
+        let mut all: Vec<&Arc<Deployment>> = Vec::new();
+        for d in self.paths.iter().flatten().chain(self.embeddings.iter()) {
+            if !all.iter().any(|seen| seen.id == d.id) {
+                all.push(d);
+            }
+        }
+        all
     }
 
     /// Whether any deployment serves embeddings.

@@ -500,12 +500,13 @@ async fn ask(
         let run = attempts.run(
             deployments,
             |_| {},
-            |d| {
+            |d, traceparent| {
                 d.provider.complete(UpstreamCall {
                     request,
                     upstream_model: &d.upstream_model,
                     request_id: cx.meta.request_id.as_str(),
                     anthropic: call.anthropic.as_ref(),
+                    traceparent,
                 })
             },
         );
@@ -695,12 +696,13 @@ async fn judged(
         .run(
             &deployments,
             |_| {},
-            |d| {
+            |d, traceparent| {
                 d.provider.complete(UpstreamCall {
                     request: &request,
                     upstream_model: &d.upstream_model,
                     request_id: cx.meta.request_id.as_str(),
                     anthropic: None,
+                    traceparent,
                 })
             },
         )
@@ -994,12 +996,13 @@ pub async fn complete(state: &AppState, call: Call<'_>) -> Result<Answer, ApiErr
         .run(
             &deployments,
             |n| settlement.attempt_started(n),
-            |d| {
+            |d, traceparent| {
                 d.provider.complete(UpstreamCall {
                     request: &request,
                     upstream_model: &d.upstream_model,
                     request_id: meta.request_id.as_str(),
                     anthropic: None,
+                    traceparent,
                 })
             },
         )
@@ -1084,7 +1087,7 @@ pub async fn stream(
         .run(
             &deployments,
             |n| settlement.attempt_started(n),
-            |d| {
+            |d, traceparent| {
                 first_chunk(
                     d,
                     UpstreamCall {
@@ -1092,6 +1095,7 @@ pub async fn stream(
                         upstream_model: &d.upstream_model,
                         request_id: meta.request_id.as_str(),
                         anthropic: None,
+                        traceparent,
                     },
                 )
             },
@@ -1166,6 +1170,7 @@ mod tests {
                     Default::default(),
                 )),
                 breaker: crate::providers::breaker::Breaker::new(Default::default()),
+                instruments: Default::default(),
             })
         };
         let (a, b, c) = (d("a"), d("b"), d("c"));
