@@ -4,7 +4,9 @@
 # streaming chat completions:
 #   - latency p50/p99 at a fixed 1,000 requests/s, and the latency Lumina adds;
 #   - maximum requests/s at 32 connections, through nginx and through the simulated provider
-#     (zero latency, no upstream socket).
+#     (zero latency, no upstream socket);
+#   - lumina_gateway_overhead_seconds (Lumina's own time per request, from /metrics) over
+#     each 1,000 req/s run, p50 and p99.
 # Everything — load generator, nginx, gateway — shares this machine's cores.
 # Every request through Lumina writes its events (RequestRouted, UpstreamAttempted,
 # RequestSettled) to the local log, the settlement committed before the response ends.
@@ -12,6 +14,7 @@
 # Usage: bench/gateway.sh [seconds per run, default 10]
 #   BASELINE=/path/to/an/older/lumina bench/gateway.sh   also measures that binary, in the
 #   same run and against the same nginx, and prints both with their ratios (before → after).
+#   AFTER=/path/to/a/lumina measures that binary as "this build" instead of building one.
 # Installs what it needs: oha (cargo install, cached) and nginx (apt) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +22,13 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-10}"
 . bench/lib.sh
 
-echo "building lumina (release)" >&2
-cargo build --release --locked --bin lumina >&2
+if [ -n "${AFTER:-}" ]; then
+  AFTER_BIN=$AFTER
+else
+  echo "building lumina (release)" >&2
+  cargo build --release --locked --bin lumina >&2
+  AFTER_BIN="$CARGO_TARGET_DIR/release/lumina"
+fi
 
 # run NAME URL BODY [oha flags…] → one JSON line of results
 run() {
@@ -39,11 +47,19 @@ print(json.dumps({"name": name, "rps": s["requestsPerSec"], "p50_ms": p["p50"] *
 PY
 }
 
-# measure PREFIX → the gateway's runs, each name prefixed
+# scrape NAME → the gateway's /metrics, kept as $WORK/metrics-NAME.txt
+scrape() {
+  curl -sf "http://127.0.0.1:$GW_PORT/metrics" > "$WORK/metrics-$1.txt" || : > "$WORK/metrics-$1.txt"
+}
+
+# measure PREFIX → the gateway's runs, each name prefixed; /metrics around the 1,000 req/s runs
 measure() {
   local p=$1
+  scrape "${p}start"
   run "${p}lumina-1000rps" "$GW" "$BODY" -c 16 -q 1000 --latency-correction
+  scrape "${p}after-1000rps"
   run "${p}lumina-stream-1000rps" "$GW" "$SBODY" -c 16 -q 1000 --latency-correction
+  scrape "${p}after-stream-1000rps"
   run "${p}lumina-max" "$GW" "$BODY" -c 32
   run "${p}lumina-stream-max" "$GW" "$SBODY" -c 32
   run "${p}lumina-simulated-max" "$GW" "$SIMBODY" -c 32
@@ -62,7 +78,7 @@ UP_SSE="http://127.0.0.1:$UP_PORT/sse/v1/chat/completions"
     measure before-
     kill "$LUMINA_PID"; wait "$LUMINA_PID" 2>/dev/null || true
   fi
-  start_lumina "$CARGO_TARGET_DIR/release/lumina" after
+  start_lumina "$AFTER_BIN" after
   measure ""
 } > "$WORK/results.jsonl"
 
@@ -83,4 +99,38 @@ if "before-lumina-max" in rows:
         b, a = rows[f"before-{name}"], rows[name]
         print(f"{name}: {b['rps']:.0f} -> {a['rps']:.0f} req/s (x{a['rps'] / b['rps']:.2f})")
 print(f"events committed to this build's local log during the run: {sys.argv[2]}")
+PY
+# lumina_gateway_overhead_seconds over each 1,000 req/s run (this build only: the metric is
+# new in it): p50 and p99 interpolated within the histogram's buckets.
+python3 - "$WORK" <<'PY'
+import re, sys
+work = sys.argv[1]
+def buckets(name, path):
+    out = {}
+    for line in open(f"{work}/metrics-{name}.txt"):
+        m = re.match(r'lumina_gateway_overhead_seconds_bucket\{(.*)\} (\S+)$', line)
+        if m and f'lumina_path="{path}"' in m.group(1):
+            le = re.search(r'le="([^"]+)"', m.group(1)).group(1)
+            out[float("inf") if le == "+Inf" else float(le)] = float(m.group(2))
+    return out
+def quantile(cum, q):
+    total = cum[max(cum)]
+    if total == 0:
+        return None
+    lo, prev = 0.0, 0.0
+    for le in sorted(cum):
+        if cum[le] >= q * total:
+            if le == float("inf"):
+                return lo
+            return lo + (le - lo) * (q * total - prev) / max(cum[le] - prev, 1e-9)
+        lo, prev = le, cum[le]
+for before, after, path, label in [("start", "after-1000rps", "fast", "non-stream"),
+                                   ("after-1000rps", "after-stream-1000rps", "balanced", "stream")]:
+    b, a = buckets(before, path), buckets(after, path)
+    if not a:
+        continue
+    diff = {le: a[le] - b.get(le, 0.0) for le in a}
+    p50, p99 = quantile(diff, 0.5), quantile(diff, 0.99)
+    if p50 is not None:
+        print(f"this build: lumina_gateway_overhead_seconds at 1000 rps ({label}): p50 {p50 * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms over {diff[float('inf')]:.0f} requests")
 PY

@@ -252,11 +252,13 @@ impl<'a> Attempts<'a> {
         let meta = self.meta;
         let path = meta.path;
         let span = meta.trace.child(
-            format!(
-                "{} {}",
-                instruments::operation(path),
-                deployment.upstream_model
-            ),
+            || {
+                format!(
+                    "{} {}",
+                    instruments::operation(path),
+                    deployment.upstream_model
+                )
+            },
             SpanKind::Client,
             None,
             || {

@@ -462,7 +462,7 @@ fn route_span(
         .checked_sub(started.elapsed())
         .unwrap_or_else(std::time::SystemTime::now);
     let span = meta.trace.child(
-        "lumina.route".into(),
+        || "lumina.route".into(),
         opentelemetry::trace::SpanKind::Internal,
         Some(start),
         || {

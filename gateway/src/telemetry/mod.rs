@@ -400,11 +400,11 @@ impl RequestTrace {
                 .is_some_and(|t| t.capture_content && t.server.span().is_recording())
     }
 
-    /// A child of the server span named `name`, started at `start` (now when `None`), with the
-    /// attributes `attributes` makes (called only when the span is recorded).
+    /// A child of the server span named `name()`, started at `start` (now when `None`), with
+    /// the attributes `attributes` makes (both called only when the span is recorded).
     pub fn child(
         &self,
-        name: String,
+        name: impl FnOnce() -> String,
         kind: SpanKind,
         start: Option<SystemTime>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
@@ -419,7 +419,7 @@ impl RequestTrace {
         }
         let mut builder = t
             .tracer
-            .span_builder(name)
+            .span_builder(name())
             .with_kind(kind)
             .with_attributes(attributes());
         if let Some(start) = start {
@@ -710,7 +710,7 @@ mod tests {
         headers.insert("traceparent", header(tp));
         let trace = Telemetry::off().request("POST", "/v1/chat/completions", &headers, "req_1");
         assert_eq!(trace.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        let span = trace.child("chat m".into(), SpanKind::Client, None, Vec::new);
+        let span = trace.child(|| "chat m".into(), SpanKind::Client, None, Vec::new);
         assert!(!span.is_recording());
         assert_eq!(trace.upstream_traceparent(&span), Some(header(tp)));
         let none =
