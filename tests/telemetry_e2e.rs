@@ -16,7 +16,12 @@ use axum::extract::State;
 use axum::routing::post;
 use common::upstream::{MockUpstream, Mocked, gateway_config, parse_sse};
 use common::{Lumina, header, nanos, payloads, user};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use prost::Message;
 use serde_json::{Value, json};
@@ -57,45 +62,65 @@ struct Receiver {
 }
 
 async fn traces(State(r): State<Receiver>, body: Bytes) -> &'static str {
-    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP trace export");
-    *r.exports.lock().unwrap() += 1;
-    for resource in request.resource_spans {
-        let service = resource.resource.as_ref().and_then(|res| {
-            res.attributes
-                .iter()
-                .find(|a| a.key == "service.name")
-                .and_then(|a| {
-                    any(a.value.as_ref().and_then(|v| v.value.as_ref()))
-                        .as_str()
-                        .map(str::to_string)
-                })
-        });
-        for scope in resource.scope_spans {
-            for span in scope.spans {
-                let attributes = span
-                    .attributes
+    r.take(ExportTraceServiceRequest::decode(body).expect("an OTLP trace export"));
+    ""
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.take(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Receiver {
+    /// Keeps every span of one export.
+    fn take(&self, request: ExportTraceServiceRequest) {
+        let r = self;
+        *r.exports.lock().unwrap() += 1;
+        for resource in request.resource_spans {
+            let service = resource.resource.as_ref().and_then(|res| {
+                res.attributes
                     .iter()
-                    .map(|a| {
-                        (
-                            a.key.clone(),
-                            any(a.value.as_ref().and_then(|v| v.value.as_ref())),
-                        )
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| {
+                        any(a.value.as_ref().and_then(|v| v.value.as_ref()))
+                            .as_str()
+                            .map(str::to_string)
                     })
-                    .collect();
-                r.spans.lock().unwrap().push(Got {
-                    trace_id: hex(&span.trace_id),
-                    span_id: hex(&span.span_id),
-                    parent: hex(&span.parent_span_id),
-                    name: span.name,
-                    kind: span.kind,
-                    attributes,
-                    status: span.status.map_or(0, |s| s.code),
-                    service: service.clone(),
-                });
+            });
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    let attributes = span
+                        .attributes
+                        .iter()
+                        .map(|a| {
+                            (
+                                a.key.clone(),
+                                any(a.value.as_ref().and_then(|v| v.value.as_ref())),
+                            )
+                        })
+                        .collect();
+                    r.spans.lock().unwrap().push(Got {
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent: hex(&span.parent_span_id),
+                        name: span.name,
+                        kind: span.kind,
+                        attributes,
+                        status: span.status.map_or(0, |s| s.code),
+                        service: service.clone(),
+                    });
+                }
             }
         }
     }
-    ""
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -111,6 +136,31 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (receiver, url)
+    }
+
+    /// An OTLP/gRPC receiver on a free port.
+    async fn start_grpc() -> (Receiver, String) {
+        let receiver = Receiver::default();
+        let port = common::free_port();
+        let service = TraceServiceServer::new(receiver.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve(format!("127.0.0.1:{port}").parse().unwrap())
+                .await
+                .unwrap()
+        });
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         (receiver, url)
     }
 
@@ -325,6 +375,26 @@ async fn a_stream_a_new_trace_and_content_for_keys_that_opted_in() {
         .collect();
     assert_eq!(output[0]["content"], streamed.as_str());
     let _ = mock;
+}
+
+#[tokio::test]
+async fn spans_go_over_grpc_too() {
+    let (receiver, url) = Receiver::start_grpc().await;
+    let Mocked {
+        tmp: _tmp,
+        mock: _mock,
+        lumina,
+    } = Mocked::with(&telemetry(&url, "protocol = \"grpc\"")).await;
+    let account = lumina.account("Grpc Co", "50").await;
+    let (_, key) = lumina.key(&account).await;
+    let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    let (status, _, text) = chat(&lumina, &key, &user("lumina-fast", "hi"), Some(&tp)).await;
+    assert_eq!(status, 200, "{text}");
+    let spans = receiver.trace(TRACE, 3).await;
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let attempt = spans.iter().find(|s| s.kind == 3).unwrap();
+    assert_eq!(attempt.name, "chat mock-fast");
+    assert_eq!(attempt.attributes["gen_ai.usage.output_tokens"], 7);
 }
 
 #[tokio::test]
