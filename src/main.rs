@@ -204,7 +204,7 @@ struct ProjectorArgs {
 
 #[derive(Subcommand)]
 enum EvalCommand {
-    /// Write one JSON line per settled request (schemas/eval/v1.schema.json) to a file.
+    /// Write one JSON line per settled request (schemas/eval/v2.schema.json) to a file.
     Export(EvalExportArgs),
     /// Measure a routing policy's classifier on a labelled routing set (in process): accuracy,
     /// precision and recall per path, confusion matrix, quality retained, cost saved.

@@ -13,18 +13,20 @@ use lumina_gateway::routing::policy::{self, Policy};
 use lumina_gateway::routing::train::{TrainConfig, train};
 
 /// Reads labelled routing sets and `lumina eval export` files; says on stderr how many exported
-/// requests were labelled from their feedback and how many carried no label.
+/// requests were labelled from their feedback, how many from their eval results, and how many
+/// carried no label.
 pub(crate) fn read_items(paths: &[PathBuf]) -> anyhow::Result<Vec<LabelledItem>> {
     let mut items = Vec::new();
     for path in paths {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let parsed = parse_dataset(&text).with_context(|| path.display().to_string())?;
-        if parsed.from_feedback + parsed.skipped > 0 {
+        if parsed.from_feedback + parsed.from_evals + parsed.skipped > 0 {
             eprintln!(
-                "{}: {} exported requests labelled from their feedback, {} without content or feedback skipped",
+                "{}: {} exported requests labelled from their feedback, {} from their eval results, {} without content, feedback or eval results skipped",
                 path.display(),
                 parsed.from_feedback,
+                parsed.from_evals,
                 parsed.skipped
             );
         }

@@ -480,7 +480,7 @@ async fn exported_feedback_trains_the_classifier() {
         .key_with(&account, json!({"store_content": true}))
         .await;
     let mut ids = Vec::new();
-    for i in 0..4 {
+    for i in 0..5 {
         let (code, headers, text) = lumina
             .chat(
                 &key,
@@ -490,10 +490,12 @@ async fn exported_feedback_trains_the_classifier() {
         assert_eq!(code, 200, "{text}");
         ids.push(header(&headers, "x-request-id").to_string());
     }
-    // Three get a verdict; the fourth none, so it carries no label.
+    // Three get a person's verdict, the fourth only a failed eval check, the fifth nothing,
+    // so it carries no label.
     for (id, score) in ids.iter().zip([0.0, 0.0, 1.0]) {
         feedback(lumina, &key, id, score).await;
     }
+    eval_results(lumina, &key, &ids[3..4]).await;
     let export = m.tmp.path().join("export.jsonl");
     let dir = lumina.data_dir.to_str().unwrap();
     let (ok, _, err) = run(
@@ -526,8 +528,20 @@ async fn exported_feedback_trains_the_classifier() {
         &[],
     );
     assert!(ok, "{err}");
+    let lines: Vec<Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let checked = lines
+        .iter()
+        .find(|l| l["request_id"] == ids[3].as_str())
+        .unwrap();
+    assert_eq!(checked["schema_version"], 2);
+    assert_eq!(checked["evals"][0]["passed"], false, "{checked}");
+    assert_eq!(checked["evals"][0]["run_id"], "run_loop");
     assert!(
-        err.contains("3 exported requests labelled from their feedback, 1 without content or feedback skipped"),
+        err.contains("3 exported requests labelled from their feedback, 1 from their eval results, 1 without content, feedback or eval results skipped"),
         "{err}"
     );
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&trained).unwrap()).unwrap();
@@ -538,7 +552,7 @@ async fn exported_feedback_trains_the_classifier() {
         .count();
     assert_eq!(
         doc["training"]["items"],
-        dev_items + 3,
+        dev_items + 4,
         "{}",
         doc["training"]
     );

@@ -786,7 +786,7 @@ fn eval_export_is_valid_and_private(w: &World) {
     );
     let schema: Value = serde_json::from_str(
         &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/eval/v1.schema.json"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/eval/v2.schema.json"),
         )
         .unwrap(),
     )

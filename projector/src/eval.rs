@@ -1,5 +1,5 @@
 //! Eval dataset export: one JSON line per settled request — route decision, deployment,
-//! outcome, latency, usage, cost, feedback, and the prompt and answer for keys that opted in
+//! outcome, latency, usage, cost, feedback, eval results, and the prompt and answer for keys that opted in
 //! with `store_content`. The line format is `schemas/eval/v<EVAL_SCHEMA_VERSION>.schema.json`.
 
 use std::io::Write;
@@ -14,7 +14,7 @@ use crate::ReadModel;
 use crate::views::{REQUEST_COLUMNS, RequestRow, request_row};
 
 /// Version of the eval line format; every line carries it as `schema_version`.
-pub const EVAL_SCHEMA_VERSION: u32 = 1;
+pub const EVAL_SCHEMA_VERSION: u32 = 2;
 
 /// Rows read per query while exporting.
 const PAGE: i64 = 500;
@@ -82,6 +82,7 @@ struct Line<'a> {
     usage: Usage,
     cost: Cost,
     feedback: Option<Feedback<'a>>,
+    evals: Vec<EvalResult>,
     content: Option<Content>,
 }
 
@@ -129,6 +130,16 @@ struct Feedback<'a> {
     score: Option<f64>,
     label: Option<&'a str>,
     comment: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct EvalResult {
+    run_id: String,
+    dataset: String,
+    item_id: String,
+    check_kind: String,
+    score: f64,
+    passed: bool,
 }
 
 #[derive(Serialize)]
@@ -216,7 +227,8 @@ impl ReadModel {
                     None => None,
                 };
                 let attempts = self.attempt_summaries(&row.request_id).await?;
-                write_line(out, &row, attempts, content)?;
+                let evals = self.eval_results_of(&row.request_id).await?;
+                write_line(out, &row, attempts, evals, content)?;
                 written += 1;
             }
             progress(written);
@@ -226,6 +238,29 @@ impl ReadModel {
         }
         out.flush()?;
         Ok(written)
+    }
+
+    /// The eval results recorded for `request_id`, oldest first (through its index).
+    async fn eval_results_of(&self, request_id: &str) -> Result<Vec<EvalResult>, sqlx::Error> {
+        sqlx::query(
+            "SELECT run_id, dataset, item_id, check_kind, score, passed
+             FROM eval_results WHERE request_id = $1 ORDER BY completed_at, event_id",
+        )
+        .bind(request_id)
+        .fetch_all(&self.database().pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(EvalResult {
+                run_id: r.try_get(0)?,
+                dataset: r.try_get(1)?,
+                item_id: r.try_get(2)?,
+                check_kind: r.try_get(3)?,
+                score: r.try_get(4)?,
+                passed: r.try_get::<i64, _>(5)? != 0,
+            })
+        })
+        .collect()
     }
 
     async fn attempt_summaries(&self, request_id: &str) -> Result<Vec<Attempt>, sqlx::Error> {
@@ -256,6 +291,7 @@ fn write_line(
     out: &mut impl Write,
     row: &RequestRow,
     attempts: Vec<Attempt>,
+    evals: Vec<EvalResult>,
     content: Option<Content>,
 ) -> Result<(), ExportError> {
     let charge = row.charge_nano.unwrap_or(0);
@@ -304,6 +340,7 @@ fn write_line(
             price_table_version: row.price_table_version.clone(),
         },
         feedback,
+        evals,
         content,
     };
     serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;

@@ -65,8 +65,16 @@ struct ExportLine {
     route: ExportRoute,
     #[serde(default)]
     feedback: Option<ExportFeedback>,
+    /// Eval results (export version 2).
+    #[serde(default)]
+    evals: Vec<ExportEval>,
     #[serde(default)]
     content: Option<ExportContent>,
+}
+
+#[derive(Deserialize)]
+struct ExportEval {
+    passed: bool,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +98,14 @@ struct ExportContent {
 /// Feedback score below which the routed path was too weak.
 const WEAK_SCORE: f64 = 0.5;
 
+/// The next stronger path than `routed` (reasoning stays reasoning).
+fn stronger(routed: RoutePath) -> RoutePath {
+    match routed {
+        RoutePath::Fast => RoutePath::Balanced,
+        _ => RoutePath::Reasoning,
+    }
+}
+
 /// The path an exported request needed, from its feedback; `None` when nothing says.
 fn label_from_feedback(routed: RoutePath, feedback: &ExportFeedback) -> Option<RoutePath> {
     if let Some(path) = feedback.label.as_deref().and_then(parse_path) {
@@ -97,12 +113,22 @@ fn label_from_feedback(routed: RoutePath, feedback: &ExportFeedback) -> Option<R
     }
     let score = feedback.score.filter(|s| s.is_finite())?;
     Some(if score < WEAK_SCORE {
-        match routed {
-            RoutePath::Fast => RoutePath::Balanced,
-            _ => RoutePath::Reasoning,
-        }
+        stronger(routed)
     } else {
         routed
+    })
+}
+
+/// The path an exported request needed, from its eval results: a stronger one when any check
+/// failed, the routed one when all passed; `None` without results.
+fn label_from_evals(routed: RoutePath, evals: &[ExportEval]) -> Option<RoutePath> {
+    if evals.is_empty() {
+        return None;
+    }
+    Some(if evals.iter().all(|e| e.passed) {
+        routed
+    } else {
+        stronger(routed)
     })
 }
 
@@ -113,7 +139,10 @@ pub struct Parsed {
     pub items: Vec<LabelledItem>,
     /// Items labelled from exported feedback.
     pub from_feedback: usize,
-    /// Export lines skipped: no stored content, or no feedback that names a path.
+    /// Items labelled from exported eval results (requests without feedback).
+    pub from_evals: usize,
+    /// Export lines skipped: no stored content, or neither feedback nor eval results that
+    /// name a path.
     pub skipped: usize,
 }
 
@@ -145,10 +174,12 @@ pub fn parse_dataset(text: &str) -> Result<Parsed, DatasetError> {
         if value.get("schema_version").is_some() {
             let l: ExportLine = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
             let routed = parse_path(&l.route.path);
-            let label = routed
+            // A person's verdict first; the checks of an eval run where there is none.
+            let by_feedback = routed
                 .zip(l.feedback.as_ref())
                 .and_then(|(r, f)| label_from_feedback(r, f));
-            let (Some(path), Some(content)) = (label, l.content) else {
+            let by_evals = routed.and_then(|r| label_from_evals(r, &l.evals));
+            let (Some(path), Some(content)) = (by_feedback.or(by_evals), l.content) else {
                 parsed.skipped += 1;
                 continue;
             };
@@ -160,7 +191,11 @@ pub fn parse_dataset(text: &str) -> Result<Parsed, DatasetError> {
             };
             item.request().map_err(|e| err(e.message))?;
             parsed.items.push(item);
-            parsed.from_feedback += 1;
+            if by_feedback.is_some() {
+                parsed.from_feedback += 1;
+            } else {
+                parsed.from_evals += 1;
+            }
             continue;
         }
         let l: Line = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
@@ -259,6 +294,47 @@ mod tests {
             ]
         );
         assert_eq!((parsed.from_feedback, parsed.skipped), (3, 2));
+    }
+
+    #[test]
+    fn exported_requests_without_feedback_are_labelled_by_their_eval_results() {
+        let line = |path: &str, feedback: Value, evals: Value| {
+            serde_json::json!({"schema_version": 2, "request_id": format!("req_{path}"),
+                "route": {"path": path, "task_class": "chat"},
+                "feedback": feedback, "evals": evals,
+                "content": {"messages": [{"role": "user", "content": "hi"}], "answer": "a", "tool_calls": null}})
+            .to_string()
+        };
+        let result = |passed: bool| serde_json::json!({"run_id": "r", "dataset": "d", "item_id": "i", "check_kind": "exact", "score": if passed { 1.0 } else { 0.0 }, "passed": passed});
+        let text = [
+            // One failed check: the routed path was too weak.
+            line(
+                "fast",
+                Value::Null,
+                serde_json::json!([result(true), result(false)]),
+            ),
+            // Every check passed: the routed path was enough.
+            line("balanced", Value::Null, serde_json::json!([result(true)])),
+            // Feedback outranks the checks.
+            line(
+                "fast",
+                serde_json::json!({"score": 1.0, "label": null, "comment": null}),
+                serde_json::json!([result(false)]),
+            ),
+            // Nothing says.
+            line("fast", Value::Null, serde_json::json!([])),
+        ]
+        .join("\n");
+        let parsed = parse_dataset(&text).unwrap();
+        let paths: Vec<RoutePath> = parsed.items.iter().map(|i| i.path).collect();
+        assert_eq!(
+            paths,
+            [RoutePath::Balanced, RoutePath::Balanced, RoutePath::Fast]
+        );
+        assert_eq!(
+            (parsed.from_feedback, parsed.from_evals, parsed.skipped),
+            (1, 2, 1)
+        );
     }
 
     #[test]
