@@ -2,7 +2,8 @@
 # Runs every test of the workspace on a fresh Debian machine that has Rust: starts
 # PostgreSQL (installing it when missing), creates the role the tests use, builds a venv with
 # the OpenAI SDK, fetches Apache Kafka's jars from Maven Central once (installing Java and Maven
-# when missing), then runs `cargo test --workspace`. Build output goes to a cache outside the clone.
+# when missing), installs Debian's Chromium and chromedriver when missing (the dashboard's
+# browser test), then runs `cargo test --workspace`. Build output goes to a cache outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,9 +113,25 @@ if [ ! -f /usr/include/openssl/ssl.h ] || ! command -v pkg-config >/dev/null; th
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y libssl-dev pkg-config >/dev/null
 fi
 
+# Debian's Chromium and its WebDriver, for the dashboard's browser test.
+setup_chromium() {
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "installing Chromium and chromedriver from Debian" >&2
+    { as_root apt-get update >/dev/null \
+        && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver >/dev/null; } \
+      || echo "could not install chromium and chromium-driver (installing needs root or sudo)" >&2
+  fi
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null || {
+    echo "the dashboard's browser test needs chromium and chromedriver (apt-get install chromium chromium-driver)" >&2
+    exit 1
+  }
+  export LUMINA_TEST_CHROMIUM="$(command -v chromium)" LUMINA_TEST_CHROMEDRIVER="$(command -v chromedriver)"
+}
+
 start_postgres
 echo "PostgreSQL ready at 127.0.0.1:$PG_PORT" >&2
 setup_python
 setup_java
 setup_kafka
+setup_chromium
 cargo test --workspace --locked "$@"

@@ -608,6 +608,34 @@ impl KeyCache {
         Err(AuthFailure::Unknown)
     }
 
+    /// The key `key_id`, if it still authenticates (a dashboard session's key).
+    pub fn active_key(&self, key_id: &str) -> Option<Arc<KeyIdentity>> {
+        let keys = self.keys.load();
+        let now = lumina_schemas::now_micros();
+        keys.values()
+            .flatten()
+            .find(|k| k.identity.key_id.as_str() == key_id)
+            .filter(|k| k.refused.is_none() && k.identity.expires_at.is_none_or(|at| now < at))
+            .map(|k| k.identity.clone())
+    }
+
+    /// The admin key `id`, if it is not revoked (a dashboard session's key); the bootstrap
+    /// key's id always is.
+    pub fn active_admin(&self, id: &str) -> Option<Arc<AdminIdentity>> {
+        if id == BOOTSTRAP_ADMIN_ID {
+            return Some(Arc::new(AdminIdentity {
+                id: BOOTSTRAP_ADMIN_ID.into(),
+                role: AdminRole::Owner,
+            }));
+        }
+        self.admin_keys
+            .load()
+            .values()
+            .flatten()
+            .find(|k| k.identity.id == id && !k.revoked)
+            .map(|k| k.identity.clone())
+    }
+
     /// Number of keys cached.
     pub fn len(&self) -> usize {
         self.keys.load().values().map(Vec::len).sum()

@@ -9,6 +9,7 @@ pub mod anthropic_wire;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod embeddings;
 pub mod engine;
 pub mod json_keys;

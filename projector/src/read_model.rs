@@ -672,6 +672,19 @@ impl ReadModel {
         row.as_ref().map(account_row).transpose()
     }
 
+    /// The newest `limit` accounts, newest first (through the accounts' primary key order
+    /// of creation).
+    pub async fn accounts(&self, limit: i64) -> Result<Vec<AccountRow>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, name, default_project_id, granted_nano, created_at
+             FROM accounts ORDER BY created_at DESC, id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(account_row).collect()
+    }
+
     /// Number of accounts.
     pub async fn account_count(&self) -> Result<i64, sqlx::Error> {
         sqlx::query("SELECT COUNT(*) FROM accounts")

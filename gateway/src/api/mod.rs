@@ -285,6 +285,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/keys/{id}/rotate", post(admin::rotate_key))
         .route("/admin/ledger/accounts/{id}/entries", get(ledger::entries))
         .route("/admin/ledger/statements", get(ledger::statement))
+        .merge(crate::dashboard::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), trace_request))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -96,7 +96,11 @@ pub struct RequestPage {
     last_id: Option<String>,
 }
 
-fn filter_from(uri: &Uri, account_id: Option<String>) -> Result<(RequestFilter, i64), ApiError> {
+/// The request-log filter and page size of a query string (`account_id` fixed when given).
+pub(crate) fn filter_from(
+    uri: &Uri,
+    account_id: Option<String>,
+) -> Result<(RequestFilter, i64), ApiError> {
     let q = query_lists(uri);
     let one = |n: &str| q.get(n).and_then(|v| v.first()).cloned();
     let time = |n: &str| -> Result<Option<i64>, ApiError> {
@@ -140,6 +144,16 @@ async fn page(
     filter: RequestFilter,
     limit: i64,
 ) -> Result<Json<RequestPage>, ApiError> {
+    request_page(state, filter, limit).await.map(Json)
+}
+
+/// A page of the request log: the newest `limit` requests `filter` matches (one indexed
+/// query).
+pub(crate) async fn request_page(
+    state: &AppState,
+    filter: RequestFilter,
+    limit: i64,
+) -> Result<RequestPage, ApiError> {
     let mut rows = state
         .read_model
         .requests(&filter, limit + 1)
@@ -147,13 +161,13 @@ async fn page(
         .map_err(|e| ApiError::Unavailable(format!("request views unavailable: {e}")))?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    Ok(Json(RequestPage {
+    Ok(RequestPage {
         object: "list",
         first_id: rows.first().map(|r| r.request_id.clone()),
         last_id: rows.last().map(|r| r.request_id.clone()),
         has_more,
         data: rows.iter().map(RequestSummary::from).collect(),
-    }))
+    })
 }
 
 /// `GET /v1/requests?api_key_id=&path=&status=&since=&until=&limit=&after=`
@@ -234,7 +248,8 @@ pub struct FeedbackView {
     comment: Option<String>,
 }
 
-fn trace(row: RequestRow, attempts: Vec<AttemptRow>) -> Trace {
+/// The trace of a request from its views.
+pub(crate) fn trace(row: RequestRow, attempts: Vec<AttemptRow>) -> Trace {
     Trace {
         route: RouteView {
             task_class: row.task_class.clone(),
@@ -280,7 +295,8 @@ fn not_found(id: &str) -> ApiError {
     }
 }
 
-async fn load(
+/// A request and its attempts (of `account` only, when given), or a 404.
+pub(crate) async fn load(
     state: &AppState,
     id: &str,
     account: Option<&str>,

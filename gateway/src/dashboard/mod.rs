@@ -1,0 +1,1115 @@
+//! The operator dashboard at `/dashboard`: pages rendered by the gateway itself (minijinja
+//! templates compiled into the binary, charts as server-rendered SVG, no script), signed in
+//! with an admin key (every account) or a customer key (its own account only). Sessions are
+//! signed cookies (`HttpOnly`, `SameSite=Strict`, path `/dashboard`) checked against the keys
+//! on every request; every form carries the session's CSRF token and a form without it is
+//! refused. Admin actions call the same admin service as the admin API, with the same role
+//! checks, so they record the same events naming the same admin key. Each page's data is one
+//! indexed read of the views the projector maintains.
+
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION,
+    SET_COOKIE,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use lumina_schemas::NanoCredits;
+use minijinja::{Environment, context};
+use serde::Serialize;
+
+use crate::admin::KeyRequest;
+use crate::api::error::ApiError;
+use crate::api::extract::RawBody;
+use crate::api::requests::{filter_from, load, request_page, trace};
+use crate::auth::{AdminAction, AdminIdentity, KeyIdentity};
+use crate::dashboard::session::{COOKIE as SESSION_COOKIE, LOGIN_COOKIE, Principal, Session};
+use crate::state::AppState;
+
+/// The templates, compiled once.
+fn templates() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        for (name, source) in [
+            ("layout.html", include_str!("templates/layout.html")),
+            ("login.html", include_str!("templates/login.html")),
+            ("overview.html", include_str!("templates/overview.html")),
+            ("requests.html", include_str!("templates/requests.html")),
+            ("request.html", include_str!("templates/request.html")),
+            ("usage.html", include_str!("templates/usage.html")),
+            ("accounts.html", include_str!("templates/accounts.html")),
+            ("account.html", include_str!("templates/account.html")),
+            ("providers.html", include_str!("templates/providers.html")),
+            ("policies.html", include_str!("templates/policies.html")),
+            ("error.html", include_str!("templates/error.html")),
+        ] {
+            if let Err(e) = env.add_template(name, source) {
+                tracing::error!(template = name, error = %e, "dashboard template does not compile");
+            }
+        }
+        env
+    })
+}
+
+/// The dashboard's routes, under `/dashboard`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/dashboard", get(overview))
+        .route("/dashboard/login", get(login_form).post(login))
+        .route("/dashboard/logout", post(logout))
+        .route("/dashboard/requests", get(requests))
+        .route("/dashboard/requests/{id}", get(request))
+        .route("/dashboard/usage", get(usage))
+        .route("/dashboard/usage.csv", get(usage_csv))
+        .route("/dashboard/accounts", get(accounts).post(create_account))
+        .route("/dashboard/accounts/{id}", get(account))
+        .route("/dashboard/accounts/{id}/credits", post(grant_credits))
+        .route("/dashboard/accounts/{id}/keys", post(create_key))
+        .route("/dashboard/keys/{id}/revoke", post(revoke_key))
+        .route("/dashboard/providers", get(providers))
+        .route("/dashboard/policies", get(policies))
+        .route(
+            "/dashboard/policies/{version}/activate",
+            post(activate_policy),
+        )
+}
+
+/// What every dashboard answer carries: its type, never cached, a content security policy
+/// that allows nothing but the page itself (no script at all).
+fn page_headers(response: &mut Response) {
+    let h = response.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+}
+
+/// A page answered instead of what was asked (a refusal, an error), boxed: it is large.
+type Page = Box<Response>;
+
+/// A rendered page.
+fn html(status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
+    let body = templates().get_template(name).and_then(|t| t.render(ctx));
+    let mut response = match body {
+        Ok(body) => (status, body).into_response(),
+        Err(e) => {
+            tracing::error!(template = name, error = %e, "dashboard page did not render");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
+        }
+    };
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    page_headers(&mut response);
+    response
+}
+
+/// A serializable value for a template.
+fn ser<T: Serialize>(value: &T) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(value))
+}
+
+fn redirect(to: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(LOCATION, v);
+    }
+    page_headers(&mut response);
+    response
+}
+
+/// A cookie of the dashboard's: `HttpOnly`, `SameSite=Strict`, path `/dashboard`; `max_age`
+/// 0 removes it.
+fn cookie(name: &str, value: &str, max_age_s: i64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={max_age_s}"
+    ))
+    .ok()
+}
+
+/// The value of cookie `name` in `headers`.
+fn read_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Who is looking, as the keys are now.
+#[derive(Clone)]
+pub enum Viewer {
+    /// An admin key.
+    Admin(Arc<AdminIdentity>),
+    /// A customer key: its own account only.
+    Customer(Arc<KeyIdentity>),
+}
+
+/// A signed-in request: who, and the session's CSRF token.
+pub struct Signed {
+    viewer: Viewer,
+    csrf: String,
+}
+
+impl Signed {
+    /// The account a customer is confined to; `None` for an admin.
+    fn own_account(&self) -> Option<String> {
+        match &self.viewer {
+            Viewer::Admin(_) => None,
+            Viewer::Customer(k) => Some(k.account_id.to_string()),
+        }
+    }
+
+    fn is_admin(&self) -> bool {
+        matches!(self.viewer, Viewer::Admin(_))
+    }
+
+    /// What every page's layout needs.
+    fn frame(&self, active: &str) -> minijinja::Value {
+        let (who, role) = match &self.viewer {
+            Viewer::Admin(a) => (a.id.clone(), a.role.as_str().to_string()),
+            Viewer::Customer(k) => (
+                format!("{} ({})", k.key_id.as_str(), k.account_id.as_str()),
+                "customer".to_string(),
+            ),
+        };
+        context! { who, role, admin => self.is_admin(), csrf => self.csrf.clone(), active }
+    }
+
+    /// The admin key, when its role allows `method` on the admin API's `path` (what the page
+    /// does); else the page that says why.
+    fn admin_for(&self, method: Method, path: &str) -> Result<Arc<AdminIdentity>, Page> {
+        match &self.viewer {
+            Viewer::Admin(a) if a.role.allows(AdminAction::of(&method, path)) => Ok(a.clone()),
+            Viewer::Admin(a) => Err(Box::new(error_page(
+                self,
+                StatusCode::FORBIDDEN,
+                &format!("The {} role may not do this.", a.role.as_str()),
+            ))),
+            Viewer::Customer(_) => Err(Box::new(error_page(
+                self,
+                StatusCode::FORBIDDEN,
+                "This page is for administrators: sign in with an admin key.",
+            ))),
+        }
+    }
+}
+
+fn error_page(signed: &Signed, status: StatusCode, message: &str) -> Response {
+    html(
+        status,
+        "error.html",
+        context! { frame => signed.frame(""), message, status => status.as_u16() },
+    )
+}
+
+/// An [`ApiError`] as a page.
+fn api_error_page(signed: &Signed, e: ApiError) -> Response {
+    let status = e.status();
+    error_page(signed, status, &e.to_string())
+}
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let now = lumina_schemas::now_micros();
+        let session = read_cookie(&parts.headers, SESSION_COOKIE)
+            .and_then(|c| Session::verify(state.keys.secret(), c, now));
+        let viewer = session.as_ref().and_then(|s| match &s.principal {
+            Principal::Admin(id) => state.keys.active_admin(id).map(Viewer::Admin),
+            Principal::Customer { key_id, account_id } => state
+                .keys
+                .active_key(key_id)
+                .filter(|k| k.account_id.as_str() == account_id)
+                .map(Viewer::Customer),
+        });
+        match (session, viewer) {
+            (Some(session), Some(viewer)) => Ok(Signed {
+                csrf: session.csrf(state.keys.secret()),
+                viewer,
+            }),
+            _ => Err(redirect("/dashboard/login")),
+        }
+    }
+}
+
+/// An urlencoded form, with the session's CSRF token checked.
+struct Form(HashMap<String, String>);
+
+impl Form {
+    /// The form of `body`, if it carries `csrf`; else the refusal.
+    fn checked(signed: &Signed, body: &[u8]) -> Result<Form, Page> {
+        let fields: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+        let presented = fields.get("csrf").map_or("", String::as_str);
+        if !session::csrf_matches(&signed.csrf, presented) {
+            return Err(Box::new(error_page(
+                signed,
+                StatusCode::FORBIDDEN,
+                "This form is missing its CSRF token (or carries another session's). Reload the page and try again.",
+            )));
+        }
+        Ok(Form(fields))
+    }
+
+    fn get(&self, name: &str) -> &str {
+        self.0.get(name).map_or("", |v| v.trim())
+    }
+}
+
+async fn login_form(headers: HeaderMap) -> Response {
+    // The sign-in form's own CSRF token, kept in a cookie until the form comes back.
+    let token = read_cookie(&headers, LOGIN_COOKIE)
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(|| hex::encode(rand::random::<[u8; 16]>()), str::to_string);
+    let mut response = html(
+        StatusCode::OK,
+        "login.html",
+        context! { csrf => token.clone(), error => None::<String> },
+    );
+    if let Some(c) = cookie(LOGIN_COOKIE, &token, 3600) {
+        response.headers_mut().append(SET_COOKIE, c);
+    }
+    response
+}
+
+async fn login(State(state): State<AppState>, headers: HeaderMap, body: RawBody) -> Response {
+    let fields: HashMap<String, String> = form_urlencoded::parse(&body.0).into_owned().collect();
+    let expected = read_cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    let presented = fields.get("csrf").map_or("", String::as_str);
+    let refuse = |status: StatusCode, message: &str| {
+        html(
+            status,
+            "login.html",
+            context! { csrf => expected.to_string(), error => message },
+        )
+    };
+    if !session::csrf_matches(expected, presented) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "The sign-in form is missing its CSRF token. Reload the page and try again.",
+        );
+    }
+    let key = fields.get("key").map_or("", |k| k.trim());
+    let principal = if let Ok(admin) = state.keys.authenticate_admin(key, &state.admin_key) {
+        Principal::Admin(admin.id.clone())
+    } else if let Ok(k) = state
+        .keys
+        .authenticate_or_load(key, &state.read_model)
+        .await
+    {
+        Principal::Customer {
+            key_id: k.key_id.to_string(),
+            account_id: k.account_id.to_string(),
+        }
+    } else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "That key is not an active admin or API key.",
+        );
+    };
+    let Some(session) = Session::new(principal, lumina_schemas::now_micros()) else {
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No session could be made.",
+        );
+    };
+    let mut response = redirect("/dashboard");
+    let h = response.headers_mut();
+    if let Some(c) = cookie(
+        SESSION_COOKIE,
+        &session.cookie(state.keys.secret()),
+        session::LIFETIME_US / 1_000_000,
+    ) {
+        h.append(SET_COOKIE, c);
+    }
+    if let Some(c) = cookie(LOGIN_COOKIE, "", 0) {
+        h.append(SET_COOKIE, c);
+    }
+    response
+}
+
+async fn logout(signed: Signed, body: RawBody) -> Response {
+    if let Err(refused) = Form::checked(&signed, &body.0) {
+        return *refused;
+    }
+    let mut response = redirect("/dashboard/login");
+    if let Some(c) = cookie(SESSION_COOKIE, "", 0) {
+        response.headers_mut().append(SET_COOKIE, c);
+    }
+    response
+}
+
+/// One path's line of the overview.
+#[derive(Serialize)]
+struct PathLine {
+    path: String,
+    requests: i64,
+    failed: i64,
+    cost: String,
+    latency_p50: Option<f64>,
+    latency_p99: Option<f64>,
+    ttft_p50: Option<f64>,
+    ttft_p99: Option<f64>,
+    /// Bar width, % of the busiest path.
+    width: f64,
+}
+
+impl PathLine {
+    fn new(path: String) -> PathLine {
+        PathLine {
+            path,
+            requests: 0,
+            failed: 0,
+            cost: "0".into(),
+            latency_p50: None,
+            latency_p99: None,
+            ttft_p50: None,
+            ttft_p99: None,
+            width: 0.0,
+        }
+    }
+}
+
+async fn overview(State(state): State<AppState>, signed: Signed) -> Response {
+    let lines = match &signed.viewer {
+        Viewer::Admin(_) => match state.read_model.route_stats().await {
+            Ok(stats) => {
+                let mut by_path: Vec<PathLine> = Vec::new();
+                for s in stats {
+                    let i = match by_path.iter().position(|l| l.path == s.path) {
+                        Some(i) => i,
+                        None => {
+                            by_path.push(PathLine::new(s.path.clone()));
+                            by_path.len() - 1
+                        }
+                    };
+                    let line = &mut by_path[i];
+                    line.requests += s.requests;
+                    line.failed += s.failed;
+                    let cost = NanoCredits::parse_credits(&line.cost)
+                        .unwrap_or(NanoCredits::ZERO)
+                        .0
+                        .saturating_add(s.cost_per_request_nano.saturating_mul(s.requests));
+                    line.cost = NanoCredits(cost).to_string();
+                    // The busiest deployment × class stands for the path's quantiles.
+                    if line.latency_p50.is_none() {
+                        line.latency_p50 = s.latency_ms.p50;
+                        line.latency_p99 = s.latency_ms.p99;
+                        line.ttft_p50 = s.ttft_ms.p50;
+                        line.ttft_p99 = s.ttft_ms.p99;
+                    }
+                }
+                by_path
+            }
+            Err(e) => return api_error_page(&signed, unavailable(e)),
+        },
+        Viewer::Customer(k) => {
+            let now = lumina_schemas::now_micros() / 1_000_000;
+            match state
+                .read_model
+                .usage(k.account_id.as_str(), now - 86_400, now + 60)
+                .await
+            {
+                Ok(rows) => {
+                    let mut by_path: Vec<PathLine> = Vec::new();
+                    for r in rows {
+                        let path = r.path.clone();
+                        let i = match by_path.iter().position(|l| l.path == path) {
+                            Some(i) => i,
+                            None => {
+                                by_path.push(PathLine::new(path));
+                                by_path.len() - 1
+                            }
+                        };
+                        let line = &mut by_path[i];
+                        line.requests += r.requests;
+                        let cost = NanoCredits::parse_credits(&line.cost)
+                            .unwrap_or(NanoCredits::ZERO)
+                            .0
+                            .saturating_add(r.credits_nano);
+                        line.cost = NanoCredits(cost).to_string();
+                    }
+                    by_path
+                }
+                Err(e) => return api_error_page(&signed, unavailable(e)),
+            }
+        }
+    };
+    let mut lines = lines;
+    let busiest = lines.iter().map(|l| l.requests).max().unwrap_or(0).max(1);
+    for l in &mut lines {
+        l.width = (l.requests as f64 / busiest as f64 * 100.0).round();
+    }
+    html(
+        StatusCode::OK,
+        "overview.html",
+        context! { frame => signed.frame("overview"), lines => ser(&lines), scope => signed.own_account() },
+    )
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("The views are unavailable: {e}"))
+}
+
+async fn requests(State(state): State<AppState>, signed: Signed, uri: Uri) -> Response {
+    let (filter, limit) = match filter_from(&uri, signed.own_account()) {
+        Ok(f) => f,
+        Err(e) => return api_error_page(&signed, e),
+    };
+    let shown = context! {
+        path => filter.path.clone(), status => filter.status.clone(),
+        account_id => filter.account_id.clone(), api_key_id => filter.api_key_id.clone(),
+    };
+    match request_page(&state, filter, limit).await {
+        Ok(page) => html(
+            StatusCode::OK,
+            "requests.html",
+            context! { frame => signed.frame("requests"), page => ser(&page), filter => shown },
+        ),
+        Err(e) => api_error_page(&signed, e),
+    }
+}
+
+/// One attempt on the trace's timeline.
+#[derive(Serialize)]
+struct Bar {
+    attempt: i64,
+    deployment: String,
+    outcome: String,
+    error_class: Option<String>,
+    fell_back: bool,
+    duration_ms: f64,
+    /// Offset and width, % of the request's span.
+    x: f64,
+    w: f64,
+}
+
+async fn request(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Response {
+    let account = signed.own_account();
+    let (row, attempts) = match load(&state, &id, account.as_deref()).await {
+        Ok(found) => found,
+        Err(e) => return api_error_page(&signed, e),
+    };
+    let start = attempts
+        .iter()
+        .map(|a| a.started_at)
+        .min()
+        .or(row.routed_at)
+        .unwrap_or(0);
+    let end = attempts
+        .iter()
+        .map(|a| a.started_at.saturating_add(a.duration_us))
+        .max()
+        .unwrap_or(start)
+        .max(start + 1);
+    let span = (end - start) as f64;
+    let bars: Vec<Bar> = attempts
+        .iter()
+        .map(|a| Bar {
+            attempt: a.attempt,
+            deployment: a.deployment.clone(),
+            outcome: a.outcome.clone(),
+            error_class: a.error_class.clone(),
+            fell_back: a.fell_back,
+            duration_ms: a.duration_us as f64 / 1000.0,
+            x: ((a.started_at - start) as f64 / span * 100.0).clamp(0.0, 100.0),
+            w: (a.duration_us as f64 / span * 100.0).clamp(0.5, 100.0),
+        })
+        .collect();
+    let trace = trace(row, attempts);
+    html(
+        StatusCode::OK,
+        "request.html",
+        context! { frame => signed.frame("requests"), trace => ser(&trace), bars => ser(&bars) },
+    )
+}
+
+/// One line of the usage table: a day, key, project, path and provider.
+#[derive(Serialize, Default, Clone)]
+struct UsageLine {
+    day: String,
+    project_id: String,
+    api_key_id: String,
+    path: String,
+    provider: String,
+    requests: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cached_tokens: i64,
+    reasoning_tokens: i64,
+    credits_nano: i64,
+    credits: String,
+}
+
+/// The usage of the account a request may see, by day, project, key, path and provider, over
+/// `days` days up to now; the account, and the error page when there is none to show.
+async fn usage_lines(
+    state: &AppState,
+    signed: &Signed,
+    uri: &Uri,
+) -> Result<(String, i64, Vec<UsageLine>), Page> {
+    let q: HashMap<String, String> = uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let account = match signed.own_account() {
+        Some(own) => own,
+        None => match q.get("account_id").filter(|a| !a.is_empty()) {
+            Some(a) => a.clone(),
+            None => {
+                return Err(Box::new(error_page(
+                    signed,
+                    StatusCode::BAD_REQUEST,
+                    "Choose an account (open it from Accounts, then Usage).",
+                )));
+            }
+        },
+    };
+    let days: i64 = match q.get("days").map(|d| d.parse::<i64>()) {
+        None => 7,
+        Some(Ok(d)) if (1..=366).contains(&d) => d,
+        Some(_) => {
+            return Err(Box::new(error_page(
+                signed,
+                StatusCode::BAD_REQUEST,
+                "'days' must be a whole number from 1 to 366.",
+            )));
+        }
+    };
+    let now = lumina_schemas::now_micros() / 1_000_000;
+    let start = (now / 86_400 - (days - 1)) * 86_400;
+    let rows = state
+        .read_model
+        .usage(&account, start, now + 60)
+        .await
+        .map_err(|e| Box::new(api_error_page(signed, unavailable(e))))?;
+    let mut lines: Vec<UsageLine> = Vec::new();
+    for r in rows {
+        let day = chrono::DateTime::from_timestamp(r.minute, 0)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        let project_id = r.project_id.clone();
+        let api_key_id = r.api_key_id.clone();
+        let provider = r.provider.clone();
+        let at = lines.iter().position(|l| {
+            l.day == day
+                && l.project_id == project_id
+                && l.api_key_id == api_key_id
+                && l.path == r.path
+                && l.provider == provider
+        });
+        let line = match at {
+            Some(i) => &mut lines[i],
+            None => {
+                lines.push(UsageLine {
+                    day,
+                    project_id,
+                    api_key_id,
+                    path: r.path.clone(),
+                    provider,
+                    ..UsageLine::default()
+                });
+                let last = lines.len() - 1;
+                &mut lines[last]
+            }
+        };
+        line.requests += r.requests;
+        line.input_tokens += r.input_tokens;
+        line.output_tokens += r.output_tokens;
+        line.cached_tokens += r.cached_tokens;
+        line.reasoning_tokens += r.reasoning_tokens;
+        line.credits_nano = line.credits_nano.saturating_add(r.credits_nano);
+    }
+    for l in &mut lines {
+        l.credits = NanoCredits(l.credits_nano).to_string();
+    }
+    Ok((account, days, lines))
+}
+
+/// A day's total, for the chart.
+#[derive(Serialize)]
+struct DayBar {
+    day: String,
+    credits: String,
+    requests: i64,
+    /// % of the busiest day.
+    h: f64,
+}
+
+async fn usage(State(state): State<AppState>, signed: Signed, uri: Uri) -> Response {
+    let (account, days, lines) = match usage_lines(&state, &signed, &uri).await {
+        Ok(u) => u,
+        Err(page) => return *page,
+    };
+    let mut per_day: Vec<(String, i64, i64)> = Vec::new();
+    for l in &lines {
+        match per_day.iter_mut().find(|d| d.0 == l.day) {
+            Some(d) => {
+                d.1 += l.requests;
+                d.2 = d.2.saturating_add(l.credits_nano);
+            }
+            None => per_day.push((l.day.clone(), l.requests, l.credits_nano)),
+        }
+    }
+    let busiest = per_day.iter().map(|d| d.1).max().unwrap_or(0).max(1);
+    let bars: Vec<DayBar> = per_day
+        .into_iter()
+        .map(|(day, requests, credits)| DayBar {
+            day,
+            credits: NanoCredits(credits).to_string(),
+            requests,
+            h: (requests as f64 / busiest as f64 * 100.0).round(),
+        })
+        .collect();
+    let total = NanoCredits(lines.iter().map(|l| l.credits_nano).sum()).to_string();
+    html(
+        StatusCode::OK,
+        "usage.html",
+        context! { frame => signed.frame("usage"), account, days, lines => ser(&lines), bars => ser(&bars), total },
+    )
+}
+
+/// A CSV field, quoted when it needs to be (and never read as a formula by a spreadsheet).
+fn csv_field(text: &str) -> String {
+    let guarded = if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    if guarded.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", guarded.replace('"', "\"\""))
+    } else {
+        guarded
+    }
+}
+
+async fn usage_csv(State(state): State<AppState>, signed: Signed, uri: Uri) -> Response {
+    let (account, days, lines) = match usage_lines(&state, &signed, &uri).await {
+        Ok(u) => u,
+        Err(page) => return *page,
+    };
+    let mut out = String::from(
+        "day,project_id,api_key_id,path,provider,requests,input_tokens,output_tokens,cached_tokens,reasoning_tokens,credits\n",
+    );
+    for l in &lines {
+        let fields = [
+            csv_field(&l.day),
+            csv_field(&l.project_id),
+            csv_field(&l.api_key_id),
+            csv_field(&l.path),
+            csv_field(&l.provider),
+            l.requests.to_string(),
+            l.input_tokens.to_string(),
+            l.output_tokens.to_string(),
+            l.cached_tokens.to_string(),
+            l.reasoning_tokens.to_string(),
+            l.credits.clone(),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    let mut response = (StatusCode::OK, out).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"usage-{account}-{days}d.csv\""
+    )) {
+        h.insert(CONTENT_DISPOSITION, v);
+    }
+    page_headers(&mut response);
+    response
+}
+
+async fn accounts(State(state): State<AppState>, signed: Signed) -> Response {
+    if let Err(page) = signed.admin_for(Method::GET, "/admin/accounts/_") {
+        return *page;
+    }
+    match state.read_model.accounts(200).await {
+        Ok(accounts) => html(
+            StatusCode::OK,
+            "accounts.html",
+            context! { frame => signed.frame("accounts"), accounts => ser(&accounts) },
+        ),
+        Err(e) => api_error_page(&signed, unavailable(e)),
+    }
+}
+
+/// Credits typed into a form, checked as the admin API checks them.
+fn form_credits(text: &str, param: &str) -> Result<NanoCredits, ApiError> {
+    if text.is_empty() {
+        return Ok(NanoCredits::ZERO);
+    }
+    let raw = serde_json::value::to_raw_value(text)
+        .map_err(|_| ApiError::invalid(format!("'{param}' is not a number"), Some(param)))?;
+    crate::api::admin::parse_credits(&raw, param)
+}
+
+async fn create_account(State(state): State<AppState>, signed: Signed, body: RawBody) -> Response {
+    let admin = match signed.admin_for(Method::POST, "/admin/accounts") {
+        Ok(a) => a,
+        Err(page) => return *page,
+    };
+    let form = match Form::checked(&signed, &body.0) {
+        Ok(f) => f,
+        Err(refused) => return *refused,
+    };
+    let credits = match form_credits(form.get("credits"), "credits") {
+        Ok(c) => c,
+        Err(e) => return api_error_page(&signed, e),
+    };
+    match state
+        .admin
+        .acting_as(&admin.id)
+        .open_account(form.get("name"), credits, &admin.id)
+        .await
+    {
+        Ok(account) => redirect(&format!("/dashboard/accounts/{}", account.id)),
+        Err(e) => api_error_page(&signed, e.into()),
+    }
+}
+
+async fn account_page(
+    state: &AppState,
+    signed: &Signed,
+    id: &str,
+    new_key: Option<(String, String)>,
+) -> Response {
+    let (account, balance, keys) = match tokio::try_join!(
+        state.admin.account(id),
+        state.admin.balance(id),
+        state.admin.keys(Some(id)),
+    ) {
+        Ok(found) => found,
+        Err(e) => return api_error_page(signed, e.into()),
+    };
+    let balance = context! {
+        available => NanoCredits(balance.available_nano).to_string(),
+        held => NanoCredits(balance.held_nano).to_string(),
+        spent => NanoCredits(balance.spent_nano).to_string(),
+        granted => NanoCredits(balance.granted_nano).to_string(),
+    };
+    let status = if new_key.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    html(
+        status,
+        "account.html",
+        context! {
+            frame => signed.frame("accounts"), account => ser(&account), balance, keys => ser(&keys),
+            new_key => new_key.map(|(id, secret)| context! { id, secret }),
+        },
+    )
+}
+
+async fn account(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(page) = signed.admin_for(Method::GET, "/admin/accounts/_") {
+        return *page;
+    }
+    account_page(&state, &signed, &id, None).await
+}
+
+async fn grant_credits(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    body: RawBody,
+) -> Response {
+    let admin = match signed.admin_for(Method::POST, &format!("/admin/accounts/{id}/credits")) {
+        Ok(a) => a,
+        Err(page) => return *page,
+    };
+    let form = match Form::checked(&signed, &body.0) {
+        Ok(f) => f,
+        Err(refused) => return *refused,
+    };
+    let amount = match form_credits(form.get("amount"), "amount") {
+        Ok(c) => c,
+        Err(e) => return api_error_page(&signed, e),
+    };
+    let reason = Some(form.get("reason").to_string()).filter(|r| !r.is_empty());
+    match state
+        .admin
+        .acting_as(&admin.id)
+        .grant_credits(&id, amount, reason, &admin.id)
+        .await
+    {
+        Ok(_) => redirect(&format!("/dashboard/accounts/{id}")),
+        Err(e) => api_error_page(&signed, e.into()),
+    }
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    body: RawBody,
+) -> Response {
+    let admin = match signed.admin_for(Method::POST, "/admin/keys") {
+        Ok(a) => a,
+        Err(page) => return *page,
+    };
+    let form = match Form::checked(&signed, &body.0) {
+        Ok(f) => f,
+        Err(refused) => return *refused,
+    };
+    let limit = |name: &str| -> Result<Option<i64>, ApiError> {
+        match form.get(name) {
+            "" => Ok(None),
+            v => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("'{name}' must be a positive whole number"),
+                        Some(name),
+                    )
+                }),
+        }
+    };
+    let (rpm, tpm) = match (limit("rpm"), limit("tpm")) {
+        (Ok(r), Ok(t)) => (r, t),
+        (Err(e), _) | (_, Err(e)) => return api_error_page(&signed, e),
+    };
+    let request = KeyRequest {
+        account_id: id.clone(),
+        name: form.get("name").to_string(),
+        project_id: None,
+        rpm,
+        tpm,
+        store_content: form.get("store_content") == "on",
+        routing_prefer: None,
+        fusion_barred: false,
+        expires_at: None,
+        paths: None,
+        surfaces: None,
+        read_only: false,
+        max_parallel_requests: None,
+    };
+    match state.admin.acting_as(&admin.id).create_key(request).await {
+        // The key is shown once, on this answer only (never cached: no-store).
+        Ok((row, secret)) => account_page(&state, &signed, &id, Some((row.id, secret))).await,
+        Err(e) => api_error_page(&signed, e.into()),
+    }
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    body: RawBody,
+) -> Response {
+    let admin = match signed.admin_for(Method::DELETE, &format!("/admin/keys/{id}")) {
+        Ok(a) => a,
+        Err(page) => return *page,
+    };
+    if let Err(refused) = Form::checked(&signed, &body.0) {
+        return *refused;
+    }
+    match state.admin.acting_as(&admin.id).revoke_key(&id).await {
+        Ok(row) => redirect(&format!("/dashboard/accounts/{}", row.account_id)),
+        Err(e) => api_error_page(&signed, e.into()),
+    }
+}
+
+/// A deployment as the providers page shows it.
+#[derive(Serialize)]
+struct DeploymentLine {
+    id: String,
+    provider: String,
+    kind: &'static str,
+    breaker: &'static str,
+    requests: i64,
+    error_rate: f64,
+    timeout_rate: f64,
+    latency_p50: Option<f64>,
+    latency_p99: Option<f64>,
+}
+
+async fn providers(State(state): State<AppState>, signed: Signed) -> Response {
+    if let Err(page) = signed.admin_for(Method::GET, "/admin/routes/stats") {
+        return *page;
+    }
+    let stats = match state.read_model.route_stats().await {
+        Ok(s) => s,
+        Err(e) => return api_error_page(&signed, unavailable(e)),
+    };
+    let lines: Vec<DeploymentLine> = state
+        .routes
+        .every_deployment()
+        .into_iter()
+        .map(|d| {
+            let mine: Vec<_> = stats.iter().filter(|s| s.deployment == d.id).collect();
+            let attempts: i64 = mine.iter().map(|s| s.attempts).sum();
+            let weighted = |f: fn(&lumina_projector::views::RouteStatsView) -> f64| {
+                if attempts == 0 {
+                    0.0
+                } else {
+                    mine.iter().map(|s| f(s) * s.attempts as f64).sum::<f64>() / attempts as f64
+                }
+            };
+            let busiest = mine.iter().max_by_key(|s| s.requests);
+            DeploymentLine {
+                id: d.id.clone(),
+                provider: d.provider_name.clone(),
+                kind: d.kind.as_str(),
+                breaker: d.breaker.state().as_str(),
+                requests: mine.iter().map(|s| s.requests).sum(),
+                error_rate: (weighted(|s| s.error_rate) * 1000.0).round() / 10.0,
+                timeout_rate: (weighted(|s| s.timeout_rate) * 1000.0).round() / 10.0,
+                latency_p50: busiest.and_then(|s| s.latency_ms.p50),
+                latency_p99: busiest.and_then(|s| s.latency_ms.p99),
+            }
+        })
+        .collect();
+    html(
+        StatusCode::OK,
+        "providers.html",
+        context! { frame => signed.frame("providers"), lines => ser(&lines) },
+    )
+}
+
+async fn policies(State(state): State<AppState>, signed: Signed) -> Response {
+    if let Err(page) = signed.admin_for(Method::GET, "/admin/policies") {
+        return *page;
+    }
+    match state.admin.policies().await {
+        Ok(rows) => {
+            let rows: Vec<minijinja::Value> = rows
+                .into_iter()
+                .map(|p| {
+                    let published = chrono::DateTime::from_timestamp_micros(p.published_at)
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .unwrap_or_default();
+                    context! { version => p.version, reason => p.reason, active => p.active, published }
+                })
+                .collect();
+            html(
+                StatusCode::OK,
+                "policies.html",
+                context! { frame => signed.frame("policies"), rows, running => state.routes.policy_version() },
+            )
+        }
+        Err(e) => api_error_page(&signed, e.into()),
+    }
+}
+
+async fn activate_policy(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(version): Path<i64>,
+    body: RawBody,
+) -> Response {
+    let admin = match signed.admin_for(Method::POST, &format!("/admin/policies/{version}/activate"))
+    {
+        Ok(a) => a,
+        Err(page) => return *page,
+    };
+    if let Err(refused) = Form::checked(&signed, &body.0) {
+        return *refused;
+    }
+    match state
+        .admin
+        .acting_as(&admin.id)
+        .activate_policy(version, "activated from the dashboard")
+        .await
+    {
+        Ok(_) => redirect("/dashboard/policies"),
+        Err(e) => api_error_page(&signed, e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_compiles() {
+        for name in [
+            "layout.html",
+            "login.html",
+            "overview.html",
+            "requests.html",
+            "request.html",
+            "usage.html",
+            "accounts.html",
+            "account.html",
+            "providers.html",
+            "policies.html",
+            "error.html",
+        ] {
+            assert!(templates().get_template(name).is_ok(), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_escapes_what_it_shows() {
+        use http_body_util::BodyExt;
+        let page = html(
+            StatusCode::OK,
+            "login.html",
+            context! { csrf => "c", error => "<script>alert(1)</script>" },
+        );
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(
+            page.headers()[CACHE_CONTROL],
+            HeaderValue::from_static("no-store")
+        );
+        assert!(
+            page.headers()[CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap_or_default()
+                .contains("default-src 'none'")
+        );
+        let body = page.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("&lt;script&gt;alert(1)"),
+            "{text}"
+        );
+        assert!(!text.contains("<script>"), "{text}");
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_and_never_formulas() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+    }
+}

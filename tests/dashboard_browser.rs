@@ -1,0 +1,503 @@
+//! The dashboard in a real browser: Debian's Chromium, headless, driven over WebDriver
+//! (chromedriver, through the `fantoccini` client) against the real `lumina serve`. An admin
+//! signs in, creates an account and a key in the UI, requests go through the API, the admin
+//! finds them, opens a trace, downloads usage as CSV and revokes the key; a customer key sees
+//! its own account only; a form without its CSRF token is refused. Every page is saved as a
+//! screenshot under `<target dir>/test-artifacts/dashboard/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::upstream::Mocked;
+use common::{header, nanos, user};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+/// A chromedriver on a free port, killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn program(env: &str, default: &str) -> String {
+    let path = std::env::var(env).unwrap_or_else(|_| default.to_string());
+    assert!(
+        Path::new(&path).exists(),
+        "{path} is missing: the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; scripts/test.sh installs them), or {env}"
+    );
+    path
+}
+
+async fn driver() -> Driver {
+    let binary = program("LUMINA_TEST_CHROMEDRIVER", "/usr/bin/chromedriver");
+    let port = common::free_port();
+    let child = Command::new(binary)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "chromedriver did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Driver { child, port }
+}
+
+async fn browser(driver: &Driver, downloads: &Path) -> Client {
+    let chromium = program("LUMINA_TEST_CHROMIUM", "/usr/bin/chromium");
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"],
+            "prefs": {"download.default_directory": downloads, "download.prompt_for_download": false},
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a Chromium session")
+}
+
+/// `fields` as an urlencoded form body.
+fn form(fields: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Where the screenshots go.
+fn artifacts() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("test-artifacts").join("dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
+    std::fs::write(artifacts().join(format!("{name}.png")), png).unwrap();
+}
+
+/// The text of the element `css` selects, once the page has one (5 s at most).
+async fn text(c: &Client, css: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await,
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(t) => return t,
+            Err(e) if Instant::now() > deadline => panic!("{css}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn fill(c: &Client, css: &str, value: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap();
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+}
+
+/// Clicks the element `css` selects (a link or a form's button) and waits for the next page:
+/// until the current page's document is gone.
+async fn click(c: &Client, css: &str) {
+    let page = c.find(Locator::Css("html")).await.unwrap();
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while page.tag_name().await.is_ok() {
+        assert!(Instant::now() < deadline, "{css}: no new page");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+async fn sign_in(c: &Client, base: &str, key: &str) {
+    c.goto(&format!("{base}/dashboard")).await.unwrap();
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/dashboard/login"),
+        "a visitor without a session is sent to sign in"
+    );
+    fill(c, "#key", key).await;
+    click(c, "#sign-in").await;
+}
+
+/// The request ids on the requests page at `url`, reloading while the views catch up until
+/// there are `n`.
+async fn request_ids(c: &Client, url: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.goto(url).await.unwrap();
+        let mut ids = Vec::new();
+        for row in c.find_all(Locator::Css("tr.request")).await.unwrap() {
+            ids.push(row.attr("data-id").await.unwrap().unwrap());
+        }
+        if ids.len() >= n || Instant::now() > deadline {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
+    let m = Mocked::with("").await;
+    let lumina = &m.lumina;
+    let base = lumina.url.clone();
+    let downloads = m.tmp.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let driver = driver().await;
+    let c = browser(&driver, &downloads).await;
+
+    // The admin signs in.
+    sign_in(&c, &base, &lumina.admin_key).await;
+    assert!(text(&c, "#who").await.contains("adm_bootstrap"));
+    shot(&c, "01-overview").await;
+
+    // Creates an account and a key in the UI.
+    click(&c, "header a[href='/dashboard/accounts']").await;
+    fill(&c, "#account-name", "Browser Co").await;
+    fill(&c, "#account-credits", "5").await;
+    click(&c, "#create-account").await;
+    let account = text(&c, "#account-id").await;
+    assert!(account.starts_with("acct_"), "{account}");
+    assert_eq!(text(&c, "#available").await, "5");
+    fill(&c, "#key-name", "browser key").await;
+    click(&c, "#create-key").await;
+    let key = text(&c, "#new-key").await;
+    assert!(key.starts_with("lum_"), "{key}");
+    shot(&c, "02-account-with-new-key").await;
+    // The account exists for the admin API too, made by the same events.
+    let via_api = lumina
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/accounts/{account}"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(via_api["name"], "Browser Co");
+
+    // Requests through the API with that key, one of them after a fallback.
+    let mut sent = Vec::new();
+    let mut charged = 0;
+    for i in 0..3 {
+        if i == 1 {
+            m.mock.fail_next("primary", 1);
+        }
+        let (status, headers, body) = lumina
+            .chat(&key, &user("lumina-fast", &format!("hello {i}")))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        sent.push(header(&headers, "x-request-id").to_string());
+        charged += nanos(header(&headers, "x-lumina-cost"));
+    }
+
+    // They are on the requests page, newest first.
+    let listed = request_ids(
+        &c,
+        &format!("{base}/dashboard/requests?account_id={account}"),
+        3,
+    )
+    .await;
+    let mut newest_first = sent.clone();
+    newest_first.reverse();
+    assert_eq!(listed, newest_first);
+    shot(&c, "03-requests").await;
+
+    // The trace of the one that fell back shows both attempts.
+    click(&c, &format!("a[href='/dashboard/requests/{}']", sent[1])).await;
+    let attempts = c.find_all(Locator::Css("tr.attempt")).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert!(
+        attempts[0]
+            .text()
+            .await
+            .unwrap()
+            .contains("primary/mock-fast")
+    );
+    assert!(attempts[0].text().await.unwrap().contains("server_error"));
+    assert!(
+        attempts[1]
+            .text()
+            .await
+            .unwrap()
+            .contains("secondary/mock-fast-2")
+    );
+    assert_eq!(text(&c, "#status").await, "completed");
+    assert!(text(&c, "#route").await.contains("chat"));
+    shot(&c, "04-trace").await;
+
+    // Usage, downloaded as CSV: its credits are the ledger's charges to the nano-credit.
+    c.goto(&format!("{base}/dashboard/usage?account_id={account}"))
+        .await
+        .unwrap();
+    shot(&c, "05-usage").await;
+    // A download: the page stays.
+    c.find(Locator::Css("#csv"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let file = downloads.join(format!("usage-{account}-7d.csv"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no CSV downloaded: {:?}",
+            std::fs::read_dir(&downloads).unwrap().collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let csv = std::fs::read_to_string(&file).unwrap();
+    let mut lines = csv.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(head[0], "day");
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let requests: i64 = rows
+        .iter()
+        .map(|r| r[col("requests")].parse::<i64>().unwrap())
+        .sum();
+    let credits: i64 = rows.iter().map(|r| nanos(r[col("credits")])).sum();
+    assert_eq!(requests, 3, "{csv}");
+    assert_eq!(credits, charged, "{csv}");
+    assert_eq!(
+        common::spent_after(lumina, &account, charged).await,
+        charged
+    );
+
+    // A form without its CSRF token is refused; with it, it works.
+    let session = c.get_named_cookie("lumina_session").await.unwrap();
+    let cookie = format!("lumina_session={}", session.value());
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let forged = http
+        .post(format!("{base}/dashboard/accounts"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("name", "Forged Co"), ("credits", "1")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(forged.text().await.unwrap().contains("CSRF"));
+    let wrong = http
+        .post(format!("{base}/dashboard/accounts"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("name", "Forged Co"),
+            ("credits", "1"),
+            ("csrf", "0123456789abcdef0123456789abcdef"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 403);
+    let names: Vec<String> = lumina
+        .events()
+        .iter()
+        .filter(|e| e["event_type"] == "AccountOpened")
+        .map(|e| e["payload"]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(!names.iter().any(|n| n == "Forged Co"), "{names:?}");
+
+    // Revokes the key in the UI: the API refuses it from then on.
+    c.goto(&format!("{base}/dashboard/accounts/{account}"))
+        .await
+        .unwrap();
+    let key_id = c
+        .find(Locator::Css("tr.key"))
+        .await
+        .unwrap()
+        .attr("data-id")
+        .await
+        .unwrap()
+        .unwrap();
+    click(&c, &format!("#revoke-{key_id}")).await;
+    assert_eq!(
+        text(&c, &format!("tr.key[data-id='{key_id}'] td.status")).await,
+        "revoked"
+    );
+    shot(&c, "06-key-revoked").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, body) = lumina.chat(&key, &user("lumina-fast", "after")).await;
+        if status == 403 {
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["error"]["code"], "api_key_revoked");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a revoked key still answers {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A customer of another account signs in: its own account only.
+    click(&c, "#logout").await;
+    let other = lumina.account("Other Co", "5").await;
+    let (_, other_key) = lumina.key(&other).await;
+    let (status, headers, _) = lumina.chat(&other_key, &user("lumina-fast", "mine")).await;
+    assert_eq!(status, 200);
+    let own = header(&headers, "x-request-id").to_string();
+    sign_in(&c, &base, &other_key).await;
+    assert!(text(&c, "#who").await.contains(&other));
+    assert!(
+        c.find_all(Locator::Css("header a[href='/dashboard/accounts']"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no admin pages in a customer's menu"
+    );
+    shot(&c, "07-customer-overview").await;
+    // Its requests page shows only its own, whatever account it names.
+    let listed = request_ids(
+        &c,
+        &format!("{base}/dashboard/requests?account_id={account}"),
+        1,
+    )
+    .await;
+    assert_eq!(listed, vec![own.clone()]);
+    shot(&c, "08-customer-requests").await;
+    // Another account's trace is not found; admin pages are refused.
+    c.goto(&format!("{base}/dashboard/requests/{}", sent[0]))
+        .await
+        .unwrap();
+    assert!(text(&c, "#error").await.contains(&sent[0]));
+    for page in [
+        "/dashboard/accounts".to_string(),
+        format!("/dashboard/accounts/{account}"),
+        "/dashboard/providers".to_string(),
+        "/dashboard/policies".to_string(),
+    ] {
+        c.goto(&format!("{base}{page}")).await.unwrap();
+        assert!(
+            text(&c, "#error").await.contains("administrators"),
+            "{page}"
+        );
+    }
+    shot(&c, "09-customer-refused").await;
+    // Its usage CSV is its own account's, whatever account it asks for.
+    let customer_cookie = format!(
+        "lumina_session={}",
+        c.get_named_cookie("lumina_session").await.unwrap().value()
+    );
+    let csv = http
+        .get(format!("{base}/dashboard/usage.csv?account_id={account}"))
+        .header("cookie", &customer_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    assert!(
+        csv.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains(&other)
+    );
+    // A customer's POST to an admin form is refused even with its CSRF token.
+    c.goto(&format!("{base}/dashboard")).await.unwrap();
+    let page = c.source().await.unwrap();
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let refused = http
+        .post(format!("{base}/dashboard/accounts"))
+        .header("cookie", &customer_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("name", "Mine Now"),
+            ("credits", "100"),
+            ("csrf", token.as_str()),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let value: Value = lumina
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/accounts/{other}"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(value["name"], "Other Co");
+
+    // Every other page renders for the admin too.
+    click(&c, "#logout").await;
+    sign_in(&c, &base, &lumina.admin_key).await;
+    for (page, name) in [
+        ("/dashboard/providers", "10-providers"),
+        ("/dashboard/policies", "11-policies"),
+    ] {
+        c.goto(&format!("{base}{page}")).await.unwrap();
+        assert!(
+            c.find_all(Locator::Css("#error")).await.unwrap().is_empty(),
+            "{page}"
+        );
+        shot(&c, name).await;
+    }
+    assert_eq!(
+        text(&c, "#running").await,
+        "v2",
+        "the shipped policy is in force"
+    );
+    c.goto(&format!("{base}/dashboard/providers"))
+        .await
+        .unwrap();
+    assert!(text(&c, "#deployments").await.contains("primary/mock-fast"));
+    c.close().await.unwrap();
+}
