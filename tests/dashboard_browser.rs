@@ -349,6 +349,51 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
         .collect();
     assert!(!names.iter().any(|n| n == "Forged Co"), "{names:?}");
 
+    // Sets the key's limits and a budget in the UI; the admin API sees both.
+    c.goto(&format!("{base}/dashboard/accounts/{account}"))
+        .await
+        .unwrap();
+    let key_row = c.find(Locator::Css("tr.key")).await.unwrap();
+    let key_id = key_row.attr("data-id").await.unwrap().unwrap();
+    let rpm = key_row
+        .find(Locator::Css("input[name='rpm']"))
+        .await
+        .unwrap();
+    rpm.clear().await.unwrap();
+    rpm.send_keys("600").await.unwrap();
+    click(&c, &format!("#limits-{key_id}")).await;
+    let key_view = lumina
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/keys/{key_id}"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(key_view["rpm"], 600, "{key_view}");
+    fill(&c, "#budget-limit", "2.5").await;
+    click(&c, "#set-budget").await;
+    assert!(text(&c, "#budgets").await.contains("2.5"));
+    let budgets = lumina
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/accounts/{account}/budgets"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(budgets["data"][0]["limit"], "2.5", "{budgets}");
+    shot(&c, "06-limits-and-budget").await;
+
+    // The live event tail shows the requests' events.
+    c.goto(&format!("{base}/dashboard/events")).await.unwrap();
+    let tail = text(&c, "#events").await;
+    assert!(
+        tail.contains("BudgetSet") && tail.contains("LimitsChanged"),
+        "{tail}"
+    );
+    shot(&c, "07-events").await;
+
     // Revokes the key in the UI: the API refuses it from then on.
     c.goto(&format!("{base}/dashboard/accounts/{account}"))
         .await
@@ -366,7 +411,7 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
         text(&c, &format!("tr.key[data-id='{key_id}'] td.status")).await,
         "revoked"
     );
-    shot(&c, "06-key-revoked").await;
+    shot(&c, "08-key-revoked").await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (status, _, body) = lumina.chat(&key, &user("lumina-fast", "after")).await;
@@ -398,7 +443,7 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
             .is_empty(),
         "no admin pages in a customer's menu"
     );
-    shot(&c, "07-customer-overview").await;
+    shot(&c, "09-customer-overview").await;
     // Its requests page shows only its own, whatever account it names.
     let listed = request_ids(
         &c,
@@ -407,7 +452,7 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
     )
     .await;
     assert_eq!(listed, vec![own.clone()]);
-    shot(&c, "08-customer-requests").await;
+    shot(&c, "10-customer-requests").await;
     // Another account's trace is not found; admin pages are refused.
     c.goto(&format!("{base}/dashboard/requests/{}", sent[0]))
         .await
@@ -418,6 +463,7 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
         format!("/dashboard/accounts/{account}"),
         "/dashboard/providers".to_string(),
         "/dashboard/policies".to_string(),
+        "/dashboard/events".to_string(),
     ] {
         c.goto(&format!("{base}{page}")).await.unwrap();
         assert!(
@@ -425,7 +471,7 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
             "{page}"
         );
     }
-    shot(&c, "09-customer-refused").await;
+    shot(&c, "11-customer-refused").await;
     // Its usage CSV is its own account's, whatever account it asks for.
     let customer_cookie = format!(
         "lumina_session={}",
@@ -480,8 +526,8 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
     click(&c, "#logout").await;
     sign_in(&c, &base, &lumina.admin_key).await;
     for (page, name) in [
-        ("/dashboard/providers", "10-providers"),
-        ("/dashboard/policies", "11-policies"),
+        ("/dashboard/providers", "12-providers"),
+        ("/dashboard/policies", "13-policies"),
     ] {
         c.goto(&format!("{base}{page}")).await.unwrap();
         assert!(

@@ -22,11 +22,12 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use lumina_ledger::SpendScope;
 use lumina_schemas::NanoCredits;
 use minijinja::{Environment, context};
 use serde::Serialize;
 
-use crate::admin::KeyRequest;
+use crate::admin::{BudgetRequest, KeyRequest};
 use crate::api::error::ApiError;
 use crate::api::extract::RawBody;
 use crate::api::requests::{filter_from, load, request_page, trace};
@@ -50,6 +51,7 @@ fn templates() -> &'static Environment<'static> {
             ("account.html", include_str!("templates/account.html")),
             ("providers.html", include_str!("templates/providers.html")),
             ("policies.html", include_str!("templates/policies.html")),
+            ("events.html", include_str!("templates/events.html")),
             ("error.html", include_str!("templates/error.html")),
         ] {
             if let Err(e) = env.add_template(name, source) {
@@ -75,6 +77,9 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/accounts/{id}/credits", post(grant_credits))
         .route("/dashboard/accounts/{id}/keys", post(create_key))
         .route("/dashboard/keys/{id}/revoke", post(revoke_key))
+        .route("/dashboard/keys/{id}/limits", post(change_limits))
+        .route("/dashboard/accounts/{id}/budgets", post(set_budget))
+        .route("/dashboard/events", get(events))
         .route("/dashboard/providers", get(providers))
         .route("/dashboard/policies", get(policies))
         .route(
@@ -802,10 +807,11 @@ async fn account_page(
     id: &str,
     new_key: Option<(String, String)>,
 ) -> Response {
-    let (account, balance, keys) = match tokio::try_join!(
+    let (account, balance, keys, budgets) = match tokio::try_join!(
         state.admin.account(id),
         state.admin.balance(id),
         state.admin.keys(Some(id)),
+        state.admin.budgets_on(SpendScope::Account, id),
     ) {
         Ok(found) => found,
         Err(e) => return api_error_page(signed, e.into()),
@@ -826,6 +832,12 @@ async fn account_page(
         "account.html",
         context! {
             frame => signed.frame("accounts"), account => ser(&account), balance, keys => ser(&keys),
+            budgets => ser(&budgets.iter().map(|b| context! {
+                id => b.id.clone(), scope => b.scope.clone(), scope_id => b.scope_id.clone(),
+                limit => NanoCredits(b.limit_nano).to_string(),
+                soft_limit => b.soft_limit_nano.map(|n| NanoCredits(n).to_string()),
+                period => b.period.clone(), timezone => b.timezone.clone(),
+            }).collect::<Vec<_>>()),
             new_key => new_key.map(|(id, secret)| context! { id, secret }),
         },
     )
@@ -886,23 +898,7 @@ async fn create_key(
         Ok(f) => f,
         Err(refused) => return *refused,
     };
-    let limit = |name: &str| -> Result<Option<i64>, ApiError> {
-        match form.get(name) {
-            "" => Ok(None),
-            v => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .map(Some)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        format!("'{name}' must be a positive whole number"),
-                        Some(name),
-                    )
-                }),
-        }
-    };
-    let (rpm, tpm) = match (limit("rpm"), limit("tpm")) {
+    let (rpm, tpm) = match (form_count(&form, "rpm"), form_count(&form, "tpm")) {
         (Ok(r), Ok(t)) => (r, t),
         (Err(e), _) | (_, Err(e)) => return api_error_page(&signed, e),
     };
@@ -945,6 +941,150 @@ async fn revoke_key(
         Ok(row) => redirect(&format!("/dashboard/accounts/{}", row.account_id)),
         Err(e) => api_error_page(&signed, e.into()),
     }
+}
+
+/// A positive whole number typed into a form field, or nothing.
+fn form_count(form: &Form, name: &'static str) -> Result<Option<i64>, ApiError> {
+    match form.get(name) {
+        "" => Ok(None),
+        v => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("'{name}' must be a positive whole number"),
+                    Some(name),
+                )
+            }),
+    }
+}
+
+async fn change_limits(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    body: RawBody,
+) -> Response {
+    let admin = match signed.admin_for(Method::POST, &format!("/admin/keys/{id}/limits")) {
+        Ok(a) => a,
+        Err(page) => return *page,
+    };
+    let form = match Form::checked(&signed, &body.0) {
+        Ok(f) => f,
+        Err(refused) => return *refused,
+    };
+    let (rpm, tpm) = match (form_count(&form, "rpm"), form_count(&form, "tpm")) {
+        (Ok(r), Ok(t)) => (r, t),
+        (Err(e), _) | (_, Err(e)) => return api_error_page(&signed, e),
+    };
+    match state
+        .admin
+        .acting_as(&admin.id)
+        .change_limits(&id, rpm, tpm)
+        .await
+    {
+        Ok(row) => redirect(&format!("/dashboard/accounts/{}", row.account_id)),
+        Err(e) => api_error_page(&signed, e.into()),
+    }
+}
+
+async fn set_budget(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    body: RawBody,
+) -> Response {
+    let admin = match signed.admin_for(Method::POST, &format!("/admin/accounts/{id}/budgets")) {
+        Ok(a) => a,
+        Err(page) => return *page,
+    };
+    let form = match Form::checked(&signed, &body.0) {
+        Ok(f) => f,
+        Err(refused) => return *refused,
+    };
+    let limit = match form_credits(form.get("limit"), "limit") {
+        Ok(l) => l,
+        Err(e) => return api_error_page(&signed, e),
+    };
+    let soft_limit = match form.get("soft_limit") {
+        "" => None,
+        text => match form_credits(text, "soft_limit") {
+            Ok(l) => Some(l),
+            Err(e) => return api_error_page(&signed, e),
+        },
+    };
+    let request = BudgetRequest {
+        limit,
+        period: form.get("period").to_string(),
+        timezone: Some(form.get("timezone").to_string()).filter(|t| !t.is_empty()),
+        soft_limit,
+    };
+    match state
+        .admin
+        .acting_as(&admin.id)
+        .set_budget(SpendScope::Account, &id, None, request)
+        .await
+    {
+        Ok(_) => redirect(&format!("/dashboard/accounts/{id}")),
+        Err(e) => api_error_page(&signed, e.into()),
+    }
+}
+
+/// Events the tail shows, newest first.
+const TAIL: u64 = 50;
+
+async fn events(State(state): State<AppState>, signed: Signed) -> Response {
+    if let Err(page) = signed.admin_for(Method::GET, "/admin/requests") {
+        return *page;
+    }
+    let log = state.log.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let reader = log.reader()?;
+        let end = reader.end_position_blocking()?;
+        reader.read_after_blocking(end.saturating_sub(TAIL), TAIL as usize)
+    })
+    .await;
+    let entries = match read {
+        Ok(Ok(entries)) => entries,
+        Ok(Err(e)) => return api_error_page(&signed, unavailable(e)),
+        Err(e) => return api_error_page(&signed, unavailable(e)),
+    };
+    let rows: Vec<minijinja::Value> = entries
+        .iter()
+        .rev()
+        .map(|entry| {
+            let (request_id, payload) = match lumina_schemas::decode(&entry.bytes) {
+                Ok(decoded) => {
+                    let json = serde_json::to_value(&decoded.event).unwrap_or_default();
+                    let payload = json["payload"].to_string();
+                    let shown: String = payload.chars().take(240).collect();
+                    (
+                        json["request_id"].as_str().map(str::to_string),
+                        if shown.len() < payload.len() {
+                            format!("{shown}…")
+                        } else {
+                            shown
+                        },
+                    )
+                }
+                Err(e) => (None, format!("(undecodable: {e})")),
+            };
+            let at = chrono::DateTime::from_timestamp_micros(entry.appended_at)
+                .map(|t| t.format("%H:%M:%S%.3f").to_string())
+                .unwrap_or_default();
+            context! {
+                position => entry.position, event_type => entry.event_type.clone(),
+                account_id => entry.account_id.clone(), request_id, payload, at,
+            }
+        })
+        .collect();
+    html(
+        StatusCode::OK,
+        "events.html",
+        context! { frame => signed.frame("events"), rows },
+    )
 }
 
 /// A deployment as the providers page shows it.
@@ -1071,6 +1211,7 @@ mod tests {
             "account.html",
             "providers.html",
             "policies.html",
+            "events.html",
             "error.html",
         ] {
             assert!(templates().get_template(name).is_ok(), "{name}");
@@ -1098,11 +1239,32 @@ mod tests {
         );
         let body = page.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&body);
-        assert!(
-            text.contains("&lt;script&gt;alert(1)"),
-            "{text}"
-        );
+        assert!(text.contains("&lt;script&gt;alert(1)"), "{text}");
         assert!(!text.contains("<script>"), "{text}");
+    }
+
+    #[test]
+    fn every_page_renders_with_data() {
+        let frame =
+            context! { who => "adm_1", role => "owner", admin => true, csrf => "c", active => "" };
+        let event = context! { position => 1, event_type => "RequestSettled", account_id => "acct_1", request_id => "req_1", payload => "{}", at => "00:00:00.000" };
+        for (name, ctx) in [
+            (
+                "events.html",
+                context! { frame => frame.clone(), rows => vec![event] },
+            ),
+            (
+                "policies.html",
+                context! { frame => frame.clone(), rows => Vec::<minijinja::Value>::new(), running => 2 },
+            ),
+            (
+                "error.html",
+                context! { frame => frame.clone(), message => "m", status => 403 },
+            ),
+        ] {
+            let rendered = templates().get_template(name).and_then(|t| t.render(ctx));
+            assert!(rendered.is_ok(), "{name}: {rendered:?}");
+        }
     }
 
     #[test]
