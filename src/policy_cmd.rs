@@ -3,15 +3,12 @@
 //! files, and the admin API calls that publish one, list them, show one and make an earlier one
 //! active again.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use lumina_gateway::routing::build::{BuildInput, build};
-use lumina_gateway::routing::policy::{
-    ClassifierDocument, DEFAULT_POLICY_JSON, Policy, PolicyDocument,
-};
+use lumina_gateway::routing::policy::{DEFAULT_POLICY_JSON, Policy, PolicyDocument, diff_lines};
 use lumina_gateway::routing::train::{TrainConfig, train};
 use lumina_projector::ReadModel;
 use reqwest::Method;
@@ -117,78 +114,6 @@ fn read_document(path: &Path) -> anyhow::Result<PolicyDocument> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Policy::parse(&text).with_context(|| path.display().to_string())?;
     serde_json::from_str(&text).with_context(|| path.display().to_string())
-}
-
-/// The lines that differ between two policies, for people.
-pub fn diff_lines(a: &PolicyDocument, b: &PolicyDocument) -> Vec<String> {
-    let mut out = Vec::new();
-    if a.version != b.version {
-        out.push(format!("version: {} -> {}", a.version, b.version));
-    }
-    match (&a.classifier, &b.classifier) {
-        (ClassifierDocument::Linear(x), ClassifierDocument::Linear(y)) => {
-            if x.thresholds != y.thresholds {
-                out.push(format!(
-                    "classifier.thresholds: reasoning {} balanced {} -> reasoning {} balanced {}",
-                    x.thresholds.reasoning,
-                    x.thresholds.balanced,
-                    y.thresholds.reasoning,
-                    y.thresholds.balanced
-                ));
-            }
-            if x.weights != y.weights || x.bias != y.bias || x.ngrams != y.ngrams {
-                out.push(format!(
-                    "classifier.weights: {} hashed rows -> {} (retrained)",
-                    x.weights.hashed.len(),
-                    y.weights.hashed.len()
-                ));
-            }
-        }
-        (x, y) if x != y => out.push("classifier: a different kind".into()),
-        _ => {}
-    }
-    if a.prefer != b.prefer {
-        out.push(format!(
-            "prefer: {} -> {}",
-            a.prefer.as_str(),
-            b.prefer.as_str()
-        ));
-    }
-    let paths: BTreeSet<&String> = a.routes.keys().chain(b.routes.keys()).collect();
-    for path in paths {
-        let render = |doc: &PolicyDocument| {
-            doc.routes
-                .get(path)
-                .map_or("configured order".to_string(), |ds| {
-                    ds.iter()
-                        .map(|d| format!("{} {}", d.id, d.weight))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-        };
-        let (x, y) = (render(a), render(b));
-        if x != y {
-            out.push(format!("routes.{path}: {x} -> {y}"));
-        }
-    }
-    let classes: BTreeSet<&String> = a.task_classes.keys().chain(b.task_classes.keys()).collect();
-    for class in classes {
-        let render = |doc: &PolicyDocument| {
-            doc.task_classes.get(class).map_or("-".to_string(), |t| {
-                format!(
-                    "min {} max {}{}",
-                    t.min_path.as_deref().unwrap_or("-"),
-                    t.max_path.as_deref().unwrap_or("-"),
-                    if t.fusion { " fusion" } else { "" }
-                )
-            })
-        };
-        let (x, y) = (render(a), render(b));
-        if x != y {
-            out.push(format!("task_classes.{class}: {x} -> {y}"));
-        }
-    }
-    out
 }
 
 /// Prints what differs between the policy files `a` and `b`.

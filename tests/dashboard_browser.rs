@@ -541,6 +541,49 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
         "v2",
         "the shipped policy is in force"
     );
+    // Publishes a policy from the UI (the shipped one, preferring cost), reads its diff, then
+    // rolls back by activating... the shipped one is not published, so publish it too first.
+    let mut doc = lumina
+        .admin(reqwest::Method::GET, "/admin/policies/active", None, 200)
+        .await["policy"]
+        .clone();
+    doc["version"] = json!(3);
+    doc["prefer"] = json!("cost");
+    let area = c.find(Locator::Css("#policy")).await.unwrap();
+    c.execute(
+        "arguments[0].value = arguments[1];",
+        vec![serde_json::to_value(&area).unwrap(), json!(doc.to_string())],
+    )
+    .await
+    .unwrap();
+    click(&c, "#publish-policy").await;
+    assert_eq!(text(&c, "#running").await, "v3");
+    click(&c, "#diff-3").await;
+    assert_eq!(text(&c, "#diff").await, "no differences");
+    doc["version"] = json!(4);
+    doc["prefer"] = json!("quality");
+    let area = c.find(Locator::Css("#policy")).await.unwrap();
+    c.execute(
+        "arguments[0].value = arguments[1];",
+        vec![serde_json::to_value(&area).unwrap(), json!(doc.to_string())],
+    )
+    .await
+    .unwrap();
+    click(&c, "#publish-policy").await;
+    assert_eq!(text(&c, "#running").await, "v4");
+    click(&c, "#diff-3").await;
+    assert!(
+        text(&c, "#diff").await.contains("prefer: quality -> cost"),
+        "{}",
+        text(&c, "#diff").await
+    );
+    click(&c, "#activate-3").await;
+    assert_eq!(text(&c, "#running").await, "v3", "rolled back");
+    shot(&c, "14-policy-rolled-back").await;
+    let (_, headers, _) = lumina
+        .chat(&other_key, &user("lumina-fast", "which policy"))
+        .await;
+    assert_eq!(header(&headers, "x-lumina-policy"), "3");
     c.goto(&format!("{base}/dashboard/providers"))
         .await
         .unwrap();

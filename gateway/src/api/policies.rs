@@ -85,19 +85,32 @@ pub async fn publish(
     ApiQuery(query): ApiQuery<Reason>,
     ApiJson(document): ApiJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<PolicyView>), ApiError> {
-    let published = publish_document(&state, &admin, &query, document).await;
+    let reason = reason(&query, "published")?;
+    let published = publish_document(&state, &admin.admin(&state), &reason, document).await;
+    Ok((StatusCode::CREATED, Json(view(published?, false))))
+}
+
+/// Publishes `document` through `admin` (validated whole first; a refusal is counted in
+/// `lumina_policy_refused_total`) and puts it in force here when it is the active one.
+pub(crate) async fn publish_document(
+    state: &AppState,
+    admin: &crate::admin::Admin,
+    reason: &str,
+    document: serde_json::Value,
+) -> Result<PolicyRow, ApiError> {
+    let published = publish_checked(state, admin, reason, document).await;
     if published.is_err() {
         metrics::counter!("lumina_policy_refused_total", "source" => "admin").increment(1);
     }
-    Ok((StatusCode::CREATED, Json(published?)))
+    published
 }
 
-async fn publish_document(
+async fn publish_checked(
     state: &AppState,
-    admin: &AdminKey,
-    query: &Reason,
+    admin: &crate::admin::Admin,
+    reason: &str,
     document: serde_json::Value,
-) -> Result<PolicyView, ApiError> {
+) -> Result<PolicyRow, ApiError> {
     let doc: PolicyDocument = serde_json::from_value(document)
         .map_err(|e| ApiError::invalid(format!("not a routing policy: {e}"), Some("policy")))?;
     let shipped = crate::routing::policy::default_policy().version;
@@ -114,13 +127,9 @@ async fn publish_document(
     let snapshot = doc
         .to_json()
         .map_err(|e| ApiError::Internal(format!("cannot render the policy: {e}")))?;
-    let reason = reason(query, "published")?;
-    let row = admin
-        .admin(state)
-        .publish_policy(doc.version, snapshot, &reason)
-        .await?;
+    let row = admin.publish_policy(doc.version, snapshot, reason).await?;
     install_if_active(state, &row, policy);
-    Ok(view(row, false))
+    Ok(row)
 }
 
 /// `POST /admin/policies/{version}/activate`.
@@ -130,17 +139,26 @@ pub async fn activate(
     Path(version): Path<i64>,
     ApiQuery(query): ApiQuery<Reason>,
 ) -> Result<Json<PolicyView>, ApiError> {
+    let reason = reason(&query, "rollback")?;
+    let row = activate_version(&state, &admin.admin(&state), version, &reason).await?;
+    Ok(Json(view(row, false)))
+}
+
+/// Makes the published `version` the active policy again through `admin` (validated for this
+/// gateway first) and puts it in force here.
+pub(crate) async fn activate_version(
+    state: &AppState,
+    admin: &crate::admin::Admin,
+    version: i64,
+    reason: &str,
+) -> Result<PolicyRow, ApiError> {
     let row = state.admin.policy(version).await?;
     let doc: PolicyDocument = serde_json::from_str(&row.snapshot_json)
         .map_err(|e| ApiError::invalid(format!("not a routing policy: {e}"), Some("version")))?;
-    let policy = validate(&state, &doc)?;
-    let reason = reason(&query, "rollback")?;
-    let row = admin
-        .admin(&state)
-        .activate_policy(version, &reason)
-        .await?;
-    install_if_active(&state, &row, policy);
-    Ok(Json(view(row, false)))
+    let policy = validate(state, &doc)?;
+    let row = admin.activate_policy(version, reason).await?;
+    install_if_active(state, &row, policy);
+    Ok(row)
 }
 
 /// Puts `policy` in force here when the read model says it is the active one (another

@@ -33,7 +33,9 @@ use crate::api::extract::RawBody;
 use crate::api::requests::{filter_from, load, request_page, trace};
 use crate::auth::{AdminAction, AdminIdentity, KeyIdentity};
 use crate::dashboard::session::{COOKIE as SESSION_COOKIE, LOGIN_COOKIE, Principal, Session};
+use crate::routing::policy::{DEFAULT_POLICY_JSON, PolicyDocument, diff_lines};
 use crate::state::AppState;
+use lumina_projector::policies::PolicyRow;
 
 /// The templates, compiled once.
 fn templates() -> &'static Environment<'static> {
@@ -81,7 +83,7 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/accounts/{id}/budgets", post(set_budget))
         .route("/dashboard/events", get(events))
         .route("/dashboard/providers", get(providers))
-        .route("/dashboard/policies", get(policies))
+        .route("/dashboard/policies", get(policies).post(publish_policy))
         .route(
             "/dashboard/policies/{version}/activate",
             post(activate_policy),
@@ -1144,28 +1146,85 @@ async fn providers(State(state): State<AppState>, signed: Signed) -> Response {
     )
 }
 
-async fn policies(State(state): State<AppState>, signed: Signed) -> Response {
+/// A published policy's document, or the shipped one's (`None`: not found or unreadable).
+fn document_of(rows: &[PolicyRow], version: i64) -> Option<PolicyDocument> {
+    match rows.iter().find(|p| p.version == version) {
+        Some(row) => serde_json::from_str(&row.snapshot_json).ok(),
+        None => serde_json::from_str(DEFAULT_POLICY_JSON)
+            .ok()
+            .filter(|d: &PolicyDocument| d.version == version),
+    }
+}
+
+async fn policies(State(state): State<AppState>, signed: Signed, uri: Uri) -> Response {
     if let Err(page) = signed.admin_for(Method::GET, "/admin/policies") {
         return *page;
     }
-    match state.admin.policies().await {
-        Ok(rows) => {
-            let rows: Vec<minijinja::Value> = rows
-                .into_iter()
-                .map(|p| {
-                    let published = chrono::DateTime::from_timestamp_micros(p.published_at)
-                        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-                        .unwrap_or_default();
-                    context! { version => p.version, reason => p.reason, active => p.active, published }
-                })
-                .collect();
-            html(
-                StatusCode::OK,
-                "policies.html",
-                context! { frame => signed.frame("policies"), rows, running => state.routes.policy_version() },
-            )
+    let rows = match state.admin.policies().await {
+        Ok(rows) => rows,
+        Err(e) => return api_error_page(&signed, e.into()),
+    };
+    let running = state.routes.policy_version();
+    // `?diff=V`: what V changes against the policy in force.
+    let diff = uri
+        .query()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "diff"))
+        .and_then(|(_, v)| v.parse::<i64>().ok())
+        .map(|version| {
+            let lines = match (document_of(&rows, running), document_of(&rows, version)) {
+                (Some(a), Some(b)) => diff_lines(&a, &b),
+                _ => vec![format!("v{version} is not a published policy")],
+            };
+            context! { version, lines }
+        });
+    let shown: Vec<minijinja::Value> = rows
+        .iter()
+        .map(|p| {
+            let published = chrono::DateTime::from_timestamp_micros(p.published_at)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_default();
+            context! { version => p.version, reason => p.reason.clone(), active => p.active, published }
+        })
+        .collect();
+    html(
+        StatusCode::OK,
+        "policies.html",
+        context! { frame => signed.frame("policies"), rows => shown, running, diff },
+    )
+}
+
+async fn publish_policy(State(state): State<AppState>, signed: Signed, body: RawBody) -> Response {
+    let admin = match signed.admin_for(Method::POST, "/admin/policies") {
+        Ok(a) => a,
+        Err(page) => return *page,
+    };
+    let form = match Form::checked(&signed, &body.0) {
+        Ok(f) => f,
+        Err(refused) => return *refused,
+    };
+    let document: serde_json::Value = match serde_json::from_str(form.get("policy")) {
+        Ok(d) => d,
+        Err(e) => {
+            return api_error_page(
+                &signed,
+                ApiError::invalid(format!("not JSON: {e}"), Some("policy")),
+            );
         }
-        Err(e) => api_error_page(&signed, e.into()),
+    };
+    let reason = match form.get("reason") {
+        "" => "published from the dashboard",
+        r => r,
+    };
+    match crate::api::policies::publish_document(
+        &state,
+        &state.admin.acting_as(&admin.id),
+        reason,
+        document,
+    )
+    .await
+    {
+        Ok(_) => redirect("/dashboard/policies"),
+        Err(e) => api_error_page(&signed, e),
     }
 }
 
@@ -1183,14 +1242,16 @@ async fn activate_policy(
     if let Err(refused) = Form::checked(&signed, &body.0) {
         return *refused;
     }
-    match state
-        .admin
-        .acting_as(&admin.id)
-        .activate_policy(version, "activated from the dashboard")
-        .await
+    match crate::api::policies::activate_version(
+        &state,
+        &state.admin.acting_as(&admin.id),
+        version,
+        "activated from the dashboard",
+    )
+    .await
     {
         Ok(_) => redirect("/dashboard/policies"),
-        Err(e) => api_error_page(&signed, e.into()),
+        Err(e) => api_error_page(&signed, e),
     }
 }
 

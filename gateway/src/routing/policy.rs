@@ -512,6 +512,78 @@ pub fn default_policy() -> &'static Policy {
     &DEFAULT
 }
 
+/// The lines that differ between two policies, for people.
+pub fn diff_lines(a: &PolicyDocument, b: &PolicyDocument) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.version != b.version {
+        out.push(format!("version: {} -> {}", a.version, b.version));
+    }
+    match (&a.classifier, &b.classifier) {
+        (ClassifierDocument::Linear(x), ClassifierDocument::Linear(y)) => {
+            if x.thresholds != y.thresholds {
+                out.push(format!(
+                    "classifier.thresholds: reasoning {} balanced {} -> reasoning {} balanced {}",
+                    x.thresholds.reasoning,
+                    x.thresholds.balanced,
+                    y.thresholds.reasoning,
+                    y.thresholds.balanced
+                ));
+            }
+            if x.weights != y.weights || x.bias != y.bias || x.ngrams != y.ngrams {
+                out.push(format!(
+                    "classifier.weights: {} hashed rows -> {} (retrained)",
+                    x.weights.hashed.len(),
+                    y.weights.hashed.len()
+                ));
+            }
+        }
+        (x, y) if x != y => out.push("classifier: a different kind".into()),
+        _ => {}
+    }
+    if a.prefer != b.prefer {
+        out.push(format!(
+            "prefer: {} -> {}",
+            a.prefer.as_str(),
+            b.prefer.as_str()
+        ));
+    }
+    let paths: BTreeSet<&String> = a.routes.keys().chain(b.routes.keys()).collect();
+    for path in paths {
+        let render = |doc: &PolicyDocument| {
+            doc.routes
+                .get(path)
+                .map_or("configured order".to_string(), |ds| {
+                    ds.iter()
+                        .map(|d| format!("{} {}", d.id, d.weight))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+        };
+        let (x, y) = (render(a), render(b));
+        if x != y {
+            out.push(format!("routes.{path}: {x} -> {y}"));
+        }
+    }
+    let classes: BTreeSet<&String> = a.task_classes.keys().chain(b.task_classes.keys()).collect();
+    for class in classes {
+        let render = |doc: &PolicyDocument| {
+            doc.task_classes.get(class).map_or("-".to_string(), |t| {
+                format!(
+                    "min {} max {}{}",
+                    t.min_path.as_deref().unwrap_or("-"),
+                    t.max_path.as_deref().unwrap_or("-"),
+                    if t.fusion { " fusion" } else { "" }
+                )
+            })
+        };
+        let (x, y) = (render(a), render(b));
+        if x != y {
+            out.push(format!("task_classes.{class}: {x} -> {y}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
