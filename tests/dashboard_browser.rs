@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,8 +25,12 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Kills chromedriver and every browser it started (its process group), even when the
+    /// test failed before closing its session.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
         let _ = self.child.wait();
     }
 }
@@ -44,6 +49,7 @@ async fn driver() -> Driver {
     let port = common::free_port();
     let child = Command::new(binary)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
