@@ -337,7 +337,9 @@ impl Provider for Simulated {
             let id = completion_id(call.request_id);
             let model = call.upstream_model.to_string();
             let created = now_secs();
-            let chunk = |choices: Vec<ChunkChoice>, usage: Option<UsageOut>| -> Bytes {
+            let chunk = |choices: Vec<ChunkChoice>,
+                         usage: Option<UsageOut>|
+             -> Result<Bytes, ProviderError> {
                 let c = ChatChunk {
                     id: &id,
                     object: "chat.completion.chunk",
@@ -348,7 +350,12 @@ impl Provider for Simulated {
                     service_tier: "default",
                     system_fingerprint: Some("lumina-sim"),
                 };
-                Bytes::from(serde_json::to_vec(&c).unwrap_or_default())
+                serde_json::to_vec(&c).map(Bytes::from).map_err(|e| {
+                    ProviderError::new(
+                        ErrorClass::Malformed,
+                        format!("the simulated chunk could not be written: {e}"),
+                    )
+                })
             };
             let mut items: Vec<StreamChunk> = Vec::new();
             for (i, w) in answer.texts.iter().enumerate() {
@@ -366,7 +373,7 @@ impl Provider for Simulated {
                             finish_reason: None,
                         }],
                         None,
-                    ),
+                    )?,
                     text: String::new(),
                     usage: None,
                     usage_only: false,
@@ -395,7 +402,7 @@ impl Provider for Simulated {
                                 finish_reason: None,
                             }],
                             None,
-                        ),
+                        )?,
                         text: format!("{name}{{}}"),
                         usage: None,
                         usage_only: false,
@@ -415,7 +422,7 @@ impl Provider for Simulated {
                                 finish_reason: None,
                             }],
                             None,
-                        ),
+                        )?,
                         text: piece.to_string(),
                         usage: None,
                         usage_only: false,
@@ -430,14 +437,14 @@ impl Provider for Simulated {
                             finish_reason: Some(answer.finish_reason.into()),
                         }],
                         None,
-                    ),
+                    )?,
                     text: String::new(),
                     usage: None,
                     usage_only: false,
                 });
             }
             items.push(StreamChunk {
-                data: chunk(Vec::new(), Some(UsageOut::from(answer.usage))),
+                data: chunk(Vec::new(), Some(UsageOut::from(answer.usage)))?,
                 text: String::new(),
                 usage: Some(ReportedUsage::Counted(answer.usage)),
                 usage_only: true,
