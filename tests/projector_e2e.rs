@@ -485,6 +485,30 @@ async fn the_views_show_exactly_what_happened(w: &mut World) {
     assert_eq!(page["data"][0]["id"], failed.id.as_str());
     let (_, page) = w.get(&w.key, "/v1/requests?path=reasoning").await;
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    // Several filters at once, each a constraint of its own.
+    let count = |page: &Value| page["data"].as_array().unwrap().len();
+    let (_, page) = w
+        .get(&w.key, "/v1/requests?path=reasoning&status=failed")
+        .await;
+    assert_eq!(
+        count(&page),
+        usize::from(failed.path == "reasoning"),
+        "{page}"
+    );
+    let (_, page) = w.get(&w.key, "/v1/requests?status=in_progress").await;
+    assert_eq!(count(&page), 0, "every request is settled: {page}");
+    let (_, page) = w
+        .get(
+            &w.key,
+            &format!(
+                "/v1/requests?since=0&until=4000000000&limit=100&api_key_id={}",
+                w.key_id
+            ),
+        )
+        .await;
+    assert_eq!(count(&page), w.expected.iter().filter(|e| e.stored).count());
+    let (_, page) = w.get(&w.key, "/v1/requests?since=4000000000").await;
+    assert_eq!(count(&page), 0);
     // Pagination: two at a time, through `after`, visits every request once.
     let mut seen = Vec::new();
     let mut after = String::new();

@@ -323,34 +323,65 @@ impl ReadModel {
             .collect()
     }
 
-    /// Requests matching `filter`, newest first, at most `limit`.
+    /// Requests matching `filter`, newest first, at most `limit`. The statement names only the
+    /// filters given, so the planner sees each as a constraint and can take its index.
     pub async fn requests(
         &self,
         filter: &RequestFilter,
         limit: i64,
     ) -> Result<Vec<RequestRow>, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests
-             WHERE ($1 IS NULL OR account_id = $1)
-               AND ($2 IS NULL OR api_key_id = $2)
-               AND ($3 IS NULL OR path = $3)
-               AND ($4 IS NULL OR outcome = $4 OR ($4 = 'in_progress' AND outcome IS NULL))
-               AND ($5 IS NULL OR routed_at >= $5)
-               AND ($6 IS NULL OR routed_at < $6)
-               AND ($7 IS NULL OR request_id < $7)
-             ORDER BY request_id DESC LIMIT $8"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(filter.account_id.as_deref())
-            .bind(filter.api_key_id.as_deref())
-            .bind(filter.path.as_deref())
-            .bind(filter.status.as_deref())
-            .bind(filter.since)
-            .bind(filter.until)
-            .bind(filter.after.as_deref())
-            .bind(limit)
-            .fetch_all(&self.database().pool)
-            .await?;
+        let mut clauses: Vec<String> = Vec::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if filter.account_id.is_some() {
+            clauses.push(format!("account_id = ${}", next()));
+        }
+        if filter.api_key_id.is_some() {
+            clauses.push(format!("api_key_id = ${}", next()));
+        }
+        if filter.path.is_some() {
+            clauses.push(format!("path = ${}", next()));
+        }
+        match filter.status.as_deref() {
+            Some("in_progress") => clauses.push("outcome IS NULL".into()),
+            Some(_) => clauses.push(format!("outcome = ${}", next())),
+            None => {}
+        }
+        if filter.since.is_some() {
+            clauses.push(format!("routed_at >= ${}", next()));
+        }
+        if filter.until.is_some() {
+            clauses.push(format!("routed_at < ${}", next()));
+        }
+        if filter.after.is_some() {
+            clauses.push(format!("request_id < ${}", next()));
+        }
+        let limit_param = next();
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests{}{} ORDER BY request_id DESC LIMIT ${limit_param}",
+            if clauses.is_empty() { "" } else { " WHERE " },
+            clauses.join(" AND ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in [&filter.account_id, &filter.api_key_id, &filter.path]
+            .into_iter()
+            .flatten()
+        {
+            query = query.bind(value.as_str());
+        }
+        if let Some(status) = filter.status.as_deref().filter(|s| *s != "in_progress") {
+            query = query.bind(status);
+        }
+        for value in [filter.since, filter.until].into_iter().flatten() {
+            query = query.bind(value);
+        }
+        if let Some(after) = &filter.after {
+            query = query.bind(after.as_str());
+        }
+        let rows = query.bind(limit).fetch_all(&self.database().pool).await?;
         rows.iter().map(request_row).collect()
     }
 
