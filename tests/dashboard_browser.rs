@@ -171,6 +171,19 @@ async fn sign_in(c: &Client, base: &str, key: &str) {
     click(c, "#sign-in").await;
 }
 
+/// Publishes `doc` from the policies page: the document pasted into its form (set as the
+/// text area's value: typing a whole policy key by key would take minutes), then sent.
+async fn publish(c: &Client, doc: &Value) {
+    let area = c.find(Locator::Css("#policy")).await.unwrap();
+    c.execute(
+        "arguments[0].value = arguments[1];",
+        vec![serde_json::to_value(&area).unwrap(), json!(doc.to_string())],
+    )
+    .await
+    .unwrap();
+    click(c, "#publish-policy").await;
+}
+
 /// The request ids on the requests page at `url`, reloading while the views catch up until
 /// there are `n`.
 async fn request_ids(c: &Client, url: &str, n: usize) -> Vec<String> {
@@ -555,27 +568,13 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
         .clone();
     doc["version"] = json!(3);
     doc["prefer"] = json!("cost");
-    let area = c.find(Locator::Css("#policy")).await.unwrap();
-    c.execute(
-        "arguments[0].value = arguments[1];",
-        vec![serde_json::to_value(&area).unwrap(), json!(doc.to_string())],
-    )
-    .await
-    .unwrap();
-    click(&c, "#publish-policy").await;
+    publish(&c, &doc).await;
     assert_eq!(text(&c, "#running").await, "v3");
     click(&c, "#diff-3").await;
     assert_eq!(text(&c, "#diff").await, "no differences");
     doc["version"] = json!(4);
     doc["prefer"] = json!("quality");
-    let area = c.find(Locator::Css("#policy")).await.unwrap();
-    c.execute(
-        "arguments[0].value = arguments[1];",
-        vec![serde_json::to_value(&area).unwrap(), json!(doc.to_string())],
-    )
-    .await
-    .unwrap();
-    click(&c, "#publish-policy").await;
+    publish(&c, &doc).await;
     assert_eq!(text(&c, "#running").await, "v4");
     click(&c, "#diff-3").await;
     assert!(

@@ -208,6 +208,15 @@ async fn chat(
     (status, headers, res.text().await.unwrap())
 }
 
+/// `lumina serve` exporting to `receiver` (with `extra` telemetry settings) in front of the
+/// mock, and a key of a fresh account.
+async fn traced(receiver: &str, extra: &str, key: Value) -> (Mocked, String) {
+    let m = Mocked::with(&telemetry(receiver, extra)).await;
+    let account = m.lumina.account("Traced Co", "50").await;
+    let (_, key) = m.lumina.key_with(&account, key).await;
+    (m, key)
+}
+
 fn telemetry(receiver: &str, extra: &str) -> String {
     format!(
         "[telemetry]\notlp_endpoint = \"{receiver}\"\nservice_name = \"lumina-test\"\n{extra}\n"
@@ -220,17 +229,12 @@ const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 #[tokio::test]
 async fn a_request_with_one_fallback_is_one_trace_with_the_clients_id_and_genai_attributes() {
     let (receiver, url) = Receiver::start().await;
-    let Mocked {
-        tmp: _tmp,
-        mock,
-        lumina,
-    } = Mocked::with(&telemetry(&url, "capture_content = true")).await;
-    let account = lumina.account("Traced Co", "50").await;
-    let (_, key) = lumina.key(&account).await;
+    let (m, key) = traced(&url, "capture_content = true", json!({})).await;
+    let (lumina, mock) = (&m.lumina, &m.mock);
     mock.fail_next("primary", 1);
     let traceparent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
     let (status, headers, text) = chat(
-        &lumina,
+        lumina,
         &key,
         &user("lumina-fast", "Say hello to Ana."),
         Some(&traceparent),
@@ -326,19 +330,17 @@ async fn a_request_with_one_fallback_is_one_trace_with_the_clients_id_and_genai_
 #[tokio::test]
 async fn a_stream_a_new_trace_and_content_for_keys_that_opted_in() {
     let (receiver, url) = Receiver::start().await;
-    let Mocked {
-        tmp: _tmp,
-        mock,
-        lumina,
-    } = Mocked::with(&telemetry(&url, "capture_content = true")).await;
-    let account = lumina.account("Stream Co", "50").await;
-    let (_, key) = lumina
-        .key_with(&account, json!({"store_content": true}))
-        .await;
+    let (m, key) = traced(
+        &url,
+        "capture_content = true",
+        json!({"store_content": true}),
+    )
+    .await;
+    let (lumina, mock) = (&m.lumina, &m.mock);
     let mut body = user("lumina-fast", "Count to three.");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let (status, headers, text) = chat(&lumina, &key, &body, None).await;
+    let (status, headers, text) = chat(lumina, &key, &body, None).await;
     assert_eq!(status, 200, "{text}");
     let (chunks, done) = parse_sse(&text);
     assert!(done);
@@ -380,15 +382,10 @@ async fn a_stream_a_new_trace_and_content_for_keys_that_opted_in() {
 #[tokio::test]
 async fn spans_go_over_grpc_too() {
     let (receiver, url) = Receiver::start_grpc().await;
-    let Mocked {
-        tmp: _tmp,
-        mock: _mock,
-        lumina,
-    } = Mocked::with(&telemetry(&url, "protocol = \"grpc\"")).await;
-    let account = lumina.account("Grpc Co", "50").await;
-    let (_, key) = lumina.key(&account).await;
+    let (m, key) = traced(&url, "protocol = \"grpc\"", json!({})).await;
+    let (lumina, _mock) = (&m.lumina, &m.mock);
     let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
-    let (status, _, text) = chat(&lumina, &key, &user("lumina-fast", "hi"), Some(&tp)).await;
+    let (status, _, text) = chat(lumina, &key, &user("lumina-fast", "hi"), Some(&tp)).await;
     assert_eq!(status, 200, "{text}");
     let spans = receiver.trace(TRACE, 3).await;
     assert_eq!(spans.len(), 3, "{spans:#?}");
@@ -400,18 +397,11 @@ async fn spans_go_over_grpc_too() {
 #[tokio::test]
 async fn content_is_never_exported_unless_the_operator_allows_it() {
     let (receiver, url) = Receiver::start().await;
-    let Mocked {
-        tmp: _tmp,
-        mock: _mock,
-        lumina,
-    } = Mocked::with(&telemetry(&url, "")).await;
-    let account = lumina.account("Private Co", "50").await;
-    let (_, key) = lumina
-        .key_with(&account, json!({"store_content": true}))
-        .await;
+    let (m, key) = traced(&url, "", json!({"store_content": true})).await;
+    let (lumina, _mock) = (&m.lumina, &m.mock);
     let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
     let (status, _, text) = chat(
-        &lumina,
+        lumina,
         &key,
         &user("lumina-fast", "secret plans"),
         Some(&tp),
@@ -468,21 +458,16 @@ async fn with_telemetry_off_nothing_is_exported_and_the_clients_trace_passes_thr
 #[tokio::test]
 async fn a_zero_sampling_ratio_records_only_traces_the_client_sampled() {
     let (receiver, url) = Receiver::start().await;
-    let Mocked {
-        tmp: _tmp,
-        mock,
-        lumina,
-    } = Mocked::with(&telemetry(&url, "sampling_ratio = 0.0")).await;
-    let account = lumina.account("Sampled Co", "50").await;
-    let (_, key) = lumina.key(&account).await;
-    let (status, headers, _) = chat(&lumina, &key, &user("lumina-fast", "one"), None).await;
+    let (m, key) = traced(&url, "sampling_ratio = 0.0", json!({})).await;
+    let (lumina, mock) = (&m.lumina, &m.mock);
+    let (status, headers, _) = chat(lumina, &key, &user("lumina-fast", "one"), None).await;
     assert_eq!(status, 200);
     let unsampled = lumina.events_of(header(&headers, "x-request-id"))[0]["trace_id"]
         .as_str()
         .unwrap()
         .to_string();
     let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
-    let (status, _, _) = chat(&lumina, &key, &user("lumina-fast", "two"), Some(&tp)).await;
+    let (status, _, _) = chat(lumina, &key, &user("lumina-fast", "two"), Some(&tp)).await;
     assert_eq!(status, 200);
     assert_eq!(receiver.trace(TRACE, 3).await.len(), 3);
     assert!(receiver.trace(&unsampled, 1).await.is_empty());
@@ -648,5 +633,40 @@ async fn metrics_show_genai_histograms_overhead_breakers_and_cost_per_path() {
     assert_eq!(
         common::spent_after(&lumina, &account, charged).await,
         charged
+    );
+}
+
+#[tokio::test]
+async fn a_collector_that_is_away_neither_slows_requests_nor_holds_shutdown_up() {
+    // A collector that accepts connections and never answers: each export waits out its
+    // 10 s deadline.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let (mut m, key) = traced(&nowhere, "export_timeout_ms = 10000", json!({})).await;
+    for i in 0..20 {
+        let started = Instant::now();
+        let (status, _, _) = chat(
+            &m.lumina,
+            &key,
+            &user("lumina-fast", &format!("hi {i}")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "request {i} waited on the collector"
+        );
+    }
+    let took = m.lumina.terminate().await;
+    assert!(
+        took < Duration::from_secs(5),
+        "exit on SIGTERM took {took:?} with the collector away"
     );
 }

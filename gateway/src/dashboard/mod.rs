@@ -284,6 +284,18 @@ impl Form {
     }
 }
 
+/// An admin form: the admin key when its role allows `method` on the admin API's `path`, and
+/// the form when it carries the session's CSRF token; else the page that says why.
+fn admin_form(
+    signed: &Signed,
+    method: Method,
+    path: &str,
+    body: &RawBody,
+) -> Result<(Arc<AdminIdentity>, Form), Page> {
+    let admin = signed.admin_for(method, path)?;
+    Ok((admin, Form::checked(signed, &body.0)?))
+}
+
 async fn login_form(headers: HeaderMap) -> Response {
     // The sign-in form's own CSRF token, kept in a cookie until the form comes back.
     let token = read_cookie(&headers, LOGIN_COOKIE)
@@ -780,13 +792,9 @@ fn form_credits(text: &str, param: &str) -> Result<NanoCredits, ApiError> {
 }
 
 async fn create_account(State(state): State<AppState>, signed: Signed, body: RawBody) -> Response {
-    let admin = match signed.admin_for(Method::POST, "/admin/accounts") {
-        Ok(a) => a,
+    let (admin, form) = match admin_form(&signed, Method::POST, "/admin/accounts", &body) {
+        Ok(signed_form) => signed_form,
         Err(page) => return *page,
-    };
-    let form = match Form::checked(&signed, &body.0) {
-        Ok(f) => f,
-        Err(refused) => return *refused,
     };
     let credits = match form_credits(form.get("credits"), "credits") {
         Ok(c) => c,
@@ -862,13 +870,14 @@ async fn grant_credits(
     Path(id): Path<String>,
     body: RawBody,
 ) -> Response {
-    let admin = match signed.admin_for(Method::POST, &format!("/admin/accounts/{id}/credits")) {
-        Ok(a) => a,
+    let (admin, form) = match admin_form(
+        &signed,
+        Method::POST,
+        &format!("/admin/accounts/{id}/credits"),
+        &body,
+    ) {
+        Ok(signed_form) => signed_form,
         Err(page) => return *page,
-    };
-    let form = match Form::checked(&signed, &body.0) {
-        Ok(f) => f,
-        Err(refused) => return *refused,
     };
     let amount = match form_credits(form.get("amount"), "amount") {
         Ok(c) => c,
@@ -892,13 +901,9 @@ async fn create_key(
     Path(id): Path<String>,
     body: RawBody,
 ) -> Response {
-    let admin = match signed.admin_for(Method::POST, "/admin/keys") {
-        Ok(a) => a,
+    let (admin, form) = match admin_form(&signed, Method::POST, "/admin/keys", &body) {
+        Ok(signed_form) => signed_form,
         Err(page) => return *page,
-    };
-    let form = match Form::checked(&signed, &body.0) {
-        Ok(f) => f,
-        Err(refused) => return *refused,
     };
     let (rpm, tpm) = match (form_count(&form, "rpm"), form_count(&form, "tpm")) {
         (Ok(r), Ok(t)) => (r, t),
@@ -932,13 +937,11 @@ async fn revoke_key(
     Path(id): Path<String>,
     body: RawBody,
 ) -> Response {
-    let admin = match signed.admin_for(Method::DELETE, &format!("/admin/keys/{id}")) {
-        Ok(a) => a,
+    let (admin, _) = match admin_form(&signed, Method::DELETE, &format!("/admin/keys/{id}"), &body)
+    {
+        Ok(signed_form) => signed_form,
         Err(page) => return *page,
     };
-    if let Err(refused) = Form::checked(&signed, &body.0) {
-        return *refused;
-    }
     match state.admin.acting_as(&admin.id).revoke_key(&id).await {
         Ok(row) => redirect(&format!("/dashboard/accounts/{}", row.account_id)),
         Err(e) => api_error_page(&signed, e.into()),
@@ -969,13 +972,14 @@ async fn change_limits(
     Path(id): Path<String>,
     body: RawBody,
 ) -> Response {
-    let admin = match signed.admin_for(Method::POST, &format!("/admin/keys/{id}/limits")) {
-        Ok(a) => a,
+    let (admin, form) = match admin_form(
+        &signed,
+        Method::POST,
+        &format!("/admin/keys/{id}/limits"),
+        &body,
+    ) {
+        Ok(signed_form) => signed_form,
         Err(page) => return *page,
-    };
-    let form = match Form::checked(&signed, &body.0) {
-        Ok(f) => f,
-        Err(refused) => return *refused,
     };
     let (rpm, tpm) = match (form_count(&form, "rpm"), form_count(&form, "tpm")) {
         (Ok(r), Ok(t)) => (r, t),
@@ -998,13 +1002,14 @@ async fn set_budget(
     Path(id): Path<String>,
     body: RawBody,
 ) -> Response {
-    let admin = match signed.admin_for(Method::POST, &format!("/admin/accounts/{id}/budgets")) {
-        Ok(a) => a,
+    let (admin, form) = match admin_form(
+        &signed,
+        Method::POST,
+        &format!("/admin/accounts/{id}/budgets"),
+        &body,
+    ) {
+        Ok(signed_form) => signed_form,
         Err(page) => return *page,
-    };
-    let form = match Form::checked(&signed, &body.0) {
-        Ok(f) => f,
-        Err(refused) => return *refused,
     };
     let limit = match form_credits(form.get("limit"), "limit") {
         Ok(l) => l,
@@ -1194,13 +1199,9 @@ async fn policies(State(state): State<AppState>, signed: Signed, uri: Uri) -> Re
 }
 
 async fn publish_policy(State(state): State<AppState>, signed: Signed, body: RawBody) -> Response {
-    let admin = match signed.admin_for(Method::POST, "/admin/policies") {
-        Ok(a) => a,
+    let (admin, form) = match admin_form(&signed, Method::POST, "/admin/policies", &body) {
+        Ok(signed_form) => signed_form,
         Err(page) => return *page,
-    };
-    let form = match Form::checked(&signed, &body.0) {
-        Ok(f) => f,
-        Err(refused) => return *refused,
     };
     let document: serde_json::Value = match serde_json::from_str(form.get("policy")) {
         Ok(d) => d,
@@ -1234,14 +1235,11 @@ async fn activate_policy(
     Path(version): Path<i64>,
     body: RawBody,
 ) -> Response {
-    let admin = match signed.admin_for(Method::POST, &format!("/admin/policies/{version}/activate"))
-    {
-        Ok(a) => a,
+    let path = format!("/admin/policies/{version}/activate");
+    let (admin, _) = match admin_form(&signed, Method::POST, &path, &body) {
+        Ok(signed_form) => signed_form,
         Err(page) => return *page,
     };
-    if let Err(refused) = Form::checked(&signed, &body.0) {
-        return *refused;
-    }
     match crate::api::policies::activate_version(
         &state,
         &state.admin.acting_as(&admin.id),

@@ -124,6 +124,9 @@ impl TelemetryConfig {
     }
 }
 
+/// The longest a stopping process waits for its last spans to be exported.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
 /// The process's tracing: a tracer exporting to the configured collector, or nothing; clones
 /// share it.
 #[derive(Clone)]
@@ -212,10 +215,12 @@ impl Telemetry {
         self.tracer.is_some()
     }
 
-    /// Exports what is still queued and stops; blocks (call off the runtime's workers).
+    /// Exports what is still queued and stops, waiting at most [`SHUTDOWN_WAIT`] (a collector
+    /// that is away must not hold the process's exit up); blocks (call off the runtime's
+    /// workers).
     pub fn shutdown(&self) {
         if let Some(provider) = &self.provider
-            && let Err(e) = provider.shutdown()
+            && let Err(e) = provider.shutdown_with_timeout(SHUTDOWN_WAIT)
         {
             tracing::warn!(error = %e, "telemetry: spans still queued at shutdown were not exported");
         }
