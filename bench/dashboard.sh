@@ -12,13 +12,7 @@ cd "$(dirname "$0")/.."
 REQUESTS="${1:-200000}"
 . bench/lib.sh
 
-if [ -n "${LUMINA:-}" ]; then
-  BIN=$LUMINA
-else
-  echo "building lumina (release)" >&2
-  cargo build --release --locked --bin lumina >&2
-  BIN="$CARGO_TARGET_DIR/release/lumina"
-fi
+BIN=$(lumina_binary "${LUMINA:-}")
 start_lumina "$BIN" dash
 BASE="http://127.0.0.1:$GW_PORT"
 DB="$WORK/data-dash/lumina.db"

@@ -22,13 +22,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-10}"
 . bench/lib.sh
 
-if [ -n "${AFTER:-}" ]; then
-  AFTER_BIN=$AFTER
-else
-  echo "building lumina (release)" >&2
-  cargo build --release --locked --bin lumina >&2
-  AFTER_BIN="$CARGO_TARGET_DIR/release/lumina"
-fi
+AFTER_BIN=$(lumina_binary "${AFTER:-}")
 
 # run NAME URL BODY [oha flags…] → one JSON line of results
 run() {

@@ -87,6 +87,18 @@ EOF
 
 export LUMINA_ADMIN_KEY="bench-admin-key-0123456789"
 
+# lumina_binary [PREBUILT] → the path of the lumina to measure: PREBUILT when given, else this
+# checkout built in release
+lumina_binary() {
+  if [ -n "${1:-}" ]; then
+    echo "$1"
+  else
+    echo "building lumina (release)" >&2
+    cargo build --release --locked --bin lumina >&2 || return 1
+    echo "$CARGO_TARGET_DIR/release/lumina"
+  fi
+}
+
 # start_lumina BIN NAME → serves on a fresh port and data dir; sets GW and KEY
 start_lumina() {
   local bin=$1 name=$2 port

@@ -137,18 +137,9 @@ async fn a_slow_deployment_loses_its_traffic_once_a_built_policy_is_published() 
     assert_eq!(versions.iter().filter(|v| **v == 4).count(), 101);
     // Feedback and eval results are a policy's inputs too: bad scores on greetings and two
     // eval results, so the rebuilt read model must reproduce all three kinds of statistics.
-    let mut graded = Vec::new();
-    for i in 0..6 {
-        let (code, headers, text) = lumina
-            .chat(
-                &key,
-                &user("lumina-auto", &format!("Say hello to Bob {i}.")),
-            )
-            .await;
-        assert_eq!(code, 200, "{text}");
-        let id = header(&headers, "x-request-id").to_string();
-        feedback(lumina, &key, &id, 0.0).await;
-        graded.push(id);
+    let graded = greet(lumina, &key, "Bob", 6).await;
+    for id in &graded {
+        feedback(lumina, &key, id, 0.0).await;
     }
     eval_results(lumina, &key, &graded[..2]).await;
     let dir = lumina.data_dir.to_str().unwrap().to_string();
@@ -191,6 +182,22 @@ async fn a_slow_deployment_loses_its_traffic_once_a_built_policy_is_published() 
         "4",
         "a restarted gateway routes with the active policy"
     );
+}
+
+/// Sends `n` greetings to `who` through `lumina-auto`; their request ids.
+async fn greet(lumina: &Lumina, key: &str, who: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let (code, headers, text) = lumina
+            .chat(
+                key,
+                &user("lumina-auto", &format!("Say hello to {who} {i}.")),
+            )
+            .await;
+        assert_eq!(code, 200, "{text}");
+        ids.push(header(&headers, "x-request-id").to_string());
+    }
+    ids
 }
 
 /// Posts a feedback `score` on request `id`, retrying while the read model has not seen the
@@ -479,17 +486,7 @@ async fn exported_feedback_trains_the_classifier() {
     let (_, key) = lumina
         .key_with(&account, json!({"store_content": true}))
         .await;
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        let (code, headers, text) = lumina
-            .chat(
-                &key,
-                &user("lumina-auto", &format!("Say hello to Eve {i}.")),
-            )
-            .await;
-        assert_eq!(code, 200, "{text}");
-        ids.push(header(&headers, "x-request-id").to_string());
-    }
+    let ids = greet(lumina, &key, "Eve", 5).await;
     // Three get a person's verdict, the fourth only a failed eval check, the fifth nothing,
     // so it carries no label.
     for (id, score) in ids.iter().zip([0.0, 0.0, 1.0]) {

@@ -193,6 +193,8 @@ pub struct RouteStatsView {
     pub fallback_rate: f64,
     /// Mean charge per request, nano-credits (integer division).
     pub cost_per_request_nano: i64,
+    /// Every charge of these requests, nano-credits (exact).
+    pub charge_nano: i64,
     /// Latency quantiles, ms: p50, p90, p99.
     pub latency_ms: Quantiles,
     /// Time-to-first-token quantiles, ms.
@@ -485,6 +487,7 @@ impl ReadModel {
                 } else {
                     0
                 },
+                charge_nano: stats.charge_nano,
                 latency_ms: quantiles(&stats.latency),
                 ttft_ms: quantiles(&stats.ttft),
             });

@@ -380,66 +380,60 @@ async fn logout(signed: Signed, body: RawBody) -> Response {
 }
 
 /// One path's line of the overview.
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct PathLine {
     path: String,
     requests: i64,
     failed: i64,
+    /// Charged, exact (credits).
     cost: String,
+    #[serde(skip)]
+    cost_nano: i64,
     latency_p50: Option<f64>,
     latency_p99: Option<f64>,
     ttft_p50: Option<f64>,
     ttft_p99: Option<f64>,
+    /// Requests of the row the quantiles come from.
+    #[serde(skip)]
+    quantiles_of: i64,
     /// Bar width, % of the busiest path.
     width: f64,
 }
 
-impl PathLine {
-    fn new(path: String) -> PathLine {
-        PathLine {
-            path,
-            requests: 0,
-            failed: 0,
-            cost: "0".into(),
-            latency_p50: None,
-            latency_p99: None,
-            ttft_p50: None,
-            ttft_p99: None,
-            width: 0.0,
+/// The line of `path` in `lines`, added when there is none yet.
+fn line_of<'a>(lines: &'a mut Vec<PathLine>, path: &str) -> &'a mut PathLine {
+    let i = match lines.iter().position(|l| l.path == path) {
+        Some(i) => i,
+        None => {
+            lines.push(PathLine {
+                path: path.to_string(),
+                ..PathLine::default()
+            });
+            lines.len() - 1
         }
-    }
+    };
+    &mut lines[i]
 }
 
 async fn overview(State(state): State<AppState>, signed: Signed) -> Response {
-    let lines = match &signed.viewer {
+    let mut lines: Vec<PathLine> = Vec::new();
+    match &signed.viewer {
         Viewer::Admin(_) => match state.read_model.route_stats().await {
             Ok(stats) => {
-                let mut by_path: Vec<PathLine> = Vec::new();
                 for s in stats {
-                    let i = match by_path.iter().position(|l| l.path == s.path) {
-                        Some(i) => i,
-                        None => {
-                            by_path.push(PathLine::new(s.path.clone()));
-                            by_path.len() - 1
-                        }
-                    };
-                    let line = &mut by_path[i];
+                    let line = line_of(&mut lines, &s.path);
                     line.requests += s.requests;
                     line.failed += s.failed;
-                    let cost = NanoCredits::parse_credits(&line.cost)
-                        .unwrap_or(NanoCredits::ZERO)
-                        .0
-                        .saturating_add(s.cost_per_request_nano.saturating_mul(s.requests));
-                    line.cost = NanoCredits(cost).to_string();
-                    // The busiest deployment × class stands for the path's quantiles.
-                    if line.latency_p50.is_none() {
+                    line.cost_nano = line.cost_nano.saturating_add(s.charge_nano);
+                    // The busiest deployment × task class stands for the path's quantiles.
+                    if s.requests > line.quantiles_of {
+                        line.quantiles_of = s.requests;
                         line.latency_p50 = s.latency_ms.p50;
                         line.latency_p99 = s.latency_ms.p99;
                         line.ttft_p50 = s.ttft_ms.p50;
                         line.ttft_p99 = s.ttft_ms.p99;
                     }
                 }
-                by_path
             }
             Err(e) => return api_error_page(&signed, unavailable(e)),
         },
@@ -451,34 +445,20 @@ async fn overview(State(state): State<AppState>, signed: Signed) -> Response {
                 .await
             {
                 Ok(rows) => {
-                    let mut by_path: Vec<PathLine> = Vec::new();
                     for r in rows {
-                        let path = r.path.clone();
-                        let i = match by_path.iter().position(|l| l.path == path) {
-                            Some(i) => i,
-                            None => {
-                                by_path.push(PathLine::new(path));
-                                by_path.len() - 1
-                            }
-                        };
-                        let line = &mut by_path[i];
+                        let line = line_of(&mut lines, &r.path);
                         line.requests += r.requests;
-                        let cost = NanoCredits::parse_credits(&line.cost)
-                            .unwrap_or(NanoCredits::ZERO)
-                            .0
-                            .saturating_add(r.credits_nano);
-                        line.cost = NanoCredits(cost).to_string();
+                        line.cost_nano = line.cost_nano.saturating_add(r.credits_nano);
                     }
-                    by_path
                 }
                 Err(e) => return api_error_page(&signed, unavailable(e)),
             }
         }
-    };
-    let mut lines = lines;
+    }
     let busiest = lines.iter().map(|l| l.requests).max().unwrap_or(0).max(1);
     for l in &mut lines {
         l.width = (l.requests as f64 / busiest as f64 * 100.0).round();
+        l.cost = NanoCredits(l.cost_nano).to_string();
     }
     html(
         StatusCode::OK,
@@ -912,17 +892,10 @@ async fn create_key(
     let request = KeyRequest {
         account_id: id.clone(),
         name: form.get("name").to_string(),
-        project_id: None,
         rpm,
         tpm,
         store_content: form.get("store_content") == "on",
-        routing_prefer: None,
-        fusion_barred: false,
-        expires_at: None,
-        paths: None,
-        surfaces: None,
-        read_only: false,
-        max_parallel_requests: None,
+        ..KeyRequest::default()
     };
     match state.admin.acting_as(&admin.id).create_key(request).await {
         // The key is shown once, on this answer only (never cached: no-store).
