@@ -6,7 +6,9 @@
 
 use std::sync::LazyLock;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::Automaton;
+use aho_corasick::dfa::DFA;
+use aho_corasick::{Anchored, MatchKind};
 
 use crate::routing::catalog::RoutePath;
 use crate::routing::features::Features;
@@ -100,11 +102,13 @@ const CUES: &[(&str, Cue, bool)] = &[
     ("how are you", Cue::Greeting, true),
 ];
 
-static MATCHER: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
-    AhoCorasickBuilder::new()
+/// The cue patterns as one case-insensitive DFA with every match reported (`Standard`), walked
+/// byte by byte in [`scan`]; no prefilter, so a special state is a match or the dead state.
+static MATCHER: LazyLock<Option<DFA>> = LazyLock::new(|| {
+    DFA::builder()
         .ascii_case_insensitive(true)
         .match_kind(MatchKind::Standard)
-        .kind(Some(AhoCorasickKind::DFA))
+        .prefilter(false)
         .build(CUES.iter().map(|(p, _, _)| p))
         .ok()
 });
@@ -113,24 +117,39 @@ fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-/// Counts cues in `text` into `counts` (code, math, multi-step, greeting).
+/// Counts cues in `text` into `counts` (code, math, multi-step, greeting): every occurrence of
+/// every pattern, overlapping ones included, whole-word patterns only where they stand alone.
 pub fn scan(text: &str, counts: &mut [u32; 4]) {
-    let Some(matcher) = MATCHER.as_ref() else {
+    let Some(dfa) = MATCHER.as_ref() else {
+        return;
+    };
+    let Ok(mut sid) = dfa.start_state(Anchored::No) else {
         return;
     };
     let bytes = text.as_bytes();
-    for m in matcher.find_overlapping_iter(text) {
-        let (_, cue, whole_word) = CUES[m.pattern().as_usize()];
-        if whole_word {
-            let before_ok = m.start() == 0 || !is_word_byte(bytes[m.start() - 1]);
-            let last = bytes[m.end() - 1];
-            let after_ok =
-                m.end() == bytes.len() || !is_word_byte(last) || !is_word_byte(bytes[m.end()]);
-            if !before_ok || !after_ok {
-                continue;
-            }
+    for (i, &b) in bytes.iter().enumerate() {
+        sid = dfa.next_state(Anchored::No, sid, b);
+        if !dfa.is_special(sid) {
+            continue;
         }
-        counts[cue as usize] += 1;
+        if dfa.is_dead(sid) {
+            return;
+        }
+        let end = i + 1;
+        for m in 0..dfa.match_len(sid) {
+            let pattern = dfa.match_pattern(sid, m);
+            let (_, cue, whole_word) = CUES[pattern.as_usize()];
+            if whole_word {
+                let start = end - dfa.pattern_len(pattern);
+                let before_ok = start == 0 || !is_word_byte(bytes[start - 1]);
+                let after_ok =
+                    end == bytes.len() || !is_word_byte(bytes[i]) || !is_word_byte(bytes[end]);
+                if !before_ok || !after_ok {
+                    continue;
+                }
+            }
+            counts[cue as usize] += 1;
+        }
     }
 }
 
@@ -159,4 +178,58 @@ pub fn decide(f: &Features) -> (RoutePath, [f64; 3]) {
         RoutePath::Fast
     };
     (path, scores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aho_corasick::{AhoCorasick, AhoCorasickKind};
+
+    /// The scan as first written, with the crate's overlapping iterator: the byte walk must count
+    /// exactly what it counts.
+    fn scan_by_iterator(text: &str) -> [u32; 4] {
+        let matcher = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(CUES.iter().map(|(p, _, _)| p))
+            .unwrap();
+        let bytes = text.as_bytes();
+        let mut counts = [0u32; 4];
+        for m in matcher.find_overlapping_iter(text) {
+            let (_, cue, whole_word) = CUES[m.pattern().as_usize()];
+            let before_ok = m.start() == 0 || !is_word_byte(bytes[m.start() - 1]);
+            let after_ok = m.end() == bytes.len()
+                || !is_word_byte(bytes[m.end() - 1])
+                || !is_word_byte(bytes[m.end()]);
+            if !whole_word || (before_ok && after_ok) {
+                counts[cue as usize] += 1;
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn the_byte_walk_counts_what_the_overlapping_iterator_counts() {
+        let texts = [
+            "",
+            "hi",
+            "Hi there, thank you! How are you?",
+            "this within which chip api apis rapid",
+            "Prove that there are infinitely many primes; the proof uses a lemma. prime primes",
+            "fn main() { return x; } def f(): import os; class A: SELECT * FROM t => x();",
+            "First, plan the design; then compare and analyze trade-offs. Finally, optimize.",
+            "∫ x dx ≤ √2 ∑ $$ \\frac{a}{b} \\sqrt{2}",
+            "c++ golang rust_lang rust. python3 python typescript",
+            "thank youthank you hello_ hello-world good morninggood morning",
+        ];
+        for t in texts {
+            let mut counts = [0u32; 4];
+            scan(t, &mut counts);
+            assert_eq!(counts, scan_by_iterator(t), "{t:?}");
+        }
+        let mut counts = [0u32; 4];
+        scan("Prove the theorem, then plan", &mut counts);
+        assert_eq!(counts, [0, 2, 2, 0]);
+    }
 }

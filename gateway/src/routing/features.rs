@@ -195,7 +195,7 @@ pub const WINDOW_BUDGET: usize = 512;
 /// counted over that text.
 pub fn window(request: &ChatRequest<'_>, budget: usize) -> (Features, String) {
     let (mut f, chars) = request_shape(request);
-    let mut text = String::with_capacity(budget + budget / 8 + 8);
+    let mut text = Vec::with_capacity(budget + budget / 8 + 8);
     let mut left = budget;
     for m in request.messages.iter().rev() {
         if left == 0 {
@@ -215,6 +215,9 @@ pub fn window(request: &ChatRequest<'_>, budget: usize) -> (Features, String) {
             });
         }
     }
+    // Folding appends whole characters only, so the bytes are UTF-8.
+    let text = String::from_utf8(text)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     let mut counts = [0u32; 4];
     cues::scan(&text, &mut counts);
     apply_cues(&mut f, counts, chars);
@@ -249,20 +252,73 @@ pub fn tail(text: &str, max: usize) -> &str {
     &text[start..]
 }
 
-/// Appends `t` lower-cased with whitespace runs as one space, after a separating space.
-fn fold_into(out: &mut String, t: &str) {
-    if !out.is_empty() && !out.ends_with(' ') {
-        out.push(' ');
+/// What folding does to each ASCII byte: its lower case, [`SPACE`] for whitespace (as
+/// `char::is_whitespace` has it: tab, line feed, vertical tab, form feed, carriage return,
+/// space); [`OTHER`] for the bytes of other characters.
+static FOLD: [u8; 256] = {
+    let mut table = [OTHER; 256];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = (b as u8).to_ascii_lowercase();
+        b += 1;
     }
-    for c in t.chars() {
-        if c.is_whitespace() {
-            if !out.ends_with(' ') {
-                out.push(' ');
+    let mut i = 0;
+    let spaces = [b'\t', b'\n', 0x0b, 0x0c, b'\r', b' '];
+    while i < spaces.len() {
+        table[spaces[i] as usize] = SPACE;
+        i += 1;
+    }
+    table
+};
+
+/// [`FOLD`]'s mark of whitespace (folded ASCII is below 0x80, so the marks are not bytes of it).
+const SPACE: u8 = 0x81;
+/// [`FOLD`]'s mark of a byte of a character beyond ASCII.
+const OTHER: u8 = 0x80;
+
+/// Appends `t` lower-cased with whitespace runs as one space, after a separating space. ASCII
+/// goes through [`FOLD`] byte by byte; other characters are folded as `char::to_lowercase` does.
+fn fold_into(out: &mut Vec<u8>, t: &str) {
+    let mut space = out.last() == Some(&b' ');
+    if !out.is_empty() && !space {
+        out.push(b' ');
+        space = true;
+    }
+    out.reserve(t.len());
+    let bytes = t.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match FOLD[usize::from(b)] {
+            SPACE => {
+                i += 1;
+                if !space {
+                    out.push(b' ');
+                    space = true;
+                }
             }
-        } else if c.is_ascii() {
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.extend(c.to_lowercase());
+            OTHER => {
+                let Some(c) = t.get(i..).and_then(|r| r.chars().next()) else {
+                    break;
+                };
+                i += c.len_utf8();
+                if c.is_whitespace() {
+                    if !space {
+                        out.push(b' ');
+                        space = true;
+                    }
+                } else {
+                    let mut buf = [0u8; 4];
+                    for l in c.to_lowercase() {
+                        out.extend_from_slice(l.encode_utf8(&mut buf).as_bytes());
+                    }
+                    space = false;
+                }
+            }
+            folded => {
+                i += 1;
+                out.push(folded);
+                space = false;
+            }
         }
     }
 }
@@ -321,12 +377,14 @@ const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// FNV-1a's state after `bytes`, from `h`.
 #[inline]
-fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, &b| fnv_byte(h, b))
+}
+
+/// FNV-1a's state after one byte.
+#[inline]
+fn fnv_byte(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
 fn mix(mut h: u64) -> u64 {
@@ -346,10 +404,23 @@ fn is_ideographic(c: char) -> bool {
     matches!(u32::from(c), 0x3040..=0x30ff | 0x3400..=0x4dbf | 0x4e00..=0x9fff | 0xac00..=0xd7af | 0xf900..=0xfaff)
 }
 
-/// Calls `visit(kind, hash, start, end)` for every n-gram of `text` that `spec` asks for;
-/// `text[start..end]` is the n-gram's text.
+/// Calls `visit(kind, hash, start, end)` for every n-gram of `text` that `spec` asks for, the
+/// words and bigrams first and then the byte n-grams; `text[start..end]` is the n-gram's text.
 #[inline]
 pub fn for_each_ngram(
+    text: &str,
+    spec: &NgramSpec,
+    mut visit: impl FnMut(Gram, u64, usize, usize),
+) {
+    for_each_word_ngram(text, spec, &mut visit);
+    for_each_byte_ngram(text, spec, |hash, start, end| {
+        visit(Gram::Bytes, hash, start, end)
+    });
+}
+
+/// The word and bigram half of [`for_each_ngram`].
+#[inline]
+pub fn for_each_word_ngram(
     text: &str,
     spec: &NgramSpec,
     mut visit: impl FnMut(Gram, u64, usize, usize),
@@ -380,12 +451,19 @@ pub fn for_each_ngram(
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
-            let (len, is_word, alone) = if b < 0x80 {
-                (1, b.is_ascii_alphanumeric() || b == b'_', false)
-            } else {
-                let c = text.get(i..).and_then(|t| t.chars().next()).unwrap_or(' ');
-                (c.len_utf8(), is_word_char(c), is_ideographic(c))
-            };
+            if b < 0x80 {
+                // ASCII, the common case: a word byte extends the word, any other ends it.
+                if b.is_ascii_alphanumeric() || b == b'_' {
+                    let (_, state) = word.get_or_insert((i, FNV_START ^ Gram::Word.seed()));
+                    *state = fnv_byte(*state, b);
+                } else if let Some((start, state)) = word.take() {
+                    emit(start, i, state, &mut previous);
+                }
+                i += 1;
+                continue;
+            }
+            let c = text.get(i..).and_then(|t| t.chars().next()).unwrap_or(' ');
+            let (len, is_word, alone) = (c.len_utf8(), is_word_char(c), is_ideographic(c));
             let end = (i + len).min(bytes.len());
             if alone || !is_word {
                 if let Some((start, state)) = word.take() {
@@ -409,31 +487,47 @@ pub fn for_each_ngram(
             emit(start, bytes.len(), state, &mut previous);
         }
     }
-    if !spec.bytes.is_empty() {
-        // A rolling key of the last eight bytes: an n-gram's key is its low n bytes, and its
-        // hash is one multiply, so every byte of the window costs a few instructions.
-        let mut key = 0u64;
-        for (i, &b) in text.as_bytes().iter().enumerate() {
-            key = key << 8 | u64::from(b);
-            for &n in &spec.bytes {
-                if n > i + 1 {
-                    break;
-                }
-                let k = if n == 8 {
-                    key
-                } else {
-                    key & ((1u64 << (8 * n)) - 1)
-                };
-                visit(Gram::Bytes, hash_byte_gram(k, n), i + 1 - n, i + 1);
+}
+
+/// The byte n-gram half of [`for_each_ngram`]: `visit(hash, start, end)` for each byte n-gram,
+/// by end position and then by length.
+#[inline]
+pub fn for_each_byte_ngram(text: &str, spec: &NgramSpec, mut visit: impl FnMut(u64, usize, usize)) {
+    // A rolling key of the last eight bytes: an n-gram's key is its low n bytes, and its hash
+    // is one multiply, so every byte of the window costs a few instructions.
+    let mut lengths = [(0usize, 0u64, 0u64); MAX_BYTE_NGRAM];
+    let mut count = 0;
+    for (slot, &n) in lengths.iter_mut().zip(spec.bytes.iter()) {
+        let mask = if n >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * n)) - 1
+        };
+        *slot = (n, mask, byte_gram_seed(n));
+        count += 1;
+    }
+    let lengths = &lengths[..count];
+    let mut key = 0u64;
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        key = key << 8 | u64::from(b);
+        for &(n, mask, seed) in lengths {
+            if n > i + 1 {
+                break;
             }
+            visit(hash_byte_key(key & mask, seed), i + 1 - n, i + 1);
         }
     }
 }
 
-/// The hash of a byte n-gram from its bytes packed into an integer.
-fn hash_byte_gram(key: u64, n: usize) -> u64 {
-    let h =
-        (key ^ Gram::Bytes.seed().rotate_left(8 * n as u32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+/// The seed of byte n-grams of length `n`.
+fn byte_gram_seed(n: usize) -> u64 {
+    Gram::Bytes.seed().rotate_left(8 * n as u32)
+}
+
+/// The hash of a byte n-gram from its bytes packed into an integer and its length's seed.
+#[inline]
+fn hash_byte_key(key: u64, seed: u64) -> u64 {
+    let h = (key ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     h ^ (h >> 29)
 }
 
@@ -470,7 +564,7 @@ mod tests {
             0x7afb_0a0b_df84_a0a6
         );
         assert_eq!(
-            hash_byte_gram(u64::from_be_bytes(*b"\0\0\0\0\0abc"), 3),
+            hash_byte_key(u64::from_be_bytes(*b"\0\0\0\0\0abc"), byte_gram_seed(3)),
             0x0474_5bfe_1a83_eba5
         );
         assert_ne!(
@@ -506,6 +600,49 @@ mod tests {
             .collect();
         assert_eq!(words, ["水", "的", "化", "学", "式"]);
         assert!(g.contains(&(Gram::Bytes, "学".into())));
+    }
+
+    /// Folding as first written, character by character: the fast fold must match it.
+    fn fold_by_chars(out: &mut String, t: &str) {
+        if !out.is_empty() && !out.ends_with(' ') {
+            out.push(' ');
+        }
+        for c in t.chars() {
+            if c.is_whitespace() {
+                if !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            } else {
+                out.extend(c.to_lowercase());
+            }
+        }
+    }
+
+    #[test]
+    fn folding_matches_folding_by_characters() {
+        let texts = [
+            "",
+            " ",
+            "Hello  World",
+            "\tLeading and trailing\n\n",
+            "Vertical\x0btab\x0cform\rfeed",
+            "nul\0byte \u{1f}unit \u{7f}del",
+            "ÀÉÎ Ünïcödé\u{a0}NBSP\u{2003}em İstanbul ΣΊΣΥΦΟΣ",
+            "水的化学式 是 H₂O",
+            "mixed ASCII→arrow  and CAPS",
+            "Straße ǅ ﬃ",
+        ];
+        for a in texts {
+            for b in texts {
+                let mut fast = Vec::new();
+                fold_into(&mut fast, a);
+                fold_into(&mut fast, b);
+                let mut slow = String::new();
+                fold_by_chars(&mut slow, a);
+                fold_by_chars(&mut slow, b);
+                assert_eq!(String::from_utf8(fast).unwrap(), slow, "{a:?} + {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -75,58 +75,71 @@ pub struct LinearModel {
     pub thresholds: Thresholds,
 }
 
-/// Weights of the few hash buckets that have any, laid out for cache-friendly lookup: a bitmap
-/// of the buckets with weights (one bit each), the number of set bits before each bitmap word,
-/// and the weight rows in bucket order. A lookup touches one bitmap word, one count and, for a
-/// bucket with weights, one row: a fraction of a megabyte in all, where a dense table of 2^18
-/// rows is three.
+/// Weights of the few hash buckets that have any: for every bucket the position of its row plus
+/// one (0: no weights), and the rows in bucket order. A lookup is one index load and, for a
+/// bucket with weights, one 16-byte row: 4 bytes per bucket (1 MiB for the shipped 2^18) buys
+/// a lookup without the rank arithmetic of a bitmap, which costs a software popcount on the
+/// baseline x86-64 target.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SparseWeights {
-    bitmap: Vec<u64>,
-    ranks: Vec<u32>,
-    rows: Vec<[f32; 3]>,
+    index: Vec<u32>,
+    rows: Vec<Row>,
+}
+
+/// One bucket's weights per path and their largest magnitude, which the top-feature tracker
+/// compares on every occurrence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(align(16))]
+pub struct Row {
+    /// Weight per path (fast, balanced, reasoning).
+    pub weights: [f32; 3],
+    /// The largest absolute weight.
+    pub magnitude: f32,
+}
+
+impl Row {
+    fn new(weights: [f32; 3]) -> Row {
+        Row {
+            weights,
+            magnitude: max3(weights.map(f32::abs)),
+        }
+    }
+}
+
+/// The largest of three numbers, none of them NaN (weights are finite; checked when a policy
+/// loads).
+#[inline]
+fn max3<T: PartialOrd + Copy>([a, b, c]: [T; 3]) -> T {
+    let m = if b > a { b } else { a };
+    if c > m { c } else { m }
 }
 
 impl SparseWeights {
     /// Builds the table for `buckets` buckets from `(bucket, weights)` in ascending bucket
-    /// order; `None` when a bucket is out of range or out of order.
+    /// order; `None` when a bucket is out of range or out of order, or a weight is not finite.
     pub fn new(buckets: usize, rows: impl IntoIterator<Item = (usize, [f32; 3])>) -> Option<Self> {
-        let words = buckets.div_ceil(64);
-        let mut bitmap = vec![0u64; words];
+        let mut index = vec![0u32; buckets];
         let mut kept = Vec::new();
         let mut previous: Option<usize> = None;
         for (bucket, w) in rows {
-            if bucket >= buckets || previous.is_some_and(|p| p >= bucket) {
+            if bucket >= buckets
+                || previous.is_some_and(|p| p >= bucket)
+                || !w.iter().all(|x| x.is_finite())
+            {
                 return None;
             }
             previous = Some(bucket);
-            bitmap[bucket / 64] |= 1u64 << (bucket % 64);
-            kept.push(w);
+            kept.push(Row::new(w));
+            index[bucket] = u32::try_from(kept.len()).ok()?;
         }
-        let mut ranks = Vec::with_capacity(words);
-        let mut count = 0u32;
-        for word in &bitmap {
-            ranks.push(count);
-            count += word.count_ones();
-        }
-        Some(SparseWeights {
-            bitmap,
-            ranks,
-            rows: kept,
-        })
+        Some(SparseWeights { index, rows: kept })
     }
 
-    /// The weights of `bucket`, `None` when it has none.
+    /// The row of `bucket`, `None` when it has no weights.
     #[inline]
-    pub fn get(&self, bucket: usize) -> Option<&[f32; 3]> {
-        let word = *self.bitmap.get(bucket / 64)?;
-        let bit = 1u64 << (bucket % 64);
-        if word & bit == 0 {
-            return None;
-        }
-        let rank =
-            *self.ranks.get(bucket / 64)? as usize + (word & (bit - 1)).count_ones() as usize;
-        self.rows.get(rank)
+    pub fn get(&self, bucket: usize) -> Option<&Row> {
+        let at = *self.index.get(bucket)? as usize;
+        self.rows.get(at.checked_sub(1)?)
     }
 
     /// Buckets with weights.
@@ -177,98 +190,170 @@ fn occurrence_value(n: u32) -> f64 {
 /// their largest weight for any path and ranked for the chosen path only at the end.
 const TRACKED: usize = 8;
 
-/// A tracked n-gram: summed weights per path, occurrences, kind, bucket, text span.
+/// A tracked n-gram: kind and text span.
 #[derive(Debug, Clone, Copy)]
-struct Tracked {
-    weights: [f64; 3],
-    count: u32,
+struct Span {
     gram: Gram,
-    bucket: usize,
     start: usize,
     end: usize,
 }
 
 fn magnitude(w: &[f64; 3]) -> f64 {
-    w[0].abs().max(w[1].abs()).max(w[2].abs())
+    max3(w.map(f64::abs))
 }
 
-/// The n-grams of one group with the largest summed weights, kept during the pass. A 64-bit
-/// mask of tracked buckets makes the common case (small, untracked) one bit test and one
-/// comparison.
+/// The n-grams of one group with the largest summed weights, kept during the pass, in flat
+/// arrays with each one's magnitude cached. A 64-bit mask of tracked buckets makes the common
+/// case (small, untracked) one bit test and one comparison.
 #[derive(Debug, Clone, Copy)]
 struct Top {
-    items: [Option<Tracked>; TRACKED],
+    len: usize,
+    /// Tracked buckets; `usize::MAX` (never a bucket) where none is yet.
+    buckets: [usize; TRACKED],
+    weights: [[f64; 3]; TRACKED],
+    magnitudes: [f64; TRACKED],
+    counts: [u32; TRACKED],
+    spans: [Span; TRACKED],
     floor: f64,
     mask: u64,
 }
 
 impl Top {
     const EMPTY: Top = Top {
-        items: [None; TRACKED],
+        len: 0,
+        buckets: [usize::MAX; TRACKED],
+        weights: [[0.0; 3]; TRACKED],
+        magnitudes: [0.0; TRACKED],
+        counts: [0; TRACKED],
+        spans: [Span {
+            gram: Gram::Word,
+            start: 0,
+            end: 0,
+        }; TRACKED],
         floor: 0.0,
         mask: 0,
     };
 
-    /// Whether `offer` could keep or update this n-gram: the cheap test done for every one.
+    /// Whether `offer` could keep or update an n-gram of this bucket and magnitude: the cheap
+    /// test done for every one.
     #[inline]
-    fn wants(&self, w: &[f64; 3], bucket: usize) -> bool {
-        self.mask & (1u64 << (bucket % 64)) != 0 || magnitude(w) > self.floor
+    fn wants(&self, magnitude: f64, bucket: usize) -> bool {
+        self.mask & (1u64 << (bucket % 64)) != 0 || magnitude > self.floor
     }
 
     #[inline(never)]
     fn offer(&mut self, w: [f64; 3], gram: Gram, bucket: usize, start: usize, end: usize) {
         let bit = 1u64 << (bucket % 64);
         if self.mask & bit != 0
-            && let Some(t) = self.items.iter_mut().flatten().find(|t| t.bucket == bucket)
+            && let Some(i) = self.buckets.iter().position(|&b| b == bucket)
         {
-            // A repeat only grows its sum, so the floor stays a valid lower bound.
-            for (a, b) in t.weights.iter_mut().zip(w) {
+            for (a, b) in self.weights[i].iter_mut().zip(w) {
                 *a += b;
             }
-            t.count += 1;
+            self.magnitudes[i] = magnitude(&self.weights[i]);
+            self.counts[i] += 1;
             return;
         }
-        let slot = match self.items.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if magnitude(&w) <= self.floor => return,
-            None => match self.weakest() {
-                Some(i) => i,
-                None => return,
-            },
+        let slot = if self.len < TRACKED {
+            self.len += 1;
+            self.len - 1
+        } else if magnitude(&w) <= self.floor {
+            return;
+        } else {
+            self.weakest()
         };
-        self.items[slot] = Some(Tracked {
-            weights: w,
-            count: 1,
-            gram,
-            bucket,
-            start,
-            end,
-        });
-        self.mask = self
-            .items
+        self.buckets[slot] = bucket;
+        self.weights[slot] = w;
+        self.magnitudes[slot] = magnitude(&w);
+        self.counts[slot] = 1;
+        self.spans[slot] = Span { gram, start, end };
+        self.mask = self.buckets[..self.len]
             .iter()
-            .flatten()
-            .fold(0, |m, t| m | 1u64 << (t.bucket % 64));
-        if self.items.iter().all(Option::is_some) {
+            .fold(0, |m, b| m | 1u64 << (b % 64));
+        if self.len == TRACKED {
             self.floor = self
-                .items
+                .magnitudes
                 .iter()
-                .flatten()
-                .map(|t| magnitude(&t.weights))
+                .copied()
                 .fold(f64::INFINITY, f64::min);
         }
     }
 
-    fn weakest(&self) -> Option<usize> {
-        let mut best: Option<(usize, f64)> = None;
-        for (i, t) in self.items.iter().enumerate() {
-            if let Some(t) = t
-                && best.is_none_or(|(_, m)| magnitude(&t.weights) < m)
-            {
-                best = Some((i, magnitude(&t.weights)));
+    /// The first tracked n-gram of the smallest magnitude, once all are tracked.
+    fn weakest(&self) -> usize {
+        let mut best = 0;
+        for i in 1..TRACKED {
+            if self.magnitudes[i] < self.magnitudes[best] {
+                best = i;
             }
         }
-        best.map(|(i, _)| i)
+        best
+    }
+
+    /// The tracked n-grams: (span, summed weights, occurrences).
+    fn iter(&self) -> impl Iterator<Item = (Span, [f64; 3], u32)> + '_ {
+        (0..self.len).map(|i| (self.spans[i], self.weights[i], self.counts[i]))
+    }
+}
+
+/// Where a candidate contribution comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Structural(&'static str),
+    Gram(Span),
+}
+
+impl Source {
+    /// The contribution's name: the structural feature's, or the n-gram's kind and text.
+    fn name(self, text: &str) -> String {
+        match self {
+            Source::Structural(name) => name.to_string(),
+            Source::Gram(span) => {
+                let gram = String::from_utf8_lossy(
+                    text.as_bytes()
+                        .get(span.start..span.end)
+                        .unwrap_or_default(),
+                );
+                let prefix = span.gram.prefix();
+                let mut name = String::with_capacity(prefix.len() + gram.len());
+                name.push_str(prefix);
+                name.push_str(&gram);
+                name
+            }
+        }
+    }
+}
+
+/// One n-gram group's running state during the pass: occurrences, summed weights and the
+/// largest contributors.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    count: u32,
+    sum: [f64; 3],
+    top: Top,
+}
+
+impl Group {
+    const EMPTY: Group = Group {
+        count: 0,
+        sum: [0.0; 3],
+        top: Top::EMPTY,
+    };
+
+    /// One occurrence of an n-gram in `bucket`.
+    #[inline]
+    fn add(&mut self, hashed: &SparseWeights, bucket: usize, gram: Gram, start: usize, end: usize) {
+        self.count += 1;
+        let Some(row) = hashed.get(bucket) else {
+            return;
+        };
+        let w = row.weights.map(f64::from);
+        for (a, b) in self.sum.iter_mut().zip(w) {
+            *a += b;
+        }
+        if self.top.wants(f64::from(row.magnitude), bucket) {
+            self.top.offer(w, gram, bucket, start, end);
+        }
     }
 }
 
@@ -293,61 +378,49 @@ impl LinearModel {
                 logits[k] += x * f64::from(w[k]);
             }
         }
-        let mut sums = [[0.0f64; 3]; GROUPS];
-        let mut counts = [0u32; GROUPS];
-        let mut tops = [Top::EMPTY; GROUPS];
-        features::for_each_ngram(&text, &self.ngrams, |gram, hash, start, end| {
-            let g = group(gram);
-            counts[g] += 1;
-            let bucket = self.bucket(hash);
-            let Some(w) = self.hashed.get(bucket) else {
-                return;
-            };
-            let w = w.map(f64::from);
-            for k in 0..3 {
-                sums[g][k] += w[k];
-            }
-            if tops[g].wants(&w, bucket) {
-                tops[g].offer(w, gram, bucket, start, end);
-            }
+        let mut groups = [Group::EMPTY; GROUPS];
+        let [words, bytes] = &mut groups;
+        features::for_each_word_ngram(&text, &self.ngrams, |gram, hash, start, end| {
+            words.add(&self.hashed, self.bucket(hash), gram, start, end);
         });
-        let scale = counts.map(occurrence_value);
-        for g in 0..GROUPS {
-            for k in 0..3 {
-                logits[k] += sums[g][k] * scale[g];
+        features::for_each_byte_ngram(&text, &self.ngrams, |hash, start, end| {
+            bytes.add(&self.hashed, self.bucket(hash), Gram::Bytes, start, end);
+        });
+        let scale = groups.map(|g| occurrence_value(g.count));
+        for (g, s) in groups.iter().zip(scale) {
+            for (l, x) in logits.iter_mut().zip(g.sum) {
+                *l += x * s;
             }
         }
         let probabilities = softmax(logits);
         let path = thresholds.choose(probabilities);
         let k = path_index(path);
-        let mut top: Vec<Contribution> = inputs
-            .iter()
-            .zip(&self.structural)
-            .zip(STRUCTURAL)
-            .filter(|((x, w), _)| **x != 0.0 && w[k] != 0.0)
-            .map(|((x, w), name)| Contribution {
-                name: name.to_string(),
-                value: *x,
-                contribution: x * f64::from(w[k]),
-            })
-            .collect();
-        for g in 0..GROUPS {
-            for t in tops[g].items.iter().flatten() {
-                top.push(Contribution {
-                    name: format!(
-                        "{}{}",
-                        t.gram.prefix(),
-                        String::from_utf8_lossy(
-                            text.as_bytes().get(t.start..t.end).unwrap_or_default()
-                        )
-                    ),
-                    value: f64::from(t.count) * scale[g],
-                    contribution: t.weights[k] * scale[g],
-                });
+        // Candidates are ranked before any is named: only the kept few allocate their names.
+        let mut candidates: Vec<(f64, f64, Source)> =
+            Vec::with_capacity(STRUCTURAL.len() + GROUPS * TRACKED);
+        candidates.extend(
+            inputs
+                .iter()
+                .zip(&self.structural)
+                .zip(STRUCTURAL)
+                .filter(|((x, w), _)| **x != 0.0 && w[k] != 0.0)
+                .map(|((x, w), name)| (x * f64::from(w[k]), *x, Source::Structural(name))),
+        );
+        for (g, s) in groups.iter().zip(scale) {
+            for (span, weights, count) in g.top.iter() {
+                candidates.push((weights[k] * s, f64::from(count) * s, Source::Gram(span)));
             }
         }
-        top.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
-        top.truncate(TOP_FEATURES);
+        candidates.sort_by(|a, b| b.0.abs().total_cmp(&a.0.abs()));
+        let top = candidates
+            .iter()
+            .take(TOP_FEATURES)
+            .map(|&(contribution, value, source)| Contribution {
+                name: source.name(&text),
+                value,
+                contribution,
+            })
+            .collect();
         Scored {
             features,
             probabilities,
@@ -429,13 +502,15 @@ mod tests {
         let w = SparseWeights::new(256, rows).unwrap();
         assert_eq!(w.len(), 4);
         for (b, r) in rows {
-            assert_eq!(w.get(b), Some(&r), "{b}");
+            assert_eq!(w.get(b).map(|row| row.weights), Some(r), "{b}");
         }
+        assert_eq!(w.get(200).map(|row| row.magnitude), Some(4.0));
         for b in [1, 62, 65, 199, 255, 256, 10_000] {
             assert_eq!(w.get(b), None, "{b}");
         }
         assert!(SparseWeights::new(256, [(5, [0.0; 3]), (5, [0.0; 3])]).is_none());
         assert!(SparseWeights::new(256, [(256, [0.0; 3])]).is_none());
+        assert!(SparseWeights::new(256, [(1, [f32::NAN, 0.0, 0.0])]).is_none());
     }
 
     #[test]
@@ -453,11 +528,8 @@ mod tests {
             top.offer([w, -w, 0.0], Gram::Word, i, 0, 0);
         }
         top.offer([0.1, -0.1, 0.0], Gram::Word, 0, 0, 0);
-        let mut kept: Vec<(usize, f64)> = top
-            .items
-            .iter()
-            .flatten()
-            .map(|t| (t.bucket, t.weights[0]))
+        let mut kept: Vec<(usize, f64)> = (0..top.len)
+            .map(|i| (top.buckets[i], top.weights[i][0]))
             .collect();
         kept.sort_by_key(|k| k.0);
         assert_eq!(

@@ -256,7 +256,7 @@ pub enum Classifier {
     Linear(Box<LinearModel>),
 }
 
-/// The largest hash table a policy may ask for (2^22 buckets, 48 MiB of weights).
+/// The largest hash table a policy may ask for (2^22 buckets: a 16 MiB row index).
 const MAX_BUCKETS: u64 = 1 << 22;
 
 impl Policy {
