@@ -277,15 +277,33 @@ const SPACE: u8 = 0x81;
 const OTHER: u8 = 0x80;
 
 /// Appends `t` lower-cased with whitespace runs as one space, after a separating space. ASCII
-/// goes through [`FOLD`] byte by byte; other characters are folded as `char::to_lowercase` does.
+/// goes through [`FOLD`] byte by byte (without a branch, for an all-ASCII `t`); other
+/// characters are folded as `char::to_lowercase` does.
 fn fold_into(out: &mut Vec<u8>, t: &str) {
     let mut space = out.last() == Some(&b' ');
     if !out.is_empty() && !space {
         out.push(b' ');
         space = true;
     }
-    out.reserve(t.len());
     let bytes = t.as_bytes();
+    if t.is_ascii() {
+        // Folding ASCII never lengthens it: write into the space it needs, then cut to size.
+        let at = out.len();
+        out.resize(at + bytes.len(), 0);
+        let mut w = at;
+        for &b in bytes {
+            let f = FOLD[usize::from(b)];
+            let white = f == SPACE;
+            if let Some(slot) = out.get_mut(w) {
+                *slot = if white { b' ' } else { f };
+            }
+            w += usize::from(!(white && space));
+            space = white;
+        }
+        out.truncate(w);
+        return;
+    }
+    out.reserve(t.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match FOLD[usize::from(b)] {
