@@ -201,6 +201,33 @@ async fn request_ids(c: &Client, url: &str, n: usize) -> Vec<String> {
     }
 }
 
+/// The overview's hourly rows for `path` (requests, errors), once they add up to `requests`
+/// (the projector applies settlements a moment after the answer).
+async fn overview_hours(c: &Client, base: &str, path: &str, requests: i64) -> Vec<(i64, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.goto(&format!("{base}/dashboard?hours=24")).await.unwrap();
+        let mut rows = Vec::new();
+        for row in c.find_all(Locator::Css("#hours tr.hour")).await.unwrap() {
+            let mut cells = Vec::new();
+            for cell in row.find_all(Locator::Css("td")).await.unwrap() {
+                cells.push(cell.text().await.unwrap());
+            }
+            if cells.get(1).map(String::as_str) == Some(path) {
+                rows.push((cells[2].parse().unwrap(), cells[3].parse().unwrap()));
+            }
+        }
+        if rows.iter().map(|r: &(i64, i64)| r.0).sum::<i64>() == requests {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the overview's hours of {path} never add up to {requests}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
     let m = Mocked::with("").await;
@@ -266,6 +293,33 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
     newest_first.reverse();
     assert_eq!(listed, newest_first);
     shot(&c, "03-requests").await;
+
+    // The overview's series counts them per hour and path (the fallback still completed), and
+    // draws a line per path: one for requests, two (p50, p99) for latency.
+    let hours = overview_hours(&c, &base, "fast", 3).await;
+    assert_eq!(hours.iter().map(|h| h.1).sum::<i64>(), 0, "{hours:?}");
+    for (chart, lines) in [
+        ("chart-requests", 1),
+        ("chart-errors", 1),
+        ("chart-latency", 2),
+    ] {
+        let drawn = c
+            .find_all(Locator::Css(&format!(
+                "#{chart} polyline.series[data-path='fast']"
+            )))
+            .await
+            .unwrap();
+        assert!(drawn.len() >= lines, "{chart}: {} lines", drawn.len());
+    }
+    assert_eq!(
+        text(&c, "#paths tr:nth-child(2) td:nth-child(2)").await,
+        "3",
+        "the window's totals"
+    );
+    shot(&c, "03b-overview-series").await;
+    c.goto(&format!("{base}/dashboard/requests?account_id={account}"))
+        .await
+        .unwrap();
 
     // The trace of the one that fell back shows both attempts.
     click(&c, &format!("a[href='/dashboard/requests/{}']", sent[1])).await;
@@ -462,6 +516,8 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
             .is_empty(),
         "no admin pages in a customer's menu"
     );
+    // Its overview counts its own request only.
+    assert_eq!(overview_hours(&c, &base, "fast", 1).await, vec![(1, 0)]);
     shot(&c, "09-customer-overview").await;
     // Its requests page shows only its own, whatever account it names.
     let listed = request_ids(

@@ -69,6 +69,7 @@ impl lumina_eventlog::Projection for ReadModelProjection {
         }
         crate::requests::apply_batch(conn, events).await?;
         crate::requests::update_stats(conn, events).await?;
+        crate::requests::update_series(conn, events).await?;
         crate::eval_results::apply_batch(conn, events).await
     }
 }
@@ -766,7 +767,7 @@ impl ReadModel {
 }
 
 /// Tables the projector writes, in deletion order.
-pub const TABLES: [&str; 15] = [
+pub const TABLES: [&str; 16] = [
     "admin_keys",
     "budget_thresholds",
     "budgets",
@@ -780,6 +781,7 @@ pub const TABLES: [&str; 15] = [
     "request_attempts",
     "usage_minutes",
     "route_stats",
+    "path_hours",
     "request_content",
     "eval_results",
 ];

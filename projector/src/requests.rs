@@ -1,6 +1,7 @@
 //! Request views: one row per request (its route decision, settlement and feedback), its
-//! upstream attempts, per-minute usage rollups behind `/v1/usage`, and route statistics with
-//! latency and time-to-first-token sketches (DDSketch) per path × deployment × task class.
+//! upstream attempts, per-minute usage rollups behind `/v1/usage`, route statistics with
+//! latency and time-to-first-token sketches (DDSketch) per path × deployment × task class, and
+//! the same per hour × path × account for the dashboard's series.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -517,6 +518,123 @@ pub async fn update_stats(conn: &mut AnyConnection, events: &[&Event]) -> Result
         .await?;
     }
     Ok(())
+}
+
+/// The `path_hours` account that stands for every account together.
+pub const ALL_ACCOUNTS: &str = "";
+
+/// Seconds in a `path_hours` bucket.
+pub const HOUR: i64 = 3_600;
+
+/// One `path_hours` row: settled requests, those that did not complete, their charges, and
+/// latency and time-to-first-token sketches (ms).
+#[derive(Clone)]
+pub struct HourStats {
+    /// Settled requests.
+    pub requests: i64,
+    /// Failed, cut or cancelled ones.
+    pub failed: i64,
+    /// Sum of their charges.
+    pub charge_nano: i64,
+    /// End-to-end latency, ms.
+    pub latency: DDSketch,
+    /// Time to first token, ms.
+    pub ttft: DDSketch,
+}
+
+impl Default for HourStats {
+    fn default() -> Self {
+        HourStats {
+            requests: 0,
+            failed: 0,
+            charge_nano: 0,
+            latency: DDSketch::new(Config::defaults()),
+            ttft: DDSketch::new(Config::defaults()),
+        }
+    }
+}
+
+/// (account, hour, path) of a `path_hours` row.
+type HourKey = (String, i64, String);
+
+/// Folds a batch's settlements into the hourly series, under the request's account and under
+/// [`ALL_ACCOUNTS`]: one read and one write per row touched.
+pub async fn update_series(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    let mut touched: BTreeMap<HourKey, HourStats> = BTreeMap::new();
+    for e in events {
+        let Payload::RequestSettled(s) = &e.payload else {
+            continue;
+        };
+        let hour = e.envelope.occurred_at.div_euclid(1_000_000 * HOUR) * HOUR;
+        for account in [e.envelope.account_id.as_str(), ALL_ACCOUNTS] {
+            let key = (account.to_string(), hour, s.path.clone());
+            let stats = load_hour(conn, &mut touched, key).await?;
+            stats.requests += 1;
+            if s.outcome != "completed" {
+                stats.failed += 1;
+            }
+            stats.charge_nano = stats.charge_nano.saturating_add(s.charge_nano);
+            stats.latency.add(s.latency_us as f64 / 1000.0);
+            if let Some(t) = s.ttft_us {
+                stats.ttft.add(t as f64 / 1000.0);
+            }
+        }
+    }
+    for ((account, hour, path), s) in touched {
+        sqlx::query(
+            "INSERT INTO path_hours (account_id, hour, path, requests, failed, charge_nano,
+                 latency, ttft)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (account_id, hour, path) DO UPDATE SET
+                 requests = excluded.requests, failed = excluded.failed,
+                 charge_nano = excluded.charge_nano, latency = excluded.latency,
+                 ttft = excluded.ttft",
+        )
+        .bind(account)
+        .bind(hour)
+        .bind(path)
+        .bind(s.requests)
+        .bind(s.failed)
+        .bind(s.charge_nano)
+        .bind(encode_sketch(&s.latency))
+        .bind(encode_sketch(&s.ttft))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The row of `key`, read once per batch.
+async fn load_hour<'m>(
+    conn: &mut AnyConnection,
+    touched: &'m mut BTreeMap<HourKey, HourStats>,
+    key: HourKey,
+) -> Result<&'m mut HourStats, ApplyError> {
+    if !touched.contains_key(&key) {
+        let row = sqlx::query(
+            "SELECT requests, failed, charge_nano, latency, ttft FROM path_hours
+             WHERE account_id = $1 AND hour = $2 AND path = $3",
+        )
+        .bind(&key.0)
+        .bind(key.1)
+        .bind(&key.2)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let stats = match row {
+            None => HourStats::default(),
+            Some(r) => HourStats {
+                requests: r.try_get(0)?,
+                failed: r.try_get(1)?,
+                charge_nano: r.try_get(2)?,
+                latency: decode_sketch(&r.try_get::<String, _>(3)?)
+                    .map_err(|e| ApplyError::Rejected(format!("corrupt latency sketch: {e}")))?,
+                ttft: decode_sketch(&r.try_get::<String, _>(4)?)
+                    .map_err(|e| ApplyError::Rejected(format!("corrupt ttft sketch: {e}")))?,
+            },
+        };
+        touched.insert(key.clone(), stats);
+    }
+    Ok(touched.entry(key).or_default())
 }
 
 /// A sketch as stored: JSON, or the empty string for an empty sketch — whose infinite

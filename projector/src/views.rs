@@ -1,12 +1,14 @@
-//! Queries over the request views: usage rows for `/v1/usage`, request logs and traces, and
-//! route statistics with quantiles read from their sketches.
+//! Queries over the request views: usage rows for `/v1/usage`, request logs and traces, route
+//! statistics with quantiles read from their sketches, and the hourly series per path.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::ReadModel;
-use crate::requests::{RouteStats, decode_sketch};
+use crate::requests::{HourStats, RouteStats, decode_sketch};
 
 /// One per-minute usage rollup row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +212,46 @@ pub struct Quantiles {
     pub p90: Option<f64>,
     /// 99th percentile.
     pub p99: Option<f64>,
+}
+
+/// One path's requests over one hour (or, in [`PathSeries::totals`], over the whole window).
+#[derive(Debug, Clone, Serialize)]
+pub struct PathPoint {
+    /// Path.
+    pub path: String,
+    /// Unix seconds of the hour's start (the window's start, for totals).
+    pub hour: i64,
+    /// Settled requests.
+    pub requests: i64,
+    /// Those that did not complete.
+    pub failed: i64,
+    /// Every charge of these requests, nano-credits (exact).
+    pub charge_nano: i64,
+    /// Latency quantiles, ms.
+    pub latency_ms: Quantiles,
+    /// Time-to-first-token quantiles, ms.
+    pub ttft_ms: Quantiles,
+}
+
+/// Hourly points per path over a window, and each path's totals over it, from `path_hours`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathSeries {
+    /// Points in (hour, path) order; hours without traffic have none.
+    pub points: Vec<PathPoint>,
+    /// One per path with traffic in the window, sketches merged across its hours.
+    pub totals: Vec<PathPoint>,
+}
+
+fn point(path: String, hour: i64, s: &HourStats) -> PathPoint {
+    PathPoint {
+        path,
+        hour,
+        requests: s.requests,
+        failed: s.failed,
+        charge_nano: s.charge_nano,
+        latency_ms: quantiles(&s.latency),
+        ttft_ms: quantiles(&s.ttft),
+    }
 }
 
 fn quantiles(s: &sketches_ddsketch::DDSketch) -> Quantiles {
@@ -493,5 +535,51 @@ impl ReadModel {
             });
         }
         Ok(out)
+    }
+
+    /// The hourly series of `account` (or every account: [`crate::requests::ALL_ACCOUNTS`]) for
+    /// the hours starting in `from..to` (unix seconds): one range read of the primary key.
+    pub async fn path_series(
+        &self,
+        account: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<PathSeries, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT hour, path, requests, failed, charge_nano, latency, ttft FROM path_hours
+             WHERE account_id = $1 AND hour >= $2 AND hour < $3 ORDER BY hour, path",
+        )
+        .bind(account)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.database().pool)
+        .await?;
+        let mut points = Vec::with_capacity(rows.len());
+        let mut totals: BTreeMap<String, HourStats> = BTreeMap::new();
+        for r in &rows {
+            let path: String = r.try_get(1)?;
+            let stats = HourStats {
+                requests: r.try_get(2)?,
+                failed: r.try_get(3)?,
+                charge_nano: r.try_get(4)?,
+                latency: decode_sketch(&r.try_get::<String, _>(5)?)
+                    .unwrap_or_else(|_| HourStats::default().latency),
+                ttft: decode_sketch(&r.try_get::<String, _>(6)?)
+                    .unwrap_or_else(|_| HourStats::default().ttft),
+            };
+            let total = totals.entry(path.clone()).or_default();
+            total.requests += stats.requests;
+            total.failed += stats.failed;
+            total.charge_nano = total.charge_nano.saturating_add(stats.charge_nano);
+            // Sketches of one configuration always merge; a corrupt one is left out.
+            let _ = total.latency.merge(&stats.latency);
+            let _ = total.ttft.merge(&stats.ttft);
+            points.push(point(path, r.try_get(0)?, &stats));
+        }
+        let totals = totals
+            .into_iter()
+            .map(|(path, s)| point(path, from, &s))
+            .collect();
+        Ok(PathSeries { points, totals })
     }
 }

@@ -8,6 +8,8 @@ mod common;
 use common::{dump, project};
 
 use lumina_eventlog::{Database, EventLog, LogOptions};
+use lumina_projector::ReadModel;
+use lumina_projector::requests::ALL_ACCOUNTS;
 use lumina_schemas::payloads::{
     AccountOpened, CreditHold, FeedbackReceived, RequestContentRecorded, RequestRouted,
     RequestSettled, UpstreamAttempted, Usage,
@@ -246,6 +248,58 @@ async fn request_views_do_not_depend_on_batching() {
                 )
                 .await,
                 2 * (REQUESTS as i64 / 5)
+            );
+            // The hourly series: every settlement once under its account and once under all.
+            for filter in ["account_id = ''", "account_id <> ''"] {
+                let sql =
+                    format!("SELECT CAST(SUM(requests) AS BIGINT) FROM path_hours WHERE {filter}");
+                let sum: i64 = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(sum, settlements, "{backend:?}, {filter}");
+            }
+            let series = ReadModel::new(db.clone())
+                .path_series(ALL_ACCOUNTS, 0, i64::MAX)
+                .await
+                .unwrap();
+            let stats = ReadModel::new(db.clone()).route_stats().await.unwrap();
+            for total in &series.totals {
+                let of_path = stats.iter().filter(|s| s.path == total.path);
+                assert_eq!(
+                    total.requests,
+                    of_path.clone().map(|s| s.requests).sum::<i64>(),
+                    "{}",
+                    total.path
+                );
+                assert_eq!(total.failed, of_path.clone().map(|s| s.failed).sum::<i64>());
+                assert_eq!(
+                    total.charge_nano,
+                    of_path.map(|s| s.charge_nano).sum::<i64>()
+                );
+                assert!(total.latency_ms.p99 >= total.latency_ms.p50);
+            }
+            assert_eq!(
+                series.points.iter().map(|p| p.requests).sum::<i64>(),
+                settlements
+            );
+            let one = ReadModel::new(db.clone())
+                .path_series(&format!("acct_{:032x}", 1), 0, i64::MAX)
+                .await
+                .unwrap();
+            let own = events
+                .iter()
+                .filter(|e| {
+                    matches!(e.payload, Payload::RequestSettled(_))
+                        && e.envelope.account_id == format!("acct_{:032x}", 1)
+                })
+                .count() as i64;
+            assert!(own > 0 && own < settlements);
+            assert_eq!(
+                one.totals.iter().map(|p| p.requests).sum::<i64>(),
+                own,
+                "{backend:?}: one account's series holds its own requests only"
             );
             assert_eq!(
                 count(

@@ -36,6 +36,8 @@ use crate::dashboard::session::{COOKIE as SESSION_COOKIE, LOGIN_COOKIE, Principa
 use crate::routing::policy::{DEFAULT_POLICY_JSON, PolicyDocument, diff_lines};
 use crate::state::AppState;
 use lumina_projector::policies::PolicyRow;
+use lumina_projector::requests::{ALL_ACCOUNTS, HOUR};
+use lumina_projector::views::PathPoint;
 
 /// The templates, compiled once.
 fn templates() -> &'static Environment<'static> {
@@ -379,91 +381,279 @@ async fn logout(signed: Signed, body: RawBody) -> Response {
     response
 }
 
-/// One path's line of the overview.
+/// One path's line of the overview: its totals over the window.
 #[derive(Serialize, Default)]
 struct PathLine {
     path: String,
+    /// Its colour in the charts.
+    color: &'static str,
     requests: i64,
     failed: i64,
     /// Charged, exact (credits).
     cost: String,
-    #[serde(skip)]
-    cost_nano: i64,
     latency_p50: Option<f64>,
     latency_p99: Option<f64>,
     ttft_p50: Option<f64>,
     ttft_p99: Option<f64>,
-    /// Requests of the row the quantiles come from.
-    #[serde(skip)]
-    quantiles_of: i64,
     /// Bar width, % of the busiest path.
     width: f64,
 }
 
-/// The line of `path` in `lines`, added when there is none yet.
-fn line_of<'a>(lines: &'a mut Vec<PathLine>, path: &str) -> &'a mut PathLine {
-    let i = match lines.iter().position(|l| l.path == path) {
-        Some(i) => i,
-        None => {
-            lines.push(PathLine {
-                path: path.to_string(),
-                ..PathLine::default()
-            });
-            lines.len() - 1
-        }
-    };
-    &mut lines[i]
+/// One hour × path row of the overview's table.
+#[derive(Serialize)]
+struct HourLine {
+    hour: String,
+    path: String,
+    requests: i64,
+    failed: i64,
+    cost: String,
+    latency_p50: Option<f64>,
+    latency_p99: Option<f64>,
+    ttft_p50: Option<f64>,
+    ttft_p99: Option<f64>,
 }
 
-async fn overview(State(state): State<AppState>, signed: Signed) -> Response {
-    let mut lines: Vec<PathLine> = Vec::new();
-    match &signed.viewer {
-        Viewer::Admin(_) => match state.read_model.route_stats().await {
-            Ok(stats) => {
-                for s in stats {
-                    let line = line_of(&mut lines, &s.path);
-                    line.requests += s.requests;
-                    line.failed += s.failed;
-                    line.cost_nano = line.cost_nano.saturating_add(s.charge_nano);
-                    // The busiest deployment × task class stands for the path's quantiles.
-                    if s.requests > line.quantiles_of {
-                        line.quantiles_of = s.requests;
-                        line.latency_p50 = s.latency_ms.p50;
-                        line.latency_p99 = s.latency_ms.p99;
-                        line.ttft_p50 = s.ttft_ms.p50;
-                        line.ttft_p99 = s.ttft_ms.p99;
-                    }
+/// A server-rendered line chart: one polyline per path and measure, split where hours have no
+/// value.
+#[derive(Serialize)]
+struct Chart {
+    id: &'static str,
+    title: &'static str,
+    /// The value at the top of the chart.
+    top: String,
+    lines: Vec<ChartLine>,
+}
+
+#[derive(Serialize)]
+struct ChartLine {
+    path: String,
+    color: &'static str,
+    dashed: bool,
+    /// `x,y` points of each unbroken run.
+    segments: Vec<String>,
+}
+
+/// Chart area, in SVG units.
+const CHART_W: f64 = 600.0;
+const CHART_H: f64 = 100.0;
+
+fn path_color(path: &str) -> &'static str {
+    match path {
+        "fast" => "#3b82f6",
+        "balanced" => "#16a34a",
+        "reasoning" => "#ea580c",
+        "fusion" => "#9333ea",
+        _ => "#6b7280",
+    }
+}
+
+/// The hours a chart spans and the points in them.
+#[derive(Clone, Copy)]
+struct Window<'a> {
+    points: &'a [PathPoint],
+    paths: &'a [String],
+    /// Unix seconds of the first hour.
+    from: i64,
+    hours: i64,
+}
+
+/// What a chart line plots: a point's value, `None` where it has none.
+type Measure = fn(&PathPoint) -> Option<f64>;
+
+/// A chart of `measures` (dashed, value of a point) over `hours` hours from `from`, one line
+/// per path and measure; an hour without traffic is 0 when `idle_is_zero` (counts), else a gap.
+fn chart(
+    w: &Window<'_>,
+    id: &'static str,
+    title: &'static str,
+    idle_is_zero: bool,
+    measures: &[(bool, Measure)],
+) -> Chart {
+    let Window {
+        points,
+        paths,
+        from,
+        hours,
+    } = *w;
+    let top = points
+        .iter()
+        .flat_map(|p| measures.iter().filter_map(|(_, m)| m(p)))
+        .fold(0.0f64, f64::max);
+    let scale = if top > 0.0 { CHART_H / top } else { 0.0 };
+    let step = CHART_W / (hours.max(2) - 1) as f64;
+    let mut lines = Vec::new();
+    for path in paths {
+        for &(dashed, measure) in measures {
+            let mut segments = Vec::new();
+            let mut run: Vec<(f64, f64)> = Vec::new();
+            for h in 0..hours {
+                let at = from + h * HOUR;
+                let value = match points.iter().find(|p| p.hour == at && &p.path == path) {
+                    Some(p) => measure(p),
+                    None if idle_is_zero => Some(0.0),
+                    None => None,
+                };
+                match value {
+                    Some(v) => run.push((h as f64 * step, CHART_H - v * scale)),
+                    None if !run.is_empty() => segments.push(polyline(&std::mem::take(&mut run))),
+                    None => {}
                 }
             }
-            Err(e) => return api_error_page(&signed, unavailable(e)),
-        },
-        Viewer::Customer(k) => {
-            let now = lumina_schemas::now_micros() / 1_000_000;
-            match state
-                .read_model
-                .usage(k.account_id.as_str(), now - 86_400, now + 60)
-                .await
-            {
-                Ok(rows) => {
-                    for r in rows {
-                        let line = line_of(&mut lines, &r.path);
-                        line.requests += r.requests;
-                        line.cost_nano = line.cost_nano.saturating_add(r.credits_nano);
-                    }
-                }
-                Err(e) => return api_error_page(&signed, unavailable(e)),
+            if !run.is_empty() {
+                segments.push(polyline(&run));
             }
+            lines.push(ChartLine {
+                path: path.clone(),
+                color: path_color(path),
+                dashed,
+                segments,
+            });
         }
     }
-    let busiest = lines.iter().map(|l| l.requests).max().unwrap_or(0).max(1);
-    for l in &mut lines {
-        l.width = (l.requests as f64 / busiest as f64 * 100.0).round();
-        l.cost = NanoCredits(l.cost_nano).to_string();
+    Chart {
+        id,
+        title,
+        top: format!("{}", (top * 1000.0).round() / 1000.0),
+        lines,
     }
+}
+
+/// A count as a chart value.
+fn counted(n: i64) -> Option<f64> {
+    Some(n as f64)
+}
+
+/// SVG `points` of a run; a lone point becomes a short dash, so it shows.
+fn polyline(run: &[(f64, f64)]) -> String {
+    let dash;
+    let run = match run {
+        [(x, y)] => {
+            dash = [(x - 2.0, *y), (x + 2.0, *y)];
+            &dash[..]
+        }
+        _ => run,
+    };
+    run.iter()
+        .map(|(x, y)| format!("{x:.1},{y:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn overview(State(state): State<AppState>, signed: Signed, uri: Uri) -> Response {
+    let q: HashMap<String, String> = uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let hours: i64 = match q.get("hours").map(|h| h.parse::<i64>()) {
+        None => 24,
+        Some(Ok(h)) if (1..=720).contains(&h) => h,
+        Some(_) => {
+            return error_page(
+                &signed,
+                StatusCode::BAD_REQUEST,
+                "'hours' must be a whole number from 1 to 720.",
+            );
+        }
+    };
+    let now = lumina_schemas::now_micros() / 1_000_000;
+    let to = now.div_euclid(HOUR) * HOUR + HOUR;
+    let from = to - hours * HOUR;
+    let account = signed
+        .own_account()
+        .unwrap_or_else(|| ALL_ACCOUNTS.to_string());
+    let series = match state.read_model.path_series(&account, from, to).await {
+        Ok(s) => s,
+        Err(e) => return api_error_page(&signed, unavailable(e)),
+    };
+    let busiest = series
+        .totals
+        .iter()
+        .map(|t| t.requests)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let lines: Vec<PathLine> = series
+        .totals
+        .iter()
+        .map(|t| PathLine {
+            path: t.path.clone(),
+            color: path_color(&t.path),
+            requests: t.requests,
+            failed: t.failed,
+            cost: NanoCredits(t.charge_nano).to_string(),
+            latency_p50: t.latency_ms.p50,
+            latency_p99: t.latency_ms.p99,
+            ttft_p50: t.ttft_ms.p50,
+            ttft_p99: t.ttft_ms.p99,
+            width: (t.requests as f64 / busiest as f64 * 100.0).round(),
+        })
+        .collect();
+    let paths: Vec<String> = series.totals.iter().map(|t| t.path.clone()).collect();
+    let w = Window {
+        points: &series.points,
+        paths: &paths,
+        from,
+        hours,
+    };
+    let charts = [
+        chart(
+            &w,
+            "chart-requests",
+            "Requests per hour",
+            true,
+            &[(false, |p| counted(p.requests))],
+        ),
+        chart(
+            &w,
+            "chart-errors",
+            "Errors per hour",
+            true,
+            &[(false, |p| counted(p.failed))],
+        ),
+        chart(
+            &w,
+            "chart-latency",
+            "Latency p50 and p99 (dashed), ms",
+            false,
+            &[(false, |p| p.latency_ms.p50), (true, |p| p.latency_ms.p99)],
+        ),
+        chart(
+            &w,
+            "chart-ttft",
+            "Time to first token p50 and p99 (dashed), ms",
+            false,
+            &[(false, |p| p.ttft_ms.p50), (true, |p| p.ttft_ms.p99)],
+        ),
+    ];
+    let table: Vec<HourLine> = series
+        .points
+        .iter()
+        .rev()
+        .map(|p| HourLine {
+            hour: chrono::DateTime::from_timestamp(p.hour, 0)
+                .map(|t| t.format("%Y-%m-%d %H:00").to_string())
+                .unwrap_or_default(),
+            path: p.path.clone(),
+            requests: p.requests,
+            failed: p.failed,
+            cost: NanoCredits(p.charge_nano).to_string(),
+            latency_p50: p.latency_ms.p50,
+            latency_p99: p.latency_ms.p99,
+            ttft_p50: p.ttft_ms.p50,
+            ttft_p99: p.ttft_ms.p99,
+        })
+        .collect();
     html(
         StatusCode::OK,
         "overview.html",
-        context! { frame => signed.frame("overview"), lines => ser(&lines), scope => signed.own_account() },
+        context! {
+            frame => signed.frame("overview"),
+            lines => ser(&lines),
+            charts => ser(&charts),
+            hours_table => ser(&table),
+            hours => hours,
+            scope => signed.own_account(),
+        },
     )
 }
 
