@@ -384,6 +384,83 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
         charged
     );
 
+    // The statement: the journal's entries, newest first, spend what the requests were
+    // charged; the day's closing balance says the same; its CSV download closes on it too.
+    c.goto(&format!("{base}/dashboard/accounts/{account}"))
+        .await
+        .unwrap();
+    click(&c, "#account-statement").await;
+    let mut kinds = Vec::new();
+    let mut spent = 0;
+    for row in c.find_all(Locator::Css("#entries tr.entry")).await.unwrap() {
+        kinds.push(row.attr("data-kind").await.unwrap().unwrap());
+        spent += nanos(
+            &row.find(Locator::Css("td.spent"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(spent, charged, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "settle").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("grant"),
+        "oldest last: {kinds:?}"
+    );
+    let days = c
+        .find_all(Locator::Css("#daily tr.day td.spent"))
+        .await
+        .unwrap();
+    let today = days.last().unwrap().text().await.unwrap();
+    assert_eq!(nanos(&today), charged);
+    shot(&c, "05b-statement").await;
+    // A download: the page stays.
+    c.find(Locator::Css("#statement-csv"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let statement = loop {
+        let found = std::fs::read_dir(&downloads)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("statement-{account}-")) && n.ends_with(".csv")
+                })
+            });
+        if let Some(path) = found {
+            break std::fs::read_to_string(path).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no statement downloaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let closing: Vec<&str> = statement
+        .lines()
+        .find(|l| l.starts_with("closing,"))
+        .unwrap()
+        .split(',')
+        .collect();
+    assert_eq!(closing[12].parse::<i64>().unwrap(), charged, "{statement}");
+    assert_eq!(
+        statement
+            .lines()
+            .filter(|l| l.starts_with("entry,"))
+            .count(),
+        kinds.len(),
+        "{statement}"
+    );
+
     // A form without its CSRF token is refused; with it, it works.
     let session = c.get_named_cookie("lumina_session").await.unwrap();
     let cookie = format!("lumina_session={}", session.value());

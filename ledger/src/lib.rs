@@ -13,8 +13,8 @@ pub mod sweeper;
 
 pub use journal::{EntryKind, HoldState, JournalEntry, LedgerAccount, Posting, entry_for};
 pub use store::{
-    Available, Balance, Ledger, LedgerProjection, Snapshot, Spend, SpendQuery, SpendScope, Spends,
-    spend_bucket,
+    Available, Balance, DailyBalance, Ledger, LedgerProjection, Snapshot, Spend, SpendQuery,
+    SpendScope, Spends, spend_bucket,
 };
 
 /// Consumer name of the ledger: the key of its positions and applied event ids.

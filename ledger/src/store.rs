@@ -842,6 +842,15 @@ pub struct StatementLine {
     pub balance: Balance,
 }
 
+/// An account's balance at the end of a day on which it moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DailyBalance {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    /// The balance after the day's last entry.
+    pub balance: Balance,
+}
+
 /// An account's statement over `[from, to)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Statement {
@@ -918,6 +927,57 @@ impl Ledger {
             (account_id, after, limit),
         )
         .await
+    }
+
+    /// Up to `limit` entries of `account_id`, newest first, with ids below `before`: a page of
+    /// the journal read backwards along the `(account_id, id)` index.
+    pub async fn recent_entries(
+        &self,
+        account_id: &str,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<EntryRow>, sqlx::Error> {
+        let mut entries = self
+            .entries_where(
+                "SELECT id FROM ledger_entries WHERE account_id = $1 AND id < $2
+                 ORDER BY id DESC LIMIT $3",
+                (account_id, before, limit),
+            )
+            .await?;
+        entries.reverse();
+        Ok(entries)
+    }
+
+    /// The balance of `account_id` at the end of each day from `from` to `to` (`YYYY-MM-DD`,
+    /// UTC, inclusive) on which it moved, oldest first.
+    pub async fn daily(
+        &self,
+        account_id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<DailyBalance>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT day, available_nano, held_nano, spent_nano, granted_nano FROM ledger_daily
+             WHERE account_id = $1 AND day >= $2 AND day <= $3 ORDER BY day",
+        )
+        .bind(account_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DailyBalance {
+                    day: r.try_get(0)?,
+                    balance: Balance {
+                        available_nano: r.try_get(1)?,
+                        held_nano: r.try_get(2)?,
+                        spent_nano: r.try_get(3)?,
+                        granted_nano: r.try_get(4)?,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// The statement of `account_id` over `[from, to)` (µs since the epoch).

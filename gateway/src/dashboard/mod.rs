@@ -53,6 +53,7 @@ fn templates() -> &'static Environment<'static> {
             ("usage.html", include_str!("templates/usage.html")),
             ("accounts.html", include_str!("templates/accounts.html")),
             ("account.html", include_str!("templates/account.html")),
+            ("statement.html", include_str!("templates/statement.html")),
             ("providers.html", include_str!("templates/providers.html")),
             ("policies.html", include_str!("templates/policies.html")),
             ("events.html", include_str!("templates/events.html")),
@@ -78,6 +79,8 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/usage.csv", get(usage_csv))
         .route("/dashboard/accounts", get(accounts).post(create_account))
         .route("/dashboard/accounts/{id}", get(account))
+        .route("/dashboard/accounts/{id}/statement", get(statement))
+        .route("/dashboard/accounts/{id}/statement.csv", get(statement_csv))
         .route("/dashboard/accounts/{id}/credits", post(grant_credits))
         .route("/dashboard/accounts/{id}/keys", post(create_key))
         .route("/dashboard/keys/{id}/revoke", post(revoke_key))
@@ -1032,6 +1035,192 @@ async fn account(
         return *page;
     }
     account_page(&state, &signed, &id, None).await
+}
+
+/// Journal entries per page of the statement page.
+const STATEMENT_PAGE: i64 = 50;
+
+/// A query's parameters by name.
+fn query_of(uri: &Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+/// `days` of a statement query: 1 to 366, 31 when absent.
+fn statement_days(q: &HashMap<String, String>) -> Result<i64, ApiError> {
+    match q.get("days").map(|d| d.parse::<i64>()) {
+        None => Ok(31),
+        Some(Ok(d)) if (1..=366).contains(&d) => Ok(d),
+        Some(_) => Err(ApiError::invalid(
+            "'days' must be a whole number from 1 to 366",
+            Some("days"),
+        )),
+    }
+}
+
+/// The statement page of an account: its balance at the end of each day of the window
+/// (`ledger_daily`), and its journal newest first, a page at a time along the account's index
+/// (`?before=ENTRY_ID`), each entry with its effect on the balance.
+async fn statement(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Response {
+    if let Err(page) = signed.admin_for(Method::GET, "/admin/ledger/statements") {
+        return *page;
+    }
+    let q = query_of(&uri);
+    let days = match statement_days(&q) {
+        Ok(d) => d,
+        Err(e) => return api_error_page(&signed, e),
+    };
+    let before = match q.get("before").map(|b| b.parse::<i64>()) {
+        None => i64::MAX,
+        Some(Ok(b)) if b > 0 => b,
+        Some(_) => {
+            return api_error_page(
+                &signed,
+                ApiError::invalid("'before' must be an entry id", Some("before")),
+            );
+        }
+    };
+    let account = match state.admin.account(&id).await {
+        Ok(a) => a,
+        Err(e) => return api_error_page(&signed, e.into()),
+    };
+    let now = lumina_schemas::now_micros();
+    let first_day = lumina_ledger::store::day_of(now - (days - 1) * 86_400_000_000);
+    let today = lumina_ledger::store::day_of(now);
+    let ledger_unavailable =
+        |e: sqlx::Error| ApiError::Unavailable(format!("ledger unavailable: {e}"));
+    let (daily, entries) = match tokio::try_join!(
+        state.ledger.daily(&id, &first_day, &today),
+        state.ledger.recent_entries(&id, before, STATEMENT_PAGE),
+    ) {
+        Ok(found) => found,
+        Err(e) => return api_error_page(&signed, ledger_unavailable(e)),
+    };
+    let credits = |n: i64| NanoCredits(n).to_string();
+    let mut previous: Option<lumina_ledger::Balance> = None;
+    let daily_rows: Vec<minijinja::Value> = daily
+        .iter()
+        .map(|d| {
+            let b = &d.balance;
+            let moved = previous.map(|p| {
+                context! {
+                    spent => credits(b.spent_nano - p.spent_nano),
+                    granted => credits(b.granted_nano - p.granted_nano),
+                }
+            });
+            previous = Some(*b);
+            context! {
+                day => d.day.clone(), available => credits(b.available_nano),
+                held => credits(b.held_nano), spent => credits(b.spent_nano),
+                granted => credits(b.granted_nano), moved,
+            }
+        })
+        .collect();
+    let entry_rows: Vec<minijinja::Value> = entries
+        .iter()
+        .map(|e| {
+            let d = e.delta(&id);
+            context! {
+                id => e.id,
+                at => chrono::DateTime::from_timestamp_micros(e.occurred_at)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default(),
+                kind => e.kind.clone(), request_id => e.request_id.clone(),
+                available => credits(d.available_nano), held => credits(d.held_nano),
+                spent => credits(d.spent_nano), granted => credits(d.granted_nano),
+            }
+        })
+        .collect();
+    let older = (entries.len() as i64 == STATEMENT_PAGE)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    html(
+        StatusCode::OK,
+        "statement.html",
+        context! {
+            frame => signed.frame("accounts"), account => ser(&account), days,
+            first_day, today, daily => daily_rows, entries => entry_rows, older,
+        },
+    )
+}
+
+/// The statement of `?from=YYYY-MM-DD&to=YYYY-MM-DD` (UTC days, inclusive; the statement
+/// window by default) as the admin API's CSV, downloaded.
+async fn statement_csv(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Response {
+    if let Err(page) = signed.admin_for(Method::GET, "/admin/ledger/statements") {
+        return *page;
+    }
+    let q = query_of(&uri);
+    let now = lumina_schemas::now_micros();
+    let day = |name: &str, default: i64| -> Result<i64, ApiError> {
+        match q.get(name).filter(|v| !v.is_empty()) {
+            None => Ok(default),
+            Some(v) => chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc().timestamp_micros())
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("'{name}' must be a day, YYYY-MM-DD"), Some(name))
+                }),
+        }
+    };
+    let window = match statement_days(&q) {
+        Ok(d) => d,
+        Err(e) => return api_error_page(&signed, e),
+    };
+    let today = now.div_euclid(86_400_000_000) * 86_400_000_000;
+    let (from, to) = match (
+        day("from", today - (window - 1) * 86_400_000_000),
+        day("to", today),
+    ) {
+        (Ok(f), Ok(t)) if t >= f => (f, t + 86_400_000_000),
+        (Ok(_), Ok(_)) => {
+            return api_error_page(
+                &signed,
+                ApiError::invalid("'to' must not be before 'from'", Some("to")),
+            );
+        }
+        (Err(e), _) | (_, Err(e)) => return api_error_page(&signed, e),
+    };
+    if let Err(e) = state.admin.account(&id).await {
+        return api_error_page(&signed, e.into());
+    }
+    let st = match state.ledger.statement(&id, from, to).await {
+        Ok(st) => st,
+        Err(e) => {
+            return api_error_page(
+                &signed,
+                ApiError::Unavailable(format!("ledger unavailable: {e}")),
+            );
+        }
+    };
+    let mut response = (StatusCode::OK, crate::api::ledger::statement_csv(&st)).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    let name = format!(
+        "statement-{id}-{}-{}.csv",
+        lumina_ledger::store::day_of(from),
+        lumina_ledger::store::day_of(to - 1)
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        h.insert(CONTENT_DISPOSITION, v);
+    }
+    page_headers(&mut response);
+    response
 }
 
 async fn grant_credits(
