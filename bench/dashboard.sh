@@ -52,6 +52,7 @@ curl -s -b "$JAR" -c "$JAR" -o /dev/null -d "csrf=$CSRF" --data-urlencode "key=$
 
 PAGES=(
   "/dashboard"
+  "/dashboard?hours=720"
   "/dashboard/requests"
   "/dashboard/requests?path=reasoning&status=completed"
   "/dashboard/requests?status=failed"
@@ -62,6 +63,8 @@ PAGES=(
   "/dashboard/usage.csv?account_id=$BIG&days=30"
   "/dashboard/accounts"
   "/dashboard/accounts/$BIG"
+  "/dashboard/accounts/$BIG/statement"
+  "/dashboard/accounts/$BIG/statement?before=100000"
   "/dashboard/providers"
   "/dashboard/policies"
 )
@@ -108,7 +111,10 @@ plans = [
     ("request trace", "SELECT * FROM requests WHERE request_id = ?", (traced,)),
     ("request attempts", "SELECT * FROM request_attempts WHERE request_id = ? ORDER BY attempt", (traced,)),
     ("usage", "SELECT * FROM usage_minutes WHERE account_id = ? AND minute >= ? AND minute < ? ORDER BY minute", (big, 0, 2**40)),
-    ("overview, providers", "SELECT * FROM route_stats ORDER BY path, deployment, task_class", ()),
+    ("overview", "SELECT * FROM path_hours WHERE account_id = ? AND hour >= ? AND hour < ? ORDER BY hour, path", ("", 0, 2**40)),
+    ("providers", "SELECT * FROM route_stats ORDER BY path, deployment, task_class", ()),
+    ("statement, days", "SELECT * FROM ledger_daily WHERE account_id = ? AND day >= ? AND day <= ? ORDER BY day", (big, "2000-01-01", "2999-12-31")),
+    ("statement, entries", "SELECT e.id FROM ledger_entries e JOIN ledger_postings p ON p.entry_event_id = e.event_id WHERE e.id IN (SELECT id FROM ledger_entries WHERE account_id = ? AND id < ? ORDER BY id DESC LIMIT 50) ORDER BY e.id, p.line", (big, 100000)),
     ("accounts", "SELECT * FROM accounts ORDER BY created_at DESC, id DESC LIMIT 200", ()),
     ("keys of an account", "SELECT * FROM api_keys WHERE account_id = ?", (big,)),
 ]

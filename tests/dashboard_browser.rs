@@ -391,9 +391,18 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
         .unwrap();
     click(&c, "#account-statement").await;
     let mut kinds = Vec::new();
+    let mut ids = Vec::new();
     let mut spent = 0;
     for row in c.find_all(Locator::Css("#entries tr.entry")).await.unwrap() {
         kinds.push(row.attr("data-kind").await.unwrap().unwrap());
+        ids.push(
+            row.find(Locator::Css("td"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
         spent += nanos(
             &row.find(Locator::Css("td.spent"))
                 .await
@@ -421,6 +430,23 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
     let today = days.last().unwrap().text().await.unwrap();
     assert_eq!(nanos(&today), charged);
     shot(&c, "05b-statement").await;
+    // A page further back starts below the entry it names.
+    c.goto(&format!(
+        "{base}/dashboard/accounts/{account}/statement?before={}",
+        ids[2]
+    ))
+    .await
+    .unwrap();
+    let mut older = Vec::new();
+    for row in c
+        .find_all(Locator::Css("#entries tr.entry td:first-child"))
+        .await
+        .unwrap()
+    {
+        older.push(row.text().await.unwrap());
+    }
+    assert_eq!(older, ids[3..], "{ids:?}");
+    c.back().await.unwrap();
     // A download: the page stays.
     c.find(Locator::Css("#statement-csv"))
         .await
