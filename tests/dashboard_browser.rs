@@ -201,6 +201,38 @@ async fn request_ids(c: &Client, url: &str, n: usize) -> Vec<String> {
     }
 }
 
+/// Clicks the download link `css` (the page stays) and reads the CSV saved in `dir` whose name
+/// starts with `name`.
+async fn download(c: &Client, css: &str, dir: &Path, name: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(name) && n.ends_with(".csv"))
+            });
+        if let Some(path) = saved {
+            return std::fs::read_to_string(path).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {name} downloaded: {:?}",
+            std::fs::read_dir(dir).unwrap().collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The overview's hourly rows for `path` (requests, errors), once they add up to `requests`
 /// (the projector applies settlements a moment after the answer).
 async fn overview_hours(c: &Client, base: &str, path: &str, requests: i64) -> Vec<(i64, i64)> {
@@ -349,24 +381,7 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
         .await
         .unwrap();
     shot(&c, "05-usage").await;
-    // A download: the page stays.
-    c.find(Locator::Css("#csv"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let file = downloads.join(format!("usage-{account}-7d.csv"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !file.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no CSV downloaded: {:?}",
-            std::fs::read_dir(&downloads).unwrap().collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let csv = std::fs::read_to_string(&file).unwrap();
+    let csv = download(&c, "#csv", &downloads, &format!("usage-{account}-7d.csv")).await;
     let mut lines = csv.lines();
     let head: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!(head[0], "day");
@@ -447,30 +462,13 @@ async fn an_operator_and_a_customer_use_the_dashboard_in_a_real_browser() {
     }
     assert_eq!(older, ids[3..], "{ids:?}");
     c.back().await.unwrap();
-    // A download: the page stays.
-    c.find(Locator::Css("#statement-csv"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let statement = loop {
-        let found = std::fs::read_dir(&downloads)
-            .unwrap()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with(&format!("statement-{account}-")) && n.ends_with(".csv")
-                })
-            });
-        if let Some(path) = found {
-            break std::fs::read_to_string(path).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no statement downloaded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let statement = download(
+        &c,
+        "#statement-csv",
+        &downloads,
+        &format!("statement-{account}-"),
+    )
+    .await;
     let closing: Vec<&str> = statement
         .lines()
         .find(|l| l.starts_with("closing,"))

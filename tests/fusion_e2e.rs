@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::upstream::{MockUpstream, Mocked, parse_sse};
 use common::{
-    Lumina, assert_openai_error, header, nanos, payloads, reconciles, run_python, spent_after, user,
+    Lumina, assert_openai_error, dashboard_session, header, nanos, payloads, reconciles,
+    run_python, spent_after, user,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -327,6 +328,40 @@ async fn a_failed_member_is_named_and_free_and_a_missed_quorum_is_a_502_charging
             .as_str()
             .unwrap()
             .starts_with("Mock answer to:")
+    );
+    // The dashboard's trace shows the panel: three members, the failed one among them.
+    let session = dashboard_session(&lumina.url, &key).await;
+    let id = header(&headers, "x-request-id");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let page = loop {
+        let r = http
+            .get(format!("{}/dashboard/requests/{id}", lumina.url))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let page = r.text().await.unwrap();
+        if status == 200 && page.contains("fusion-panel") {
+            break page;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        page.contains("3 panel members, 2 answered") && !page.contains("not synthesized"),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches(r#"<td class="role">panel</td>"#).count(),
+        3,
+        "{page}"
+    );
+    assert_eq!(
+        page.matches(r#"<td class="role">synthesizer</td>"#).count(),
+        1,
+        "{page}"
     );
     let cost = nanos(&body["usage"]["cost"].to_string());
     assert_eq!(spent_after(&lumina, &account, cost).await, cost);

@@ -667,3 +667,47 @@ pub async fn spent_after(lumina: &Lumina, account: &str, spent: i64) -> i64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The value of the `Set-Cookie` named `name` in `response`.
+fn set_cookie(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{name}="))?.split(';').next())
+        .unwrap_or_else(|| panic!("no {name} cookie: {:?}", response.headers()))
+        .to_string()
+}
+
+/// Signs in to the dashboard with `key` as a browser would (the login form's CSRF token, then
+/// the form) and returns the session's `cookie` header.
+pub async fn dashboard_session(base: &str, key: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = http
+        .get(format!("{base}/dashboard/login"))
+        .send()
+        .await
+        .unwrap();
+    let login = set_cookie(&form, "lumina_login");
+    let page = form.text().await.unwrap();
+    let csrf = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the login form's CSRF token");
+    let body = format!("csrf={csrf}&key={}", key.replace('+', "%2B"));
+    let signed = http
+        .post(format!("{base}/dashboard/login"))
+        .header("cookie", format!("lumina_login={login}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 303, "sign-in refused");
+    format!("lumina_session={}", set_cookie(&signed, "lumina_session"))
+}

@@ -543,10 +543,7 @@ fn polyline(run: &[(f64, f64)]) -> String {
 }
 
 async fn overview(State(state): State<AppState>, signed: Signed, uri: Uri) -> Response {
-    let q: HashMap<String, String> = uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let q = query_of(&uri);
     let hours: i64 = match q.get("hours").map(|h| h.parse::<i64>()) {
         None => 24,
         Some(Ok(h)) if (1..=720).contains(&h) => h,
@@ -688,6 +685,8 @@ async fn requests(State(state): State<AppState>, signed: Signed, uri: Uri) -> Re
 struct Bar {
     attempt: i64,
     deployment: String,
+    /// Its part in a Fusion panel: `panel`, `judge` or `synthesizer`.
+    role: Option<String>,
     outcome: String,
     error_class: Option<String>,
     fell_back: bool,
@@ -725,6 +724,7 @@ async fn request(
         .map(|a| Bar {
             attempt: a.attempt,
             deployment: a.deployment.clone(),
+            role: a.role.clone(),
             outcome: a.outcome.clone(),
             error_class: a.error_class.clone(),
             fell_back: a.fell_back,
@@ -733,11 +733,22 @@ async fn request(
             w: (a.duration_us as f64 / span * 100.0).clamp(0.5, 100.0),
         })
         .collect();
+    let of_role = |role: &'static str| bars.iter().filter(move |b| b.role.as_deref() == Some(role));
+    let fusion = bars.iter().any(|b| b.role.is_some()).then(|| {
+        context! {
+            members => of_role("panel").count(),
+            answered => of_role("panel").filter(|b| b.outcome == "ok").count(),
+            judged => of_role("judge").next().is_some(),
+            synthesized => of_role("synthesizer").any(|b| b.outcome == "ok"),
+        }
+    });
     let trace = trace(row, attempts);
     html(
         StatusCode::OK,
         "request.html",
-        context! { frame => signed.frame("requests"), trace => ser(&trace), bars => ser(&bars) },
+        context! {
+            frame => signed.frame("requests"), trace => ser(&trace), bars => ser(&bars), fusion,
+        },
     )
 }
 
@@ -765,10 +776,7 @@ async fn usage_lines(
     signed: &Signed,
     uri: &Uri,
 ) -> Result<(String, i64, Vec<UsageLine>), Page> {
-    let q: HashMap<String, String> = uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let q = query_of(uri);
     let account = match signed.own_account() {
         Some(own) => own,
         None => match q.get("account_id").filter(|a| !a.is_empty()) {
@@ -925,15 +933,18 @@ async fn usage_csv(State(state): State<AppState>, signed: Signed, uri: Uri) -> R
         out.push_str(&fields.join(","));
         out.push('\n');
     }
-    let mut response = (StatusCode::OK, out).into_response();
+    csv_download(out, &format!("usage-{account}-{days}d.csv"))
+}
+
+/// A CSV answer the browser saves as `name`.
+fn csv_download(body: String, name: &str) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
     h.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/csv; charset=utf-8"),
     );
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "attachment; filename=\"usage-{account}-{days}d.csv\""
-    )) {
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         h.insert(CONTENT_DISPOSITION, v);
     }
     page_headers(&mut response);
@@ -1047,6 +1058,12 @@ fn query_of(uri: &Uri) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The query of a statement page or download, for a viewer whose role may read statements.
+fn statement_query(signed: &Signed, uri: &Uri) -> Result<HashMap<String, String>, Page> {
+    signed.admin_for(Method::GET, "/admin/ledger/statements")?;
+    Ok(query_of(uri))
+}
+
 /// `days` of a statement query: 1 to 366, 31 when absent.
 fn statement_days(q: &HashMap<String, String>) -> Result<i64, ApiError> {
     match q.get("days").map(|d| d.parse::<i64>()) {
@@ -1068,10 +1085,10 @@ async fn statement(
     Path(id): Path<String>,
     uri: Uri,
 ) -> Response {
-    if let Err(page) = signed.admin_for(Method::GET, "/admin/ledger/statements") {
-        return *page;
-    }
-    let q = query_of(&uri);
+    let q = match statement_query(&signed, &uri) {
+        Ok(q) => q,
+        Err(page) => return *page,
+    };
     let days = match statement_days(&q) {
         Ok(d) => d,
         Err(e) => return api_error_page(&signed, e),
@@ -1158,10 +1175,10 @@ async fn statement_csv(
     Path(id): Path<String>,
     uri: Uri,
 ) -> Response {
-    if let Err(page) = signed.admin_for(Method::GET, "/admin/ledger/statements") {
-        return *page;
-    }
-    let q = query_of(&uri);
+    let q = match statement_query(&signed, &uri) {
+        Ok(q) => q,
+        Err(page) => return *page,
+    };
     let now = lumina_schemas::now_micros();
     let day = |name: &str, default: i64| -> Result<i64, ApiError> {
         match q.get(name).filter(|v| !v.is_empty()) {
@@ -1205,22 +1222,12 @@ async fn statement_csv(
             );
         }
     };
-    let mut response = (StatusCode::OK, crate::api::ledger::statement_csv(&st)).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
     let name = format!(
         "statement-{id}-{}-{}.csv",
         lumina_ledger::store::day_of(from),
         lumina_ledger::store::day_of(to - 1)
     );
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
-        h.insert(CONTENT_DISPOSITION, v);
-    }
-    page_headers(&mut response);
-    response
+    csv_download(crate::api::ledger::statement_csv(&st), &name)
 }
 
 async fn grant_credits(
