@@ -153,14 +153,6 @@ impl Book {
         }
     }
 
-    fn recount(&mut self) {
-        let mut totals: [HashMap<String, i64>; 3] = Default::default();
-        for p in self.pending.values() {
-            add_to_scopes(&mut totals, &p.scopes, p.contribution());
-        }
-        self.pending_by = totals;
-    }
-
     /// What `state`'s budget has used in the period starting at `period_start`: the
     /// snapshot's spend when it is for that period (only its open holds when the period has
     /// turned since), plus what pending requests of its scope take.
@@ -683,29 +675,52 @@ impl CreditBook {
         if let Some(next) = ledger_next {
             book.ledger_next = next;
         }
-        book.pending.retain(|_, p| {
-            if let Position::Waiting(rx) = &mut p.position {
-                match rx.try_recv() {
-                    Ok(Ok(position)) => p.position = Position::Known(position),
-                    // The hold never reached the log; nothing will reflect it.
-                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => return false,
-                    Err(oneshot::error::TryRecvError::Empty) => {}
-                }
-            }
-            if !p.reflected && includes_hold(p) {
-                p.reflected = true;
-            }
-            match p.settled.as_mut() {
-                Some(s) => match settlement(s) {
-                    None => return false,
-                    Some(seen) => s.seen = seen,
-                },
-                None if p.reflected && p.placed.elapsed() > FORGET_UNSETTLED => return false,
-                None => {}
-            }
-            true
+        // Each entry's contribution changes here only when the snapshot now carries its hold
+        // or its settlement, or when it goes: the totals take the difference, entry by entry,
+        // rather than being recounted (thousands of pending requests under load, every
+        // refresh, under the lock every hold waits for).
+        let Book {
+            pending,
+            pending_by,
+            ..
+        } = &mut *book;
+        pending.retain(|_, p| {
+            let before = p.contribution();
+            let keep = Self::reflect(p, &includes_hold, &settlement);
+            let after = if keep { p.contribution() } else { 0 };
+            add_to_scopes(pending_by, &p.scopes, after - before);
+            keep
         });
-        book.recount();
+    }
+
+    /// Updates `p` from a snapshot; false when the request is done with (the snapshot includes
+    /// its settlement, its hold never reached the log, or it was never settled for too long).
+    fn reflect(
+        p: &mut Pending,
+        includes_hold: &impl Fn(&Pending) -> bool,
+        settlement: &impl Fn(&Settled) -> Option<Seen>,
+    ) -> bool {
+        if let Position::Waiting(rx) = &mut p.position {
+            match rx.try_recv() {
+                Ok(Ok(position)) => p.position = Position::Known(position),
+                // The hold never reached the log; nothing will reflect it.
+                Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => return false,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        if !p.reflected && includes_hold(p) {
+            p.reflected = true;
+        }
+        match p.settled.as_mut() {
+            Some(s) => match settlement(s) {
+                None => false,
+                Some(seen) => {
+                    s.seen = seen;
+                    true
+                }
+            },
+            None => !(p.reflected && p.placed.elapsed() > FORGET_UNSETTLED),
+        }
     }
 
     /// Requests whose hold or settlement no snapshot includes yet.
@@ -1051,5 +1066,98 @@ mod tests {
         assert_eq!(held.crossings.len(), 1);
         assert_eq!(held.crossings[0].used, 56);
         assert_eq!(held.budget_remaining, Some(44));
+    }
+
+    /// What each scope's pending requests take, counted from scratch.
+    fn recounted(book: &CreditBook) -> [HashMap<String, i64>; 3] {
+        let b = book.book.lock().unwrap();
+        let mut totals: [HashMap<String, i64>; 3] = Default::default();
+        for p in b.pending.values() {
+            add_to_scopes(&mut totals, &p.scopes, p.contribution());
+        }
+        totals
+    }
+
+    #[test]
+    fn the_pending_totals_kept_step_by_step_equal_a_recount() {
+        for reflection in [Reflection::LogPosition, Reflection::AppliedEvent] {
+            let book = CreditBook::with_reflection(reflection);
+            let accounts = ["a", "b", "c"];
+            book.apply_snapshot(
+                accounts
+                    .iter()
+                    .map(|a| (a.to_string(), 1_000_000))
+                    .collect(),
+                0,
+            );
+            let mut seed = 0x2545_f491_u64;
+            let mut next = move || {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                seed >> 33
+            };
+            let mut position = 0u64;
+            let mut open: Vec<(RequestId, Uuid, Option<Uuid>)> = Vec::new();
+            let mut applied: HashSet<Uuid> = HashSet::new();
+            for step in 0..600 {
+                match next() % 5 {
+                    0 | 1 => {
+                        let account = accounts[(next() % 3) as usize];
+                        let id: RequestId = format!("r{step}").as_str().into();
+                        let amount = 1 + (next() % 500) as i64;
+                        if book
+                            .try_hold(ids(account).holder(), &id, amount, Utc::now())
+                            .is_ok()
+                        {
+                            let routed = Uuid::now_v7();
+                            let (tx, rx) = oneshot::channel();
+                            book.queued(&id, routed, rx);
+                            position += 1;
+                            tx.send(Ok(position)).unwrap();
+                            open.push((id, routed, None));
+                        }
+                    }
+                    2 if !open.is_empty() => {
+                        let i = (next() as usize) % open.len();
+                        if open[i].2.is_none() {
+                            let settled = Uuid::now_v7();
+                            position += 1;
+                            book.settled(&open[i].0, (next() % 300) as i64, settled, position);
+                            open[i].2 = Some(settled);
+                        }
+                    }
+                    3 if !open.is_empty() => {
+                        let (id, ..) = open.swap_remove((next() as usize) % open.len());
+                        book.cancel(&id);
+                    }
+                    _ => {
+                        // The ledger caught up with part of what was queued.
+                        let upto = position.saturating_sub(next() % 8);
+                        for (_, routed, settled) in &open {
+                            if next() % 2 == 0 {
+                                applied.insert(*routed);
+                                applied.extend(settled);
+                            }
+                        }
+                        let available = accounts
+                            .iter()
+                            .map(|a| (a.to_string(), 1_000_000 - (next() % 1_000) as i64))
+                            .collect();
+                        match reflection {
+                            Reflection::LogPosition => book.apply_snapshot(available, upto + 1),
+                            Reflection::AppliedEvent => book.install_applied(
+                                available,
+                                (&[], &Spends::new()),
+                                &Applied {
+                                    ids: applied.clone(),
+                                    asked: open.iter().filter_map(|o| o.2).collect(),
+                                },
+                            ),
+                        }
+                    }
+                }
+                let kept = book.book.lock().unwrap().pending_by.clone();
+                assert_eq!(kept, recounted(&book), "{reflection:?}, step {step}");
+            }
+        }
     }
 }
