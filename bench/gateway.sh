@@ -55,7 +55,9 @@ measure() {
   run "${p}lumina-stream-1000rps" "$GW" "$SBODY" -c 16 -q 1000 --latency-correction
   scrape "${p}after-stream-1000rps"
   run "${p}lumina-max" "$GW" "$BODY" -c 32
+  scrape "${p}after-max"
   run "${p}lumina-stream-max" "$GW" "$SBODY" -c 32
+  scrape "${p}after-stream-max"
   run "${p}lumina-simulated-max" "$GW" "$SIMBODY" -c 32
   run "${p}lumina-simulated-stream-max" "$GW" "$SIMSBODY" -c 32
 }
@@ -94,6 +96,15 @@ if "before-lumina-max" in rows:
         print(f"{name}: {b['rps']:.0f} -> {a['rps']:.0f} req/s (x{a['rps'] / b['rps']:.2f})")
 print(f"events committed to this build's local log during the run: {sys.argv[2]}")
 PY
+# Whether the embedded consumers kept up with each maximum-rate run: the events each had yet
+# to apply, and the holds the credit book still counted itself, when the run ended. A backlog
+# means that run's rate is not sustainable: the consumers were starved of the cores.
+for m in "$WORK"/metrics-*after-*max.txt; do
+  name=$(basename "$m" .txt); name=${name#metrics-}
+  awk -v run="$name" '/^lumina_consumer_lag_events/ { match($0, /consumer="[^"]+"/); lag = lag " " substr($0, RSTART + 10, RLENGTH - 11) " " $2 }
+    /^lumina_credit_pending_holds/ { holds = $2 }
+    END { printf "%s: consumer backlog at the end:%s events; pending holds %s\n", run, lag, holds }' "$m"
+done
 # lumina_gateway_overhead_seconds over each 1,000 req/s run (this build only: the metric is
 # new in it): p50 and p99 interpolated within the histogram's buckets.
 python3 - "$WORK" <<'PY'
