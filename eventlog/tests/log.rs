@@ -366,3 +366,64 @@ async fn the_wal_stays_bounded_under_a_steady_stream_of_commits_and_reads() {
         largest / (1024 * 1024)
     );
 }
+
+#[tokio::test]
+async fn a_requests_records_share_the_commit_of_the_one_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        // Far longer than the three appends take, however busy the machine.
+        relaxed_wait_us: 5_000_000,
+        ..LogOptions::default()
+    };
+    let log = EventLog::open(dir.path().join("events.db"), options).unwrap();
+    log.append_event(&grant("acct_c", 0)).await.unwrap();
+    let before = log.commits();
+    // What a request queues: its routing (position wanted later), an attempt (not waited
+    // for), its settlement (waited for); apart, as the upstream call sets them apart, so a
+    // writer that commits what it is handed commits each on its own.
+    let routed = log
+        .append_deferred(LogRecord::from_event(&grant("acct_c", 1)).unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log.append_event_nowait(&grant("acct_c", 2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let settled = log.append_event(&grant("acct_c", 3)).await.unwrap();
+    assert_eq!(routed.await.unwrap().unwrap(), settled - 2);
+    assert_eq!(
+        log.commits() - before,
+        1,
+        "one commit for the three records"
+    );
+    assert_eq!(log.committed_position(), 4);
+}
+
+#[tokio::test]
+async fn records_nobody_waits_for_are_committed_within_the_relaxed_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        relaxed_wait_us: 20_000,
+        ..LogOptions::default()
+    };
+    let log = EventLog::open(dir.path().join("events.db"), options).unwrap();
+    let mut committed = log.subscribe();
+    for round in 0..3 {
+        // An idle writer wakes for the first record, then commits it without a waited one.
+        log.append_event_nowait(&grant("acct_n", round))
+            .await
+            .unwrap();
+        let position = u64::try_from(round + 1).unwrap();
+        let seen = tokio::time::timeout(
+            Duration::from_secs(10),
+            committed.wait_for(|&p| p >= position),
+        )
+        .await;
+        assert!(seen.is_ok(), "round {round}: never committed");
+    }
+    let queued = log
+        .append_deferred(LogRecord::from_event(&grant("acct_n", 3)).unwrap())
+        .await
+        .unwrap();
+    let position = tokio::time::timeout(Duration::from_secs(10), queued).await;
+    assert_eq!(position.unwrap().unwrap().unwrap(), 4);
+}
