@@ -381,6 +381,7 @@ async fn a_soft_limit_is_crossed_once_per_period_and_says_what_is_left() {
     );
     spent_after(&lumina, &account, 4 * charge).await;
     // After a restart, the crossing recorded in this period is not recorded again.
+    lumina.stop().await;
     lumina.restart().await;
     let (status, headers, _) = chat(&lumina, &key, &ask()).await;
     assert_eq!(status, 200);

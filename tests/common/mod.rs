@@ -180,6 +180,14 @@ impl Lumina {
     }
 
     async fn spawn(&mut self) {
+        // A second process on the port would fail to bind while the first went on answering
+        // (and outlived the test): a restart needs `stop`, `kill9` or the process gone first.
+        if let Some(child) = self.child.as_mut() {
+            assert!(
+                child.try_wait().unwrap().is_some(),
+                "lumina is still running: stop or kill it before starting it again"
+            );
+        }
         self.starts += 1;
         std::fs::create_dir_all(&self.output_dir).unwrap();
         let stdout =
