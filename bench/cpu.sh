@@ -22,12 +22,6 @@ fi
 BINS=("$@")
 [ ${#BINS[@]} -gt 0 ] || BINS=("$(lumina_binary "")")
 
-# lag → the events the embedded consumers have yet to apply
-lag() {
-  curl -sf "http://127.0.0.1:$GW_PORT/metrics" \
-    | awk '/^lumina_consumer_lag_events/ { s += $2 } END { print s + 0 }'
-}
-
 # measure BIN LABEL CONNECTIONS [RATE] → one line
 measure() {
   local bin=$1 label=$2 conns=$3 rate=${4:-} q=()
@@ -36,13 +30,13 @@ measure() {
   start_lumina "$bin" "cpu-$RUN"   # a data dir of its own: an older build refuses a newer one
   "$OHA" --no-tui -n 2000 -c "$conns" -m POST -H "Authorization: Bearer $KEY" \
     -H "content-type: application/json" -d "$BODY" "$GW" > /dev/null
-  for _ in $(seq 1 300); do [ "$(lag)" = 0 ] && break; sleep 0.2; done
+  wait_caught_up 60
   perf stat -e context-switches,task-clock -p "$LUMINA_PID" -o "$WORK/stat.txt" &
   local stat=$!
   sleep 0.5
   "$OHA" --no-tui -n "$N" -c "$conns" "${q[@]}" -m POST -H "Authorization: Bearer $KEY" \
     -H "content-type: application/json" -d "$BODY" "$GW" > "$WORK/load.txt"
-  for _ in $(seq 1 600); do [ "$(lag)" = 0 ] && break; sleep 0.2; done
+  wait_caught_up 120
   kill -INT "$stat"; wait "$stat" 2>/dev/null || true
   kill "$LUMINA_PID"; wait "$LUMINA_PID" 2>/dev/null || true
   grep -q "Success rate:[[:space:]]*100" "$WORK/load.txt" || { cat "$WORK/load.txt" >&2; exit 1; }

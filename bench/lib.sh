@@ -116,6 +116,18 @@ start_lumina() {
   GW="http://127.0.0.1:$port/v1/chat/completions"
 }
 
+# consumer_lag → the events the embedded consumers of the gateway at $GW_PORT have yet to apply
+consumer_lag() {
+  curl -sf "http://127.0.0.1:$GW_PORT/metrics" \
+    | awk '/^lumina_consumer_lag_events/ { s += $2 } END { print s + 0 }'
+}
+
+# wait_caught_up SECONDS → returns once the consumers applied every event, or after SECONDS
+wait_caught_up() {
+  local tries=$(( $1 * 5 ))
+  for _ in $(seq 1 "$tries"); do [ "$(consumer_lag)" = 0 ] && return 0; sleep 0.2; done
+}
+
 BODY='{"model":"lumina-fast","max_tokens":64,"messages":[{"role":"user","content":"Give me the fixed answer, please."}]}'
 SBODY='{"model":"lumina-balanced","stream":true,"max_tokens":64,"messages":[{"role":"user","content":"Give me the fixed answer, please."}]}'
 SIMBODY='{"model":"lumina-reasoning","max_tokens":64,"messages":[{"role":"user","content":"Give me the fixed answer, please."}]}'

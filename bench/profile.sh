@@ -29,12 +29,6 @@ if [ -z "${BIN:-}" ]; then
   BIN="$CARGO_TARGET_DIR/release/lumina"
 fi
 
-# lag → the events the embedded consumers have yet to apply
-lag() {
-  curl -sf "http://127.0.0.1:$GW_PORT/metrics" \
-    | awk '/^lumina_consumer_lag_events/ { s += $2 } END { print s + 0 }'
-}
-
 WARMUP=50
 
 # send BODY COUNT NAME → COUNT requests, 4 at a time, every one a success
@@ -56,7 +50,7 @@ profile() {
   send "$BODY" "$WARMUP" "$name-warm-json"
   send "$SBODY" "$WARMUP" "$name-warm-stream"
   send "$body" "$count" "$name"
-  for _ in $(seq 1 600); do [ "$(lag)" = 0 ] && break; sleep 0.5; done
+  wait_caught_up 300
   kill -TERM "$LUMINA_PID"
   wait "$LUMINA_PID" 2>/dev/null || true
 }
