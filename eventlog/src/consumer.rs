@@ -21,7 +21,7 @@ use sqlx::{AnyConnection, Row};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{Database, pieces};
+use crate::db::Database;
 use crate::source::{EventSource, SourceMessage};
 
 /// What a consumer does with each event, inside the consumer's transaction.
@@ -529,25 +529,20 @@ impl<S: EventSource, P: Projection> Consumer<S, P> {
             .map(|e| e.envelope.event_id.to_string())
             .collect();
         let now = now_micros();
-        let mut claimed = std::collections::HashSet::with_capacity(ids.len());
-        for chunk in pieces(&ids, ROWS) {
-            let sql = crate::db::values_sql(
-                conn,
-                "INSERT INTO consumer_applied_events (consumer, event_id, applied_at)",
-                3,
-                chunk.len(),
-                "ON CONFLICT DO NOTHING RETURNING event_id",
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query
-                    .bind(self.projection.name())
-                    .bind(id.as_str())
-                    .bind(now);
-            }
-            for row in query.fetch_all(&mut *conn).await? {
-                claimed.insert(row.try_get::<String, _>(0)?);
-            }
+        let name = self.projection.name();
+        let returned = crate::db::fetch_rows(
+            conn,
+            "INSERT INTO consumer_applied_events (consumer, event_id, applied_at)",
+            3,
+            "ON CONFLICT DO NOTHING RETURNING event_id",
+            ROWS,
+            &ids,
+            |values, id| values.bind(name).bind(id.as_str()).bind(now),
+        )
+        .await?;
+        let mut claimed = std::collections::HashSet::with_capacity(returned.len());
+        for row in returned {
+            claimed.insert(row.try_get::<String, _>(0)?);
         }
         Ok(events
             .iter()

@@ -4,6 +4,7 @@
 //! SQL shared by both backends uses `$n` placeholders, `ON CONFLICT` upserts and integer
 //! columns only (i64 in Rust, BIGINT in PostgreSQL), so one statement text serves both.
 
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -134,7 +135,7 @@ impl Database {
 /// `prefix VALUES (…), (…) suffix` for `rows` rows of `cols` parameters, with the placeholder
 /// style that is fast on `conn`'s backend: `?` on SQLite (whose lookup of numbered parameters
 /// is linear, so thousands of `$n` in one statement cost quadratic time), `$n` on PostgreSQL.
-pub fn values_sql(
+fn values_sql(
     conn: &sqlx::AnyConnection,
     prefix: &str,
     cols: usize,
@@ -170,7 +171,7 @@ pub fn values_sql(
     sql
 }
 
-/// A query being bound, as [`insert_rows`] hands it to its binder.
+/// A query being bound.
 pub type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
 /// `rows` cut into slices whose lengths are powers of four (at most `max`, rounded down to
@@ -193,8 +194,232 @@ pub fn pieces<T>(rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// Writes `rows` with multi-row statements of at most `per_statement` rows each (cut by
-/// [`pieces`]): `prefix VALUES (…), (…) suffix`, every row's `cols` values bound by `bind`.
+/// A value a multi-row write carries: a bound parameter on PostgreSQL, an element of the one
+/// JSON array that carries all of a write's rows on SQLite.
+pub trait RowValue<'q>: sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + 'q {
+    /// Whether SQLite reads the JSON back as exactly this value. Its JSON parser rounds some
+    /// doubles (1e-300 comes back as 9.999999999999999e-301), so writes carrying any are bound
+    /// as parameters instead.
+    const JSON_EXACT: bool = true;
+
+    /// Appends the value as JSON.
+    fn write_json(&self, out: &mut String);
+}
+
+impl RowValue<'_> for i64 {
+    fn write_json(&self, out: &mut String) {
+        let _ = write!(out, "{self}");
+    }
+}
+
+impl RowValue<'_> for f64 {
+    const JSON_EXACT: bool = false;
+
+    fn write_json(&self, out: &mut String) {
+        if self.is_finite() {
+            // `{:?}` is the shortest text that reads back as the same double.
+            let _ = write!(out, "{self:?}");
+        } else {
+            out.push_str("null");
+        }
+    }
+}
+
+impl<'q> RowValue<'q> for &'q str {
+    fn write_json(&self, out: &mut String) {
+        json_string(self, out);
+    }
+}
+
+impl RowValue<'_> for String {
+    fn write_json(&self, out: &mut String) {
+        json_string(self, out);
+    }
+}
+
+impl<'q, T: RowValue<'q>> RowValue<'q> for Option<T>
+where
+    Option<T>: sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    const JSON_EXACT: bool = T::JSON_EXACT;
+
+    fn write_json(&self, out: &mut String) {
+        match self {
+            Some(value) => value.write_json(out),
+            None => out.push_str("null"),
+        }
+    }
+}
+
+/// `text` as a JSON string.
+fn json_string(text: &str, out: &mut String) {
+    out.reserve(text.len() + 2);
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[plain..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&text[plain..]);
+    out.push('"');
+}
+
+/// The values of a multi-row write's rows, as the binder of [`insert_rows`] adds them.
+pub struct RowValues<'q> {
+    values: Values<'q>,
+    /// Values of the current row so far.
+    in_row: usize,
+}
+
+enum Values<'q> {
+    Params(AnyQuery<'q>),
+    Json(String),
+    /// A value JSON would not carry exactly was bound: the write goes as parameters.
+    Inexact,
+}
+
+impl<'q> RowValues<'q> {
+    /// Adds the current row's next value.
+    pub fn bind<V: RowValue<'q>>(self, value: V) -> Self {
+        let values = match self.values {
+            Values::Params(query) => Values::Params(query.bind(value)),
+            Values::Json(mut out) if V::JSON_EXACT => {
+                if self.in_row > 0 {
+                    out.push(',');
+                }
+                value.write_json(&mut out);
+                Values::Json(out)
+            }
+            Values::Json(_) | Values::Inexact => Values::Inexact,
+        };
+        RowValues {
+            values,
+            in_row: self.in_row + 1,
+        }
+    }
+}
+
+/// Binds one row; fails when the binder gave other than `cols` values.
+fn bind_row<'r, T>(
+    values: RowValues<'r>,
+    cols: usize,
+    row: &'r T,
+    bind: &impl Fn(RowValues<'r>, &'r T) -> RowValues<'r>,
+) -> Result<RowValues<'r>, sqlx::Error> {
+    let bound = bind(
+        RowValues {
+            in_row: 0,
+            ..values
+        },
+        row,
+    );
+    if bound.in_row == cols {
+        Ok(bound)
+    } else {
+        Err(sqlx::Error::Encode(
+            format!(
+                "a row of {} values where {cols} were expected",
+                bound.in_row
+            )
+            .into(),
+        ))
+    }
+}
+
+/// Runs `prefix ROWS suffix` over `rows`, every row's `cols` values bound by `bind`, and
+/// returns what the statements return: an `INSERT INTO t (…)` prefix writes them (`suffix`
+/// may hold an upsert and `RETURNING`), a `SELECT … WHERE (a, b) IN (` prefix with a `)`
+/// suffix looks them up.
+///
+/// On SQLite all rows go in one statement whatever their number: ROWS is `SELECT r.value ->>
+/// 0, … FROM json_each(?) AS r WHERE true`, the rows one JSON array parameter. Through sqlx
+/// every statement is a round trip to the connection's worker thread (two context switches
+/// when both sides idle), so a batch's write costs one trip per table, and the statement text
+/// is the same for every batch, hence always prepared. On PostgreSQL, and for rows carrying a
+/// value JSON would not carry exactly ([`RowValue::JSON_EXACT`]), ROWS is a multi-row
+/// `VALUES` of at most `per_statement` rows, one statement per [`pieces`] slice.
+pub async fn fetch_rows<'r, T>(
+    conn: &mut sqlx::AnyConnection,
+    prefix: &str,
+    cols: usize,
+    suffix: &str,
+    per_statement: usize,
+    rows: &'r [T],
+    bind: impl Fn(RowValues<'r>, &'r T) -> RowValues<'r>,
+) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        let mut values = RowValues {
+            values: Values::Json(String::with_capacity(rows.len() * cols * 12 + 2)),
+            in_row: 0,
+        };
+        for (i, row) in rows.iter().enumerate() {
+            if let Values::Json(out) = &mut values.values {
+                out.push_str(if i == 0 { "[[" } else { "],[" });
+            }
+            values = bind_row(values, cols, row, &bind)?;
+            if matches!(values.values, Values::Inexact) {
+                break;
+            }
+        }
+        if let Values::Json(mut array) = values.values {
+            array.push_str("]]");
+            return sqlx::query(sqlx::AssertSqlSafe(json_rows_sql(prefix, cols, suffix)))
+                .bind(array)
+                .fetch_all(&mut *conn)
+                .await;
+        }
+    }
+    let mut returned = Vec::new();
+    for chunk in pieces(rows, per_statement) {
+        let sql = values_sql(conn, prefix, cols, chunk.len(), suffix);
+        let mut values = RowValues {
+            values: Values::Params(sqlx::query(sqlx::AssertSqlSafe(sql))),
+            in_row: 0,
+        };
+        for row in chunk {
+            values = bind_row(values, cols, row, &bind)?;
+        }
+        let Values::Params(query) = values.values else {
+            return Err(sqlx::Error::Encode("rows lost their query".into()));
+        };
+        returned.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(returned)
+}
+
+/// `prefix SELECT r.value ->> 0, … FROM json_each(?) AS r WHERE true suffix`: the rows of
+/// one JSON array parameter as a statement's rows.
+fn json_rows_sql(prefix: &str, cols: usize, suffix: &str) -> String {
+    let mut sql = String::with_capacity(prefix.len() + suffix.len() + 48 + cols * 18);
+    sql.push_str(prefix);
+    sql.push_str(" SELECT ");
+    for c in 0..cols {
+        if c > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "r.value ->> {c}");
+    }
+    // `WHERE true`: without it SQLite would read the `ON CONFLICT` of an upsert as a join's.
+    sql.push_str(" FROM json_each(?) AS r WHERE true ");
+    sql.push_str(suffix);
+    sql
+}
+
+/// [`fetch_rows`] for writes that return nothing.
 pub async fn insert_rows<'r, T>(
     conn: &mut sqlx::AnyConnection,
     prefix: &str,
@@ -202,32 +427,33 @@ pub async fn insert_rows<'r, T>(
     suffix: &str,
     per_statement: usize,
     rows: &'r [T],
-    bind: impl Fn(AnyQuery<'r>, &'r T) -> AnyQuery<'r>,
+    bind: impl Fn(RowValues<'r>, &'r T) -> RowValues<'r>,
 ) -> Result<(), sqlx::Error> {
-    for chunk in pieces(rows, per_statement) {
-        let sql = values_sql(conn, prefix, cols, chunk.len(), suffix);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for row in chunk {
-            query = bind(query, row);
-        }
-        query.execute(&mut *conn).await?;
-    }
+    fetch_rows(conn, prefix, cols, suffix, per_statement, rows, bind).await?;
     Ok(())
 }
 
-/// `(p1, p2, …)` for an `IN` list of `n` parameters, in `conn`'s fast placeholder style.
-pub fn in_list(conn: &sqlx::AnyConnection, n: usize) -> String {
-    let numbered = !conn.backend_name().eq_ignore_ascii_case("sqlite");
-    let items: Vec<String> = (1..=n)
-        .map(|i| {
-            if numbered {
-                format!("${i}")
-            } else {
-                "?".to_string()
-            }
-        })
-        .collect();
-    format!("({})", items.join(","))
+/// The rows of `head IN (…) tail` for the keys `ids`, by [`fetch_rows`]: on SQLite one
+/// statement, on PostgreSQL one per slice of at most `per_statement` keys.
+pub async fn fetch_in<'a, S: AsRef<str> + Sync>(
+    conn: &mut sqlx::AnyConnection,
+    head: &str,
+    tail: &str,
+    per_statement: usize,
+    ids: &'a [S],
+) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    let prefix = format!("{head} IN (");
+    let suffix = format!(") {tail}");
+    fetch_rows(
+        conn,
+        &prefix,
+        1,
+        &suffix,
+        per_statement,
+        ids,
+        |values, id| values.bind(id.as_ref()),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
-use lumina_eventlog::db::{in_list, insert_rows, pieces, values_sql};
+use lumina_eventlog::db::{fetch_in, fetch_rows, insert_rows};
 use lumina_eventlog::{ApplyError, Database};
 use lumina_schemas::{Event, EventType, Payload};
 use serde::Serialize;
@@ -62,22 +62,20 @@ async fn load_balances(
     accounts: &[&str],
 ) -> Result<HashMap<String, [i64; 4]>, sqlx::Error> {
     let mut balances = HashMap::with_capacity(accounts.len());
-    for chunk in pieces(accounts, ROWS) {
-        let sql = format!(
-            "SELECT account_id, available_nano, held_nano, spent_nano, granted_nano
-             FROM ledger_balances WHERE account_id IN {}",
-            in_list(conn, chunk.len())
+    let rows = fetch_in(
+        conn,
+        "SELECT account_id, available_nano, held_nano, spent_nano, granted_nano
+         FROM ledger_balances WHERE account_id",
+        "",
+        ROWS,
+        accounts,
+    )
+    .await?;
+    for r in rows {
+        balances.insert(
+            r.try_get::<String, _>(0)?,
+            [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?],
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for r in q.fetch_all(&mut *conn).await? {
-            balances.insert(
-                r.try_get::<String, _>(0)?,
-                [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?],
-            );
-        }
     }
     Ok(balances)
 }
@@ -110,38 +108,36 @@ async fn load_holds(
     request_ids: &[&str],
 ) -> Result<HashMap<String, HoldRow>, sqlx::Error> {
     let mut holds = HashMap::with_capacity(request_ids.len());
-    for chunk in pieces(request_ids, ROWS) {
-        let sql = format!(
-            "SELECT request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at,
-                    project_id, api_key_id
-             FROM ledger_holds WHERE request_id IN {}",
-            in_list(conn, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for r in q.fetch_all(&mut *conn).await? {
-            let status: String = r.try_get(5)?;
-            holds.insert(
-                r.try_get::<String, _>(0)?,
-                HoldRow {
-                    account_id: r.try_get(1)?,
-                    amount: r.try_get(2)?,
-                    placed_at: r.try_get(3)?,
-                    ttl_ms: r.try_get(4)?,
-                    status: match status.as_str() {
-                        "open" => "open",
-                        "settled" => "settled",
-                        _ => "expired",
-                    },
-                    closed_at: r.try_get(6)?,
-                    project_id: r.try_get(7)?,
-                    api_key_id: r.try_get(8)?,
-                    changed: false,
+    let rows = fetch_in(
+        conn,
+        "SELECT request_id, account_id, amount_nano, placed_at, ttl_ms, status, closed_at,
+                project_id, api_key_id
+         FROM ledger_holds WHERE request_id",
+        "",
+        ROWS,
+        request_ids,
+    )
+    .await?;
+    for r in rows {
+        let status: String = r.try_get(5)?;
+        holds.insert(
+            r.try_get::<String, _>(0)?,
+            HoldRow {
+                account_id: r.try_get(1)?,
+                amount: r.try_get(2)?,
+                placed_at: r.try_get(3)?,
+                ttl_ms: r.try_get(4)?,
+                status: match status.as_str() {
+                    "open" => "open",
+                    "settled" => "settled",
+                    _ => "expired",
                 },
-            );
-        }
+                closed_at: r.try_get(6)?,
+                project_id: r.try_get(7)?,
+                api_key_id: r.try_get(8)?,
+                changed: false,
+            },
+        );
     }
     Ok(holds)
 }
@@ -354,37 +350,36 @@ async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), 
         }
     }
     let mut closing: HashMap<String, [i64; 4]> = HashMap::new();
-    for chunk in pieces(&order, ROWS) {
-        let sql = values_sql(
-            conn,
-            "INSERT INTO ledger_balances (account_id, available_nano, held_nano, spent_nano, granted_nano, updated_at)",
-            6,
-            chunk.len(),
-            "ON CONFLICT (account_id) DO UPDATE SET
-                 available_nano = ledger_balances.available_nano + excluded.available_nano,
-                 held_nano = ledger_balances.held_nano + excluded.held_nano,
-                 spent_nano = ledger_balances.spent_nano + excluded.spent_nano,
-                 granted_nano = ledger_balances.granted_nano + excluded.granted_nano,
-                 updated_at = excluded.updated_at
-             RETURNING account_id, available_nano, held_nano, spent_nano, granted_nano",
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for account in chunk {
+    let returned = fetch_rows(
+        conn,
+        "INSERT INTO ledger_balances (account_id, available_nano, held_nano, spent_nano, granted_nano, updated_at)",
+        6,
+        "ON CONFLICT (account_id) DO UPDATE SET
+             available_nano = ledger_balances.available_nano + excluded.available_nano,
+             held_nano = ledger_balances.held_nano + excluded.held_nano,
+             spent_nano = ledger_balances.spent_nano + excluded.spent_nano,
+             granted_nano = ledger_balances.granted_nano + excluded.granted_nano,
+             updated_at = excluded.updated_at
+         RETURNING account_id, available_nano, held_nano, spent_nano, granted_nano",
+        ROWS,
+        &order,
+        |values, account| {
             let t = totals.get(account).copied().unwrap_or_default();
-            q = q
+            values
                 .bind(account.as_str())
                 .bind(t[0])
                 .bind(t[1])
                 .bind(t[2])
                 .bind(t[3])
-                .bind(t[4]);
-        }
-        for r in q.fetch_all(&mut *conn).await? {
-            closing.insert(
-                r.try_get(0)?,
-                [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?],
-            );
-        }
+                .bind(t[4])
+        },
+    )
+    .await?;
+    for r in returned {
+        closing.insert(
+            r.try_get(0)?,
+            [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?],
+        );
     }
     let mut daily: Vec<(String, String, [i64; 4])> = Vec::new();
     for account in &order {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use lumina_eventlog::ApplyError;
-use lumina_eventlog::db::{in_list, insert_rows, pieces};
+use lumina_eventlog::db::{fetch_in, insert_rows};
 use lumina_schemas::{Event, Payload};
 use sqlx::{AnyConnection, Row};
 
@@ -113,32 +113,30 @@ impl ReadModel {
     ) -> Result<HashMap<String, EvaluatedRequest>, sqlx::Error> {
         let mut conn = self.database().pool.acquire().await?;
         let mut found = HashMap::new();
-        for chunk in pieces(ids, IDS) {
-            let sql = format!(
-                "SELECT request_id, account_id, requested_model, path, task_class, deployment,
-                     outcome, charge_nano
-                 FROM requests WHERE request_id IN {}",
-                in_list(&conn, chunk.len())
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(*id);
+        let rows = fetch_in(
+            &mut conn,
+            "SELECT request_id, account_id, requested_model, path, task_class, deployment,
+                 outcome, charge_nano
+             FROM requests WHERE request_id",
+            "",
+            IDS,
+            ids,
+        )
+        .await?;
+        for r in rows {
+            if r.try_get::<String, _>(1)? != account_id {
+                continue;
             }
-            for r in q.fetch_all(&mut *conn).await? {
-                if r.try_get::<String, _>(1)? != account_id {
-                    continue;
-                }
-                let request = EvaluatedRequest {
-                    request_id: r.try_get(0)?,
-                    requested_model: r.try_get(2)?,
-                    path: r.try_get(3)?,
-                    task_class: r.try_get(4)?,
-                    deployment: r.try_get(5)?,
-                    outcome: r.try_get(6)?,
-                    charge_nano: r.try_get(7)?,
-                };
-                found.insert(request.request_id.clone(), request);
-            }
+            let request = EvaluatedRequest {
+                request_id: r.try_get(0)?,
+                requested_model: r.try_get(2)?,
+                path: r.try_get(3)?,
+                task_class: r.try_get(4)?,
+                deployment: r.try_get(5)?,
+                outcome: r.try_get(6)?,
+                charge_nano: r.try_get(7)?,
+            };
+            found.insert(request.request_id.clone(), request);
         }
         Ok(found)
     }
@@ -151,19 +149,17 @@ impl ReadModel {
     ) -> Result<Vec<String>, sqlx::Error> {
         let mut conn = self.database().pool.acquire().await?;
         let mut found = Vec::new();
-        for chunk in pieces(ids, IDS) {
-            let sql = format!(
-                "SELECT request_id, account_id FROM eval_results WHERE request_id IN {}",
-                in_list(&conn, chunk.len())
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            for r in q.fetch_all(&mut *conn).await? {
-                if r.try_get::<String, _>(1)? == account_id {
-                    found.push(r.try_get(0)?);
-                }
+        let rows = fetch_in(
+            &mut conn,
+            "SELECT request_id, account_id FROM eval_results WHERE request_id",
+            "",
+            IDS,
+            ids,
+        )
+        .await?;
+        for r in rows {
+            if r.try_get::<String, _>(1)? == account_id {
+                found.push(r.try_get(0)?);
             }
         }
         Ok(found)

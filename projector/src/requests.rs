@@ -3,10 +3,11 @@
 //! latency and time-to-first-token sketches (DDSketch) per path × deployment × task class, and
 //! the same per hour × path × account for the dashboard's series.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lumina_eventlog::ApplyError;
-use lumina_eventlog::db::{AnyQuery, in_list, insert_rows, pieces};
+use lumina_eventlog::db::{RowValues, fetch_in, fetch_rows, insert_rows};
+use lumina_schemas::payloads::RequestSettled;
 use lumina_schemas::{Event, Payload};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
@@ -117,7 +118,7 @@ fn excluded(cols: &str) -> String {
 }
 
 /// Binds a request row's key columns: request, account, project, API key.
-fn bind_key<'q>(q: AnyQuery<'q>, event: &'q Event) -> AnyQuery<'q> {
+fn bind_key<'q>(q: RowValues<'q>, event: &'q Event) -> RowValues<'q> {
     let env = &event.envelope;
     q.bind(env.request_id.as_deref().unwrap_or_default())
         .bind(env.account_id.as_str())
@@ -417,49 +418,61 @@ pub async fn update_stats(conn: &mut AnyConnection, events: &[&Event]) -> Result
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    for chunk in pieces(&missing, ROWS) {
-        let sql = format!(
-            "SELECT request_id, path, task_class FROM requests WHERE request_id IN {}",
-            in_list(conn, chunk.len())
+    let rows = fetch_in(
+        conn,
+        "SELECT request_id, path, task_class FROM requests WHERE request_id",
+        "",
+        ROWS,
+        &missing,
+    )
+    .await?;
+    for r in rows {
+        classes.insert(
+            r.try_get(0)?,
+            (
+                r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+            ),
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for r in q.fetch_all(&mut *conn).await? {
-            classes.insert(
-                r.try_get(0)?,
-                (
-                    r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
-                    r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
-                ),
-            );
-        }
     }
-    let mut touched: BTreeMap<StatsKey, RouteStats> = BTreeMap::new();
-    for e in relevant {
-        let Some(id) = e.envelope.request_id.as_deref() else {
-            continue;
-        };
-        let (path, class) = classes.get(id).cloned().unwrap_or_default();
-        let class = if class.is_empty() {
-            "unknown".to_string()
-        } else {
-            class
-        };
-        match &e.payload {
-            Payload::RequestSettled(s) => {
-                let path = if path.is_empty() {
-                    s.path.clone()
-                } else {
-                    path
-                };
-                let key = (
-                    path,
+    // Each fact's statistics row, then every row touched read in one statement.
+    let keyed: Vec<(StatsKey, &Payload)> = relevant
+        .iter()
+        .filter_map(|e| {
+            let id = e.envelope.request_id.as_deref()?;
+            let (path, class) = classes.get(id).cloned().unwrap_or_default();
+            let class = if class.is_empty() {
+                "unknown".to_string()
+            } else {
+                class
+            };
+            let key = match &e.payload {
+                Payload::RequestSettled(s) => (
+                    if path.is_empty() {
+                        s.path.clone()
+                    } else {
+                        path
+                    },
                     s.deployment.clone().unwrap_or_else(|| "-".into()),
                     class,
-                );
-                let stats = load_stats(conn, &mut touched, key).await?;
+                ),
+                Payload::UpstreamAttempted(a) => (path, a.deployment.clone(), class),
+                _ => return None,
+            };
+            Some((key, &e.payload))
+        })
+        .collect();
+    let keys: Vec<&StatsKey> = keyed
+        .iter()
+        .map(|(k, _)| k)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut touched = load_stats(conn, &keys).await?;
+    for (key, payload) in &keyed {
+        let stats = touched.entry(key.clone()).or_default();
+        match payload {
+            Payload::RequestSettled(s) => {
                 stats.requests += 1;
                 if s.outcome == "completed" {
                     stats.completed += 1;
@@ -473,8 +486,6 @@ pub async fn update_stats(conn: &mut AnyConnection, events: &[&Event]) -> Result
                 }
             }
             Payload::UpstreamAttempted(a) => {
-                let key = (path, a.deployment.clone(), class);
-                let stats = load_stats(conn, &mut touched, key).await?;
                 stats.attempts += 1;
                 if a.outcome != "ok" {
                     stats.errors += 1;
@@ -489,34 +500,38 @@ pub async fn update_stats(conn: &mut AnyConnection, events: &[&Event]) -> Result
             _ => {}
         }
     }
-    for ((path, deployment, class), s) in touched {
-        sqlx::query(
-            "INSERT INTO route_stats (path, deployment, task_class, requests, completed, failed,
-                 charge_nano, attempts, errors, timeouts, fallbacks, latency, ttft)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (path, deployment, task_class) DO UPDATE SET
-                 requests = excluded.requests, completed = excluded.completed,
-                 failed = excluded.failed, charge_nano = excluded.charge_nano,
-                 attempts = excluded.attempts, errors = excluded.errors,
-                 timeouts = excluded.timeouts, fallbacks = excluded.fallbacks,
-                 latency = excluded.latency, ttft = excluded.ttft",
-        )
-        .bind(path)
-        .bind(deployment)
-        .bind(class)
-        .bind(s.requests)
-        .bind(s.completed)
-        .bind(s.failed)
-        .bind(s.charge_nano)
-        .bind(s.attempts)
-        .bind(s.errors)
-        .bind(s.timeouts)
-        .bind(s.fallbacks)
-        .bind(encode_sketch(&s.latency))
-        .bind(encode_sketch(&s.ttft))
-        .execute(&mut *conn)
-        .await?;
-    }
+    let rows: Vec<(&StatsKey, &RouteStats)> = touched.iter().collect();
+    insert_rows(
+        conn,
+        "INSERT INTO route_stats (path, deployment, task_class, requests, completed, failed,
+             charge_nano, attempts, errors, timeouts, fallbacks, latency, ttft)",
+        13,
+        "ON CONFLICT (path, deployment, task_class) DO UPDATE SET
+             requests = excluded.requests, completed = excluded.completed,
+             failed = excluded.failed, charge_nano = excluded.charge_nano,
+             attempts = excluded.attempts, errors = excluded.errors,
+             timeouts = excluded.timeouts, fallbacks = excluded.fallbacks,
+             latency = excluded.latency, ttft = excluded.ttft",
+        ROWS,
+        &rows,
+        |values, ((path, deployment, class), s)| {
+            values
+                .bind(path.as_str())
+                .bind(deployment.as_str())
+                .bind(class.as_str())
+                .bind(s.requests)
+                .bind(s.completed)
+                .bind(s.failed)
+                .bind(s.charge_nano)
+                .bind(s.attempts)
+                .bind(s.errors)
+                .bind(s.timeouts)
+                .bind(s.fallbacks)
+                .bind(encode_sketch(&s.latency))
+                .bind(encode_sketch(&s.ttft))
+        },
+    )
+    .await?;
     Ok(())
 }
 
@@ -560,81 +575,100 @@ type HourKey = (String, i64, String);
 /// Folds a batch's settlements into the hourly series, under the request's account and under
 /// [`ALL_ACCOUNTS`]: one read and one write per row touched.
 pub async fn update_series(conn: &mut AnyConnection, events: &[&Event]) -> Result<(), ApplyError> {
-    let mut touched: BTreeMap<HourKey, HourStats> = BTreeMap::new();
+    let mut keyed: Vec<(HourKey, &RequestSettled)> = Vec::new();
     for e in events {
         let Payload::RequestSettled(s) = &e.payload else {
             continue;
         };
         let hour = e.envelope.occurred_at.div_euclid(1_000_000 * HOUR) * HOUR;
         for account in [e.envelope.account_id.as_str(), ALL_ACCOUNTS] {
-            let key = (account.to_string(), hour, s.path.clone());
-            let stats = load_hour(conn, &mut touched, key).await?;
-            stats.requests += 1;
-            if s.outcome != "completed" {
-                stats.failed += 1;
-            }
-            stats.charge_nano = stats.charge_nano.saturating_add(s.charge_nano);
-            stats.latency.add(s.latency_us as f64 / 1000.0);
-            if let Some(t) = s.ttft_us {
-                stats.ttft.add(t as f64 / 1000.0);
-            }
+            keyed.push(((account.to_string(), hour, s.path.clone()), s));
         }
     }
-    for ((account, hour, path), s) in touched {
-        sqlx::query(
-            "INSERT INTO path_hours (account_id, hour, path, requests, failed, charge_nano,
-                 latency, ttft)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (account_id, hour, path) DO UPDATE SET
-                 requests = excluded.requests, failed = excluded.failed,
-                 charge_nano = excluded.charge_nano, latency = excluded.latency,
-                 ttft = excluded.ttft",
-        )
-        .bind(account)
-        .bind(hour)
-        .bind(path)
-        .bind(s.requests)
-        .bind(s.failed)
-        .bind(s.charge_nano)
-        .bind(encode_sketch(&s.latency))
-        .bind(encode_sketch(&s.ttft))
-        .execute(&mut *conn)
-        .await?;
+    let keys: Vec<&HourKey> = keyed
+        .iter()
+        .map(|(k, _)| k)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut touched = load_hours(conn, &keys).await?;
+    for (key, s) in &keyed {
+        let stats = touched.entry(key.clone()).or_default();
+        stats.requests += 1;
+        if s.outcome != "completed" {
+            stats.failed += 1;
+        }
+        stats.charge_nano = stats.charge_nano.saturating_add(s.charge_nano);
+        stats.latency.add(s.latency_us as f64 / 1000.0);
+        if let Some(t) = s.ttft_us {
+            stats.ttft.add(t as f64 / 1000.0);
+        }
     }
+    let rows: Vec<(&HourKey, &HourStats)> = touched.iter().collect();
+    insert_rows(
+        conn,
+        "INSERT INTO path_hours (account_id, hour, path, requests, failed, charge_nano,
+             latency, ttft)",
+        8,
+        "ON CONFLICT (account_id, hour, path) DO UPDATE SET
+             requests = excluded.requests, failed = excluded.failed,
+             charge_nano = excluded.charge_nano, latency = excluded.latency,
+             ttft = excluded.ttft",
+        ROWS,
+        &rows,
+        |values, ((account, hour, path), s)| {
+            values
+                .bind(account.as_str())
+                .bind(*hour)
+                .bind(path.as_str())
+                .bind(s.requests)
+                .bind(s.failed)
+                .bind(s.charge_nano)
+                .bind(encode_sketch(&s.latency))
+                .bind(encode_sketch(&s.ttft))
+        },
+    )
+    .await?;
     Ok(())
 }
 
-/// The row of `key`, read once per batch.
-async fn load_hour<'m>(
+/// The stored rows of `keys`, read in one statement (per slice on PostgreSQL).
+async fn load_hours(
     conn: &mut AnyConnection,
-    touched: &'m mut BTreeMap<HourKey, HourStats>,
-    key: HourKey,
-) -> Result<&'m mut HourStats, ApplyError> {
-    if !touched.contains_key(&key) {
-        let row = sqlx::query(
-            "SELECT requests, failed, charge_nano, latency, ttft FROM path_hours
-             WHERE account_id = $1 AND hour = $2 AND path = $3",
-        )
-        .bind(&key.0)
-        .bind(key.1)
-        .bind(&key.2)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let stats = match row {
-            None => HourStats::default(),
-            Some(r) => HourStats {
-                requests: r.try_get(0)?,
-                failed: r.try_get(1)?,
-                charge_nano: r.try_get(2)?,
-                latency: decode_sketch(&r.try_get::<String, _>(3)?)
+    keys: &[&HourKey],
+) -> Result<BTreeMap<HourKey, HourStats>, ApplyError> {
+    let rows = fetch_rows(
+        conn,
+        "SELECT account_id, hour, path, requests, failed, charge_nano, latency, ttft
+         FROM path_hours WHERE (account_id, hour, path) IN (",
+        3,
+        ")",
+        ROWS,
+        keys,
+        |values, (account, hour, path)| {
+            values
+                .bind(account.as_str())
+                .bind(*hour)
+                .bind(path.as_str())
+        },
+    )
+    .await?;
+    let mut loaded = BTreeMap::new();
+    for r in rows {
+        loaded.insert(
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+            HourStats {
+                requests: r.try_get(3)?,
+                failed: r.try_get(4)?,
+                charge_nano: r.try_get(5)?,
+                latency: decode_sketch(&r.try_get::<String, _>(6)?)
                     .map_err(|e| ApplyError::Rejected(format!("corrupt latency sketch: {e}")))?,
-                ttft: decode_sketch(&r.try_get::<String, _>(4)?)
+                ttft: decode_sketch(&r.try_get::<String, _>(7)?)
                     .map_err(|e| ApplyError::Rejected(format!("corrupt ttft sketch: {e}")))?,
             },
-        };
-        touched.insert(key.clone(), stats);
+        );
     }
-    Ok(touched.entry(key).or_default())
+    Ok(loaded)
 }
 
 /// A sketch as stored: JSON, or the empty string for an empty sketch — whose infinite
@@ -656,41 +690,47 @@ pub(crate) fn decode_sketch(text: &str) -> Result<DDSketch, serde_json::Error> {
     }
 }
 
-async fn load_stats<'m>(
+/// The stored rows of `keys`, read in one statement (per slice on PostgreSQL).
+async fn load_stats(
     conn: &mut AnyConnection,
-    touched: &'m mut BTreeMap<StatsKey, RouteStats>,
-    key: StatsKey,
-) -> Result<&'m mut RouteStats, ApplyError> {
-    if !touched.contains_key(&key) {
-        let row = sqlx::query(
-            "SELECT requests, completed, failed, charge_nano, attempts, errors, timeouts, fallbacks,
-                 latency, ttft FROM route_stats WHERE path = $1 AND deployment = $2 AND task_class = $3",
-        )
-        .bind(&key.0)
-        .bind(&key.1)
-        .bind(&key.2)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let stats = match row {
-            None => RouteStats::default(),
-            Some(r) => RouteStats {
-                requests: r.try_get(0)?,
-                completed: r.try_get(1)?,
-                failed: r.try_get(2)?,
-                charge_nano: r.try_get(3)?,
-                attempts: r.try_get(4)?,
-                errors: r.try_get(5)?,
-                timeouts: r.try_get(6)?,
-                fallbacks: r.try_get(7)?,
-                latency: decode_sketch(&r.try_get::<String, _>(8)?)
+    keys: &[&StatsKey],
+) -> Result<BTreeMap<StatsKey, RouteStats>, ApplyError> {
+    let rows = fetch_rows(
+        conn,
+        "SELECT path, deployment, task_class, requests, completed, failed, charge_nano,
+             attempts, errors, timeouts, fallbacks, latency, ttft
+         FROM route_stats WHERE (path, deployment, task_class) IN (",
+        3,
+        ")",
+        ROWS,
+        keys,
+        |values, (path, deployment, class)| {
+            values
+                .bind(path.as_str())
+                .bind(deployment.as_str())
+                .bind(class.as_str())
+        },
+    )
+    .await?;
+    let mut loaded = BTreeMap::new();
+    for r in rows {
+        loaded.insert(
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+            RouteStats {
+                requests: r.try_get(3)?,
+                completed: r.try_get(4)?,
+                failed: r.try_get(5)?,
+                charge_nano: r.try_get(6)?,
+                attempts: r.try_get(7)?,
+                errors: r.try_get(8)?,
+                timeouts: r.try_get(9)?,
+                fallbacks: r.try_get(10)?,
+                latency: decode_sketch(&r.try_get::<String, _>(11)?)
                     .map_err(|e| ApplyError::Rejected(format!("corrupt latency sketch: {e}")))?,
-                ttft: decode_sketch(&r.try_get::<String, _>(9)?)
+                ttft: decode_sketch(&r.try_get::<String, _>(12)?)
                     .map_err(|e| ApplyError::Rejected(format!("corrupt ttft sketch: {e}")))?,
             },
-        };
-        touched.insert(key.clone(), stats);
+        );
     }
-    touched
-        .get_mut(&key)
-        .ok_or_else(|| ApplyError::Rejected("route statistics vanished".into()))
+    Ok(loaded)
 }
