@@ -343,7 +343,7 @@ fn bind_row<'r, T>(
 /// suffix looks them up.
 ///
 /// On SQLite all rows go in one statement whatever their number: ROWS is `SELECT r.value ->>
-/// 0, … FROM json_each(?) AS r WHERE true`, the rows one JSON array parameter. Through sqlx
+/// 0, … FROM jsonb_each(?) AS r WHERE true`, the rows one JSON array parameter. Through sqlx
 /// every statement is a round trip to the connection's worker thread (two context switches
 /// when both sides idle), so a batch's write costs one trip per table, and the statement text
 /// is the same for every batch, hence always prepared. On PostgreSQL, and for rows carrying a
@@ -401,7 +401,7 @@ pub async fn fetch_rows<'r, T>(
     Ok(returned)
 }
 
-/// `prefix SELECT r.value ->> 0, … FROM json_each(?) AS r WHERE true suffix`: the rows of
+/// `prefix SELECT r.value ->> 0, … FROM jsonb_each(?) AS r WHERE true suffix`: the rows of
 /// one JSON array parameter as a statement's rows.
 fn json_rows_sql(prefix: &str, cols: usize, suffix: &str) -> String {
     let mut sql = String::with_capacity(prefix.len() + suffix.len() + 48 + cols * 18);
@@ -414,7 +414,7 @@ fn json_rows_sql(prefix: &str, cols: usize, suffix: &str) -> String {
         let _ = write!(sql, "r.value ->> {c}");
     }
     // `WHERE true`: without it SQLite would read the `ON CONFLICT` of an upsert as a join's.
-    sql.push_str(" FROM json_each(?) AS r WHERE true ");
+    sql.push_str(" FROM jsonb_each(?) AS r WHERE true ");
     sql.push_str(suffix);
     sql
 }
