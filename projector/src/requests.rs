@@ -70,7 +70,23 @@ pub async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<
             _ => {}
         }
     }
-    upsert_routed(conn, &routed).await?;
+    // A request routed and settled in the same batch gets its row in one write, not two.
+    let whole: Vec<(&Event, &Event)> = routed
+        .iter()
+        .filter_map(|(id, r)| Some((*r, *settled.get(id)?)))
+        .collect();
+    let routed_only: Vec<&Event> = routed
+        .iter()
+        .filter(|(id, _)| !settled.contains_key(*id))
+        .map(|(_, e)| *e)
+        .collect();
+    let settled_only: Vec<&Event> = settled
+        .iter()
+        .filter(|(id, _)| !routed.contains_key(*id))
+        .map(|(_, e)| *e)
+        .collect();
+    upsert_routed(conn, &routed_only).await?;
+    upsert_whole(conn, &whole).await?;
     // Rows for requests whose routing was never seen, so attempts still have a request.
     let orphans: BTreeMap<&str, &Event> = attempts
         .iter()
@@ -79,7 +95,7 @@ pub async fn apply_batch(conn: &mut AnyConnection, events: &[&Event]) -> Result<
         .collect();
     ensure_rows(conn, &orphans).await?;
     insert_attempts(conn, &attempts).await?;
-    upsert_settled(conn, &settled).await?;
+    upsert_settled(conn, &settled_only).await?;
     upsert_feedback(conn, &feedback).await?;
     insert_content(conn, &content).await?;
     add_usage(conn, &minutes).await?;
@@ -126,11 +142,56 @@ fn bind_key<'q>(q: RowValues<'q>, event: &'q Event) -> RowValues<'q> {
         .bind(env.api_key_id.as_deref())
 }
 
-async fn upsert_routed(
-    conn: &mut AnyConnection,
-    rows: &BTreeMap<&str, &Event>,
-) -> Result<(), ApplyError> {
-    let rows: Vec<&Event> = rows.values().copied().collect();
+/// The routing's columns of a request row ([`ROUTED_COLS`]).
+fn bind_routed<'q>(values: RowValues<'q>, event: &'q Event) -> RowValues<'q> {
+    let Payload::RequestRouted(r) = &event.payload else {
+        return values;
+    };
+    values
+        .bind(r.requested_model.as_str())
+        .bind(r.path.as_str())
+        .bind(r.task_class.as_str())
+        .bind(i64::from(r.stream))
+        .bind(r.policy_version)
+        .bind(serde_json::to_string(&r.features).unwrap_or_default())
+        .bind(serde_json::to_string(&r.scores).unwrap_or_default())
+        .bind(serde_json::to_string(&r.candidates).unwrap_or_default())
+        .bind(r.hold.as_ref().map_or(0, |h| h.amount_nano))
+        .bind(r.prompt_tokens_estimate)
+        .bind(r.max_tokens)
+        .bind(event.envelope.occurred_at)
+        .bind(r.api.as_str())
+        .bind(serde_json::to_string(&r.top_features).unwrap_or_default())
+        .bind(r.prefer.as_str())
+        .bind(r.min_path.as_deref())
+        .bind(r.max_path.as_deref())
+        .bind(r.classified_path.as_deref())
+}
+
+/// The settlement's columns of a request row ([`SETTLED_COLS`]).
+fn bind_settled<'q>(values: RowValues<'q>, event: &'q Event) -> RowValues<'q> {
+    let Payload::RequestSettled(s) = &event.payload else {
+        return values;
+    };
+    values
+        .bind(s.outcome.as_str())
+        .bind(s.provider.as_deref())
+        .bind(s.deployment.as_deref())
+        .bind(s.usage.prompt_tokens)
+        .bind(s.usage.completion_tokens)
+        .bind(s.usage.cached_tokens)
+        .bind(s.usage.reasoning_tokens)
+        .bind(i64::from(s.usage.estimated))
+        .bind(s.charge_nano)
+        .bind(s.price_table_version.as_str())
+        .bind(s.latency_us)
+        .bind(s.ttft_us)
+        .bind(i64::from(s.attempts))
+        .bind(s.error_class.as_deref())
+        .bind(event.envelope.occurred_at)
+}
+
+async fn upsert_routed(conn: &mut AnyConnection, rows: &[&Event]) -> Result<(), ApplyError> {
     let prefix = format!(
         "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {ROUTED_COLS})"
     );
@@ -138,30 +199,36 @@ async fn upsert_routed(
         "ON CONFLICT (request_id) DO UPDATE SET {}",
         excluded(ROUTED_COLS)
     );
-    insert_rows(conn, &prefix, 22, &suffix, ROWS, &rows, |q, e| {
-        let Payload::RequestRouted(r) = &e.payload else {
-            return q;
-        };
-        bind_key(q, e)
-            .bind(r.requested_model.as_str())
-            .bind(r.path.as_str())
-            .bind(r.task_class.as_str())
-            .bind(i64::from(r.stream))
-            .bind(r.policy_version)
-            .bind(serde_json::to_string(&r.features).unwrap_or_default())
-            .bind(serde_json::to_string(&r.scores).unwrap_or_default())
-            .bind(serde_json::to_string(&r.candidates).unwrap_or_default())
-            .bind(r.hold.as_ref().map_or(0, |h| h.amount_nano))
-            .bind(r.prompt_tokens_estimate)
-            .bind(r.max_tokens)
-            .bind(e.envelope.occurred_at)
-            .bind(r.api.as_str())
-            .bind(serde_json::to_string(&r.top_features).unwrap_or_default())
-            .bind(r.prefer.as_str())
-            .bind(r.min_path.as_deref())
-            .bind(r.max_path.as_deref())
-            .bind(r.classified_path.as_deref())
+    insert_rows(conn, &prefix, 22, &suffix, ROWS, rows, |q, e| {
+        bind_routed(bind_key(q, e), e)
     })
+    .await?;
+    Ok(())
+}
+
+/// Rows of requests whose routing and settlement are both in the batch: every column at once.
+async fn upsert_whole(
+    conn: &mut AnyConnection,
+    rows: &[(&Event, &Event)],
+) -> Result<(), ApplyError> {
+    let prefix = format!(
+        "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {ROUTED_COLS}, \
+         {SETTLED_COLS})"
+    );
+    let suffix = format!(
+        "ON CONFLICT (request_id) DO UPDATE SET {}, {}",
+        excluded(ROUTED_COLS),
+        excluded(SETTLED_COLS)
+    );
+    insert_rows(
+        conn,
+        &prefix,
+        37,
+        &suffix,
+        ROWS / 2,
+        rows,
+        |q, (routed, settled)| bind_settled(bind_routed(bind_key(q, routed), routed), settled),
+    )
     .await?;
     Ok(())
 }
@@ -219,11 +286,7 @@ async fn insert_attempts(conn: &mut AnyConnection, rows: &[&Event]) -> Result<()
     Ok(())
 }
 
-async fn upsert_settled(
-    conn: &mut AnyConnection,
-    rows: &BTreeMap<&str, &Event>,
-) -> Result<(), ApplyError> {
-    let rows: Vec<&Event> = rows.values().copied().collect();
+async fn upsert_settled(conn: &mut AnyConnection, rows: &[&Event]) -> Result<(), ApplyError> {
     let prefix = format!(
         "INSERT INTO requests (request_id, account_id, project_id, api_key_id, {SETTLED_COLS})"
     );
@@ -231,26 +294,8 @@ async fn upsert_settled(
         "ON CONFLICT (request_id) DO UPDATE SET {}",
         excluded(SETTLED_COLS)
     );
-    insert_rows(conn, &prefix, 19, &suffix, ROWS, &rows, |q, e| {
-        let Payload::RequestSettled(s) = &e.payload else {
-            return q;
-        };
-        bind_key(q, e)
-            .bind(s.outcome.as_str())
-            .bind(s.provider.as_deref())
-            .bind(s.deployment.as_deref())
-            .bind(s.usage.prompt_tokens)
-            .bind(s.usage.completion_tokens)
-            .bind(s.usage.cached_tokens)
-            .bind(s.usage.reasoning_tokens)
-            .bind(i64::from(s.usage.estimated))
-            .bind(s.charge_nano)
-            .bind(s.price_table_version.as_str())
-            .bind(s.latency_us)
-            .bind(s.ttft_us)
-            .bind(i64::from(s.attempts))
-            .bind(s.error_class.as_deref())
-            .bind(e.envelope.occurred_at)
+    insert_rows(conn, &prefix, 19, &suffix, ROWS, rows, |q, e| {
+        bind_settled(bind_key(q, e), e)
     })
     .await?;
     Ok(())
