@@ -56,7 +56,8 @@ async fn scenario_rows_round_trip_exactly(backend: Backend) {
     .execute(&mut *conn)
     .await
     .unwrap();
-    // 1, a few, more than one PostgreSQL statement holds, and past SQLite's parameter limit.
+    // 1 and a few (one JSON array on SQLite), more than one statement holds, and past
+    // SQLite's parameter limit.
     for n in [1, 7, 300, 9_000] {
         sqlx::query("DELETE FROM row_samples")
             .execute(&mut *conn)
