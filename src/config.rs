@@ -114,6 +114,9 @@ pub struct ConsumersConfig {
     /// How long a consumer that applied a partial batch waits for more events before the next
     /// (larger batches cost less per event; the wait bounds how fresh views and balances are).
     pub coalesce_ms: u64,
+    /// Nice value of the embedded consumers' thread (0 to 19; higher yields the cores to the
+    /// gateway sooner).
+    pub nice: i32,
 }
 
 impl Default for ConsumersConfig {
@@ -121,6 +124,7 @@ impl Default for ConsumersConfig {
         ConsumersConfig {
             batch_size: 2048,
             coalesce_ms: 10,
+            nice: 10,
         }
     }
 }
@@ -196,6 +200,12 @@ impl Config {
         }
         if self.consumers.coalesce_ms > 10_000 {
             bail!("consumers.coalesce_ms must be at most 10000");
+        }
+        if !(0..=19).contains(&self.consumers.nice) {
+            bail!(
+                "consumers.nice must be from 0 to 19, not {}",
+                self.consumers.nice
+            );
         }
         self.aliases()?;
         if let Some(url) = &self.database.url {

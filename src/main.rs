@@ -4,6 +4,7 @@ mod client;
 mod config;
 mod consumer_cmd;
 mod data_dir;
+mod embedded;
 mod eval_export;
 mod eval_run;
 mod http;

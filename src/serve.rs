@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use lumina_eventlog::{
-    Consumer, ConsumerOptions, Database, EventLog, LocalLogSource, handled_types,
-};
+use lumina_eventlog::{ConsumerOptions, Database, EventLog, LocalLogSource, handled_types};
 use lumina_gateway::admin::{Admin, KeyRequest};
 use lumina_gateway::auth::KeyCache;
 use lumina_gateway::engine::fusion::Fusion;
@@ -91,29 +89,27 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
             .with_commit_notifications(log.subscribe())
             .only(&types))
     };
-    let projector = Consumer::new(
-        db.clone(),
-        source(handled_types(&ReadModelProjection))?,
-        ReadModelProjection,
-        options.clone(),
-    );
-    let ledger = Consumer::new(
-        db.clone(),
-        source(handled_types(&LedgerProjection))?,
-        LedgerProjection,
-        options,
-    );
-    let (consumers, tasks) = if mode == Mode::Embedded {
-        (
-            vec![projector.watch(), ledger.watch()],
-            vec![
-                tokio::spawn(projector.run(cancel.clone())),
-                tokio::spawn(ledger.run(cancel.clone())),
-            ],
+    let embedded = if mode == Mode::Embedded {
+        let sources = crate::embedded::Sources {
+            database_url: config.database_url(),
+            projector: source(handled_types(&ReadModelProjection))?,
+            ledger: source(handled_types(&LedgerProjection))?,
+        };
+        Some(
+            crate::embedded::EmbeddedConsumers::start(
+                sources,
+                options,
+                config.consumers.nice,
+                cancel.clone(),
+            )
+            .await?,
         )
     } else {
-        (Vec::new(), Vec::new())
+        None
     };
+    let consumers = embedded
+        .as_ref()
+        .map_or_else(Vec::new, |e| e.watches.clone());
     let shipper = match (mode, &config.kafka) {
         (Mode::Embedded, _) => None,
         (Mode::Gateway, None) => anyhow::bail!("lumina gateway needs a [kafka] section"),
@@ -257,12 +253,10 @@ pub async fn serve(config: Config, mode: Mode) -> anyhow::Result<()> {
     {
         tracing::error!(error = %e, "shipper task failed");
     }
-    for task in tasks {
-        match task.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "consumer stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "consumer task failed"),
-            Ok(Ok(())) => {}
-        }
+    if let Some(embedded) = embedded
+        && let Err(e) = embedded.stop().await
+    {
+        tracing::error!(error = format!("{e:#}"), "consumer stopped with an error");
     }
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     tokio::task::spawn_blocking(move || log.close()).await?;

@@ -489,6 +489,52 @@ async fn readyz_reports_the_projector_and_the_log() {
     assert!(body["log"]["committed_position"].as_u64().unwrap() >= 3);
 }
 
+/// (name, nice value) of each thread of process `pid`, from `/proc`.
+fn threads(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // `tid (name) state ppid …`: the name may hold spaces; nice is the 19th field.
+        let (head, rest) = stat.rsplit_once(") ").unwrap();
+        let name = head.split_once(" (").unwrap().1.to_string();
+        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((name, nice));
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_embedded_consumers_run_on_their_own_thread_at_the_configured_nice_value() {
+    let (_tmp, data, out) = dirs();
+    let lumina =
+        Lumina::start_with_config(&data, &out, &[], Some("[consumers]\nnice = 7\n")).await;
+    let account = lumina.account("Nice", "10").await;
+    let (_, key) = lumina.key(&account).await;
+    let (status, _, body) = lumina
+        .chat(&key, &common::user("lumina-fast", "hello"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The request's events reach the views and the ledger through that thread.
+    let (status, _, ready) = lumina.request(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, 200, "{ready}");
+    let threads = threads(lumina.pid().unwrap());
+    let nice_of = |prefix: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    let all = |nices: &[i64], nice: i64| !nices.is_empty() && nices.iter().all(|n| *n == nice);
+    // The thread and its runtime's blocking threads (reading the log).
+    assert!(all(&nice_of("lumina-consumer"), 7), "{threads:?}");
+    assert!(all(&nice_of("tokio-rt-worker"), 0), "{threads:?}");
+    // The consumers' own SQLite connections inherit the thread's priority; the gateway's
+    // (key lookups, reads) keep the process's.
+    let sqlite = nice_of("sqlx-sqlite");
+    assert!(sqlite.contains(&7) && sqlite.contains(&0), "{threads:?}");
+}
+
 #[tokio::test]
 async fn the_admin_cli_drives_the_admin_api() {
     let (_tmp, data, out) = dirs();
@@ -566,6 +612,7 @@ fn a_bad_configuration_fails_at_start_naming_the_key() {
         ),
         ("[[providers]]\nname = \"a\"\nkind = \"gemini\"\n", "gemini"),
         ("lsiten = \"127.0.0.1:1\"\n", "lsiten"),
+        ("[consumers]\nnice = 20\n", "consumers.nice"),
     ];
     for (i, (text, expected)) in cases.into_iter().enumerate() {
         let path = tmp.path().join(format!("bad{i}.toml"));
