@@ -53,7 +53,8 @@ impl EmbeddedConsumers {
                     .build()
                     .context("cannot start the consumers' runtime")?;
                 runtime.block_on(async move {
-                    let db = Database::connect_without_migrating(&sources.database_url)
+                    // One connection each: a consumer holds one for a batch at a time.
+                    let db = Database::connect_at_most(&sources.database_url, Some(2))
                         .await
                         .context("the consumers cannot connect to the database")?;
                     let projector = Consumer::new(

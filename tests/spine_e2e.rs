@@ -506,8 +506,7 @@ fn threads(pid: u32) -> Vec<(String, i64)> {
 #[tokio::test]
 async fn the_embedded_consumers_run_on_their_own_thread_at_the_configured_nice_value() {
     let (_tmp, data, out) = dirs();
-    let lumina =
-        Lumina::start_with_config(&data, &out, &[], Some("[consumers]\nnice = 7\n")).await;
+    let lumina = Lumina::start_with_config(&data, &out, &[], Some("[consumers]\nnice = 7\n")).await;
     let account = lumina.account("Nice", "10").await;
     let (_, key) = lumina.key(&account).await;
     let (status, _, body) = lumina

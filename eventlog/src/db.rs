@@ -93,6 +93,13 @@ impl Database {
 
     /// Connects to `url` without touching the schema.
     pub async fn connect_without_migrating(url: &str) -> Result<Database, DbError> {
+        Database::connect_at_most(url, None).await
+    }
+
+    /// Connects to `url` without touching the schema, with at most `connections` open at once
+    /// (`None`: 4 on SQLite, 8 on PostgreSQL). Each SQLite connection keeps its own page cache
+    /// and prepared statements.
+    pub async fn connect_at_most(url: &str, connections: Option<u32>) -> Result<Database, DbError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url)?;
         let options = AnyConnectOptions::from_str(url)?;
@@ -100,7 +107,7 @@ impl Database {
         let pool = match backend {
             Backend::Sqlite => {
                 pool_options
-                    .max_connections(4)
+                    .max_connections(connections.unwrap_or(4))
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
@@ -114,7 +121,7 @@ impl Database {
             }
             Backend::Postgres => {
                 pool_options
-                    .max_connections(8)
+                    .max_connections(connections.unwrap_or(8))
                     .connect_with(options)
                     .await?
             }
