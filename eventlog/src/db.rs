@@ -3,6 +3,8 @@
 //!
 //! SQL shared by both backends uses `$n` placeholders, `ON CONFLICT` upserts and integer
 //! columns only (i64 in Rust, BIGINT in PostgreSQL), so one statement text serves both.
+//! Batches of rows go through [`fetch_rows`] and [`fetch_in`]: on SQLite a small batch is one
+//! statement carrying its rows as one JSON array, otherwise multi-row `VALUES` pieces.
 
 use std::fmt::Write as _;
 use std::str::FromStr;
