@@ -461,14 +461,14 @@ pub async fn insert_rows<'r, T>(
     Ok(())
 }
 
-/// The rows of `head IN (…) tail` for the keys `ids`, by [`fetch_rows`]: on SQLite one
-/// statement, on PostgreSQL one per slice of at most `per_statement` keys.
-pub async fn fetch_in<'a, S: AsRef<str> + Sync>(
+/// The rows of `head IN (…) tail` for the keys `ids`, by [`fetch_rows`]: one statement for up
+/// to [`JSON_ROWS`] keys on SQLite, else one per slice of at most `per_statement` keys.
+pub async fn fetch_in<S: AsRef<str> + Sync>(
     conn: &mut sqlx::AnyConnection,
     head: &str,
     tail: &str,
     per_statement: usize,
-    ids: &'a [S],
+    ids: &[S],
 ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
     let prefix = format!("{head} IN (");
     let suffix = format!(") {tail}");
