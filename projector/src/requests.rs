@@ -11,6 +11,7 @@ use lumina_schemas::payloads::RequestSettled;
 use lumina_schemas::{Event, Payload};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 /// Rows per multi-row statement (PostgreSQL allows 65,535 parameters, SQLite 32,766).
@@ -413,6 +414,33 @@ pub struct RouteStats {
     pub ttft: DDSketch,
 }
 
+impl RouteStats {
+    /// The counters and sketches of a `route_stats` row selected as `path, deployment,
+    /// task_class, requests, completed, failed, charge_nano, attempts, errors, timeouts,
+    /// fallbacks, latency, ttft`; a sketch that does not decode goes to `corrupt` with its
+    /// column's name, which refuses it or stands in another.
+    pub(crate) fn from_row<E: From<sqlx::Error>>(
+        r: &AnyRow,
+        corrupt: impl Fn(&str, serde_json::Error) -> Result<DDSketch, E>,
+    ) -> Result<RouteStats, E> {
+        let sketch = |column: &str, i: usize| -> Result<DDSketch, E> {
+            decode_sketch(&r.try_get::<String, _>(i)?).or_else(|e| corrupt(column, e))
+        };
+        Ok(RouteStats {
+            requests: r.try_get(3)?,
+            completed: r.try_get(4)?,
+            failed: r.try_get(5)?,
+            charge_nano: r.try_get(6)?,
+            attempts: r.try_get(7)?,
+            errors: r.try_get(8)?,
+            timeouts: r.try_get(9)?,
+            fallbacks: r.try_get(10)?,
+            latency: sketch("latency", 11)?,
+            ttft: sketch("ttft", 12)?,
+        })
+    }
+}
+
 impl Default for RouteStats {
     fn default() -> Self {
         RouteStats {
@@ -759,23 +787,12 @@ async fn load_stats(
     .await?;
     let mut loaded = BTreeMap::new();
     for r in rows {
-        loaded.insert(
-            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
-            RouteStats {
-                requests: r.try_get(3)?,
-                completed: r.try_get(4)?,
-                failed: r.try_get(5)?,
-                charge_nano: r.try_get(6)?,
-                attempts: r.try_get(7)?,
-                errors: r.try_get(8)?,
-                timeouts: r.try_get(9)?,
-                fallbacks: r.try_get(10)?,
-                latency: decode_sketch(&r.try_get::<String, _>(11)?)
-                    .map_err(|e| ApplyError::Rejected(format!("corrupt latency sketch: {e}")))?,
-                ttft: decode_sketch(&r.try_get::<String, _>(12)?)
-                    .map_err(|e| ApplyError::Rejected(format!("corrupt ttft sketch: {e}")))?,
-            },
-        );
+        let stats = RouteStats::from_row(&r, |column, e| {
+            Err(ApplyError::Rejected(format!(
+                "corrupt {column} sketch: {e}"
+            )))
+        })?;
+        loaded.insert((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?), stats);
     }
     Ok(loaded)
 }

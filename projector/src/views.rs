@@ -492,20 +492,10 @@ impl ReadModel {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let latency: String = r.try_get(11)?;
-            let ttft: String = r.try_get(12)?;
-            let stats = RouteStats {
-                requests: r.try_get(3)?,
-                completed: r.try_get(4)?,
-                failed: r.try_get(5)?,
-                charge_nano: r.try_get(6)?,
-                attempts: r.try_get(7)?,
-                errors: r.try_get(8)?,
-                timeouts: r.try_get(9)?,
-                fallbacks: r.try_get(10)?,
-                latency: decode_sketch(&latency).unwrap_or_else(|_| RouteStats::default().latency),
-                ttft: decode_sketch(&ttft).unwrap_or_else(|_| RouteStats::default().ttft),
-            };
+            // A sketch that does not decode shows as empty rather than failing the page.
+            let stats = RouteStats::from_row(r, |_, _| {
+                Ok::<_, sqlx::Error>(RouteStats::default().latency)
+            })?;
             let rate = |n: i64| {
                 if stats.attempts > 0 {
                     n as f64 / stats.attempts as f64
